@@ -1,0 +1,49 @@
+import { z } from "zod";
+
+/** Direction weights of METHOD.md §3: fine-grained perception 0.5, cognitive reasoning 0.25, interaction 0.25. */
+export const DirectionWeights = z
+  .object({
+    perception: z.number().nonnegative(),
+    reasoning: z.number().nonnegative(),
+    interaction: z.number().nonnegative(),
+  })
+  .refine((w) => w.perception + w.reasoning + w.interaction > 0, "direction weights must not all be zero");
+export type DirectionWeights = z.infer<typeof DirectionWeights>;
+
+export const ModelPrice = z.object({
+  /** US dollars per million tokens. */
+  input: z.number().nonnegative(),
+  cachedInput: z.number().nonnegative(),
+  output: z.number().nonnegative(),
+  batchInput: z.number().nonnegative(),
+  batchOutput: z.number().nonnegative(),
+});
+export type ModelPrice = z.infer<typeof ModelPrice>;
+
+/** Run settings (METHOD.md §6 defaults); a `run.json` or CLI flags override them. */
+export const RunConfig = z.strictObject({
+  model: z.string().min(1).default("gpt-4o-mini"),
+  /** The judge's model; the evolution model when absent. */
+  judgeModel: z.string().min(1).optional(),
+  rounds: z.number().int().min(1).max(10).default(3),
+  weights: DirectionWeights.default({ perception: 0.5, reasoning: 0.25, interaction: 0.25 }),
+  seed: z.number().int().default(3407),
+  temperature: z.number().min(0).max(2).default(1),
+  maxTokens: z.number().int().positive().default(4096),
+  judgeMaxTokens: z.number().int().positive().default(2048),
+  imageDetail: z.enum(["low", "high", "auto"]).default("low"),
+  maxImageSide: z.number().int().min(64).max(4096).default(512),
+  /** Image paths resolve under this root only (a blob key prefix; "" is the store's root). */
+  imageRoot: z.string().default(""),
+  /** How many times a schema-invalid answer is asked again before the sample round fails. */
+  maxAnswerRetries: z.number().int().min(0).max(10).default(2),
+  /** How many deliveries of a stage message before the sample is FAILED. */
+  maxAttempts: z.number().int().min(1).max(20).default(5),
+  /** Per-model price overrides, US dollars per million tokens. */
+  prices: z.record(z.string(), ModelPrice).default({}),
+  dryRun: z.boolean().default(false),
+});
+export type RunConfig = z.infer<typeof RunConfig>;
+export type RunConfigInput = z.input<typeof RunConfig>;
+
+export const judgeModelOf = (config: RunConfig): string => config.judgeModel ?? config.model;

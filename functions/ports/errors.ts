@@ -1,0 +1,37 @@
+/** Base of every error this project raises on purpose: says whether trying again can help. */
+export class MmevolError extends Error {
+  readonly retryable: boolean;
+  constructor(message: string, options: { retryable: boolean; cause?: unknown }) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = new.target.name;
+    this.retryable = options.retryable;
+  }
+}
+
+/** The LLM call failed. `retryAfterMs` is the provider's hint, when it gave one. */
+export class LlmCallError extends MmevolError {
+  readonly status: number | null;
+  readonly retryAfterMs: number | null;
+  constructor(
+    message: string,
+    options: { retryable: boolean; status?: number | null; retryAfterMs?: number | null; cause?: unknown },
+  ) {
+    super(message, options);
+    this.status = options.status ?? null;
+    this.retryAfterMs = options.retryAfterMs ?? null;
+  }
+}
+
+/** The model answered, but not with what the schema asks for. */
+export class LlmAnswerError extends MmevolError {
+  constructor(message: string, options: { cause?: unknown } = {}) {
+    super(message, { retryable: true, ...options });
+  }
+}
+
+/** Input that cannot be used: a bad shard line, a missing image, a path outside the image root. */
+export class InvalidInputError extends MmevolError {
+  constructor(message: string, options: { cause?: unknown } = {}) {
+    super(message, { retryable: false, ...options });
+  }
+}

@@ -1,0 +1,40 @@
+/** A text or image part of a user message (OpenAI chat content parts). */
+export type ContentPart =
+  | { readonly type: "text"; readonly text: string }
+  | { readonly type: "image_url"; readonly imageUrl: string; readonly detail: "low" | "high" | "auto" };
+
+export interface ChatMessage {
+  readonly role: "system" | "user";
+  readonly content: string | readonly ContentPart[];
+}
+
+/** One structured chat completion request. `schema` is a strict JSON Schema for the answer. */
+export interface LlmRequest {
+  readonly model: string;
+  readonly messages: readonly ChatMessage[];
+  readonly schemaName: string;
+  readonly schema: Readonly<Record<string, unknown>>;
+  readonly temperature: number;
+  readonly maxTokens: number;
+  readonly seed: number;
+}
+
+export interface LlmUsage {
+  readonly promptTokens: number;
+  readonly cachedTokens: number;
+  readonly completionTokens: number;
+}
+
+export interface LlmResponse {
+  /** The raw JSON text of the answer; the caller validates it. */
+  readonly content: string;
+  readonly usage: LlmUsage;
+  readonly model: string;
+  readonly finishReason: string;
+  readonly refusal: string | null;
+}
+
+/** The LLM behind any OpenAI-compatible endpoint (or a simulation of one). */
+export interface Llm {
+  complete(request: LlmRequest): Promise<LlmResponse>;
+}

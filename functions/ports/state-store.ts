@@ -1,0 +1,149 @@
+import { z } from "zod";
+import { Direction, Item, RoundRecord, Sample, Version } from "../evolution/schemas.ts";
+
+export const SAMPLE_STATUSES = [
+  "INGESTED",
+  "EVOLVING",
+  "JUDGING",
+  "DONE",
+  "PASSED_THROUGH",
+  "FAILED",
+  "REJECTED",
+] as const;
+export const SampleStatus = z.enum(SAMPLE_STATUSES);
+export type SampleStatus = z.infer<typeof SampleStatus>;
+export const TERMINAL_STATUSES: ReadonlySet<SampleStatus> = new Set([
+  "DONE",
+  "PASSED_THROUGH",
+  "FAILED",
+  "REJECTED",
+]);
+
+export const UsageTotals = z.object({
+  calls: z.number().int().nonnegative(),
+  promptTokens: z.number().int().nonnegative(),
+  cachedTokens: z.number().int().nonnegative(),
+  completionTokens: z.number().int().nonnegative(),
+  costUsd: z.number().nonnegative(),
+});
+export type UsageTotals = z.infer<typeof UsageTotals>;
+export const zeroUsage = (): UsageTotals => ({
+  calls: 0,
+  promptTokens: 0,
+  cachedTokens: 0,
+  completionTokens: 0,
+  costUsd: 0,
+});
+
+/** Everything the pipeline knows about one input line. `key` is unique within the shard (the line). */
+export const SampleRecord = z.object({
+  run: z.string(),
+  shard: z.string(),
+  key: z.string(),
+  status: SampleStatus,
+  /** The round being evolved or judged (0 before the first). */
+  round: z.number().int().nonnegative(),
+  /** Bumped on every transition; conditional writes expect it. */
+  version: z.number().int().nonnegative(),
+  line: z.number().int().nonnegative(),
+  sample: Sample.nullable(),
+  versions: z.array(Version),
+  rounds: z.array(RoundRecord),
+  /** Candidates of the current round, waiting for the judge. */
+  pending: z
+    .object({
+      round: z.number().int().positive(),
+      direction: Direction,
+      from: z.number().int(),
+      items: z.array(Item),
+    })
+    .nullable(),
+  attempts: z.number().int().nonnegative(),
+  error: z.string().nullable(),
+  /** The raw input line, for rejected records (truncated). */
+  raw: z.string().nullable(),
+  usage: UsageTotals,
+  updatedAt: z.number(),
+});
+export type SampleRecord = z.infer<typeof SampleRecord>;
+
+export const ShardRecord = z.object({
+  run: z.string(),
+  shard: z.string(),
+  key: z.string(),
+  /** Identity of the uploaded object (ETag or content digest), for deduplication. */
+  etag: z.string(),
+  /** Non-terminal samples left, plus one while ingest is still running. */
+  pending: z.number().int(),
+  ingested: z.boolean(),
+  finalized: z.boolean(),
+  lines: z.number().int().nonnegative(),
+  /** The run settings in force for this shard (a RunConfig as JSON). */
+  config: z.record(z.string(), z.unknown()),
+  createdAt: z.number(),
+  updatedAt: z.number(),
+});
+export type ShardRecord = z.infer<typeof ShardRecord>;
+
+/** A stored LLM answer: the request is never paid for twice. */
+export const StoredAnswer = z.object({
+  content: z.string(),
+  promptTokens: z.number().int().nonnegative(),
+  cachedTokens: z.number().int().nonnegative(),
+  completionTokens: z.number().int().nonnegative(),
+  model: z.string(),
+  costUsd: z.number().nonnegative(),
+});
+export type StoredAnswer = z.infer<typeof StoredAnswer>;
+
+export interface Expected {
+  readonly status: SampleStatus;
+  readonly round: number;
+  readonly version: number;
+}
+
+/** What changes in a transition; `version` and `updatedAt` are set by the store. */
+export type SampleUpdate = Partial<
+  Pick<
+    SampleRecord,
+    "status" | "round" | "sample" | "versions" | "rounds" | "pending" | "attempts" | "error" | "usage"
+  >
+>;
+
+export interface TransitionResult {
+  /** False when the record was not in the expected state: a duplicate delivery, acknowledged without work. */
+  readonly applied: boolean;
+  /** The shard's pending count after a terminal transition took it down, else null. */
+  readonly shardPending: number | null;
+}
+
+/**
+ * The sample state machine (ARCHITECTURE.md) with conditional transitions.
+ * Every write that makes a sample terminal decrements the shard's pending count in the same transaction.
+ */
+export interface StateStore {
+  /** Creates the shard if it does not exist (pending = 1 for the running ingest); returns the stored record. */
+  createShard(shard: ShardRecord): Promise<{ created: boolean; shard: ShardRecord }>;
+  getShard(run: string, shard: string): Promise<ShardRecord | null>;
+  listShards(run?: string): Promise<ShardRecord[]>;
+  /**
+   * Creates samples that do not exist yet. Each created non-terminal sample adds one to the shard's pending count;
+   * terminal ones (rejected, passed through) only count as lines. Returns how many were created.
+   */
+  putSamples(records: readonly SampleRecord[]): Promise<number>;
+  getSample(run: string, shard: string, key: string): Promise<SampleRecord | null>;
+  listSamples(run: string, shard: string): AsyncIterable<SampleRecord>;
+  transition(
+    run: string,
+    shard: string,
+    key: string,
+    expected: Expected,
+    update: SampleUpdate,
+  ): Promise<TransitionResult>;
+  /** Ends ingest once: sets `lines`, drops the ingest's hold on `pending`. Returns the pending count, or null if already ended. */
+  completeIngest(run: string, shard: string, lines: number): Promise<number | null>;
+  /** Marks the shard finalized once; false when it already was. */
+  markFinalized(run: string, shard: string): Promise<boolean>;
+  getAnswer(hash: string): Promise<StoredAnswer | null>;
+  putAnswer(hash: string, answer: StoredAnswer): Promise<void>;
+}
