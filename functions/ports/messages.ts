@@ -7,6 +7,8 @@ export const IngestMessage = z.object({
   shard: z.string().min(1),
   /** The shard's blob key, e.g. `seeds/<run>/<shard>.jsonl`. */
   key: z.string().min(1),
+  /** The object's ETag when the event carried one: the same key uploaded again is a new shard version. */
+  etag: z.string().optional(),
 });
 export const EvolveMessage = z.object({
   kind: z.literal("evolve"),

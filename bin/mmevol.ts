@@ -1,0 +1,287 @@
+#!/usr/bin/env node
+import { existsSync, readFileSync } from "node:fs";
+import { basename } from "node:path";
+import { SingleBar } from "cli-progress";
+import { Command, InvalidArgumentError, Option } from "commander";
+import { OpenAiLlm } from "../functions/adapters/openai/openai-llm.ts";
+import { SimulatedLlm } from "../functions/adapters/simulated/simulated-llm.ts";
+import { RunConfig, type RunConfigInput } from "../functions/evolution/config.ts";
+import type { Llm } from "../functions/ports/llm.ts";
+import type { Logger } from "../functions/ports/runtime.ts";
+import { type Progress, runLocal } from "../functions/runtime/local.ts";
+
+const positiveInt = (value: string): number => {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError("expected a whole number of at least 1");
+  return n;
+};
+const anyInt = (value: string): number => {
+  const n = Number(value);
+  if (!Number.isInteger(n)) throw new InvalidArgumentError("expected a whole number");
+  return n;
+};
+const weights = (value: string) => {
+  const parts = value.split(",").map(Number);
+  if (parts.length !== 3 || parts.some((p) => !Number.isFinite(p) || p < 0)) {
+    throw new InvalidArgumentError("expected three non-negative numbers: perception,reasoning,interaction");
+  }
+  const [perception = 0, reasoning = 0, interaction = 0] = parts;
+  return { perception, reasoning, interaction };
+};
+
+interface RunFlags {
+  out: string;
+  run?: string;
+  images?: string;
+  concurrency: number;
+  rounds?: number;
+  model?: string;
+  judgeModel?: string;
+  seed?: number;
+  weights?: { perception: number; reasoning: number; interaction: number };
+  detail?: "low" | "high" | "auto";
+  config?: string;
+  dryRun?: boolean;
+  baseUrl?: string;
+  timeout: number;
+  quiet?: boolean;
+  verbose?: boolean;
+}
+
+function fail(message: string): never {
+  process.stderr.write(`mmevol: ${message}\n`);
+  process.exit(2);
+}
+
+function loadConfigFile(path: string): Record<string, unknown> {
+  if (!existsSync(path)) fail(`config file not found: ${path}`);
+  let value: unknown;
+  try {
+    value = JSON.parse(readFileSync(path, "utf8"));
+  } catch (error) {
+    fail(`${path}: not valid JSON: ${error instanceof Error ? error.message : String(error)}`);
+  }
+  if (typeof value !== "object" || value === null || Array.isArray(value))
+    fail(`${path}: expected a JSON object`);
+  return { ...value };
+}
+
+function stderrLogger(verbose: boolean): Logger {
+  const write = (level: string, message: string, fields?: Readonly<Record<string, unknown>>) =>
+    process.stderr.write(`${level} ${message}${fields ? ` ${JSON.stringify(fields)}` : ""}\n`);
+  return {
+    debug: (m, f) => verbose && write("debug", m, f),
+    info: (m, f) => verbose && write("info", m, f),
+    warn: (m, f) => verbose && write("warn", m, f),
+    error: (m, f) => write("error", m, f),
+  };
+}
+
+const money = (usd: number) => `$${usd < 1 ? usd.toFixed(4) : usd.toFixed(2)}`;
+const compact = (n: number) =>
+  n >= 1e6 ? `${(n / 1e6).toFixed(2)}M` : n >= 1e3 ? `${(n / 1e3).toFixed(1)}k` : String(n);
+const duration = (ms: number) => {
+  const s = Math.round(ms / 1000);
+  return s >= 3600
+    ? `${Math.floor(s / 3600)}h${Math.floor((s % 3600) / 60)}m`
+    : s >= 60
+      ? `${Math.floor(s / 60)}m${s % 60}s`
+      : `${s}s`;
+};
+
+function progressPrinter(quiet: boolean) {
+  const done = (p: Progress) => p.counts.DONE + p.counts.PASSED_THROUGH + p.counts.FAILED + p.counts.REJECTED;
+  const eta = (p: Progress) => {
+    const d = done(p);
+    return d === 0 || p.total === 0 ? "?" : duration((p.elapsedMs / d) * (p.total - d));
+  };
+  if (quiet) return { update: (_: Progress) => {}, stop: () => {} };
+  if (process.stderr.isTTY) {
+    const bar = new SingleBar(
+      {
+        format:
+          "{bar} {value}/{total} samples | failed {failed} | round {round} | {tokens} tokens | {cost} | ETA {eta}",
+        hideCursor: true,
+        stream: process.stderr,
+        barsize: 24,
+      },
+      { barCompleteChar: "#", barIncompleteChar: "-", format: "" },
+    );
+    let started = false;
+    return {
+      update: (p: Progress) => {
+        const payload = {
+          failed: p.counts.FAILED,
+          round: p.round,
+          tokens: compact(p.llm.promptTokens + p.llm.completionTokens),
+          cost: money(p.llm.costUsd),
+          eta: eta(p),
+        };
+        if (!started) {
+          bar.start(Math.max(p.total, 1), done(p), payload);
+          started = true;
+        }
+        bar.setTotal(Math.max(p.total, 1));
+        bar.update(done(p), payload);
+      },
+      stop: () => bar.stop(),
+    };
+  }
+  let last = 0;
+  return {
+    update: (p: Progress) => {
+      const now = Date.now();
+      if (now - last < 5_000 && done(p) < p.total) return;
+      last = now;
+      process.stderr.write(
+        `progress ${done(p)}/${p.total} samples, failed ${p.counts.FAILED}, round ${p.round}, ${compact(p.llm.promptTokens + p.llm.completionTokens)} tokens, ${money(p.llm.costUsd)}, eta ${eta(p)}\n`,
+      );
+    },
+    stop: () => {},
+  };
+}
+
+async function runCommand(shards: string[], flags: RunFlags): Promise<void> {
+  for (const shard of shards) if (!existsSync(shard)) fail(`shard not found: ${shard}`);
+  const fromFile = flags.config ? loadConfigFile(flags.config) : {};
+  const apiKey = process.env.OPENAI_API_KEY?.trim() || undefined;
+  const baseURL = flags.baseUrl ?? (process.env.OPENAI_BASE_URL?.trim() || undefined);
+  const noEndpoint = apiKey === undefined && baseURL === undefined;
+  const dryRun = flags.dryRun === true || noEndpoint;
+  const input: RunConfigInput = {
+    ...fromFile,
+    ...(flags.rounds !== undefined ? { rounds: flags.rounds } : {}),
+    ...(flags.model !== undefined ? { model: flags.model } : {}),
+    ...(flags.judgeModel !== undefined ? { judgeModel: flags.judgeModel } : {}),
+    ...(flags.seed !== undefined ? { seed: flags.seed } : {}),
+    ...(flags.weights !== undefined ? { weights: flags.weights } : {}),
+    ...(flags.detail !== undefined ? { imageDetail: flags.detail } : {}),
+    dryRun,
+  };
+  const checked = RunConfig.safeParse(input);
+  if (!checked.success) {
+    fail(
+      `invalid settings: ${checked.error.issues.map((i) => `${i.path.join(".") || "(root)"}: ${i.message}`).join("; ")}`,
+    );
+  }
+  const config = checked.data;
+  if (dryRun) {
+    const why = flags.dryRun ? "--dry-run given" : "no OPENAI_API_KEY or OPENAI_BASE_URL set";
+    process.stderr.write(
+      `\n*** DRY RUN (${why}): no network; a simulated model answers. Outputs are marked as dry-run data;\n*** the report's tokens and dollars estimate what the real run would cost.\n\n`,
+    );
+  }
+  const llm: Llm = dryRun
+    ? new SimulatedLlm()
+    : new OpenAiLlm({
+        apiKey: apiKey ?? "no-key",
+        ...(baseURL ? { baseURL } : {}),
+        timeoutMs: flags.timeout * 1000,
+      });
+  const run = flags.run ?? basename(flags.out);
+  process.stderr.write(
+    `mmevol: run "${run}", ${shards.length} shard(s), model ${config.model}${baseURL ? ` at ${baseURL}` : ""}, ${config.rounds} rounds, concurrency ${flags.concurrency}, output ${flags.out}\n`,
+  );
+
+  const controller = new AbortController();
+  let interrupts = 0;
+  const onSignal = () => {
+    interrupts += 1;
+    if (interrupts > 1) process.exit(130);
+    process.stderr.write(
+      "\nmmevol: stopping after the calls in flight (Ctrl-C again to quit now); run the same command to continue\n",
+    );
+    controller.abort();
+  };
+  process.on("SIGINT", onSignal);
+  process.on("SIGTERM", onSignal);
+
+  const printer = progressPrinter(flags.quiet === true);
+  const result = await runLocal({
+    shards,
+    out: flags.out,
+    run,
+    ...(flags.images ? { images: flags.images } : {}),
+    concurrency: flags.concurrency,
+    config: { ...input, dryRun },
+    llm,
+    logger: stderrLogger(flags.verbose === true),
+    onProgress: printer.update,
+    signal: controller.signal,
+  });
+  printer.stop();
+
+  if (result.interrupted) {
+    process.stderr.write(
+      "mmevol: interrupted; answered calls are stored, run the same command to continue\n",
+    );
+    process.exit(130);
+  }
+  for (const report of result.reports) {
+    const c = report.counts;
+    const kept = Object.entries(report.keptByRound)
+      .map(([r, k]) => `${r} ${k.ratio === null ? "n/a" : `${(k.ratio * 100).toFixed(0)}%`}`)
+      .join(", ");
+    process.stdout.write(
+      [
+        `shard ${report.shard}: ${c.lines} lines = ${c.evolved} evolved + ${c.passedThrough} passed through + ${c.failed} failed + ${c.rejected} rejected${c.addsUp ? "" : " (DOES NOT ADD UP)"}`,
+        `  kept by the judge: ${kept || "n/a"}; ${report.trainingRecords} training records`,
+        `  ${report.usage.calls} LLM calls, ${compact(report.usage.promptTokens)} prompt tokens (${compact(report.usage.cachedTokens)} cached), ${compact(report.usage.completionTokens)} completion tokens, ${money(report.usage.costUsd)}${report.dryRun ? " estimated (dry run)" : ""}`,
+      ].join("\n") + "\n",
+    );
+  }
+  process.stdout.write(`outputs:\n${result.outputs.map((o) => `  ${o}`).join("\n")}\n`);
+  if (result.deadLetters > 0) {
+    process.stderr.write(
+      `mmevol: ${result.deadLetters} message(s) gave up after repeated errors; run the same command to retry them\n`,
+    );
+    process.exitCode = 1;
+  }
+}
+
+const program = new Command()
+  .name("mmevol")
+  .description("Evolve multimodal instruction data (LLaVA format) with the MMEvol method")
+  .showHelpAfterError();
+
+program
+  .command("run")
+  .description("evolve seed shards on this machine (resumable: run the same command again to continue)")
+  .argument("<shards...>", "seed shards: JSON Lines or one JSON array of LLaVA records")
+  .option("-o, --out <dir>", "output directory", "out/mmevol")
+  .option("--run <name>", "run name (default: the output directory's name)")
+  .option("--images <dir>", "directory that image paths resolve under (default: the first shard's directory)")
+  .option("-c, --concurrency <n>", "LLM calls in flight", positiveInt, 8)
+  .option("-r, --rounds <n>", "evolution rounds (default 3)", positiveInt)
+  .option("-m, --model <name>", "model for evolving and judging (default gpt-4o-mini)")
+  .option("--judge-model <name>", "a different model for the judge")
+  .option("--seed <n>", "seed for direction choice and the model (default 3407)", anyInt)
+  .option(
+    "--weights <p,r,i>",
+    "direction weights: perception,reasoning,interaction (default 0.5,0.25,0.25)",
+    weights,
+  )
+  .addOption(
+    new Option("--detail <level>", "image detail sent to the model (default low)").choices([
+      "low",
+      "high",
+      "auto",
+    ]),
+  )
+  .option("--config <run.json>", "run settings file (flags override it)")
+  .option("--dry-run", "no network: a simulated model answers; the report estimates the real cost")
+  .option("--base-url <url>", "OpenAI-compatible endpoint (default $OPENAI_BASE_URL, else OpenAI)")
+  .option("--timeout <seconds>", "timeout of one LLM call", positiveInt, 60)
+  .option("-q, --quiet", "no progress output")
+  .option("-v, --verbose", "log every retry and warning to stderr")
+  .addHelpText(
+    "after",
+    `
+Environment: OPENAI_API_KEY (never printed), OPENAI_BASE_URL. With neither set, the run is a dry run.
+Examples:
+  mmevol run examples/seeds/demo.jsonl --out out/demo --dry-run
+  OPENAI_BASE_URL=http://127.0.0.1:11434/v1 mmevol run seeds.jsonl --model qwen2.5vl --out out/q`,
+  )
+  .action(runCommand);
+
+await program.parseAsync(process.argv);

@@ -1,0 +1,310 @@
+import { DatabaseSync, type StatementSync } from "node:sqlite";
+import { z } from "zod";
+import { MmevolError } from "../../ports/errors.ts";
+import { type Clock, systemClock } from "../../ports/runtime.ts";
+import {
+  type Expected,
+  SampleRecord,
+  SampleStatus,
+  type SampleUpdate,
+  ShardRecord,
+  type StateStore,
+  StoredAnswer,
+  TERMINAL_STATUSES,
+  type TransitionResult,
+} from "../../ports/state-store.ts";
+
+/** A write that needs the shard record found none: a wiring bug (ingest creates the shard first), not a retry case. */
+export class ShardNotFoundError extends MmevolError {
+  constructor(run: string, shard: string) {
+    super(`no shard ${run}/${shard}`, { retryable: false });
+  }
+}
+
+/** How many samples `listSamples` reads per query, so a large shard never sits in memory whole. */
+const PAGE_SIZE = 500;
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS shards (
+  run TEXT NOT NULL,
+  shard TEXT NOT NULL,
+  record TEXT NOT NULL,
+  PRIMARY KEY (run, shard)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS samples (
+  run TEXT NOT NULL,
+  shard TEXT NOT NULL,
+  key TEXT NOT NULL,
+  status TEXT NOT NULL,
+  round INTEGER NOT NULL,
+  version INTEGER NOT NULL,
+  record TEXT NOT NULL,
+  PRIMARY KEY (run, shard, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS samples_by_status ON samples (run, shard, status);
+CREATE TABLE IF NOT EXISTS answers (
+  hash TEXT PRIMARY KEY,
+  record TEXT NOT NULL
+) WITHOUT ROWID;
+`;
+
+// Rows come from a file another version of the program may have written: parse them like any outside data.
+const RecordRow = z.object({ record: z.string() });
+const CountRow = z.object({ status: SampleStatus, n: z.number() });
+
+const parseJson = <T>(schema: z.ZodType<T>, row: unknown): T =>
+  schema.parse(JSON.parse(RecordRow.parse(row).record));
+
+/**
+ * The StateStore over an embedded SQLite file (`node:sqlite`), for local runs.
+ * Every multi-row change runs in one IMMEDIATE transaction; WAL + synchronous=NORMAL means a crash
+ * may lose the last committed transaction but never leaves the file inconsistent, so a run resumes.
+ */
+export class SqliteStateStore implements StateStore {
+  private readonly db: DatabaseSync;
+  private readonly clock: Clock;
+  private readonly stmt: {
+    insertShard: StatementSync;
+    getShard: StatementSync;
+    putShard: StatementSync;
+    listShards: StatementSync;
+    listRunShards: StatementSync;
+    insertSample: StatementSync;
+    getSample: StatementSync;
+    putSample: StatementSync;
+    pageSamples: StatementSync;
+    countByStatus: StatementSync;
+    getAnswer: StatementSync;
+    insertAnswer: StatementSync;
+  };
+
+  constructor(path: string, options: { readonly clock?: Clock } = {}) {
+    this.clock = options.clock ?? systemClock;
+    // The busy timeout lets a second process (e.g. a progress viewer) wait for a write instead of failing.
+    this.db = new DatabaseSync(path, { timeout: 5_000 });
+    this.db.exec("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;");
+    this.db.exec(SCHEMA);
+    const db = this.db;
+    this.stmt = {
+      insertShard: db.prepare("INSERT OR IGNORE INTO shards (run, shard, record) VALUES (?, ?, ?)"),
+      getShard: db.prepare("SELECT record FROM shards WHERE run = ? AND shard = ?"),
+      putShard: db.prepare("UPDATE shards SET record = ? WHERE run = ? AND shard = ?"),
+      listShards: db.prepare("SELECT record FROM shards ORDER BY run, shard"),
+      listRunShards: db.prepare("SELECT record FROM shards WHERE run = ? ORDER BY shard"),
+      insertSample: db.prepare(
+        "INSERT OR IGNORE INTO samples (run, shard, key, status, round, version, record) VALUES (?, ?, ?, ?, ?, ?, ?)",
+      ),
+      getSample: db.prepare("SELECT record FROM samples WHERE run = ? AND shard = ? AND key = ?"),
+      putSample: db.prepare(
+        "UPDATE samples SET status = ?, round = ?, version = ?, record = ? WHERE run = ? AND shard = ? AND key = ?",
+      ),
+      pageSamples: db.prepare(
+        "SELECT record FROM samples WHERE run = ? AND shard = ? AND key > ? ORDER BY key LIMIT ?",
+      ),
+      countByStatus: db.prepare(
+        "SELECT status, count(*) AS n FROM samples WHERE run = ? AND shard = ? GROUP BY status",
+      ),
+      getAnswer: db.prepare("SELECT record FROM answers WHERE hash = ?"),
+      insertAnswer: db.prepare("INSERT OR IGNORE INTO answers (hash, record) VALUES (?, ?)"),
+    };
+  }
+
+  close(): void {
+    this.db.close();
+  }
+
+  async createShard(shard: ShardRecord): Promise<{ created: boolean; shard: ShardRecord }> {
+    const record = ShardRecord.parse(shard);
+    return this.inTransaction(() => {
+      const created = changed(this.stmt.insertShard.run(record.run, record.shard, JSON.stringify(record)));
+      const stored = this.readShard(record.run, record.shard);
+      if (stored === null) throw new ShardNotFoundError(record.run, record.shard);
+      return { created, shard: stored };
+    });
+  }
+
+  async getShard(run: string, shard: string): Promise<ShardRecord | null> {
+    return this.readShard(run, shard);
+  }
+
+  async listShards(run?: string): Promise<ShardRecord[]> {
+    const rows = run === undefined ? this.stmt.listShards.all() : this.stmt.listRunShards.all(run);
+    return rows.map((row) => parseJson(ShardRecord, row));
+  }
+
+  async putSamples(records: readonly SampleRecord[]): Promise<number> {
+    const parsed = records.map((record) => SampleRecord.parse(record));
+    return this.inTransaction(() => {
+      let inserted = 0;
+      // Pending increments per shard, applied once each after the inserts.
+      const added = new Map<string, { run: string; shard: string; count: number }>();
+      for (const record of parsed) {
+        const result = this.stmt.insertSample.run(
+          record.run,
+          record.shard,
+          record.key,
+          record.status,
+          record.round,
+          record.version,
+          JSON.stringify(record),
+        );
+        if (!changed(result)) continue;
+        inserted += 1;
+        if (TERMINAL_STATUSES.has(record.status)) continue;
+        const id = JSON.stringify([record.run, record.shard]);
+        const entry = added.get(id) ?? { run: record.run, shard: record.shard, count: 0 };
+        entry.count += 1;
+        added.set(id, entry);
+      }
+      for (const { run, shard, count } of added.values()) this.addPending(run, shard, count);
+      return inserted;
+    });
+  }
+
+  async getSample(run: string, shard: string, key: string): Promise<SampleRecord | null> {
+    const row = this.stmt.getSample.get(run, shard, key);
+    return row === undefined ? null : parseJson(SampleRecord, row);
+  }
+
+  /** Yields the shard's samples in key order, one page per query. */
+  async *listSamples(run: string, shard: string): AsyncIterable<SampleRecord> {
+    let after = "";
+    for (;;) {
+      const rows = this.stmt.pageSamples.all(run, shard, after, PAGE_SIZE);
+      for (const row of rows) {
+        const record = parseJson(SampleRecord, row);
+        after = record.key;
+        yield record;
+      }
+      if (rows.length < PAGE_SIZE) return;
+    }
+  }
+
+  async transition(
+    run: string,
+    shard: string,
+    key: string,
+    expected: Expected,
+    update: SampleUpdate,
+  ): Promise<TransitionResult> {
+    return this.inTransaction(() => {
+      const row = this.stmt.getSample.get(run, shard, key);
+      if (row === undefined) return { applied: false, shardPending: null };
+      const current = parseJson(SampleRecord, row);
+      if (
+        current.status !== expected.status ||
+        current.round !== expected.round ||
+        current.version !== expected.version
+      ) {
+        return { applied: false, shardPending: null };
+      }
+      const next = SampleRecord.parse({
+        ...current,
+        ...update,
+        version: current.version + 1,
+        updatedAt: this.clock.now(),
+      });
+      this.stmt.putSample.run(next.status, next.round, next.version, JSON.stringify(next), run, shard, key);
+      const becameTerminal = TERMINAL_STATUSES.has(next.status) && !TERMINAL_STATUSES.has(current.status);
+      const shardPending = becameTerminal ? this.addPending(run, shard, -1) : null;
+      return { applied: true, shardPending };
+    });
+  }
+
+  async completeIngest(run: string, shard: string, lines: number): Promise<number | null> {
+    return this.inTransaction(() => {
+      const current = this.readShard(run, shard);
+      if (current === null || current.ingested) return null;
+      const next = {
+        ...current,
+        ingested: true,
+        lines,
+        pending: current.pending - 1,
+        updatedAt: this.clock.now(),
+      };
+      this.writeShard(next);
+      return next.pending;
+    });
+  }
+
+  async markFinalized(run: string, shard: string): Promise<boolean> {
+    return this.inTransaction(() => {
+      const current = this.readShard(run, shard);
+      if (current === null || current.finalized) return false;
+      this.writeShard({ ...current, finalized: true, updatedAt: this.clock.now() });
+      return true;
+    });
+  }
+
+  async getAnswer(hash: string): Promise<StoredAnswer | null> {
+    const row = this.stmt.getAnswer.get(hash);
+    return row === undefined ? null : parseJson(StoredAnswer, row);
+  }
+
+  /** The first answer stored under a hash wins; later ones are ignored. */
+  async putAnswer(hash: string, answer: StoredAnswer): Promise<void> {
+    this.stmt.insertAnswer.run(hash, JSON.stringify(StoredAnswer.parse(answer)));
+  }
+
+  /** Samples of a shard per status (every status present, zero when none), for progress display. */
+  countByStatus(run: string, shard: string): Record<SampleStatus, number> {
+    const result: Record<SampleStatus, number> = {
+      INGESTED: 0,
+      EVOLVING: 0,
+      JUDGING: 0,
+      DONE: 0,
+      PASSED_THROUGH: 0,
+      FAILED: 0,
+      REJECTED: 0,
+    };
+    for (const row of this.stmt.countByStatus.all(run, shard)) {
+      const { status, n } = CountRow.parse(row);
+      result[status] = n;
+    }
+    return result;
+  }
+
+  /** The highest round any open sample of the run is in (0 when none), for progress display. */
+  currentRound(run: string): number {
+    const row = this.db
+      .prepare(
+        "SELECT coalesce(max(round), 0) AS r FROM samples WHERE run = ? AND status IN ('EVOLVING', 'JUDGING')",
+      )
+      .get(run);
+    return typeof row?.r === "number" ? row.r : 0;
+  }
+
+  private readShard(run: string, shard: string): ShardRecord | null {
+    const row = this.stmt.getShard.get(run, shard);
+    return row === undefined ? null : parseJson(ShardRecord, row);
+  }
+
+  private writeShard(record: ShardRecord): void {
+    const parsed = ShardRecord.parse(record);
+    this.stmt.putShard.run(JSON.stringify(parsed), parsed.run, parsed.shard);
+  }
+
+  /** Adds `delta` to the shard's pending count (inside the caller's transaction); returns the new count. */
+  private addPending(run: string, shard: string, delta: number): number {
+    const current = this.readShard(run, shard);
+    if (current === null) throw new ShardNotFoundError(run, shard);
+    const pending = current.pending + delta;
+    this.writeShard({ ...current, pending, updatedAt: this.clock.now() });
+    return pending;
+  }
+
+  /** Runs `work` in one write transaction; any throw rolls the whole of it back. */
+  private inTransaction<T>(work: () => T): T {
+    this.db.exec("BEGIN IMMEDIATE");
+    try {
+      const result = work();
+      this.db.exec("COMMIT");
+      return result;
+    } catch (error) {
+      this.db.exec("ROLLBACK");
+      throw error;
+    }
+  }
+}
+
+const changed = (result: { changes: number | bigint }): boolean => Number(result.changes) > 0;

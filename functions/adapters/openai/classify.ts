@@ -1,0 +1,149 @@
+import { APIConnectionError, APIError, APIUserAbortError } from "openai";
+import { ContentFilterFinishReasonError, LengthFinishReasonError } from "openai/core/error";
+import { LlmCallError, MmevolError } from "../../ports/errors.ts";
+
+/** Statuses where the same request can succeed later (the openai client's own `shouldRetry` list). */
+const retryableStatuses: ReadonlySet<number> = new Set([408, 409, 429]);
+
+/** Socket and undici failures: the request never got an answer, so asking again can help. */
+const transientNetworkCodes: ReadonlySet<string> = new Set([
+  "ECONNRESET",
+  "ECONNREFUSED",
+  "ECONNABORTED",
+  "ETIMEDOUT",
+  "EPIPE",
+  "EHOSTUNREACH",
+  "ENETUNREACH",
+  "ENETDOWN",
+  "EAI_AGAIN",
+  "ENOTFOUND",
+]);
+
+const keyLike = /\bsk-[A-Za-z0-9_-]{6,}/g;
+const bearer = /\bBearer\s+[^\s"',]+/gi;
+
+/**
+ * Removes API keys from text that may reach logs or sample records: anything shaped like
+ * an OpenAI key, any bearer token, and each of the given secrets verbatim.
+ */
+export const scrubSecrets = (text: string, secrets: readonly string[] = []): string => {
+  let scrubbed = text;
+  // Longest first, so a secret that contains another is replaced whole.
+  const sorted = [...secrets].filter((secret) => secret.length >= 4).sort((a, b) => b.length - a.length);
+  for (const secret of sorted) scrubbed = scrubbed.split(secret).join("[redacted]");
+  return scrubbed.replace(keyLike, "sk-[redacted]").replace(bearer, "Bearer [redacted]");
+};
+
+const headerOf = (headers: unknown, name: string): string | null => {
+  if (headers instanceof Headers) return headers.get(name);
+  return null;
+};
+
+/**
+ * The provider's wait hint in milliseconds: `retry-after-ms`, else `retry-after` as seconds or
+ * an HTTP date. Null when absent or unreadable.
+ */
+export const retryAfterMsOf = (headers: unknown, now: number = Date.now()): number | null => {
+  const millis = headerOf(headers, "retry-after-ms");
+  if (millis !== null && millis.trim() !== "") {
+    const value = Number(millis);
+    if (Number.isFinite(value) && value >= 0) return Math.round(value);
+  }
+  const after = headerOf(headers, "retry-after");
+  if (after === null || after.trim() === "") return null;
+  const seconds = Number(after);
+  if (Number.isFinite(seconds)) return seconds >= 0 ? Math.round(seconds * 1000) : null;
+  const date = Date.parse(after);
+  if (Number.isNaN(date)) return null;
+  return Math.max(0, date - now);
+};
+
+const codeOf = (error: unknown): string | null => {
+  if (typeof error !== "object" || error === null || !("code" in error)) return null;
+  return typeof error.code === "string" ? error.code : null;
+};
+
+const nameOf = (error: unknown): string | null => (error instanceof Error ? error.name : null);
+
+/** Walks the `cause` chain (fetch wraps socket errors as `TypeError: fetch failed`). */
+const causeChain = (error: unknown): unknown[] => {
+  const chain: unknown[] = [];
+  let current: unknown = error;
+  while (current !== undefined && current !== null && chain.length < 6) {
+    chain.push(current);
+    current = typeof current === "object" && "cause" in current ? current.cause : undefined;
+  }
+  return chain;
+};
+
+const isTransientNetworkError = (error: unknown): boolean =>
+  causeChain(error).some((link) => {
+    const code = codeOf(link);
+    if (code !== null && (transientNetworkCodes.has(code) || code.startsWith("UND_ERR_"))) return true;
+    const name = nameOf(link);
+    return name === "TimeoutError" || name === "ConnectTimeoutError" || name === "SocketError";
+  });
+
+const messageOf = (error: unknown): string => {
+  if (error instanceof Error) return error.message;
+  if (typeof error === "string") return error;
+  try {
+    return JSON.stringify(error) ?? String(error);
+  } catch {
+    return String(error);
+  }
+};
+
+/**
+ * The one place that decides whether a failed LLM call is worth repeating. Retryable: 408, 409,
+ * 429, >= 500, timeouts and dropped connections. Everything else (400, 401, 403, 404, 422,
+ * content filter, refusal, anything unknown) is permanent, so a sample fails fast with a reason.
+ * `secrets` are scrubbed from the message, along with anything shaped like a key.
+ */
+export const classifyFailure = (error: unknown, secrets: readonly string[] = []): LlmCallError => {
+  const scrub = (text: string): string => scrubSecrets(text, secrets);
+
+  if (error instanceof LlmCallError) return error;
+  if (error instanceof MmevolError) {
+    return new LlmCallError(scrub(error.message), { retryable: error.retryable, cause: error });
+  }
+  if (error instanceof APIUserAbortError) {
+    return new LlmCallError(`LLM call aborted: ${scrub(error.message)}`, { retryable: false, cause: error });
+  }
+  // Covers APIConnectionTimeoutError too: no answer arrived, so nothing says the request was bad.
+  if (error instanceof APIConnectionError) {
+    const kind = error.message.toLowerCase().includes("timed out") ? "timed out" : "connection failed";
+    return new LlmCallError(`LLM call ${kind}: ${scrub(error.message)}`, { retryable: true, cause: error });
+  }
+  if (error instanceof APIError) {
+    const status = typeof error.status === "number" ? error.status : null;
+    const shouldRetry = headerOf(error.headers, "x-should-retry");
+    const retryable =
+      shouldRetry === "true" ||
+      (shouldRetry !== "false" && status !== null && (retryableStatuses.has(status) || status >= 500));
+    const detail = scrub(error.message);
+    return new LlmCallError(`LLM call failed with HTTP ${status ?? "(no status)"}: ${detail}`, {
+      retryable,
+      status,
+      retryAfterMs: retryable ? retryAfterMsOf(error.headers) : null,
+      cause: error,
+    });
+  }
+  if (error instanceof ContentFilterFinishReasonError) {
+    return new LlmCallError("LLM answer blocked by the content filter", { retryable: false, cause: error });
+  }
+  if (error instanceof LengthFinishReasonError) {
+    return new LlmCallError("LLM answer cut at the token limit", { retryable: false, cause: error });
+  }
+  if (isTransientNetworkError(error)) {
+    const code = causeChain(error)
+      .map(codeOf)
+      .find((c) => c !== null);
+    const suffix = code === undefined ? "" : ` (${code})`;
+    return new LlmCallError(`LLM call connection failed${suffix}: ${scrub(messageOf(error))}`, {
+      retryable: true,
+      cause: error,
+    });
+  }
+  return new LlmCallError(`LLM call failed: ${scrub(messageOf(error))}`, { retryable: false, cause: error });
+};

@@ -1,0 +1,209 @@
+import { OpenAI } from "openai";
+import type {
+  ChatCompletionContentPart,
+  ChatCompletionCreateParamsNonStreaming,
+  ChatCompletionMessageParam,
+} from "openai/resources/chat/completions";
+import { z } from "zod";
+import { LlmAnswerError, LlmCallError } from "../../ports/errors.ts";
+import type { ChatMessage, ContentPart, Llm, LlmRequest, LlmResponse } from "../../ports/llm.ts";
+import { type Logger, silentLogger } from "../../ports/runtime.ts";
+import { classifyFailure, scrubSecrets } from "./classify.ts";
+
+export interface OpenAiLlmOptions {
+  readonly apiKey: string;
+  /** Any OpenAI-compatible endpoint; the OpenAI API when absent. */
+  readonly baseURL?: string;
+  /** Per attempt. Default 60 000 ms. */
+  readonly timeoutMs?: number;
+  /** The client's own retries of 408/409/429/5xx and dropped connections, with backoff. Default 2. */
+  readonly maxRetries?: number;
+  readonly fetch?: typeof fetch;
+  readonly logger?: Logger;
+}
+
+/** The `x-ratelimit-*` headers of the last answer; a field is null when the server did not send it. */
+export interface RateLimitSnapshot {
+  readonly limitRequests: number | null;
+  readonly remainingRequests: number | null;
+  readonly limitTokens: number | null;
+  readonly remainingTokens: number | null;
+}
+
+/**
+ * What we read from a completion. Compatible servers differ (usage or its details missing,
+ * `refusal` absent), so only what we use is required.
+ */
+const CompletionBody = z.object({
+  model: z.string().optional(),
+  choices: z
+    .array(
+      z.object({
+        finish_reason: z.string().nullish(),
+        message: z.object({
+          content: z.string().nullish(),
+          refusal: z.string().nullish(),
+        }),
+      }),
+    )
+    .min(1, "the completion has no choices"),
+  usage: z
+    .object({
+      prompt_tokens: z.number().int().nonnegative().default(0),
+      completion_tokens: z.number().int().nonnegative().default(0),
+      prompt_tokens_details: z.object({ cached_tokens: z.number().int().nonnegative().nullish() }).nullish(),
+    })
+    .nullish(),
+});
+
+const toPart = (part: ContentPart): ChatCompletionContentPart =>
+  part.type === "text"
+    ? { type: "text", text: part.text }
+    : { type: "image_url", image_url: { url: part.imageUrl, detail: part.detail } };
+
+const toMessage = (message: ChatMessage): ChatCompletionMessageParam => {
+  if (message.role === "system") {
+    // System messages take text only; parts here would be a programming error upstream.
+    const text =
+      typeof message.content === "string"
+        ? message.content
+        : message.content.map((part) => (part.type === "text" ? part.text : "")).join("");
+    return { role: "system", content: text };
+  }
+  return {
+    role: "user",
+    content: typeof message.content === "string" ? message.content : message.content.map(toPart),
+  };
+};
+
+/** Builds the chat completions body: strict JSON-schema output, fixed seed, bounded answer. */
+export const toChatCompletionParams = (request: LlmRequest): ChatCompletionCreateParamsNonStreaming => ({
+  model: request.model,
+  messages: request.messages.map(toMessage),
+  response_format: {
+    type: "json_schema",
+    json_schema: { name: request.schemaName, strict: true, schema: { ...request.schema } },
+  },
+  temperature: request.temperature,
+  // The paper's code used max_tokens, and it is what compatible servers accept.
+  max_tokens: request.maxTokens,
+  seed: request.seed,
+});
+
+const headerNumber = (headers: Headers, name: string): number | null => {
+  const raw = headers.get(name);
+  if (raw === null || raw.trim() === "") return null;
+  const value = Number(raw);
+  return Number.isFinite(value) ? value : null;
+};
+
+const readRateLimit = (headers: Headers): RateLimitSnapshot | null => {
+  const snapshot: RateLimitSnapshot = {
+    limitRequests: headerNumber(headers, "x-ratelimit-limit-requests"),
+    remainingRequests: headerNumber(headers, "x-ratelimit-remaining-requests"),
+    limitTokens: headerNumber(headers, "x-ratelimit-limit-tokens"),
+    remainingTokens: headerNumber(headers, "x-ratelimit-remaining-tokens"),
+  };
+  return Object.values(snapshot).every((value) => value === null) ? null : snapshot;
+};
+
+/** The Llm port over any OpenAI-compatible chat completions endpoint. */
+export class OpenAiLlm implements Llm {
+  readonly #client: OpenAI;
+  readonly #secrets: readonly string[];
+  readonly #logger: Logger;
+  #rateLimit: RateLimitSnapshot | null = null;
+
+  constructor(options: OpenAiLlmOptions) {
+    this.#secrets = [options.apiKey];
+    this.#logger = options.logger ?? silentLogger;
+    const logger = this.#logger;
+    const scrub = (message: string): string => scrubSecrets(message, this.#secrets);
+    this.#client = new OpenAI({
+      apiKey: options.apiKey,
+      baseURL: options.baseURL,
+      timeout: options.timeoutMs ?? 60_000,
+      maxRetries: options.maxRetries ?? 2,
+      fetch: options.fetch,
+      // Only the message is forwarded: the client's extra arguments carry request details.
+      logLevel: "warn",
+      logger: {
+        error: (message) => logger.error(scrub(message)),
+        warn: (message) => logger.warn(scrub(message)),
+        info: (message) => logger.debug(scrub(message)),
+        debug: (message) => logger.debug(scrub(message)),
+      },
+    });
+  }
+
+  /** Rate-limit headers of the last successful answer, for pacing; null before the first. */
+  lastRateLimit(): RateLimitSnapshot | null {
+    return this.#rateLimit;
+  }
+
+  async complete(request: LlmRequest): Promise<LlmResponse> {
+    let raw: unknown;
+    try {
+      const { data, response } = await this.#client.chat.completions
+        .create(toChatCompletionParams(request))
+        .withResponse();
+      this.#rateLimit = readRateLimit(response.headers);
+      raw = data;
+    } catch (error) {
+      const failure = classifyFailure(error, this.#secrets);
+      this.#logger.warn("llm call failed", {
+        model: request.model,
+        status: failure.status,
+        retryable: failure.retryable,
+        error: failure.message,
+      });
+      throw failure;
+    }
+
+    const parsed = CompletionBody.safeParse(raw);
+    if (!parsed.success) {
+      // A 200 with an unreadable body is a server fault; asking again may well work.
+      throw new LlmCallError(`LLM answer is not a chat completion: ${z.prettifyError(parsed.error)}`, {
+        retryable: true,
+        status: 200,
+        cause: parsed.error,
+      });
+    }
+    const body = parsed.data;
+    // Non-empty by the schema's `.min(1)`; the check keeps the type honest.
+    const choice = body.choices[0];
+    if (choice === undefined) throw new LlmAnswerError("the completion has no choices");
+    const finishReason = choice.finish_reason ?? "stop";
+    const refusal = choice.message.refusal ?? null;
+    const content = choice.message.content ?? "";
+
+    if (refusal !== null && refusal !== "") {
+      throw new LlmCallError(`model refused: ${scrubSecrets(refusal, this.#secrets)}`, {
+        retryable: false,
+        status: 200,
+      });
+    }
+    if (finishReason === "content_filter") {
+      throw new LlmCallError("LLM answer blocked by the content filter", { retryable: false, status: 200 });
+    }
+    if (finishReason === "length") {
+      throw new LlmAnswerError(`answer cut at the token limit (max_tokens ${request.maxTokens})`);
+    }
+    if (content.trim() === "") {
+      throw new LlmAnswerError(`empty answer (finish_reason ${finishReason})`);
+    }
+
+    const usage = body.usage;
+    return {
+      content,
+      usage: {
+        promptTokens: usage?.prompt_tokens ?? 0,
+        cachedTokens: usage?.prompt_tokens_details?.cached_tokens ?? 0,
+        completionTokens: usage?.completion_tokens ?? 0,
+      },
+      model: body.model ?? request.model,
+      finishReason,
+      refusal: null,
+    };
+  }
+}

@@ -1,0 +1,44 @@
+import type { Box, Item } from "./schemas.ts";
+
+const REFUSAL =
+  /\b(i'?m sorry|i am sorry|as an ai\b|as a language model|i cannot (help|assist|answer|see)|i can'?t (help|assist|answer|see)|unable to (see|view|analy[sz]e) (the )?image)/i;
+const SCAFFOLDING =
+  /(given q&a|rewritten q&a|created q&a|#given|#rewritten|bounding box list|detailed description of the image|current items|<image>)/i;
+const COORDINATES = /\[\s*(-?\d*\.?\d+)\s*,\s*(-?\d*\.?\d+)\s*,\s*(-?\d*\.?\d+)\s*,\s*(-?\d*\.?\d+)\s*\]/g;
+
+const normalise = (text: string): string => text.toLowerCase().replace(/\s+/g, " ").trim();
+
+function textOf(item: Item): string {
+  return [item.question, item.answer, ...item.steps.flatMap((s) => [s.manipulation, s.description])].join(
+    "\n",
+  );
+}
+
+function coordinatesIn(text: string): number[][] {
+  return [...text.matchAll(COORDINATES)].map((m) => m.slice(1, 5).map(Number));
+}
+
+function isGivenBox(coords: readonly number[], boxes: readonly Box[]): boolean {
+  return boxes.some((box) => box.bbox.every((v, i) => Math.abs(v - (coords[i] ?? Number.NaN)) <= 0.0015));
+}
+
+/**
+ * Cheap failures dropped by rule before any judge call is paid for (METHOD.md §4).
+ * Returns the reason an item fails, or null when it may go to the judge.
+ */
+export function ruleFailure(item: Item, parent: Item | null, boxes: readonly Box[]): string | null {
+  const question = normalise(item.question);
+  const answer = normalise(item.answer);
+  if (question.length === 0) return "empty question";
+  if (answer.length === 0) return "empty answer";
+  if (answer === question) return "answer copies the question";
+  if (REFUSAL.test(item.answer) || REFUSAL.test(item.question)) return "refusal";
+  if (SCAFFOLDING.test(textOf(item))) return "leaked prompt scaffolding";
+  for (const coords of coordinatesIn(textOf(item))) {
+    if (!isGivenBox(coords, boxes)) return `coordinates [${coords.join(", ")}] are not among the given boxes`;
+  }
+  if (parent && normalise(parent.question) === question && normalise(parent.answer) === answer) {
+    return "identical to its parent";
+  }
+  return null;
+}

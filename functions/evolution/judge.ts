@@ -1,0 +1,130 @@
+import { z } from "zod";
+import type { ChatMessage } from "../ports/llm.ts";
+import type { Item, Verdict } from "./schemas.ts";
+
+const JUDGE_SYSTEM = `You are a strict reviewer of training data for vision-language models. You do not see the
+image. You compare rewritten question-answer items with the items they were rewritten from, and decide
+for each rewritten item whether it is an improvement.
+
+## Criteria
+Judge each rewritten item against its parent (or, for a brand-new item, against the previous items as a
+whole) on:
+1. Length: a longer, fuller question and answer, without padding.
+2. Semantic complexity: more reasoning steps, more atomic skills, harder inference.
+3. Visual information: more objects, scene elements and spatial relations that must be read from the image.
+4. Variety of format: multiple choice, matching, fill in the blank, creative and other interactive forms
+   rank above plain questions.
+5. Visual dependence: an item that can be answered without the image (pure world knowledge, or the answer
+   is given away in the question) gets score 0 and is not improved, whatever else it does well.
+An item that is wrong in itself (answer contradicts the question or its own steps) is not improved.
+
+## Score: the difficulty of the rewritten item, 0 to 10
+Ten graded examples anchor the scale:
+1 - "What colour is the sky in the picture?" rephrased as "Which colour does the sky have?"
+2 - "Is there a dog in the image?" (existence of one salient object)
+3 - "How many people are sitting on the bench?" (one count of a salient object)
+4 - "What is written on the red sign?" (one OCR read)
+5 - "What is the woman on the left holding, and what is it used for?" (grounding plus knowledge)
+6 - "Which of these objects is missing from the table: A. cup B. spoon C. knife D. plate?" (selection)
+7 - "Is the car at [0.10, 0.50, 0.30, 0.70] closer to the camera than the tree at [0.60, 0.20, 0.80, 0.90]? Explain." (depth with grounding)
+8 - "If every shelf holds as many books as the top one, how many books fit on the whole bookcase? Let's think step by step." (count, multiply, reason)
+9 - "From the shadows and the shop signs, estimate the time of day and the country, explaining each clue." (several skills chained)
+10 - "Describe the whole scene as a short story: who is where, what each person is doing, and what will probably happen next, citing what you see." (whole-scene narrative with prediction)
+0 - any item answerable without the image.
+
+## Output
+Return JSON with one verdict for every rewritten item id, and no other ids:
+{"verdicts": {"<id>": {"improved": true|false, "score": 0-10, "reason": "<one short sentence>"}}}`;
+
+function itemText(item: Item): string {
+  return JSON.stringify({
+    question: item.question,
+    answer: item.answer,
+    steps: item.steps.length,
+    stepList: item.steps.map((s) => s.manipulation),
+    objects: item.objects,
+    skills: item.skills,
+    format: item.format,
+  });
+}
+
+/** The judge is text only (no image): static criteria first, then the previous and rewritten items. */
+export function buildJudgeMessages(previous: readonly Item[], candidates: readonly Item[]): ChatMessage[] {
+  const parents = previous.map((item) => `${item.id}: ${itemText(item)}`).join("\n");
+  const rewritten = candidates
+    .map((item) => `${item.id} (rewritten from ${item.parent ?? "none: a new item"}): ${itemText(item)}`)
+    .join("\n");
+  const user = `## Previous items\n${parents}\n\n## Rewritten items\n${rewritten}\n\nReturn one verdict for each of these ids: ${candidates.map((c) => c.id).join(", ")}.`;
+  return [
+    { role: "system", content: JUDGE_SYSTEM },
+    { role: "user", content: user },
+  ];
+}
+
+const VERDICT_SCHEMA = {
+  type: "object",
+  properties: {
+    improved: { type: "boolean" },
+    score: { type: "integer", minimum: 0, maximum: 10 },
+    reason: { type: "string" },
+  },
+  required: ["improved", "score", "reason"],
+  additionalProperties: false,
+} as const;
+
+/** A schema per call: the candidate ids are required keys, so strict decoding yields exactly one verdict per item. */
+export function judgeSchema(candidateIds: readonly string[]): Record<string, unknown> {
+  return {
+    type: "object",
+    properties: {
+      verdicts: {
+        type: "object",
+        properties: Object.fromEntries(candidateIds.map((id) => [id, VERDICT_SCHEMA])),
+        required: [...candidateIds],
+        additionalProperties: false,
+      },
+    },
+    required: ["verdicts"],
+    additionalProperties: false,
+  };
+}
+
+const JudgeVerdict = z.object({
+  improved: z.boolean(),
+  score: z.number().min(0).max(10),
+  reason: z.string(),
+});
+
+/** Validates a judge answer for these ids; a missing verdict is a failed judgement, not a silent drop. */
+export function judgeAnswerSchema(candidateIds: readonly string[]) {
+  return z.object({ verdicts: z.record(z.string(), JudgeVerdict) }).superRefine((value, ctx) => {
+    const missing = candidateIds.filter((id) => !(id in value.verdicts));
+    if (missing.length > 0) ctx.addIssue({ code: "custom", message: `no verdict for ${missing.join(", ")}` });
+  });
+}
+export type JudgeAnswer = z.infer<ReturnType<typeof judgeAnswerSchema>>;
+
+/** Matches verdicts to candidates by id (never by position). Only improved items are kept, with their score. */
+export function applyVerdicts(
+  candidates: readonly Item[],
+  answer: JudgeAnswer,
+): { kept: Item[]; verdicts: Verdict[] } {
+  const kept: Item[] = [];
+  const verdicts: Verdict[] = [];
+  for (const candidate of candidates) {
+    const verdict = answer.verdicts[candidate.id];
+    if (!verdict) throw new Error(`no verdict for ${candidate.id}`);
+    // An item scored 0 is answerable without the image: never kept, whatever the judge's flag says.
+    const improved = verdict.improved && verdict.score > 0;
+    verdicts.push({
+      id: candidate.id,
+      parent: candidate.parent,
+      improved,
+      score: verdict.score,
+      reason: verdict.reason,
+      by: "judge",
+    });
+    if (improved) kept.push({ ...candidate, score: verdict.score, reason: verdict.reason });
+  }
+  return { kept, verdicts };
+}

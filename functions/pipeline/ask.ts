@@ -1,0 +1,119 @@
+import { createHash } from "node:crypto";
+import type { z } from "zod";
+import type { ModelPrice } from "../evolution/config.ts";
+import { costOf } from "../evolution/pricing.ts";
+import { MmevolError } from "../ports/errors.ts";
+import type { LlmRequest } from "../ports/llm.ts";
+import { type StoredAnswer, type UsageTotals, zeroUsage } from "../ports/state-store.ts";
+import type { StageDeps } from "./deps.ts";
+
+/** The cache key of a request: model, request (image data replaced by its digest) and attempt. */
+export function answerHash(request: LlmRequest, imageDigest: string | null, attempt: number): string {
+  const messages = request.messages.map((m) => ({
+    role: m.role,
+    content:
+      typeof m.content === "string"
+        ? m.content
+        : m.content.map((part) => (part.type === "text" ? part : { type: part.type, detail: part.detail })),
+  }));
+  const body = JSON.stringify({
+    model: request.model,
+    messages,
+    schemaName: request.schemaName,
+    schema: request.schema,
+    temperature: request.temperature,
+    maxTokens: request.maxTokens,
+    seed: request.seed,
+    imageDigest,
+    attempt,
+  });
+  return createHash("sha256").update(body).digest("hex");
+}
+
+export function addUsage(total: UsageTotals, answer: StoredAnswer): UsageTotals {
+  return {
+    calls: total.calls + 1,
+    promptTokens: total.promptTokens + answer.promptTokens,
+    cachedTokens: total.cachedTokens + answer.cachedTokens,
+    completionTokens: total.completionTokens + answer.completionTokens,
+    costUsd: total.costUsd + answer.costUsd,
+  };
+}
+
+export interface Asked<T> {
+  readonly value: T;
+  /** Every answer this ask used, stored or new: the sample pays them once, when its transition applies. */
+  readonly usage: UsageTotals;
+}
+
+/**
+ * One structured request. Every answer is stored under its hash before it is used, so a rerun after a crash
+ * reads it back instead of paying again. A schema-invalid answer is asked again (a new attempt, a new key)
+ * up to `maxRetries` times, then fails with the reason.
+ */
+export async function askStructured<S extends z.ZodType>(
+  deps: Pick<StageDeps, "llm" | "state" | "logger">,
+  request: LlmRequest,
+  options: { imageDigest: string | null; schema: S; maxRetries: number; price: ModelPrice },
+): Promise<Asked<z.infer<S>>> {
+  let usage = zeroUsage();
+  let lastReason = "";
+  for (let attempt = 0; attempt <= options.maxRetries; attempt++) {
+    const hash = answerHash(request, options.imageDigest, attempt);
+    let answer = await deps.state.getAnswer(hash);
+    if (!answer) {
+      const response = await deps.llm.complete(request);
+      answer = {
+        content: response.content,
+        promptTokens: response.usage.promptTokens,
+        cachedTokens: response.usage.cachedTokens,
+        completionTokens: response.usage.completionTokens,
+        model: response.model,
+        costUsd: costOf(options.price, response.usage),
+      };
+      await deps.state.putAnswer(hash, answer);
+    }
+    usage = addUsage(usage, answer);
+    const parsed = parseJson(answer.content);
+    const result = parsed.ok ? options.schema.safeParse(parsed.value) : null;
+    if (result?.success) return { value: result.data, usage };
+    lastReason = parsed.ok ? (result?.error.issues.map(describeIssue).join("; ") ?? "invalid") : parsed.error;
+    deps.logger.warn("schema-invalid answer", { schema: request.schemaName, attempt, reason: lastReason });
+  }
+  throw new AnswerRejectedError(
+    `${request.schemaName}: answer invalid after ${options.maxRetries + 1} tries: ${lastReason}`,
+    usage,
+  );
+}
+
+/** The model kept answering outside the schema; carries what those answers cost. */
+export class AnswerRejectedError extends MmevolError {
+  readonly usage: UsageTotals;
+  constructor(message: string, usage: UsageTotals) {
+    super(message, { retryable: false });
+    this.usage = usage;
+  }
+}
+
+export function addUsageTotals(a: UsageTotals, b: UsageTotals): UsageTotals {
+  return {
+    calls: a.calls + b.calls,
+    promptTokens: a.promptTokens + b.promptTokens,
+    cachedTokens: a.cachedTokens + b.cachedTokens,
+    completionTokens: a.completionTokens + b.completionTokens,
+    costUsd: a.costUsd + b.costUsd,
+  };
+}
+
+function describeIssue(issue: z.core.$ZodIssue): string {
+  const path = issue.path.map(String).join(".");
+  return path ? `${path}: ${issue.message}` : issue.message;
+}
+
+function parseJson(text: string): { ok: true; value: unknown } | { ok: false; error: string } {
+  try {
+    return { ok: true, value: JSON.parse(text) };
+  } catch (error) {
+    return { ok: false, error: `not JSON: ${error instanceof Error ? error.message : String(error)}` };
+  }
+}

@@ -1,0 +1,36 @@
+import type { RunConfigInput } from "../evolution/config.ts";
+import type { BlobStore } from "../ports/blob-store.ts";
+import type { ImagePreparer } from "../ports/images.ts";
+import type { Llm } from "../ports/llm.ts";
+import type { Message, WorkQueue } from "../ports/messages.ts";
+import type { Clock, Logger } from "../ports/runtime.ts";
+import type { StateStore } from "../ports/state-store.ts";
+
+/** What every stage may use: ports only, built once by a composition root. */
+export interface StageDeps {
+  readonly blobs: BlobStore;
+  readonly state: StateStore;
+  readonly llm: Llm;
+  readonly images: ImagePreparer;
+  readonly clock: Clock;
+  readonly logger: Logger;
+  /** Settings below a run's own run.json: the deployment's or the CLI's. */
+  readonly defaults: RunConfigInput;
+  /** Ingest writes samples in batches of this size and yields between them. */
+  readonly ingestBatchSize?: number;
+}
+
+/** What a stage asks the runtime to do next; a stage never calls the next stage itself. */
+export interface StageResult {
+  readonly next: readonly Message[];
+  /** A short word for logs and progress: what happened. */
+  readonly outcome: string;
+}
+
+export interface StageInput<M> {
+  readonly message: M;
+  /** 1 on first delivery; the runtime counts redeliveries. */
+  readonly attempt: number;
+}
+
+export type { WorkQueue };

@@ -1,0 +1,88 @@
+import { chooseDirection } from "../evolution/directions.ts";
+import { resolveImageKey } from "../evolution/image-path.ts";
+import { priceOf } from "../evolution/pricing.ts";
+import { buildEvolveMessages, EVOLVE_SCHEMA, EvolveAnswer } from "../evolution/prompts.ts";
+import { candidatesFrom, latestNonEmpty } from "../evolution/rounds.ts";
+import { InvalidInputError } from "../ports/errors.ts";
+import type { PreparedImage } from "../ports/images.ts";
+import type { EvolveMessage } from "../ports/messages.ts";
+import { addUsageTotals, askStructured } from "./ask.ts";
+import type { StageDeps, StageInput, StageResult } from "./deps.ts";
+import { endSample, expectedOf, failOrRetry } from "./outcome.ts";
+import { samplePrefix, shardConfig } from "./shard-config.ts";
+
+/** One evolve call: the sample's latest non-empty version, one direction, the image last. */
+export async function evolveSample(input: StageInput<EvolveMessage>, deps: StageDeps): Promise<StageResult> {
+  const { run, shard, sample: key, round } = input.message;
+  const record = await deps.state.getSample(run, shard, key);
+  const shardRecord = await deps.state.getShard(run, shard);
+  if (!record || !shardRecord || !record.sample) return { next: [], outcome: "unknown sample" };
+  // A redelivered message whose work was done but whose next message may have been lost: send it again.
+  if (record.status === "JUDGING" && record.round === round) {
+    return { next: [{ kind: "judge", run, shard, sample: key, round }], outcome: "duplicate" };
+  }
+  const expected =
+    (record.status === "INGESTED" && round === 1) || (record.status === "EVOLVING" && record.round === round);
+  if (!expected) return { next: [], outcome: "duplicate" };
+
+  const config = shardConfig(shardRecord);
+  const sample = record.sample;
+  const direction = chooseDirection(config.seed, sample.id, round, config.weights);
+  const from = latestNonEmpty(record.versions);
+  try {
+    const images: PreparedImage[] = [];
+    for (const path of sample.images) {
+      const resolved = resolveImageKey(config.imageRoot, path);
+      if (!resolved.ok) throw new InvalidInputError(resolved.error);
+      images.push(
+        await deps.images.prepare(resolved.key, {
+          imageRoot: config.imageRoot,
+          maxSide: config.maxImageSide,
+        }),
+      );
+    }
+    const messages = buildEvolveMessages(
+      direction,
+      { caption: sample.caption, boxes: sample.boxes, items: from.items },
+      images.map((image) => ({ dataUrl: image.dataUrl, detail: config.imageDetail })),
+    );
+    const asked = await askStructured(
+      deps,
+      {
+        model: config.model,
+        messages,
+        schemaName: `evolve_${direction}`,
+        schema: EVOLVE_SCHEMA,
+        temperature: config.temperature,
+        maxTokens: config.maxTokens,
+        seed: config.seed,
+      },
+      {
+        imageDigest: images.map((image) => image.digest).join(","),
+        schema: EvolveAnswer,
+        maxRetries: config.maxAnswerRetries,
+        price: priceOf(config.model, config.prices),
+      },
+    );
+    const items = candidatesFrom(asked.value, from, samplePrefix(record.line), round, direction);
+    const result = await deps.state.transition(run, shard, key, expectedOf(record), {
+      status: "JUDGING",
+      round,
+      pending: { round, direction, from: from.round, items },
+      usage: addUsageTotals(record.usage, asked.usage),
+    });
+    if (!result.applied) return { next: [], outcome: "duplicate" };
+    return { next: [{ kind: "judge", run, shard, sample: key, round }], outcome: `evolved:${direction}` };
+  } catch (error) {
+    // An image that cannot be used means the sample cannot be evolved: it passes through, with the reason kept.
+    if (error instanceof InvalidInputError) {
+      return endSample(
+        deps,
+        record,
+        { status: "PASSED_THROUGH", error: `image unusable: ${error.message}` },
+        "passed",
+      );
+    }
+    return failOrRetry(deps, record, error, input.attempt, config, "evolve");
+  }
+}

@@ -1,0 +1,145 @@
+import { parseRecord } from "../evolution/formats.ts";
+import { resolveImageKey } from "../evolution/image-path.ts";
+import { itemId } from "../evolution/rounds.ts";
+import type { Sample } from "../evolution/schemas.ts";
+import { readShard, type ShardEntry } from "../evolution/shard-reader.ts";
+import type { EvolveMessage, IngestMessage, WorkQueue } from "../ports/messages.ts";
+import { type SampleRecord, zeroUsage } from "../ports/state-store.ts";
+import type { StageDeps, StageInput, StageResult } from "./deps.ts";
+import { layout, resolveRunConfig, sampleKey, samplePrefix } from "./shard-config.ts";
+
+const RAW_LIMIT = 2_000;
+
+/** Where an entry sits, for error messages: a line of JSON Lines, an element of a JSON array. */
+export const locate = (entry: Pick<ShardEntry, "line" | "index">): string =>
+  entry.index === undefined ? `line ${entry.line}` : `element ${entry.index} (line ${entry.line})`;
+
+async function readRunJson(deps: StageDeps, run: string): Promise<unknown> {
+  const key = layout.runJson(run);
+  if (!(await deps.blobs.exists(key))) return undefined;
+  const text = new TextDecoder().decode(await deps.blobs.get(key));
+  try {
+    return JSON.parse(text);
+  } catch (error) {
+    return { invalidJson: error instanceof Error ? error.message : String(error) };
+  }
+}
+
+/**
+ * Registers a shard and its samples, rejecting invalid lines with their reason. Ingest streams the shard and
+ * fans samples out in batches (written first, then sent) rather than returning them, so memory stays bounded
+ * whatever the shard size. Rerunning it resumes: existing samples are left as they are.
+ */
+export async function ingestShard(
+  input: StageInput<IngestMessage>,
+  deps: StageDeps & { readonly queue: WorkQueue },
+): Promise<StageResult> {
+  const { run, shard, key } = input.message;
+  const size = await deps.blobs.size(key);
+  if (size === null) return { next: [], outcome: "shard gone" };
+  const config = resolveRunConfig(deps.defaults, await readRunJson(deps, run));
+  const now = deps.clock.now();
+  const { shard: shardRecord } = await deps.state.createShard({
+    run,
+    shard,
+    key,
+    etag: input.message.etag ?? `size-${size}`,
+    pending: 1,
+    ingested: false,
+    finalized: false,
+    lines: 0,
+    config,
+    createdAt: now,
+    updatedAt: now,
+  });
+  if (shardRecord.ingested) {
+    const lost = shardRecord.pending === 0 && !shardRecord.finalized;
+    return { next: lost ? [{ kind: "finalize", run, shard }] : [], outcome: "already ingested" };
+  }
+
+  const batchSize = deps.ingestBatchSize ?? 100;
+  const seenIds = new Map<string, number>();
+  let batch: SampleRecord[] = [];
+  let ordinal = 0;
+  const flush = async () => {
+    if (batch.length === 0) return;
+    await deps.state.putSamples(batch);
+    const evolve: EvolveMessage[] = batch
+      .filter((r) => r.status === "INGESTED")
+      .map((r) => ({ kind: "evolve", run, shard, sample: r.key, round: 1 }));
+    await deps.queue.send(evolve);
+    batch = [];
+  };
+
+  for await (const entry of readShard(deps.blobs.stream(key))) {
+    ordinal += 1;
+    batch.push(toRecord(entry, ordinal, run, shard, config.imageRoot, seenIds, deps.clock.now()));
+    if (batch.length >= batchSize) await flush();
+  }
+  await flush();
+  const pending = await deps.state.completeIngest(run, shard, ordinal);
+  deps.logger.info("shard ingested", { run, shard, lines: ordinal });
+  return { next: pending === 0 ? [{ kind: "finalize", run, shard }] : [], outcome: `ingested:${ordinal}` };
+}
+
+function toRecord(
+  entry: ShardEntry,
+  ordinal: number,
+  run: string,
+  shard: string,
+  imageRoot: string,
+  seenIds: Map<string, number>,
+  now: number,
+): SampleRecord {
+  const base: SampleRecord = {
+    run,
+    shard,
+    key: sampleKey(ordinal),
+    status: "REJECTED",
+    round: 0,
+    version: 0,
+    line: entry.line,
+    sample: null,
+    versions: [],
+    rounds: [],
+    pending: null,
+    attempts: 0,
+    error: null,
+    raw: entry.raw.length > RAW_LIMIT ? `${entry.raw.slice(0, RAW_LIMIT)}…` : entry.raw,
+    usage: zeroUsage(),
+    updatedAt: now,
+  };
+  const where = locate(entry);
+  if ("error" in entry)
+    return { ...base, error: entry.error.startsWith("line") ? entry.error : `${where}: ${entry.error}` };
+  const parsed = parseRecord(entry.value, entry.line);
+  if (!parsed.ok) return { ...base, error: `${where}: ${parsed.error}` };
+  const first = seenIds.get(parsed.sample.id);
+  if (first !== undefined)
+    return { ...base, error: `${where}: duplicate id "${parsed.sample.id}" (first at ${first})` };
+  seenIds.set(parsed.sample.id, entry.line);
+  for (const path of parsed.sample.images) {
+    const resolved = resolveImageKey(imageRoot, path);
+    if (!resolved.ok) return { ...base, error: `${where}: image: ${resolved.error}` };
+  }
+  const sample = withItemIds(parsed.sample, samplePrefix(ordinal));
+  const seed = { round: 0, direction: null, from: null, items: sample.items };
+  // Text-only rows are not evolved (METHOD.md §1): they pass through unchanged.
+  const textOnly = sample.images.length === 0;
+  return {
+    ...base,
+    status: textOnly ? "PASSED_THROUGH" : "INGESTED",
+    sample,
+    versions: [seed],
+    raw: null,
+    error: null,
+  };
+}
+
+/** Seed items get ids that are safe as JSON schema keys, whatever the input ids look like. */
+function withItemIds(sample: Sample, prefix: string): Sample {
+  return {
+    ...sample,
+    items: sample.items.map((item, index) => ({ ...item, id: itemId(prefix, 0, index), parent: null })),
+  };
+}

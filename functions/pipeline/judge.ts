@@ -1,0 +1,123 @@
+import { judgeModelOf } from "../evolution/config.ts";
+import { ruleFailure } from "../evolution/filters.ts";
+import { applyVerdicts, buildJudgeMessages, judgeAnswerSchema, judgeSchema } from "../evolution/judge.ts";
+import { priceOf } from "../evolution/pricing.ts";
+import type { Item, RoundRecord, Verdict, Version } from "../evolution/schemas.ts";
+import type { JudgeMessage } from "../ports/messages.ts";
+import { zeroUsage } from "../ports/state-store.ts";
+import { addUsageTotals, askStructured } from "./ask.ts";
+import type { StageDeps, StageInput, StageResult } from "./deps.ts";
+import { endSample, expectedOf, failOrRetry, finalizeIfDone } from "./outcome.ts";
+import { shardConfig } from "./shard-config.ts";
+
+/** Instruction elimination: rule filters, then one text-only judge call; only improved items are kept. */
+export async function judgeSample(input: StageInput<JudgeMessage>, deps: StageDeps): Promise<StageResult> {
+  const { run, shard, sample: key, round } = input.message;
+  const record = await deps.state.getSample(run, shard, key);
+  const shardRecord = await deps.state.getShard(run, shard);
+  if (!record || !shardRecord) return { next: [], outcome: "unknown sample" };
+  if (record.status === "EVOLVING" && record.round === round + 1) {
+    return { next: [{ kind: "evolve", run, shard, sample: key, round: round + 1 }], outcome: "duplicate" };
+  }
+  if (record.status !== "JUDGING" || record.round !== round || !record.pending) {
+    // The sample already ended; if its shard is complete but the finalize message was lost, send it again.
+    const lost = shardRecord.pending === 0 && !shardRecord.finalized;
+    return { next: lost ? [{ kind: "finalize", run, shard }] : [], outcome: "duplicate" };
+  }
+  const config = shardConfig(shardRecord);
+  const pending = record.pending;
+  const from = record.versions.find((v) => v.round === pending.from) ?? record.versions[0];
+  const parents = new Map((from?.items ?? []).map((item) => [item.id, item]));
+
+  const verdicts: Verdict[] = [];
+  const survivors: Item[] = [];
+  for (const candidate of pending.items) {
+    const parent = candidate.parent === null ? null : (parents.get(candidate.parent) ?? null);
+    const failure = ruleFailure(candidate, parent, record.sample?.boxes ?? []);
+    if (failure === null) survivors.push(candidate);
+    else
+      verdicts.push({
+        id: candidate.id,
+        parent: candidate.parent,
+        improved: false,
+        score: 0,
+        reason: failure,
+        by: "rule",
+      });
+  }
+
+  let kept: Item[] = [];
+  let usage = zeroUsage();
+  if (survivors.length > 0) {
+    const ids = survivors.map((item) => item.id);
+    const model = judgeModelOf(config);
+    try {
+      const asked = await askStructured(
+        deps,
+        {
+          model,
+          messages: buildJudgeMessages(from?.items ?? [], survivors),
+          schemaName: "judge",
+          schema: judgeSchema(ids),
+          temperature: config.temperature,
+          maxTokens: config.judgeMaxTokens,
+          seed: config.seed,
+        },
+        {
+          imageDigest: null,
+          schema: judgeAnswerSchema(ids),
+          maxRetries: config.maxAnswerRetries,
+          price: priceOf(model, config.prices),
+        },
+      );
+      const applied = applyVerdicts(survivors, asked.value);
+      kept = applied.kept;
+      verdicts.push(...applied.verdicts);
+      usage = asked.usage;
+    } catch (error) {
+      return failOrRetry(deps, record, error, input.attempt, config, "judge");
+    }
+  }
+
+  const order = new Map(pending.items.map((item, index) => [item.id, index]));
+  verdicts.sort((a, b) => (order.get(a.id) ?? 0) - (order.get(b.id) ?? 0));
+  const version: Version = { round, direction: pending.direction, from: pending.from, items: kept };
+  const roundRecord: RoundRecord = {
+    round,
+    direction: pending.direction,
+    from: pending.from,
+    candidates: pending.items,
+    verdicts,
+    kept: kept.length,
+  };
+  const update = {
+    versions: [...record.versions, version],
+    rounds: [...record.rounds, roundRecord],
+    pending: null,
+    usage: addUsageTotals(record.usage, usage),
+  };
+  if (round < config.rounds) {
+    const result = await deps.state.transition(run, shard, key, expectedOf(record), {
+      ...update,
+      status: "EVOLVING",
+      round: round + 1,
+    });
+    if (!result.applied) return { next: [], outcome: "duplicate" };
+    return {
+      next: [{ kind: "evolve", run, shard, sample: key, round: round + 1 }],
+      outcome: `judged:${kept.length}`,
+    };
+  }
+  const evolved = update.versions.some((v) => v.round > 0 && v.items.length > 0);
+  // Every round eliminated: the sample passes through unchanged (ARCHITECTURE.md).
+  const ended = await endSample(
+    deps,
+    record,
+    { ...update, status: evolved ? "DONE" : "PASSED_THROUGH" },
+    "done",
+  );
+  return {
+    next: ended.next.length > 0 ? ended.next : finalizeIfDone(run, shard, null),
+    outcome: ended.outcome,
+  };
+}

@@ -1,0 +1,69 @@
+import type { RunConfig } from "../evolution/config.ts";
+import type { Message } from "../ports/messages.ts";
+import { type Expected, type SampleRecord, type SampleUpdate, zeroUsage } from "../ports/state-store.ts";
+import { AnswerRejectedError, addUsageTotals } from "./ask.ts";
+import type { StageDeps, StageResult } from "./deps.ts";
+
+export const expectedOf = (record: SampleRecord): Expected => ({
+  status: record.status,
+  round: record.round,
+  version: record.version,
+});
+
+export const finalizeIfDone = (run: string, shard: string, pending: number | null): Message[] =>
+  pending === 0 ? [{ kind: "finalize", run, shard }] : [];
+
+/** Moves a sample to a terminal state; the store takes the shard's pending count down in the same write. */
+export async function endSample(
+  deps: Pick<StageDeps, "state" | "logger">,
+  record: SampleRecord,
+  update: SampleUpdate & { status: "DONE" | "PASSED_THROUGH" | "FAILED" },
+  outcome: string,
+): Promise<StageResult> {
+  const result = await deps.state.transition(
+    record.run,
+    record.shard,
+    record.key,
+    expectedOf(record),
+    update,
+  );
+  if (!result.applied) return { next: [], outcome: "duplicate" };
+  return { next: finalizeIfDone(record.run, record.shard, result.shardPending), outcome };
+}
+
+/**
+ * The one place a stage failure is decided: a retryable error goes back to the queue (rethrown) until the
+ * attempts run out; then, or for a permanent error, the sample is FAILED with the reason.
+ */
+export async function failOrRetry(
+  deps: Pick<StageDeps, "state" | "logger">,
+  record: SampleRecord,
+  error: unknown,
+  attempt: number,
+  config: RunConfig,
+  stage: string,
+): Promise<StageResult> {
+  const retryable =
+    typeof error === "object" && error !== null && "retryable" in error && error.retryable === true;
+  if (retryable && attempt < config.maxAttempts) throw error;
+  const reason = error instanceof Error ? error.message : String(error);
+  const spent = error instanceof AnswerRejectedError ? error.usage : zeroUsage();
+  deps.logger.warn("sample failed", {
+    run: record.run,
+    shard: record.shard,
+    sample: record.key,
+    stage,
+    reason,
+  });
+  return endSample(
+    deps,
+    record,
+    {
+      status: "FAILED",
+      error: `${stage} round ${Math.max(record.round, 1)}${retryable ? ` after ${attempt} attempts` : ""}: ${reason}`,
+      usage: addUsageTotals(record.usage, spent),
+      pending: null,
+    },
+    "failed",
+  );
+}

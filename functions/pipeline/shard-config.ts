@@ -1,0 +1,49 @@
+import { RunConfig, type RunConfigInput } from "../evolution/config.ts";
+import { InvalidInputError } from "../ports/errors.ts";
+import type { ShardRecord } from "../ports/state-store.ts";
+
+/** Merges run settings: deployment or CLI defaults, then the run's own run.json. */
+export function resolveRunConfig(defaults: RunConfigInput, runJson: unknown): RunConfig {
+  const overrides = runJson === undefined ? {} : runJson;
+  if (typeof overrides !== "object" || overrides === null || Array.isArray(overrides)) {
+    throw new InvalidInputError("run.json must hold a JSON object");
+  }
+  const result = RunConfig.safeParse({ ...defaults, ...overrides });
+  if (!result.success) {
+    const reasons = result.error.issues
+      .map((i) => `${i.path.join(".") || "(root)"}: ${i.message}`)
+      .join("; ");
+    throw new InvalidInputError(`invalid run settings: ${reasons}`);
+  }
+  return result.data;
+}
+
+/** The settings frozen into a shard when it was ingested. */
+export function shardConfig(shard: ShardRecord): RunConfig {
+  return RunConfig.parse(shard.config);
+}
+
+/** Names in the storage layout (ARCHITECTURE.md). */
+export const layout = {
+  runJson: (run: string) => `seeds/${run}/run.json`,
+  evolved: (run: string, shard: string) => `evolved/${run}/${shard}.jsonl`,
+  lineage: (run: string, shard: string) => `evolved/${run}/${shard}.lineage.jsonl`,
+  errors: (run: string, shard: string) => `errors/${run}/${shard}.jsonl`,
+  report: (run: string, shard: string) => `reports/${run}/${shard}.json`,
+  reportHtml: (run: string, shard: string) => `reports/${run}/${shard}.html`,
+  imageCache: (run: string) => `work/${run}/images/`,
+};
+
+/** `seeds/<run>/<name>.json[l]` → run and shard names, or null for any other key. */
+export function parseSeedKey(key: string): { run: string; shard: string } | null {
+  const match = /^seeds\/([^/]+)\/(.+)\.(jsonl|json)$/.exec(key);
+  if (!match || match[2] === "run") return null;
+  const [, run, shard] = match;
+  if (!run || !shard) return null;
+  return { run, shard: shard.replaceAll("/", "__") };
+}
+
+/** A sample's key within its shard: its line, zero-padded so keys sort in input order. */
+export const sampleKey = (line: number): string => String(line).padStart(9, "0");
+/** The prefix of a sample's item ids (`s17-r2-i3`): safe as a JSON schema property name. */
+export const samplePrefix = (line: number): string => `s${line}`;

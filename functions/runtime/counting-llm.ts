@@ -1,0 +1,52 @@
+import type { ModelPrice } from "../evolution/config.ts";
+import { costOf, priceOf } from "../evolution/pricing.ts";
+import type { Llm, LlmRequest, LlmResponse } from "../ports/llm.ts";
+
+export interface LlmTotals {
+  calls: number;
+  failures: number;
+  promptTokens: number;
+  cachedTokens: number;
+  completionTokens: number;
+  costUsd: number;
+  /** Wall time spent inside calls, summed over concurrent calls. */
+  busyMs: number;
+}
+
+/** Counts what this process paid for, for progress and benchmarks; the report counts from the state. */
+export class CountingLlm implements Llm {
+  readonly totals: LlmTotals = {
+    calls: 0,
+    failures: 0,
+    promptTokens: 0,
+    cachedTokens: 0,
+    completionTokens: 0,
+    costUsd: 0,
+    busyMs: 0,
+  };
+  readonly #inner: Llm;
+  readonly #prices: Readonly<Record<string, ModelPrice>>;
+
+  constructor(inner: Llm, prices: Readonly<Record<string, ModelPrice>> = {}) {
+    this.#inner = inner;
+    this.#prices = prices;
+  }
+
+  async complete(request: LlmRequest): Promise<LlmResponse> {
+    const started = performance.now();
+    try {
+      const response = await this.#inner.complete(request);
+      this.totals.calls += 1;
+      this.totals.promptTokens += response.usage.promptTokens;
+      this.totals.cachedTokens += response.usage.cachedTokens;
+      this.totals.completionTokens += response.usage.completionTokens;
+      this.totals.costUsd += costOf(priceOf(request.model, this.#prices), response.usage);
+      return response;
+    } catch (error) {
+      this.totals.failures += 1;
+      throw error;
+    } finally {
+      this.totals.busyMs += performance.now() - started;
+    }
+  }
+}

@@ -1,0 +1,242 @@
+import { mkdirSync } from "node:fs";
+import { basename, dirname, extname, join, resolve } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { SharpImagePreparer } from "../adapters/images/sharp-image-preparer.ts";
+import { FsBlobStore } from "../adapters/local/fs-blob-store.ts";
+import { MemoryQueues, type Received } from "../adapters/local/memory-queue.ts";
+import { type Mount, MountedBlobStore } from "../adapters/local/mounted-blob-store.ts";
+import { SqliteStateStore } from "../adapters/local/sqlite-state-store.ts";
+import type { RunConfigInput } from "../evolution/config.ts";
+import type { ShardReport } from "../evolution/report.ts";
+import { layout, recoverMessages, runStage, type StageDeps } from "../pipeline/index.ts";
+import type { Llm } from "../ports/llm.ts";
+import type { Message, Stage } from "../ports/messages.ts";
+import { type Clock, type Logger, silentLogger, systemClock } from "../ports/runtime.ts";
+import type { SampleStatus } from "../ports/state-store.ts";
+import { CountingLlm, type LlmTotals } from "./counting-llm.ts";
+
+export interface LocalRunOptions {
+  /** Shard files (JSON Lines or one JSON array). */
+  readonly shards: readonly string[];
+  /** Output directory: evolved/, reports/, errors/ and the resumable state in .mmevol/. */
+  readonly out: string;
+  readonly run: string;
+  /** Directory that image paths resolve under; the first shard's directory by default. */
+  readonly images?: string;
+  readonly concurrency: number;
+  readonly config: RunConfigInput;
+  readonly llm: Llm;
+  readonly logger?: Logger;
+  readonly clock?: Clock;
+  readonly onProgress?: (progress: Progress) => void;
+  /** How often progress is reported, in ms. */
+  readonly progressEveryMs?: number;
+  /** Aborting stops taking new work; work in flight finishes, and the next run continues. */
+  readonly signal?: AbortSignal;
+}
+
+export interface Progress {
+  readonly total: number;
+  readonly counts: Record<SampleStatus, number>;
+  readonly round: number;
+  readonly llm: LlmTotals;
+  readonly elapsedMs: number;
+}
+
+export interface LocalRunResult {
+  readonly interrupted: boolean;
+  readonly reports: ShardReport[];
+  readonly deadLetters: number;
+  readonly llm: LlmTotals;
+  readonly elapsedMs: number;
+  readonly outputs: string[];
+}
+
+/** Later stages first, so samples finish instead of piling up half done. */
+const PRIORITY: readonly Stage[] = ["finalize", "judge", "evolve", "ingest"];
+
+export function shardNameOf(path: string): string {
+  return basename(path, extname(path)).replace(/[^A-Za-z0-9._-]/g, "_");
+}
+
+/** Runs the whole pipeline in this process on a directory, SQLite and in-process queues. Resumable. */
+export async function runLocal(options: LocalRunOptions): Promise<LocalRunResult> {
+  const started = performance.now();
+  const logger = options.logger ?? silentLogger;
+  const clock = options.clock ?? systemClock;
+  const out = resolve(options.out);
+  mkdirSync(join(out, ".mmevol"), { recursive: true });
+  const imagesDir = resolve(options.images ?? dirname(resolve(options.shards[0] ?? ".")));
+  const shardFiles = options.shards.map((path) => ({
+    path: resolve(path),
+    name: shardNameOf(path),
+    ext: extname(path),
+  }));
+
+  const mounts: Mount[] = shardFiles.map((file) => ({
+    prefix: `seeds/${options.run}/${file.name}${file.ext}`,
+    store: new FsBlobStore(dirname(file.path)),
+    target: basename(file.path),
+  }));
+  mounts.push({ prefix: "images/", store: new FsBlobStore(imagesDir), target: "" });
+  const blobs = new MountedBlobStore(new FsBlobStore(out), mounts);
+  const state = new SqliteStateStore(join(out, ".mmevol", "state.sqlite"));
+  const llm = new CountingLlm(options.llm, {});
+  const config = { ...options.config, imageRoot: "images" };
+  const queues = new MemoryQueues({
+    visibilityTimeoutMs: 15 * 60_000,
+    maxReceiveCount: (config.maxAttempts ?? 5) + 1,
+    clock,
+  });
+  const deps: StageDeps & { queue: MemoryQueues } = {
+    blobs,
+    state,
+    llm,
+    images: new SharpImagePreparer({ blobs, cachePrefix: layout.imageCache(options.run) }),
+    clock,
+    logger,
+    defaults: config,
+    queue: queues,
+  };
+
+  try {
+    // Resume: everything unfinished is found again from the state alone; new shards start with ingest.
+    const known = new Set((await state.listShards(options.run)).map((s) => s.shard));
+    const initial: Message[] = await recoverMessages(deps, options.run);
+    for (const file of shardFiles) {
+      if (!known.has(file.name)) {
+        initial.push({
+          kind: "ingest",
+          run: options.run,
+          shard: file.name,
+          key: `seeds/${options.run}/${file.name}${file.ext}`,
+        });
+      }
+    }
+    await queues.send(initial);
+
+    let busy = 0;
+    let stop = false;
+    options.signal?.addEventListener("abort", () => {
+      stop = true;
+    });
+    const progress = () => {
+      if (!options.onProgress) return;
+      options.onProgress(
+        snapshot(
+          state,
+          options.run,
+          shardFiles.map((f) => f.name),
+          llm.totals,
+          performance.now() - started,
+        ),
+      );
+    };
+    const ticker = setInterval(progress, options.progressEveryMs ?? 250);
+
+    const take = (): { kind: Stage; received: Received } | null => {
+      for (const kind of PRIORITY) {
+        const [received] = queues.receive(kind, 1);
+        if (received) return { kind, received };
+      }
+      return null;
+    };
+
+    const worker = async () => {
+      while (!stop) {
+        const job = take();
+        if (!job) {
+          if (busy === 0 && queues.isIdle()) return;
+          const next = Math.min(...PRIORITY.map((k) => queues.nextVisibleAt(k) ?? Number.POSITIVE_INFINITY));
+          await sleep(Math.max(1, Math.min(50, next - clock.now())));
+          continue;
+        }
+        busy += 1;
+        const { kind, received } = job;
+        try {
+          const result = await runStage(received.message, received.receiveCount, deps);
+          await queues.send(result.next);
+          queues.ack(kind, received.id);
+        } catch (error) {
+          const retryAfter = retryAfterOf(error);
+          const backoff = retryAfter ?? Math.min(30_000, 500 * 2 ** (received.receiveCount - 1));
+          logger.warn("stage failed, will retry", {
+            stage: kind,
+            attempt: received.receiveCount,
+            delayMs: backoff,
+            error: error instanceof Error ? error.message : String(error),
+          });
+          queues.release(kind, received.id, backoff);
+        } finally {
+          busy -= 1;
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: Math.max(1, options.concurrency) }, worker));
+    clearInterval(ticker);
+    progress();
+
+    const reports: ShardReport[] = [];
+    const outputs: string[] = [];
+    for (const file of shardFiles) {
+      const key = layout.report(options.run, file.name);
+      if (await blobs.exists(key)) {
+        reports.push(JSON.parse(new TextDecoder().decode(await blobs.get(key))) as ShardReport);
+        outputs.push(
+          join(out, layout.evolved(options.run, file.name)),
+          join(out, layout.lineage(options.run, file.name)),
+          join(out, layout.errors(options.run, file.name)),
+          join(out, key),
+          join(out, layout.reportHtml(options.run, file.name)),
+        );
+      }
+    }
+    const deadLetters = PRIORITY.reduce((sum, kind) => sum + queues.deadLetters(kind).length, 0);
+    return {
+      interrupted: stop,
+      reports,
+      deadLetters,
+      llm: { ...llm.totals },
+      elapsedMs: performance.now() - started,
+      outputs,
+    };
+  } finally {
+    state.close();
+  }
+}
+
+function retryAfterOf(error: unknown): number | null {
+  if (
+    typeof error === "object" &&
+    error !== null &&
+    "retryAfterMs" in error &&
+    typeof error.retryAfterMs === "number"
+  ) {
+    return error.retryAfterMs;
+  }
+  return null;
+}
+
+function snapshot(
+  state: SqliteStateStore,
+  run: string,
+  shards: readonly string[],
+  llm: LlmTotals,
+  elapsedMs: number,
+): Progress {
+  const counts: Record<SampleStatus, number> = {
+    INGESTED: 0,
+    EVOLVING: 0,
+    JUDGING: 0,
+    DONE: 0,
+    PASSED_THROUGH: 0,
+    FAILED: 0,
+    REJECTED: 0,
+  };
+  for (const shard of shards) {
+    const c = state.countByStatus(run, shard);
+    for (const status of Object.keys(counts) as SampleStatus[]) counts[status] += c[status];
+  }
+  const total = Object.values(counts).reduce((a, b) => a + b, 0);
+  return { total, counts, round: state.currentRound(run), llm: { ...llm }, elapsedMs };
+}

@@ -1,0 +1,320 @@
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { OpenAiLlm } from "../../functions/adapters/openai/openai-llm.ts";
+import { LlmAnswerError, LlmCallError } from "../../functions/ports/errors.ts";
+import type { LlmRequest } from "../../functions/ports/llm.ts";
+
+interface Reply {
+  readonly status: number;
+  readonly body?: unknown;
+  readonly headers?: Record<string, string>;
+  /** Never answer, to exercise the client timeout. */
+  readonly hang?: boolean;
+}
+
+interface Seen {
+  readonly url: string;
+  readonly authorization: string | undefined;
+  readonly body: unknown;
+}
+
+const API_KEY = "sk-test-0123456789abcdefghijklmnop";
+
+let server: Server;
+let baseURL: string;
+let replies: Reply[] = [];
+let seen: Seen[] = [];
+
+const readBody = async (request: IncomingMessage): Promise<string> => {
+  const chunks: Buffer[] = [];
+  for await (const chunk of request) chunks.push(Buffer.from(chunk));
+  return Buffer.concat(chunks).toString("utf8");
+};
+
+const handle = async (request: IncomingMessage, response: ServerResponse): Promise<void> => {
+  const text = await readBody(request);
+  seen.push({ url: request.url ?? "", authorization: request.headers.authorization, body: JSON.parse(text) });
+  const reply = replies.shift() ?? { status: 500, body: { error: { message: "no scripted reply" } } };
+  if (reply.hang === true) return;
+  response.writeHead(reply.status, { "content-type": "application/json", ...reply.headers });
+  response.end(JSON.stringify(reply.body ?? {}));
+};
+
+const completion = (
+  message: { content: string | null; refusal?: string | null },
+  finishReason = "stop",
+  usage: unknown = {
+    prompt_tokens: 1200,
+    completion_tokens: 80,
+    total_tokens: 1280,
+    prompt_tokens_details: { cached_tokens: 1024 },
+  },
+): unknown => ({
+  id: "chatcmpl-1",
+  object: "chat.completion",
+  created: 1_700_000_000,
+  model: "gpt-4o-mini-2024-07-18",
+  choices: [
+    {
+      index: 0,
+      message: { role: "assistant", content: message.content, refusal: message.refusal ?? null },
+      finish_reason: finishReason,
+      logprobs: null,
+    },
+  ],
+  // null leaves usage out, as some compatible servers do.
+  ...(usage === null ? {} : { usage }),
+});
+
+const answer = JSON.stringify({ questions: ["What colour is the bus?"] });
+
+const request: LlmRequest = {
+  model: "gpt-4o-mini",
+  messages: [
+    { role: "system", content: "You evolve instructions." },
+    {
+      role: "user",
+      content: [
+        { type: "text", text: "Evolve this sample." },
+        { type: "image_url", imageUrl: "data:image/jpeg;base64,AAAA", detail: "low" },
+      ],
+    },
+  ],
+  schemaName: "evolved_sample",
+  schema: {
+    type: "object",
+    properties: { questions: { type: "array", items: { type: "string" } } },
+    required: ["questions"],
+    additionalProperties: false,
+  },
+  temperature: 0.7,
+  maxTokens: 321,
+  seed: 3407,
+};
+
+const llm = (options: { maxRetries?: number; timeoutMs?: number; baseURL?: string } = {}): OpenAiLlm =>
+  new OpenAiLlm({
+    apiKey: API_KEY,
+    baseURL: options.baseURL ?? baseURL,
+    maxRetries: options.maxRetries ?? 2,
+    timeoutMs: options.timeoutMs ?? 5_000,
+  });
+
+const portOf = (listening: Server): number => {
+  const address = listening.address();
+  if (address === null || typeof address === "string") throw new Error("server is not listening on TCP");
+  return address.port;
+};
+
+const failureOf = async (promise: Promise<unknown>): Promise<unknown> => {
+  try {
+    await promise;
+  } catch (error) {
+    return error;
+  }
+  throw new Error("expected the call to fail");
+};
+
+beforeAll(async () => {
+  server = createServer((req, res) => {
+    handle(req, res).catch((error: unknown) => {
+      res.writeHead(599);
+      res.end(String(error));
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  baseURL = `http://127.0.0.1:${portOf(server)}/v1`;
+});
+
+afterAll(async () => {
+  server.closeAllConnections();
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+});
+
+beforeEach(() => {
+  replies = [];
+  seen = [];
+});
+
+describe("OpenAiLlm", () => {
+  it("sends a strict json_schema request and maps the answer", async () => {
+    replies = [
+      {
+        status: 200,
+        body: completion({ content: answer }),
+        headers: {
+          "x-ratelimit-limit-requests": "5000",
+          "x-ratelimit-remaining-requests": "4999",
+          "x-ratelimit-limit-tokens": "2000000",
+          "x-ratelimit-remaining-tokens": "1998720",
+        },
+      },
+    ];
+    const client = llm();
+    expect(client.lastRateLimit()).toBeNull();
+    const response = await client.complete(request);
+
+    expect(response).toEqual({
+      content: answer,
+      usage: { promptTokens: 1200, cachedTokens: 1024, completionTokens: 80 },
+      model: "gpt-4o-mini-2024-07-18",
+      finishReason: "stop",
+      refusal: null,
+    });
+    expect(client.lastRateLimit()).toEqual({
+      limitRequests: 5000,
+      remainingRequests: 4999,
+      limitTokens: 2_000_000,
+      remainingTokens: 1_998_720,
+    });
+
+    expect(seen).toHaveLength(1);
+    const sent = seen[0];
+    expect(sent?.url).toBe("/v1/chat/completions");
+    expect(sent?.authorization).toBe(`Bearer ${API_KEY}`);
+    expect(sent?.body).toEqual({
+      model: "gpt-4o-mini",
+      messages: [
+        { role: "system", content: "You evolve instructions." },
+        {
+          role: "user",
+          content: [
+            { type: "text", text: "Evolve this sample." },
+            { type: "image_url", image_url: { url: "data:image/jpeg;base64,AAAA", detail: "low" } },
+          ],
+        },
+      ],
+      response_format: {
+        type: "json_schema",
+        json_schema: { name: "evolved_sample", strict: true, schema: request.schema },
+      },
+      temperature: 0.7,
+      max_tokens: 321,
+      seed: 3407,
+    });
+  });
+
+  it("reports zero usage when the server sends none", async () => {
+    replies = [{ status: 200, body: completion({ content: answer }, "stop", null) }];
+    const response = await llm().complete(request);
+    expect(response.usage).toEqual({ promptTokens: 0, cachedTokens: 0, completionTokens: 0 });
+  });
+
+  it("waits out a 429 with retry-after and then succeeds", async () => {
+    replies = [
+      { status: 429, body: { error: { message: "Rate limit reached" } }, headers: { "retry-after": "0" } },
+      { status: 200, body: completion({ content: answer }) },
+    ];
+    const response = await llm().complete(request);
+    expect(response.content).toBe(answer);
+    expect(seen).toHaveLength(2);
+  });
+
+  it("retries a 500 and then succeeds", async () => {
+    replies = [
+      { status: 500, body: { error: { message: "server had an error" } } },
+      { status: 200, body: completion({ content: answer }) },
+    ];
+    const response = await llm().complete(request);
+    expect(response.content).toBe(answer);
+    expect(seen).toHaveLength(2);
+  });
+
+  it("gives up on a 429 after its retries, as a retryable error carrying the wait hint", async () => {
+    replies = [
+      { status: 429, body: { error: { message: "Rate limit reached" } }, headers: { "retry-after-ms": "0" } },
+      { status: 429, body: { error: { message: "Rate limit reached" } }, headers: { "retry-after": "3" } },
+    ];
+    const error = await failureOf(llm({ maxRetries: 1 }).complete(request));
+    expect(error).toBeInstanceOf(LlmCallError);
+    expect(error).toMatchObject({ retryable: true, status: 429, retryAfterMs: 3000 });
+    expect(seen).toHaveLength(2);
+  });
+
+  it("gives up on repeated 503s as retryable", async () => {
+    const unavailable: Reply = {
+      status: 503,
+      body: { error: { message: "overloaded" } },
+      headers: { "retry-after-ms": "1" },
+    };
+    replies = [unavailable, unavailable, unavailable];
+    const error = await failureOf(llm({ maxRetries: 2 }).complete(request));
+    expect(error).toMatchObject({ retryable: true, status: 503 });
+    expect(seen).toHaveLength(3);
+  });
+
+  it("does not retry a 400 and fails permanently", async () => {
+    replies = [{ status: 400, body: { error: { message: "Invalid schema for response_format" } } }];
+    const error = await failureOf(llm().complete(request));
+    expect(error).toBeInstanceOf(LlmCallError);
+    expect(error).toMatchObject({ retryable: false, status: 400 });
+    expect(error instanceof Error ? error.message : "").toContain("Invalid schema");
+    expect(seen).toHaveLength(1);
+  });
+
+  it("keeps the key out of a 401 message", async () => {
+    replies = [{ status: 401, body: { error: { message: `Incorrect API key provided: ${API_KEY}.` } } }];
+    const error = await failureOf(llm().complete(request));
+    expect(error).toMatchObject({ retryable: false, status: 401 });
+    const message = error instanceof Error ? error.message : "";
+    expect(message).toContain("Incorrect API key provided");
+    expect(message).not.toContain(API_KEY);
+  });
+
+  it("fails permanently on a refusal", async () => {
+    replies = [{ status: 200, body: completion({ content: null, refusal: "I can't help with that." }) }];
+    const error = await failureOf(llm().complete(request));
+    expect(error).toBeInstanceOf(LlmCallError);
+    expect(error).toMatchObject({ retryable: false });
+    expect(error instanceof Error ? error.message : "").toContain("I can't help with that.");
+  });
+
+  it("fails permanently on the content filter", async () => {
+    replies = [{ status: 200, body: completion({ content: "" }, "content_filter") }];
+    const error = await failureOf(llm().complete(request));
+    expect(error).toBeInstanceOf(LlmCallError);
+    expect(error).toMatchObject({ retryable: false });
+  });
+
+  it("asks to re-ask when the answer was cut at max_tokens or is empty", async () => {
+    replies = [
+      { status: 200, body: completion({ content: '{"questions": ["What' }, "length") },
+      { status: 200, body: completion({ content: "" }) },
+    ];
+    const cut = await failureOf(llm().complete(request));
+    expect(cut).toBeInstanceOf(LlmAnswerError);
+    expect(cut).toMatchObject({ retryable: true });
+    expect(cut instanceof Error ? cut.message : "").toContain("321");
+    const empty = await failureOf(llm().complete(request));
+    expect(empty).toBeInstanceOf(LlmAnswerError);
+  });
+
+  it("treats a 200 that is not a chat completion as a retryable server fault", async () => {
+    replies = [{ status: 200, body: { choices: [] } }];
+    const error = await failureOf(llm().complete(request));
+    expect(error).toBeInstanceOf(LlmCallError);
+    expect(error).toMatchObject({ retryable: true });
+  });
+
+  it("turns a timeout into a retryable error", async () => {
+    replies = [{ status: 200, hang: true }];
+    const started = Date.now();
+    const error = await failureOf(llm({ maxRetries: 0, timeoutMs: 200 }).complete(request));
+    expect(error).toBeInstanceOf(LlmCallError);
+    expect(error).toMatchObject({ retryable: true, status: null });
+    expect(error instanceof Error ? error.message : "").toMatch(/timed out/);
+    expect(Date.now() - started).toBeLessThan(3_000);
+  });
+
+  it("turns a refused connection into a retryable error", async () => {
+    const closed = createServer();
+    await new Promise<void>((resolve) => closed.listen(0, "127.0.0.1", resolve));
+    const port = portOf(closed);
+    await new Promise<void>((resolve) => closed.close(() => resolve()));
+    const error = await failureOf(
+      llm({ maxRetries: 0, baseURL: `http://127.0.0.1:${port}/v1` }).complete(request),
+    );
+    expect(error).toBeInstanceOf(LlmCallError);
+    expect(error).toMatchObject({ retryable: true, status: null });
+  });
+});

@@ -1,0 +1,119 @@
+import { APIConnectionError, APIConnectionTimeoutError, APIError, APIUserAbortError } from "openai";
+import { ContentFilterFinishReasonError } from "openai/core/error";
+import { describe, expect, it } from "vitest";
+import { classifyFailure, retryAfterMsOf, scrubSecrets } from "../../functions/adapters/openai/classify.ts";
+import { LlmAnswerError, LlmCallError } from "../../functions/ports/errors.ts";
+
+const apiError = (status: number, headers: Record<string, string> = {}, message = "boom"): APIError =>
+  APIError.generate(status, { error: { message } }, undefined, new Headers(headers));
+
+describe("classifyFailure", () => {
+  it.each([408, 409, 429, 500, 502, 503, 504])("HTTP %i is retryable", (status) => {
+    const failure = classifyFailure(apiError(status));
+    expect(failure).toBeInstanceOf(LlmCallError);
+    expect(failure.retryable).toBe(true);
+    expect(failure.status).toBe(status);
+    expect(failure.message).toContain(String(status));
+  });
+
+  it.each([400, 401, 403, 404, 422, 418])("HTTP %i is permanent", (status) => {
+    const failure = classifyFailure(apiError(status, { "retry-after": "5" }));
+    expect(failure.retryable).toBe(false);
+    expect(failure.status).toBe(status);
+    expect(failure.retryAfterMs).toBeNull();
+  });
+
+  it("reads retry-after in seconds on a 429", () => {
+    const failure = classifyFailure(apiError(429, { "retry-after": "7" }, "Rate limit reached"));
+    expect(failure.retryable).toBe(true);
+    expect(failure.retryAfterMs).toBe(7000);
+    expect(failure.message).toContain("Rate limit reached");
+  });
+
+  it("prefers retry-after-ms over retry-after", () => {
+    const failure = classifyFailure(apiError(429, { "retry-after-ms": "1500", "retry-after": "9" }));
+    expect(failure.retryAfterMs).toBe(1500);
+  });
+
+  it("reads retry-after as an HTTP date", () => {
+    const now = Date.parse("2025-01-01T00:00:00Z");
+    const headers = new Headers({ "retry-after": "Wed, 01 Jan 2025 00:00:30 GMT" });
+    expect(retryAfterMsOf(headers, now)).toBe(30_000);
+    expect(retryAfterMsOf(new Headers({ "retry-after": "soon" }), now)).toBeNull();
+    expect(retryAfterMsOf(new Headers(), now)).toBeNull();
+  });
+
+  it("gives no retry hint on a 500 without headers", () => {
+    const failure = classifyFailure(apiError(500));
+    expect(failure.retryable).toBe(true);
+    expect(failure.retryAfterMs).toBeNull();
+  });
+
+  it("obeys x-should-retry: false", () => {
+    expect(classifyFailure(apiError(503, { "x-should-retry": "false" })).retryable).toBe(false);
+  });
+
+  it("treats a timeout and a dropped connection as retryable", () => {
+    const timeout = classifyFailure(new APIConnectionTimeoutError());
+    expect(timeout.retryable).toBe(true);
+    expect(timeout.status).toBeNull();
+    expect(timeout.message).toMatch(/timed out/);
+    const connection = classifyFailure(new APIConnectionError({ message: "Connection error." }));
+    expect(connection.retryable).toBe(true);
+  });
+
+  it("recognises node socket errors anywhere in the cause chain", () => {
+    const reset = Object.assign(new Error("socket hang up"), { code: "ECONNRESET" });
+    expect(classifyFailure(reset).retryable).toBe(true);
+    const refused = new TypeError("fetch failed", {
+      cause: Object.assign(new Error("connect ECONNREFUSED 127.0.0.1:1"), { code: "ECONNREFUSED" }),
+    });
+    const failure = classifyFailure(refused);
+    expect(failure.retryable).toBe(true);
+    expect(failure.message).toContain("ECONNREFUSED");
+    const undici = Object.assign(new Error("other side closed"), { code: "UND_ERR_SOCKET" });
+    expect(classifyFailure(undici).retryable).toBe(true);
+  });
+
+  it("treats content filter, aborts and unknown errors as permanent", () => {
+    expect(classifyFailure(new ContentFilterFinishReasonError()).retryable).toBe(false);
+    expect(classifyFailure(new APIUserAbortError()).retryable).toBe(false);
+    const unknown = classifyFailure(new Error("something odd"));
+    expect(unknown.retryable).toBe(false);
+    expect(unknown.message).toContain("something odd");
+    expect(classifyFailure("plain string").message).toContain("plain string");
+  });
+
+  it("passes our own errors through with their retryability", () => {
+    const own = new LlmCallError("model refused: no", { retryable: false, status: 200 });
+    expect(classifyFailure(own)).toBe(own);
+    const answer = classifyFailure(new LlmAnswerError("bad json"));
+    expect(answer).toBeInstanceOf(LlmCallError);
+    expect(answer.retryable).toBe(true);
+  });
+
+  it("never puts the API key in the message", () => {
+    const key = "sk-proj-abcdefghijklmnopqrstuvwxyz0123456789";
+    const custom = "my-local-secret-token";
+    const error = apiError(401, {}, `Incorrect API key provided: ${key}. Also ${custom}, Bearer ${custom}`);
+    const failure = classifyFailure(error, [custom]);
+    expect(failure.message).not.toContain(key);
+    expect(failure.message).not.toContain("abcdefghijklmnop");
+    expect(failure.message).not.toContain(custom);
+    expect(failure.message).toContain("Incorrect API key provided");
+    const network = classifyFailure(
+      Object.assign(new Error(`reset while sending ${key}`), { code: "ECONNRESET" }),
+    );
+    expect(network.message).not.toContain(key);
+  });
+});
+
+describe("scrubSecrets", () => {
+  it("replaces configured secrets and key-shaped strings", () => {
+    expect(scrubSecrets("key=sk-1234567890abcdef end", [])).toBe("key=sk-[redacted] end");
+    expect(scrubSecrets("token hunter22 here", ["hunter22"])).toBe("token [redacted] here");
+    expect(scrubSecrets("Authorization: Bearer abc.def", [])).toBe("Authorization: Bearer [redacted]");
+    // Short strings are not treated as secrets, or every "a" would vanish.
+    expect(scrubSecrets("a task", ["a"])).toBe("a task");
+  });
+});
