@@ -19,6 +19,8 @@ export interface SimulatorOptions {
 }
 
 export interface SimLogEntry {
+  /** A digest of the request's content (model, seed, messages, image): equal digests are the same request. */
+  readonly request: string;
   readonly model: string;
   readonly hasImage: boolean;
   readonly imageDetail: "low" | "high" | "auto" | null;
@@ -217,6 +219,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
     if (log.length > MAX_LOG) log.shift();
   };
   const unparsed = (status: number): SimLogEntry => ({
+    request: "",
     model: "",
     hasImage: false,
     imageDetail: null,
@@ -257,6 +260,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
     const images = request.messages.flatMap((m) => (typeof m.content === "string" ? [] : m.content));
     const firstImage = images.find((part) => part.type === "image_url");
     const entry = {
+      request: prepared.seedText,
       model: request.model,
       hasImage: firstImage !== undefined,
       imageDetail: firstImage?.type === "image_url" ? firstImage.detail : null,
