@@ -1,7 +1,8 @@
 import type { Box, Item } from "./schemas.ts";
 
 const REFUSAL =
-  /\b(i'?m sorry|i am sorry|as an ai\b|as a language model|i cannot (help|assist|answer|see)|i can'?t (help|assist|answer|see)|unable to (see|view|analy[sz]e) (the )?image)/i;
+  /\b(i['’]?m sorry|i am sorry|sorry, i (cannot|can['’]?t)|as an ai\b|as a language model|i (cannot|can['’]?t) (help|assist|answer|see|provide|comply)|unable to (see|view|analy[sz]e) (the )?image)/i;
+/\b(i'?m sorry|i am sorry|as an ai\b|as a language model|i cannot (help|assist|answer|see)|i can'?t (help|assist|answer|see)|unable to (see|view|analy[sz]e) (the )?image)/i;
 const SCAFFOLDING =
   /(given q&a|rewritten q&a|created q&a|#given|#rewritten|bounding box list|detailed description of the image|current items|<image>)/i;
 const COORDINATES = /\[\s*(-?\d*\.?\d+)\s*,\s*(-?\d*\.?\d+)\s*,\s*(-?\d*\.?\d+)\s*,\s*(-?\d*\.?\d+)\s*\]/g;

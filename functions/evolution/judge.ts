@@ -1,4 +1,5 @@
 import { z } from "zod";
+import { LlmAnswerError } from "../ports/errors.ts";
 import type { ChatMessage } from "../ports/llm.ts";
 import type { Item, Verdict } from "./schemas.ts";
 
@@ -113,7 +114,7 @@ export function applyVerdicts(
   const verdicts: Verdict[] = [];
   for (const candidate of candidates) {
     const verdict = answer.verdicts[candidate.id];
-    if (!verdict) throw new Error(`no verdict for ${candidate.id}`);
+    if (!verdict) throw new LlmAnswerError(`no verdict for ${candidate.id}`);
     // An item scored 0 is answerable without the image: never kept, whatever the judge's flag says.
     const improved = verdict.improved && verdict.score > 0;
     verdicts.push({

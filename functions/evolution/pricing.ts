@@ -15,10 +15,11 @@ const FREE: ModelPrice = { input: 0, cachedInput: 0, output: 0, batchInput: 0, b
 export function priceOf(model: string, overrides: Readonly<Record<string, ModelPrice>> = {}): ModelPrice {
   const direct = overrides[model] ?? PRICES[model];
   if (direct) return direct;
-  const prefix = Object.keys(PRICES)
+  const table = { ...PRICES, ...overrides };
+  const prefix = Object.keys(table)
     .filter((name) => model.startsWith(`${name}-`))
     .sort((a, b) => b.length - a.length)[0];
-  return prefix ? (PRICES[prefix] ?? FREE) : FREE;
+  return prefix ? (table[prefix] ?? FREE) : FREE;
 }
 
 export interface TokenCounts {

@@ -27,18 +27,53 @@ describe("a shard with bad lines", () => {
       "{not json",
       JSON.stringify({ id: "no-conv", image: "images/kitchen.png" }),
       good("ok-2"),
-      JSON.stringify({ id: "escape", image: "../../etc/passwd", conversations: [{ from: "human", value: "q" }, { from: "gpt", value: "a" }] }),
-      JSON.stringify({ id: "url", image: "http://169.254.169.254/latest/meta-data", conversations: [{ from: "human", value: "q" }, { from: "gpt", value: "a" }] }),
+      JSON.stringify({
+        id: "escape",
+        image: "../../etc/passwd",
+        conversations: [
+          { from: "human", value: "q" },
+          { from: "gpt", value: "a" },
+        ],
+      }),
+      JSON.stringify({
+        id: "url",
+        image: "http://169.254.169.254/latest/meta-data",
+        conversations: [
+          { from: "human", value: "q" },
+          { from: "gpt", value: "a" },
+        ],
+      }),
       good("ok-1"),
       "",
-      JSON.stringify({ id: "order", image: "images/kitchen.png", conversations: [{ from: "gpt", value: "a" }, { from: "human", value: "q" }] }),
+      JSON.stringify({
+        id: "order",
+        image: "images/kitchen.png",
+        conversations: [
+          { from: "gpt", value: "a" },
+          { from: "human", value: "q" },
+        ],
+      }),
       good("ok-3"),
-      JSON.stringify({ id: "gone", image: "images/missing.png", conversations: [{ from: "human", value: "q" }, { from: "gpt", value: "a" }] }),
+      JSON.stringify({
+        id: "gone",
+        image: "images/missing.png",
+        conversations: [
+          { from: "human", value: "q" },
+          { from: "gpt", value: "a" },
+        ],
+      }),
     ];
     const shard = join(dir.path, "bad.jsonl");
     writeFileSync(shard, `${lines.join("\n")}\n`);
     const out = join(dir.path, "out");
-    await runLocal({ shards: [shard], out, run: "r", concurrency: 3, config: { rounds: 2, dryRun: true }, llm: new SimulatedLlm() });
+    await runLocal({
+      shards: [shard],
+      out,
+      run: "r",
+      concurrency: 3,
+      config: { rounds: 2, dryRun: true },
+      llm: new SimulatedLlm(),
+    });
 
     const errors = readJsonl(join(out, "errors/r/bad.jsonl"));
     const rejected = errors.filter((e) => e.kind === "rejected");

@@ -25,7 +25,10 @@ const ChatBody = z.object({
         z.array(
           z.union([
             z.object({ type: z.literal("text"), text: z.string() }),
-            z.object({ type: z.literal("image_url"), image_url: z.object({ url: z.string(), detail: z.string() }) }),
+            z.object({
+              type: z.literal("image_url"),
+              image_url: z.object({ url: z.string(), detail: z.string() }),
+            }),
           ]),
         ),
       ]),
@@ -33,7 +36,11 @@ const ChatBody = z.object({
   ),
   response_format: z.object({
     type: z.literal("json_schema"),
-    json_schema: z.object({ name: z.string(), strict: z.literal(true), schema: z.record(z.string(), z.unknown()) }),
+    json_schema: z.object({
+      name: z.string(),
+      strict: z.literal(true),
+      schema: z.record(z.string(), z.unknown()),
+    }),
   }),
   max_tokens: z.number(),
   temperature: z.number(),
@@ -102,7 +109,8 @@ describe("local pipeline on the demo shard, through the real openai client and t
     }
     const evolved = records.filter((r) => r.mmevol.round > 0);
     expect(evolved.length).toBeGreaterThan(0);
-    for (const r of evolved) expect(r.mmevol).toMatchObject({ direction: expect.any(String), scores: expect.any(Array) });
+    for (const r of evolved)
+      expect(r.mmevol).toMatchObject({ direction: expect.any(String), scores: expect.any(Array) });
   });
 
   it("keeps a lineage with every version and each item's parent", () => {
@@ -111,11 +119,23 @@ describe("local pipeline on the demo shard, through the real openai client and t
     expect(done.length).toBeGreaterThan(0);
     for (const entry of done) {
       const versions = z
-        .array(z.object({ round: z.number(), items: z.array(z.object({ id: z.string(), parent: z.string().nullable() })) }))
+        .array(
+          z.object({
+            round: z.number(),
+            items: z.array(z.object({ id: z.string(), parent: z.string().nullable() })),
+          }),
+        )
         .parse(entry.versions);
       expect(versions.map((v) => v.round)).toEqual([0, 1, 2, 3]);
       const rounds = z
-        .array(z.object({ round: z.number(), from: z.number(), candidates: z.array(z.object({ id: z.string() })), verdicts: z.array(z.object({ id: z.string() })) }))
+        .array(
+          z.object({
+            round: z.number(),
+            from: z.number(),
+            candidates: z.array(z.object({ id: z.string() })),
+            verdicts: z.array(z.object({ id: z.string() })),
+          }),
+        )
         .parse(entry.rounds);
       expect(rounds).toHaveLength(3);
       for (const round of rounds) {
@@ -163,11 +183,20 @@ describe("local pipeline on the demo shard, through the real openai client and t
     for (const body of judges) {
       expect(JSON.stringify(body.messages)).not.toContain("image_url");
       const schema = z
-        .object({ properties: z.object({ verdicts: z.object({ required: z.array(z.string()), additionalProperties: z.literal(false) }) }) })
+        .object({
+          properties: z.object({
+            verdicts: z.object({ required: z.array(z.string()), additionalProperties: z.literal(false) }),
+          }),
+        })
         .parse(body.response_format.json_schema.schema);
       expect(schema.properties.verdicts.required.length).toBeGreaterThan(0);
     }
-    expect(sim.stats().log.filter((e) => e.schemaName === "judge").every((e) => !e.hasImage)).toBe(true);
+    expect(
+      sim
+        .stats()
+        .log.filter((e) => e.schemaName === "judge")
+        .every((e) => !e.hasImage),
+    ).toBe(true);
   });
 
   it("a dry run estimates exactly the tokens the real run was billed", async () => {
@@ -189,7 +218,12 @@ describe("local pipeline on the demo shard, through the real openai client and t
       expect(usage.parse(estimate.usage)).toEqual(usage.parse(real.usage));
       expect(dryRun.reports[0]?.usage.costUsd).toBeGreaterThan(0);
       for (const record of readJsonl(join(dry.path, "out/evolved/demo/demo.jsonl"))) {
-        expect(z.object({ mmevol: z.object({ dryRun: z.literal(true) }).loose() }).loose().parse(record)).toBeTruthy();
+        expect(
+          z
+            .object({ mmevol: z.object({ dryRun: z.literal(true) }).loose() })
+            .loose()
+            .parse(record),
+        ).toBeTruthy();
       }
     } finally {
       dry.cleanup();

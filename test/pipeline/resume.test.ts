@@ -40,14 +40,26 @@ describe("a run killed with SIGKILL and run again", () => {
     const concurrency = 2;
     // Uninterrupted reference run.
     const reference = await startSimulator({ latencyMs: 5 });
-    const ref = startCli([demoShard, "--out", join(dir.path, "ref"), "--run", "demo", "-q", "-c", String(concurrency)], reference);
+    const ref = startCli(
+      [demoShard, "--out", join(dir.path, "ref"), "--run", "demo", "-q", "-c", String(concurrency)],
+      reference,
+    );
     expect(await ref.done).toBe(0);
     const referenceCalls = reference.stats().succeeded;
     await reference.close();
 
     const sim = await startSimulator({ latencyMs: 20 });
     try {
-      const args = [demoShard, "--out", join(dir.path, "killed"), "--run", "demo", "-q", "-c", String(concurrency)];
+      const args = [
+        demoShard,
+        "--out",
+        join(dir.path, "killed"),
+        "--run",
+        "demo",
+        "-q",
+        "-c",
+        String(concurrency),
+      ];
       const first = startCli(args, sim);
       await waitFor(() => sim.stats().succeeded >= Math.floor(referenceCalls / 2));
       first.child.kill("SIGKILL");
@@ -67,7 +79,9 @@ describe("a run killed with SIGKILL and run again", () => {
       const killed = join(dir.path, "killed/evolved/demo/demo.jsonl");
       const records = readJsonl(killed);
       expect(new Set(records.map((r) => r.id)).size).toBe(records.length);
-      expect(readFileSync(killed, "utf8")).toBe(readFileSync(join(dir.path, "ref/evolved/demo/demo.jsonl"), "utf8"));
+      expect(readFileSync(killed, "utf8")).toBe(
+        readFileSync(join(dir.path, "ref/evolved/demo/demo.jsonl"), "utf8"),
+      );
       const report = readJson(join(dir.path, "killed/reports/demo/demo.json"));
       expect(report.counts).toEqual(readJson(join(dir.path, "ref/reports/demo/demo.json")).counts);
     } finally {

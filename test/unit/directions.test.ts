@@ -9,12 +9,18 @@ const DRAWS = 20_000;
 function shares(weights: DirectionWeights, seed = 3407, round = 1): Record<Direction, number> {
   const counts: Record<Direction, number> = { perception: 0, reasoning: 0, interaction: 0 };
   for (let i = 0; i < DRAWS; i++) counts[chooseDirection(seed, `sample-${i}`, round, weights)] += 1;
-  return { perception: counts.perception / DRAWS, reasoning: counts.reasoning / DRAWS, interaction: counts.interaction / DRAWS };
+  return {
+    perception: counts.perception / DRAWS,
+    reasoning: counts.reasoning / DRAWS,
+    interaction: counts.interaction / DRAWS,
+  };
 }
 
 function expectShares(actual: Record<Direction, number>, expected: Record<Direction, number>): void {
   for (const d of DIRECTIONS) {
-    expect(Math.abs(actual[d] - expected[d]), `${d}: ${actual[d]} vs ${expected[d]}`).toBeLessThanOrEqual(0.02);
+    expect(Math.abs(actual[d] - expected[d]), `${d}: ${actual[d]} vs ${expected[d]}`).toBeLessThanOrEqual(
+      0.02,
+    );
   }
 }
 

@@ -49,7 +49,9 @@ describe("ruleFailure", () => {
   });
 
   it("catches an answer that copies the question, whatever the case and spacing", () => {
-    expect(ruleFailure(item("What is on the table?", "What is on the table?"), parent, boxes)).toMatch(/copies/);
+    expect(ruleFailure(item("What is on the table?", "What is on the table?"), parent, boxes)).toMatch(
+      /copies/,
+    );
     expect(ruleFailure(item("What is on the table?", "  what IS on\nthe   table? "), parent, boxes)).toMatch(
       /copies/,
     );
@@ -69,10 +71,10 @@ describe("ruleFailure", () => {
   });
 
   // BUG (reported): REFUSAL only knows the ASCII apostrophe, but models often write U+2019 (I’m, can’t).
-  it.fails("catches refusals written with a typographic apostrophe (U+2019)", () => {
-    expect(ruleFailure(item("What is on the table?", "I\u2019m sorry, I can\u2019t help."), parent, boxes)).toBe(
-      "refusal",
-    );
+  it("catches refusals written with a typographic apostrophe (U+2019)", () => {
+    expect(
+      ruleFailure(item("What is on the table?", "I\u2019m sorry, I can\u2019t help."), parent, boxes),
+    ).toBe("refusal");
   });
 
   it("catches a refusal written into the question", () => {
@@ -80,7 +82,9 @@ describe("ruleFailure", () => {
   });
 
   it("does not take 'sorry' inside an ordinary answer for a refusal", () => {
-    expect(ruleFailure(item("What does the card say?", "It says 'Sorry for your loss'."), parent, boxes)).toBeNull();
+    expect(
+      ruleFailure(item("What does the card say?", "It says 'Sorry for your loss'."), parent, boxes),
+    ).toBeNull();
   });
 
   it("catches leaked prompt scaffolding in question, answer or steps", () => {
@@ -91,7 +95,9 @@ describe("ruleFailure", () => {
       item("What is red?", "The mug.", {
         steps: [{ manipulation: "None", description: "As the given q&a says, the mug." }],
       }),
-      item("What is red?", "The mug.", { steps: [{ manipulation: "Look(<image>)->mug", description: "look" }] }),
+      item("What is red?", "The mug.", {
+        steps: [{ manipulation: "Look(<image>)->mug", description: "look" }],
+      }),
     ];
     for (const leak of leaks) {
       expect(ruleFailure(leak, parent, boxes), JSON.stringify(leak)).toBe("leaked prompt scaffolding");
@@ -119,20 +125,26 @@ describe("ruleFailure", () => {
   it("accepts coordinates equal to a given box within 3-decimal rounding", () => {
     // 0.12345 is shown to the model as 0.123 and 0.55551 as 0.556.
     expect(ruleFailure(item("What is at [0.123, 0.200, 0.300, 0.400]?", "A mug."), parent, boxes)).toBeNull();
-    expect(ruleFailure(item("What is at [0.500, 0.556, 0.900, 1.000]?", "A plate."), parent, boxes)).toBeNull();
+    expect(
+      ruleFailure(item("What is at [0.500, 0.556, 0.900, 1.000]?", "A plate."), parent, boxes),
+    ).toBeNull();
     expect(ruleFailure(item("What is at [0.5, 0.556, 0.9, 1]?", "A plate."), parent, boxes)).toBeNull();
     expect(ruleFailure(item("What is at [0.12345, 0.2, 0.3, 0.4]?", "A mug."), parent, boxes)).toBeNull();
   });
 
   it("catches an item identical to its parent, whatever the case and spacing", () => {
-    expect(ruleFailure(item("What colour is the mug?", "Red."), parent, boxes)).toBe("identical to its parent");
+    expect(ruleFailure(item("What colour is the mug?", "Red."), parent, boxes)).toBe(
+      "identical to its parent",
+    );
     expect(ruleFailure(item("  what colour IS the\n mug? ", "RED.  "), parent, boxes)).toBe(
       "identical to its parent",
     );
   });
 
   it("passes an item that keeps the parent's question but changes the answer", () => {
-    expect(ruleFailure(item("What colour is the mug?", "Red with a white handle."), parent, boxes)).toBeNull();
+    expect(
+      ruleFailure(item("What colour is the mug?", "Red with a white handle."), parent, boxes),
+    ).toBeNull();
   });
 
   it("does not compare a brand-new item (no parent) to anything", () => {

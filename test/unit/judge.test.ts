@@ -1,5 +1,11 @@
 import { describe, expect, it } from "vitest";
-import { applyVerdicts, buildJudgeMessages, judgeAnswerSchema, judgeSchema } from "../../functions/evolution/judge.ts";
+import { z } from "zod";
+import {
+  applyVerdicts,
+  buildJudgeMessages,
+  judgeAnswerSchema,
+  judgeSchema,
+} from "../../functions/evolution/judge.ts";
 import type { Item } from "../../functions/evolution/schemas.ts";
 
 const item = (id: string, parent: string | null, question: string, answer: string): Item => ({
@@ -19,7 +25,12 @@ const previous = [
   item("s1-r1-i2", "s1-r0-i2", "How many plates are there?", "Two."),
 ];
 const candidates = [
-  item("s1-r2-i1", "s1-r1-i1", "What colour is the mug's handle, and why might it differ?", "White; a spare part."),
+  item(
+    "s1-r2-i1",
+    "s1-r1-i1",
+    "What colour is the mug's handle, and why might it differ?",
+    "White; a spare part.",
+  ),
   item("s1-r2-i2", "s1-r1-i2", "Which plate holds more food? Let's think step by step.", "The left one..."),
   item("s1-r2-i3", null, "What is written on the napkin?", "Merci."),
 ];
@@ -37,7 +48,7 @@ describe("buildJudgeMessages", () => {
   });
 
   it("puts the static criteria in the system message, identical across calls", () => {
-    const other = buildJudgeMessages([candidates[0] as Item], [item("x-r1-i1", null, "Q?", "A.")]);
+    const other = buildJudgeMessages(candidates.slice(0, 1), [item("x-r1-i1", null, "Q?", "A.")]);
     expect(messages[0]?.role).toBe("system");
     expect(messages[0]?.content).toBe(other[0]?.content);
     expect(String(messages[0]?.content)).toMatch(/visual dependence/i);
@@ -58,20 +69,36 @@ describe("buildJudgeMessages", () => {
   });
 });
 
+const StrictObject = z.object({
+  type: z.literal("object"),
+  additionalProperties: z.literal(false),
+  required: z.array(z.string()),
+});
+const JudgeSchemaShape = StrictObject.extend({
+  properties: z.object({
+    verdicts: StrictObject.extend({ properties: z.record(z.string(), StrictObject) }),
+  }),
+});
+
 describe("judgeSchema", () => {
   it("requires exactly the candidate ids as verdict keys, strictly", () => {
-    const schema = judgeSchema(ids);
-    expect(schema.additionalProperties).toBe(false);
+    const schema = JudgeSchemaShape.parse(judgeSchema(ids));
     expect(schema.required).toEqual(["verdicts"]);
-    const verdicts = (schema.properties as { verdicts: Record<string, unknown> }).verdicts;
-    expect(verdicts.additionalProperties).toBe(false);
-    expect([...(verdicts.required as string[])].sort()).toEqual([...ids].sort());
-    const properties = verdicts.properties as Record<string, Record<string, unknown>>;
-    expect(Object.keys(properties).sort()).toEqual([...ids].sort());
+    const verdicts = schema.properties.verdicts;
+    expect([...verdicts.required].sort()).toEqual([...ids].sort());
+    expect(Object.keys(verdicts.properties).sort()).toEqual([...ids].sort());
     for (const id of ids) {
-      expect(properties[id]?.additionalProperties).toBe(false);
-      expect([...((properties[id]?.required as string[]) ?? [])].sort()).toEqual(["improved", "reason", "score"]);
+      expect([...(verdicts.properties[id]?.required ?? [])].sort()).toEqual(["improved", "reason", "score"]);
     }
+  });
+
+  it("the shape check fails for a schema that lets extra ids through", () => {
+    const loose = judgeSchema(ids);
+    const result = JudgeSchemaShape.safeParse({
+      ...loose,
+      properties: { verdicts: { type: "object", properties: {}, required: [], additionalProperties: true } },
+    });
+    expect(result.success).toBe(false);
   });
 });
 
@@ -101,11 +128,16 @@ describe("judgeAnswerSchema", () => {
 
   it("rejects a malformed verdict and a score out of range", () => {
     const base = { "s1-r2-i1": verdict(true, 6, "a"), "s1-r2-i2": verdict(true, 7, "b") };
-    expect(schema.safeParse({ verdicts: { ...base, "s1-r2-i3": { improved: "yes", score: 3, reason: "" } } }).success).toBe(
+    expect(
+      schema.safeParse({ verdicts: { ...base, "s1-r2-i3": { improved: "yes", score: 3, reason: "" } } })
+        .success,
+    ).toBe(false);
+    expect(schema.safeParse({ verdicts: { ...base, "s1-r2-i3": verdict(true, 11, "x") } }).success).toBe(
       false,
     );
-    expect(schema.safeParse({ verdicts: { ...base, "s1-r2-i3": verdict(true, 11, "x") } }).success).toBe(false);
-    expect(schema.safeParse({ verdicts: { ...base, "s1-r2-i3": verdict(true, -1, "x") } }).success).toBe(false);
+    expect(schema.safeParse({ verdicts: { ...base, "s1-r2-i3": verdict(true, -1, "x") } }).success).toBe(
+      false,
+    );
   });
 });
 
@@ -160,7 +192,9 @@ describe("applyVerdicts", () => {
 
   it("treats a missing verdict as a failed judgement (throws), not a silent drop", () => {
     expect(() =>
-      applyVerdicts(candidates, { verdicts: { "s1-r2-i1": verdict(true, 6, "a"), "s1-r2-i3": verdict(true, 6, "c") } }),
+      applyVerdicts(candidates, {
+        verdicts: { "s1-r2-i1": verdict(true, 6, "a"), "s1-r2-i3": verdict(true, 6, "c") },
+      }),
     ).toThrow(/s1-r2-i2/);
   });
 

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
+import { z } from "zod";
 import { countTextTokens } from "../../functions/adapters/simulated/tokens.ts";
-import type { ContentPart } from "../../functions/ports/llm.ts";
 import {
   ATOMIC_SKILLS,
   buildEvolveMessages,
@@ -12,6 +12,7 @@ import {
   INTERACTIVE_FORMATS,
 } from "../../functions/evolution/prompts.ts";
 import { type Box, DIRECTIONS, type Item } from "../../functions/evolution/schemas.ts";
+import type { ContentPart } from "../../functions/ports/llm.ts";
 
 const item = (id: string, question: string, answer: string, extra: Partial<Item> = {}): Item => ({
   id,
@@ -48,7 +49,10 @@ const sampleB = {
 
 const IMG = "data:image/jpeg;base64,/9j/AAAA";
 
-function userParts(direction: (typeof DIRECTIONS)[number], images = [{ dataUrl: IMG, detail: "low" as const }]) {
+function userParts(
+  direction: (typeof DIRECTIONS)[number],
+  images: readonly { dataUrl: string; detail: "low" | "high" | "auto" }[] = [{ dataUrl: IMG, detail: "low" }],
+) {
   const messages = buildEvolveMessages(direction, sampleA, images);
   const user = messages.find((m) => m.role === "user");
   if (!user || typeof user.content === "string") throw new Error("user message must be a list of parts");
@@ -192,7 +196,9 @@ describe("buildEvolveMessages: the sample's part", () => {
   });
 
   it("formats boxes one per line as `label: [x1, y1, x2, y2]` with 3 decimals", () => {
-    expect(formatBoxes(mugBoxes)).toBe("mug: [0.100, 0.200, 0.300, 0.400]\nplate: [0.500, 0.556, 0.900, 1.000]");
+    expect(formatBoxes(mugBoxes)).toBe(
+      "mug: [0.100, 0.200, 0.300, 0.400]\nplate: [0.500, 0.556, 0.900, 1.000]",
+    );
     const text = evolveSampleText(sampleA);
     expect(text).toContain("mug: [0.100, 0.200, 0.300, 0.400]\nplate: [0.500, 0.556, 0.900, 1.000]");
   });
@@ -247,22 +253,25 @@ describe("buildEvolveMessages: the sample's part", () => {
 function strictProblems(node: unknown, path = "$"): string[] {
   if (Array.isArray(node)) return node.flatMap((child, i) => strictProblems(child, `${path}[${i}]`));
   if (node === null || typeof node !== "object") return [];
-  const record = node as Record<string, unknown>;
+  const record = new Map<string, unknown>(Object.entries(node));
   const problems: string[] = [];
-  const type = record.type;
+  const type = record.get("type");
   const isObject = type === "object" || (Array.isArray(type) && type.includes("object"));
   if (isObject) {
-    if (record.additionalProperties !== false) problems.push(`${path}: additionalProperties is not false`);
-    const props = record.properties;
+    if (record.get("additionalProperties") !== false)
+      problems.push(`${path}: additionalProperties is not false`);
+    const props = record.get("properties");
+    const required = record.get("required");
     if (props === null || typeof props !== "object") problems.push(`${path}: no properties`);
     else {
-      const required = Array.isArray(record.required) ? record.required : [];
       for (const key of Object.keys(props)) {
-        if (!required.includes(key)) problems.push(`${path}: property ${key} is not required`);
+        if (!Array.isArray(required) || !required.includes(key)) {
+          problems.push(`${path}: property ${key} is not required`);
+        }
       }
     }
   }
-  for (const [key, value] of Object.entries(record)) problems.push(...strictProblems(value, `${path}.${key}`));
+  for (const [key, value] of record) problems.push(...strictProblems(value, `${path}.${key}`));
   return problems;
 }
 
@@ -275,7 +284,10 @@ describe("EVOLVE_SCHEMA and EvolveAnswer", () => {
         required: ["a"],
         additionalProperties: false,
       }),
-    ).toEqual(["$.properties.a: additionalProperties is not false", "$.properties.a: property b is not required"]);
+    ).toEqual([
+      "$.properties.a: additionalProperties is not false",
+      "$.properties.a: property b is not required",
+    ]);
   });
 
   it("is strict: every object forbids extra properties and requires all of its properties", () => {
@@ -283,7 +295,10 @@ describe("EVOLVE_SCHEMA and EvolveAnswer", () => {
   });
 
   it("covers every item field", () => {
-    const items = (EVOLVE_SCHEMA.properties as { items: { items: { required: string[] } } }).items.items;
+    const shape = z.object({
+      properties: z.object({ items: z.object({ items: z.object({ required: z.array(z.string()) }) }) }),
+    });
+    const items = shape.parse(EVOLVE_SCHEMA).properties.items.items;
     expect([...items.required].sort()).toEqual(
       ["answer", "format", "imagePosition", "objects", "question", "skills", "source", "steps"].sort(),
     );
