@@ -1,0 +1,69 @@
+import { z } from "zod";
+
+/**
+ * Environment variable names, shared by the CDK stack (which sets them) and the Lambda runtime (which reads
+ * them), so the two cannot drift apart. A construct that grants access to a resource also sets its variable.
+ */
+export const ENV = {
+  /** The data bucket: seeds/, evolved/, reports/, errors/, work/. */
+  bucket: "MMEVOL_BUCKET",
+  /** The single DynamoDB table. */
+  table: "MMEVOL_TABLE",
+  ingestQueueUrl: "MMEVOL_INGEST_QUEUE_URL",
+  evolveQueueUrl: "MMEVOL_EVOLVE_QUEUE_URL",
+  judgeQueueUrl: "MMEVOL_JUDGE_QUEUE_URL",
+  finalizeQueueUrl: "MMEVOL_FINALIZE_QUEUE_URL",
+  /** ARN (or name) of the Secrets Manager secret holding the OpenAI key; only LLM-calling functions get it. */
+  openaiSecret: "MMEVOL_OPENAI_SECRET",
+  /** Optional OpenAI-compatible base URL. */
+  openaiBaseUrl: "MMEVOL_OPENAI_BASE_URL",
+  /** JSON of the stack's run defaults (a RunConfig input: model, rounds, weights, ...). */
+  runDefaults: "MMEVOL_RUN_DEFAULTS",
+  /** Timeout of one LLM call attempt, ms, and the client's own retries. */
+  llmTimeoutMs: "MMEVOL_LLM_TIMEOUT_MS",
+  llmMaxRetries: "MMEVOL_LLM_MAX_RETRIES",
+} as const;
+
+export type EnvName = (typeof ENV)[keyof typeof ENV];
+
+const jsonObject = z.string().transform((text, ctx) => {
+  try {
+    const value: unknown = JSON.parse(text);
+    if (typeof value === "object" && value !== null && !Array.isArray(value)) return { ...value };
+  } catch {
+    // reported below
+  }
+  ctx.addIssue({ code: "custom", message: "expected a JSON object" });
+  return z.NEVER;
+});
+
+/** What a Lambda function may find in its environment; each function gets only what it needs. */
+export const LambdaEnv = z.object({
+  [ENV.bucket]: z.string().min(1).optional(),
+  [ENV.table]: z.string().min(1),
+  [ENV.ingestQueueUrl]: z.string().min(1).optional(),
+  [ENV.evolveQueueUrl]: z.string().min(1).optional(),
+  [ENV.judgeQueueUrl]: z.string().min(1).optional(),
+  [ENV.finalizeQueueUrl]: z.string().min(1).optional(),
+  [ENV.openaiSecret]: z.string().min(1).optional(),
+  [ENV.openaiBaseUrl]: z.string().url().optional(),
+  [ENV.runDefaults]: jsonObject.optional(),
+  [ENV.llmTimeoutMs]: z.coerce.number().int().positive().default(60_000),
+  [ENV.llmMaxRetries]: z.coerce.number().int().nonnegative().default(1),
+});
+export type LambdaEnv = z.infer<typeof LambdaEnv>;
+
+/** Reads and validates the environment once, with one clear message naming every problem. */
+export function readLambdaEnv(env: NodeJS.ProcessEnv = process.env): LambdaEnv {
+  const result = LambdaEnv.safeParse(env);
+  if (!result.success) {
+    const problems = result.error.issues.map((i) => `${i.path.join(".")}: ${i.message}`).join("; ");
+    throw new Error(`invalid Lambda environment: ${problems}`);
+  }
+  return result.data;
+}
+
+/** The LLM client's budget: the function timeout must exceed timeout x (retries + 1) plus state writes. */
+export const LLM_TIMEOUT_MS = 60_000;
+export const LLM_MAX_RETRIES = 1;
+export const LLM_FUNCTION_TIMEOUT_SECONDS = Math.ceil((LLM_TIMEOUT_MS * (LLM_MAX_RETRIES + 1)) / 1000) + 60;
