@@ -33,8 +33,11 @@ export const RunConfig = z.strictObject({
   judgeMaxTokens: z.number().int().positive().default(2048),
   imageDetail: z.enum(["low", "high", "auto"]).default("low"),
   maxImageSide: z.number().int().min(64).max(4096).default(512),
-  /** Image paths resolve under this root only (a blob key prefix; "" is the store's root). */
-  imageRoot: z.string().default(""),
+  /**
+   * Image paths resolve under this root only (a blob key prefix; "" is the store's root). When absent, ingest
+   * sets it to the shard's own folder, so paths are relative to the shard as in LLaVA datasets.
+   */
+  imageRoot: z.string().optional(),
   /** How many times a schema-invalid answer is asked again before the sample round fails. */
   maxAnswerRetries: z.number().int().min(0).max(10).default(2),
   /** How many deliveries of a stage message before the sample is FAILED. */

@@ -18,6 +18,11 @@ export interface StageDeps {
   readonly defaults: RunConfigInput;
   /** Ingest writes samples in batches of this size and yields between them. */
   readonly ingestBatchSize?: number;
+  /**
+   * Milliseconds left before the runtime stops this invocation (Lambda's remaining time); absent locally.
+   * Ingest hands the rest of a large shard to a continuation message before it runs out.
+   */
+  readonly remainingMs?: () => number;
 }
 
 /** What a stage asks the runtime to do next; a stage never calls the next stage itself. */

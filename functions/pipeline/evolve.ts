@@ -32,11 +32,12 @@ export async function evolveSample(input: StageInput<EvolveMessage>, deps: Stage
   try {
     const images: PreparedImage[] = [];
     for (const path of sample.images) {
-      const resolved = resolveImageKey(config.imageRoot, path);
+      const imageRoot = config.imageRoot ?? "";
+      const resolved = resolveImageKey(imageRoot, path);
       if (!resolved.ok) throw new InvalidInputError(resolved.error);
       images.push(
         await deps.images.prepare(resolved.key, {
-          imageRoot: config.imageRoot,
+          imageRoot,
           maxSide: config.maxImageSide,
         }),
       );

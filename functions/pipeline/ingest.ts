@@ -4,9 +4,9 @@ import { itemId } from "../evolution/rounds.ts";
 import type { Sample } from "../evolution/schemas.ts";
 import { readShard, type ShardEntry } from "../evolution/shard-reader.ts";
 import type { EvolveMessage, IngestMessage, WorkQueue } from "../ports/messages.ts";
-import { type SampleRecord, zeroUsage } from "../ports/state-store.ts";
+import { type SampleRecord, type ShardRecord, zeroUsage } from "../ports/state-store.ts";
 import type { StageDeps, StageInput, StageResult } from "./deps.ts";
-import { layout, resolveRunConfig, sampleKey, samplePrefix } from "./shard-config.ts";
+import { layout, resolveRunConfig, sampleKey, samplePrefix, shardConfig } from "./shard-config.ts";
 
 const RAW_LIMIT = 2_000;
 
@@ -30,34 +30,29 @@ async function readRunJson(deps: StageDeps, run: string): Promise<unknown> {
  * fans samples out in batches (written first, then sent) rather than returning them, so memory stays bounded
  * whatever the shard size. Rerunning it resumes: existing samples are left as they are.
  */
+/** Time kept in hand when a continuation is sent: the batch in progress and the sends must still fit. */
+const CONTINUATION_MARGIN_MS = 90_000;
+
 export async function ingestShard(
   input: StageInput<IngestMessage>,
   deps: StageDeps & { readonly queue: WorkQueue },
 ): Promise<StageResult> {
-  const { run, shard, key } = input.message;
+  const { run, key } = input.message;
   const size = await deps.blobs.size(key);
   if (size === null) return { next: [], outcome: "shard gone" };
-  const config = resolveRunConfig(deps.defaults, await readRunJson(deps, run));
-  const now = deps.clock.now();
-  const { shard: shardRecord } = await deps.state.createShard({
-    run,
-    shard,
-    key,
-    etag: input.message.etag ?? `size-${size}`,
-    pending: 1,
-    ingested: false,
-    finalized: false,
-    lines: 0,
-    config,
-    createdAt: now,
-    updatedAt: now,
-  });
+  const etag = input.message.etag ?? `size-${size}`;
+  const registered = await registerShard(deps, { ...input.message, etag }, key);
+  if (registered === null) return { next: [], outcome: "not a shard" };
+  const { shard, record: shardRecord } = registered;
   if (shardRecord.ingested) {
     const lost = shardRecord.pending === 0 && !shardRecord.finalized;
     return { next: lost ? [{ kind: "finalize", run, shard }] : [], outcome: "already ingested" };
   }
+  const config = shardConfig(shardRecord);
+  const imageRoot = config.imageRoot ?? "";
 
   const batchSize = deps.ingestBatchSize ?? 100;
+  const from = input.message.from ?? 1;
   const seenIds = new Map<string, number>();
   let batch: SampleRecord[] = [];
   let ordinal = 0;
@@ -73,13 +68,60 @@ export async function ingestShard(
 
   for await (const entry of readShard(deps.blobs.stream(key))) {
     ordinal += 1;
-    batch.push(toRecord(entry, ordinal, run, shard, config.imageRoot, seenIds, deps.clock.now()));
-    if (batch.length >= batchSize) await flush();
+    const record = toRecord(entry, ordinal, run, shard, imageRoot, seenIds, deps.clock.now());
+    // Records before `from` were written by an earlier invocation; they are read again only to know their ids.
+    if (ordinal < from) continue;
+    batch.push(record);
+    if (batch.length >= batchSize) {
+      await flush();
+      if (deps.remainingMs && deps.remainingMs() < CONTINUATION_MARGIN_MS) {
+        deps.logger.info("shard continues in a new invocation", { run, shard, from: ordinal + 1 });
+        return {
+          next: [{ ...input.message, shard, etag, from: ordinal + 1 }],
+          outcome: `ingesting:${ordinal}`,
+        };
+      }
+    }
   }
   await flush();
   const pending = await deps.state.completeIngest(run, shard, ordinal);
   deps.logger.info("shard ingested", { run, shard, lines: ordinal });
   return { next: pending === 0 ? [{ kind: "finalize", run, shard }] : [], outcome: `ingested:${ordinal}` };
+}
+
+/**
+ * Registers the shard once per uploaded object: the same key and ETag (a redelivered event, or the same file
+ * dropped twice) finds the existing shard; the same key with new content becomes a new shard `<name>.<etag>`.
+ */
+async function registerShard(
+  deps: StageDeps,
+  message: IngestMessage & { etag: string },
+  key: string,
+): Promise<{ shard: string; record: ShardRecord } | null> {
+  const { run } = message;
+  const existing = await deps.state.getShard(run, message.shard);
+  const shard =
+    existing && existing.etag !== message.etag && existing.key === key
+      ? `${message.shard}.${message.etag.replace(/[^A-Za-z0-9]/g, "").slice(0, 12)}`
+      : message.shard;
+  const runJson = await readRunJson(deps, run);
+  const config = resolveRunConfig(deps.defaults, runJson);
+  const withRoot = { ...config, imageRoot: config.imageRoot ?? key.slice(0, key.lastIndexOf("/") + 1) };
+  const now = deps.clock.now();
+  const { shard: record } = await deps.state.createShard({
+    run,
+    shard,
+    key,
+    etag: message.etag,
+    pending: 1,
+    ingested: false,
+    finalized: false,
+    lines: 0,
+    config: withRoot,
+    createdAt: now,
+    updatedAt: now,
+  });
+  return { shard, record };
 }
 
 function toRecord(

@@ -35,3 +35,10 @@ export class InvalidInputError extends MmevolError {
     super(message, { retryable: false, ...options });
   }
 }
+
+/** A write that needs the shard record found none: a wiring bug (ingest creates the shard first), not a retry case. */
+export class ShardNotFoundError extends MmevolError {
+  constructor(run: string, shard: string) {
+    super(`no shard ${run}/${shard}`, { retryable: false });
+  }
+}

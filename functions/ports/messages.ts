@@ -9,6 +9,8 @@ export const IngestMessage = z.object({
   key: z.string().min(1),
   /** The object's ETag when the event carried one: the same key uploaded again is a new shard version. */
   etag: z.string().optional(),
+  /** Set on a continuation: the 1-based record to resume at, after an invocation ran out of time. */
+  from: z.number().int().positive().optional(),
 });
 export const EvolveMessage = z.object({
   kind: z.literal("evolve"),

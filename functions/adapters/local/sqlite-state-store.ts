@@ -1,6 +1,6 @@
 import { DatabaseSync, type StatementSync } from "node:sqlite";
 import { z } from "zod";
-import { MmevolError } from "../../ports/errors.ts";
+import { ShardNotFoundError } from "../../ports/errors.ts";
 import { type Clock, systemClock } from "../../ports/runtime.ts";
 import {
   type Expected,
@@ -14,12 +14,8 @@ import {
   type TransitionResult,
 } from "../../ports/state-store.ts";
 
-/** A write that needs the shard record found none: a wiring bug (ingest creates the shard first), not a retry case. */
-export class ShardNotFoundError extends MmevolError {
-  constructor(run: string, shard: string) {
-    super(`no shard ${run}/${shard}`, { retryable: false });
-  }
-}
+// Re-exported so code that imported it from here keeps working; it lives in the ports, shared with DynamoDB.
+export { ShardNotFoundError };
 
 /** How many samples `listSamples` reads per query, so a large shard never sits in memory whole. */
 const PAGE_SIZE = 500;

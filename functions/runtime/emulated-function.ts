@@ -1,0 +1,147 @@
+// One Lambda function of the synthesized stack, run in this process against an emulated SQS queue: what the
+// Lambda service's SQS event source mapping does (poll, build an SQSEvent, invoke, delete what succeeded).
+// Started by the emulated stack with the function's resolved environment; the AWS SDK reads the emulator's
+// endpoint from AWS_ENDPOINT_URL like any other client.
+import { join } from "node:path";
+import { pathToFileURL } from "node:url";
+import {
+  ChangeMessageVisibilityBatchCommand,
+  DeleteMessageBatchCommand,
+  type Message,
+  ReceiveMessageCommand,
+  SQSClient,
+} from "@aws-sdk/client-sqs";
+import type { Context, SQSEvent } from "aws-lambda";
+import { z } from "zod";
+
+const Settings = z.object({
+  EMU_NAME: z.string(),
+  EMU_ASSET: z.string(),
+  EMU_HANDLER: z.string().regex(/^[\w-]+\.[\w$]+$/),
+  EMU_QUEUE_URL: z.string(),
+  EMU_QUEUE_ARN: z.string(),
+  EMU_BATCH_SIZE: z.coerce.number().int().min(1).max(10),
+  EMU_CONCURRENCY: z.coerce.number().int().min(1),
+  EMU_TIMEOUT_SECONDS: z.coerce.number().int().min(1),
+  AWS_REGION: z.string().default("us-east-1"),
+});
+const settings = Settings.parse(process.env);
+const [file = "index", exportName = "handler"] = settings.EMU_HANDLER.split(".");
+const loaded: unknown = await import(pathToFileURL(join(settings.EMU_ASSET, `${file}.mjs`)).href);
+const exported: unknown =
+  typeof loaded === "object" && loaded !== null ? Reflect.get(loaded, exportName) : undefined;
+if (typeof exported !== "function")
+  throw new Error(`${settings.EMU_ASSET}/${file}.mjs exports no function ${exportName}`);
+const handler = async (event: SQSEvent, context: Context): Promise<unknown> =>
+  Reflect.apply(exported, undefined, [event, context]);
+const BatchResponse = z
+  .object({ batchItemFailures: z.array(z.object({ itemIdentifier: z.string() })) })
+  .partial();
+
+const sqs = new SQSClient({});
+let stopping = false;
+process.on("SIGTERM", () => {
+  stopping = true;
+});
+process.on("SIGINT", () => {
+  stopping = true;
+});
+
+const say = (line: string) => process.stdout.write(`[${settings.EMU_NAME}] ${line}\n`);
+
+function toEvent(messages: readonly Message[]): SQSEvent {
+  return {
+    Records: messages.map((m) => ({
+      messageId: m.MessageId ?? "",
+      receiptHandle: m.ReceiptHandle ?? "",
+      body: m.Body ?? "",
+      attributes: {
+        ApproximateReceiveCount: m.Attributes?.ApproximateReceiveCount ?? "1",
+        SentTimestamp: m.Attributes?.SentTimestamp ?? String(Date.now()),
+        SenderId: m.Attributes?.SenderId ?? "emulator",
+        ApproximateFirstReceiveTimestamp:
+          m.Attributes?.ApproximateFirstReceiveTimestamp ?? String(Date.now()),
+      },
+      messageAttributes: {},
+      md5OfBody: m.MD5OfBody ?? "",
+      eventSource: "aws:sqs",
+      eventSourceARN: settings.EMU_QUEUE_ARN,
+      awsRegion: settings.AWS_REGION,
+    })),
+  };
+}
+
+function contextFor(deadline: number): Context {
+  return {
+    callbackWaitsForEmptyEventLoop: false,
+    functionName: settings.EMU_NAME,
+    functionVersion: "$LATEST",
+    invokedFunctionArn: `arn:aws:lambda:${settings.AWS_REGION}:123456789012:function:${settings.EMU_NAME}`,
+    memoryLimitInMB: "1024",
+    awsRequestId: crypto.randomUUID(),
+    logGroupName: `/aws/lambda/${settings.EMU_NAME}`,
+    logStreamName: "emulated",
+    getRemainingTimeInMillis: () => Math.max(0, deadline - Date.now()),
+    done: () => {},
+    fail: () => {},
+    succeed: () => {},
+  };
+}
+
+async function poll(): Promise<void> {
+  while (!stopping) {
+    const received = await sqs.send(
+      new ReceiveMessageCommand({
+        QueueUrl: settings.EMU_QUEUE_URL,
+        MaxNumberOfMessages: settings.EMU_BATCH_SIZE,
+        WaitTimeSeconds: 1,
+        MessageSystemAttributeNames: ["All"],
+      }),
+    );
+    const messages = received.Messages ?? [];
+    if (messages.length === 0) continue;
+    const started = Date.now();
+    let failed = new Set<string>();
+    try {
+      const output = await handler(
+        toEvent(messages),
+        contextFor(started + settings.EMU_TIMEOUT_SECONDS * 1000),
+      );
+      const response = BatchResponse.parse(output ?? {});
+      failed = new Set((response.batchItemFailures ?? []).map((f) => f.itemIdentifier));
+    } catch (error) {
+      say(`invocation failed: ${error instanceof Error ? error.message : String(error)}`);
+      failed = new Set(messages.map((m) => m.MessageId ?? ""));
+    }
+    const ok = messages.filter((m) => !failed.has(m.MessageId ?? ""));
+    const bad = messages.filter((m) => failed.has(m.MessageId ?? ""));
+    if (ok.length > 0) {
+      await sqs.send(
+        new DeleteMessageBatchCommand({
+          QueueUrl: settings.EMU_QUEUE_URL,
+          Entries: ok.map((m, i) => ({ Id: String(i), ReceiptHandle: m.ReceiptHandle ?? "" })),
+        }),
+      );
+    }
+    if (bad.length > 0) {
+      // Lambda leaves a failed message hidden for the queue's whole visibility timeout (minutes); the emulator
+      // shortens that to a backoff so a local run retries in seconds. Redrive to the DLQ works as in AWS.
+      await sqs.send(
+        new ChangeMessageVisibilityBatchCommand({
+          QueueUrl: settings.EMU_QUEUE_URL,
+          Entries: bad.map((m, i) => ({
+            Id: String(i),
+            ReceiptHandle: m.ReceiptHandle ?? "",
+            VisibilityTimeout: Math.min(30, 2 ** Number(m.Attributes?.ApproximateReceiveCount ?? "1")),
+          })),
+        }),
+      );
+    }
+    say(`${messages.length} record(s): ${ok.length} ok, ${bad.length} failed (${Date.now() - started} ms)`);
+  }
+}
+
+say(
+  `polling ${settings.EMU_QUEUE_URL} (batch ${settings.EMU_BATCH_SIZE}, concurrency ${settings.EMU_CONCURRENCY})`,
+);
+await Promise.all(Array.from({ length: settings.EMU_CONCURRENCY }, poll));

@@ -1,0 +1,176 @@
+import { BatchProcessor, EventType, processPartialResponse } from "@aws-lambda-powertools/batch";
+import { Logger as PowertoolsLogger } from "@aws-lambda-powertools/logger";
+import { Metrics, MetricUnit } from "@aws-lambda-powertools/metrics";
+import { DynamoDBClient } from "@aws-sdk/client-dynamodb";
+import { S3Client } from "@aws-sdk/client-s3";
+import { SQSClient } from "@aws-sdk/client-sqs";
+import { DynamoDBDocumentClient } from "@aws-sdk/lib-dynamodb";
+import type { Context, SQSBatchResponse, SQSEvent, SQSRecord } from "aws-lambda";
+import type { z } from "zod";
+import { DynamoStateStore } from "../adapters/aws/dynamodb-state-store.ts";
+import { S3BlobStore } from "../adapters/aws/s3-blob-store.ts";
+import { readApiKey } from "../adapters/aws/secret-api-key.ts";
+import { SqsWorkQueue } from "../adapters/aws/sqs-work-queue.ts";
+import { SharpImagePreparer } from "../adapters/images/sharp-image-preparer.ts";
+import { OpenAiLlm } from "../adapters/openai/openai-llm.ts";
+import type { RunConfigInput } from "../evolution/config.ts";
+import { runStage, type StageDeps } from "../pipeline/index.ts";
+import type { BlobStore } from "../ports/blob-store.ts";
+import { InvalidInputError } from "../ports/errors.ts";
+import type { Llm, LlmRequest, LlmResponse } from "../ports/llm.ts";
+import type { Message, Stage } from "../ports/messages.ts";
+import { type Logger, systemClock } from "../ports/runtime.ts";
+import { CountingLlm } from "./counting-llm.ts";
+import { ENV, type LambdaEnv, readLambdaEnv } from "./env.ts";
+
+/** Our Logger port over Powertools' JSON logger. */
+function portLogger(logger: PowertoolsLogger): Logger {
+  return {
+    debug: (message, fields) => logger.debug(message, { ...fields }),
+    info: (message, fields) => logger.info(message, { ...fields }),
+    warn: (message, fields) => logger.warn(message, { ...fields }),
+    error: (message, fields) => logger.error(message, { ...fields }),
+  };
+}
+
+/** Fetches the key from Secrets Manager on first use (cached by Powertools), so functions without it still start. */
+class SecretKeyLlm implements Llm {
+  #inner: Promise<Llm> | null = null;
+  readonly #env: LambdaEnv;
+  readonly #logger: Logger;
+  constructor(env: LambdaEnv, logger: Logger) {
+    this.#env = env;
+    this.#logger = logger;
+  }
+  complete(request: LlmRequest): Promise<LlmResponse> {
+    this.#inner ??= this.#build().catch((error: unknown) => {
+      this.#inner = null;
+      throw error;
+    });
+    return this.#inner.then((llm) => llm.complete(request));
+  }
+  async #build(): Promise<Llm> {
+    const secret = this.#env[ENV.openaiSecret];
+    if (!secret) throw new InvalidInputError("this function was not granted the OpenAI key secret");
+    const apiKey = await readApiKey(secret);
+    const baseURL = this.#env[ENV.openaiBaseUrl];
+    return new OpenAiLlm({
+      apiKey,
+      ...(baseURL ? { baseURL } : {}),
+      timeoutMs: this.#env[ENV.llmTimeoutMs],
+      maxRetries: this.#env[ENV.llmMaxRetries],
+      logger: this.#logger,
+    });
+  }
+}
+
+/** Blob store stand-in for functions that were given no bucket: any use is a wiring error. */
+const noBucket: BlobStore = new Proxy({} as BlobStore, {
+  get: () => () => {
+    throw new Error("this function was not granted the bucket");
+  },
+});
+
+export interface LambdaRuntime {
+  readonly deps: StageDeps & { readonly queue: SqsWorkQueue };
+  readonly llm: CountingLlm;
+  readonly logger: PowertoolsLogger;
+  readonly metrics: Metrics;
+}
+
+/** The composition root of every function: built once per container, from the validated environment. */
+export function createLambdaRuntime(stage: Stage, env: NodeJS.ProcessEnv = process.env): LambdaRuntime {
+  const config = readLambdaEnv(env);
+  const logger = new PowertoolsLogger({ serviceName: "mmevol", persistentKeys: { stage } });
+  const metrics = new Metrics({ namespace: "mmevol", serviceName: "mmevol", defaultDimensions: { stage } });
+  const log = portLogger(logger);
+  const bucket = config[ENV.bucket];
+  const blobs: BlobStore = bucket ? new S3BlobStore({ client: new S3Client({}), bucket }) : noBucket;
+  const state = new DynamoStateStore({
+    client: DynamoDBDocumentClient.from(new DynamoDBClient({}), {
+      marshallOptions: { removeUndefinedValues: true },
+    }),
+    table: config[ENV.table],
+  });
+  const urls: Partial<Record<Stage, string>> = {};
+  const setUrl = (kind: Stage, url: string | undefined) => {
+    if (url) urls[kind] = url;
+  };
+  setUrl("ingest", config[ENV.ingestQueueUrl]);
+  setUrl("evolve", config[ENV.evolveQueueUrl]);
+  setUrl("judge", config[ENV.judgeQueueUrl]);
+  setUrl("finalize", config[ENV.finalizeQueueUrl]);
+  const queue = new SqsWorkQueue({ client: new SQSClient({}), queueUrls: urls });
+  const llm = new CountingLlm(new SecretKeyLlm(config, log));
+  const defaults: RunConfigInput = { ...(config[ENV.runDefaults] ?? {}) };
+  const deps = {
+    blobs,
+    state,
+    llm,
+    images: new SharpImagePreparer({ blobs, cachePrefix: "work/images/" }),
+    clock: systemClock,
+    logger: log,
+    defaults,
+    queue,
+  };
+  return { deps, llm, logger, metrics };
+}
+
+/**
+ * An SQS handler over one stage: parse each body (zod), run the stage, send what it returns next, report
+ * failed records so that only they are redelivered (and dead-lettered after maxReceiveCount).
+ */
+export function makeSqsHandler<S extends z.ZodType<Message>>(
+  stage: Stage,
+  toMessages: (record: SQSRecord) => readonly z.infer<S>[],
+): (event: SQSEvent, context: Context) => Promise<SQSBatchResponse> {
+  const runtime = createLambdaRuntime(stage);
+  const processor = new BatchProcessor(EventType.SQS);
+  const { deps, llm, logger, metrics } = runtime;
+
+  const recordHandler = async (record: SQSRecord, context: Context) => {
+    const attempt = Number(record.attributes.ApproximateReceiveCount) || 1;
+    for (const message of toMessages(record)) {
+      const result = await runStage(message, attempt, {
+        ...deps,
+        remainingMs: () => context.getRemainingTimeInMillis(),
+      });
+      await deps.queue.send(result.next);
+      logger.info("stage done", {
+        messageId: record.messageId,
+        outcome: result.outcome,
+        next: result.next.length,
+      });
+      metrics.addMetric(`outcome_${result.outcome.split(":")[0]}`, MetricUnit.Count, 1);
+    }
+  };
+
+  return async (event, context) => {
+    logger.addContext(context);
+    const before = { ...llm.totals };
+    try {
+      return await processPartialResponse(
+        event,
+        (record: SQSRecord) => recordHandler(record, context),
+        processor,
+        {
+          context,
+          throwOnFullBatchFailure: false,
+        },
+      );
+    } finally {
+      const t = llm.totals;
+      if (t.calls > before.calls) {
+        metrics.addMetric("llm_calls", MetricUnit.Count, t.calls - before.calls);
+        metrics.addMetric("prompt_tokens", MetricUnit.Count, t.promptTokens - before.promptTokens);
+        metrics.addMetric(
+          "completion_tokens",
+          MetricUnit.Count,
+          t.completionTokens - before.completionTokens,
+        );
+        metrics.addMetric("cost_usd", MetricUnit.NoUnit, t.costUsd - before.costUsd);
+      }
+      metrics.publishStoredMetrics();
+    }
+  };
+}

@@ -1,0 +1,119 @@
+import { DeleteTableCommand } from "@aws-sdk/client-dynamodb";
+import { DeleteCommand, PutCommand, QueryCommand } from "@aws-sdk/lib-dynamodb";
+import { describe, expect, it } from "vitest";
+import { createTable } from "../../functions/adapters/aws/create-table.ts";
+import { DynamoStateStore } from "../../functions/adapters/aws/dynamodb-state-store.ts";
+import { ShardNotFoundError } from "../../functions/ports/errors.ts";
+import { documentClient, dynamoClient, ensureMoto, uniqueName } from "../helpers/moto.ts";
+import {
+  answer,
+  describeStateStoreContract,
+  sampleRecord,
+  shardRecord,
+} from "../helpers/state-store-contract.ts";
+
+const { endpoint } = await ensureMoto();
+const raw = dynamoClient(endpoint);
+const doc = documentClient(raw);
+
+/** A fresh table per store: tests share one moto, and other test files may use it at the same time. */
+async function freshTable(): Promise<string> {
+  const table = uniqueName("state");
+  await createTable(raw, table);
+  return table;
+}
+const dropTable = (table: string) => async () => {
+  await raw.send(new DeleteTableCommand({ TableName: table }));
+};
+
+describeStateStoreContract(
+  "DynamoStateStore",
+  async (options = {}) => {
+    const table = await freshTable();
+    const store = new DynamoStateStore({
+      client: doc,
+      table,
+      // Small pages, so every listing crosses page boundaries.
+      pageSize: 7,
+      ...(options.clock === undefined ? {} : { clock: options.clock }),
+    });
+    return { store, cleanup: dropTable(table) };
+  },
+  // moto deep-copies every table on each transaction (for rollback), so large batches get slow.
+  { bulkSamples: 500 },
+);
+
+describe("DynamoStateStore specifics", () => {
+  it("stores items per the table schema, with the counters top-level", async () => {
+    const table = await freshTable();
+    try {
+      const store = new DynamoStateStore({ client: doc, table, clock: { now: () => 1_700_000_000_000 } });
+      await store.createShard(shardRecord());
+      await store.putSamples([sampleRecord("a"), sampleRecord("b", { status: "REJECTED" })]);
+      await store.putAnswer("h1", answer("x"));
+      const out = await doc.send(
+        new QueryCommand({
+          TableName: table,
+          KeyConditionExpression: "pk = :pk",
+          ExpressionAttributeValues: { ":pk": "SHARD#r1#s1" },
+        }),
+      );
+      const items = out.Items ?? [];
+      expect(items.map((item) => item.sk)).toEqual(["META", "SAMPLE#a", "SAMPLE#b"]);
+      expect(items[0]).toMatchObject({ gsi1pk: "SHARDS", gsi1sk: "r1#s1", pending: 2, ingested: false });
+      expect(items[2]).toMatchObject({ status: "REJECTED", round: 0, version: 0 });
+      const answers = await doc.send(
+        new QueryCommand({
+          TableName: table,
+          KeyConditionExpression: "pk = :pk",
+          ExpressionAttributeValues: { ":pk": "ANSWER#h1" },
+        }),
+      );
+      // 30 days after the clock's now, in epoch seconds.
+      expect(answers.Items?.[0]?.expiresAt).toBe(1_700_000_000 + 30 * 86_400);
+    } finally {
+      await dropTable(table)();
+    }
+  });
+
+  it("rolls a terminal transition back when its shard is gone", async () => {
+    const table = await freshTable();
+    try {
+      const store = new DynamoStateStore({ client: doc, table });
+      await store.createShard(shardRecord());
+      await store.putSamples([sampleRecord("a")]);
+      await doc.send(new DeleteCommand({ TableName: table, Key: { pk: "SHARD#r1#s1", sk: "META" } }));
+      await expect(
+        store.transition("r1", "s1", "a", { status: "INGESTED", round: 0, version: 0 }, { status: "DONE" }),
+      ).rejects.toBeInstanceOf(ShardNotFoundError);
+      expect(await store.getSample("r1", "s1", "a")).toMatchObject({ status: "INGESTED", version: 0 });
+    } finally {
+      await dropTable(table)();
+    }
+  });
+
+  it("refuses a stored record that no longer fits the schema", async () => {
+    const table = await freshTable();
+    try {
+      const store = new DynamoStateStore({ client: doc, table });
+      await doc.send(
+        new PutCommand({
+          TableName: table,
+          Item: { pk: "SHARD#r1#s1", sk: "SAMPLE#a", record: JSON.stringify({ key: "a" }) },
+        }),
+      );
+      await expect(store.getSample("r1", "s1", "a")).rejects.toThrow();
+    } finally {
+      await dropTable(table)();
+    }
+  });
+
+  it("creates the table idempotently", async () => {
+    const table = await freshTable();
+    try {
+      await expect(createTable(raw, table)).resolves.toBeUndefined();
+    } finally {
+      await dropTable(table)();
+    }
+  });
+});

@@ -1,0 +1,153 @@
+import { spawn } from "node:child_process";
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { join } from "node:path";
+import {
+  GetObjectCommand,
+  HeadObjectCommand,
+  ListObjectsV2Command,
+  PutObjectCommand,
+  S3Client,
+} from "@aws-sdk/client-s3";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { z } from "zod";
+import { type Simulator, startSimulator } from "../../functions/adapters/simulated/server.ts";
+import { type EmulatedStack, startEmulatedStack } from "../../functions/runtime/emulated-stack.ts";
+import { ENV } from "../../functions/runtime/env.ts";
+import { demoShard, repoRoot } from "../helpers/files.ts";
+import { ensureMoto } from "../helpers/moto.ts";
+
+const SECRET = "sk-e2e-secret-must-never-be-logged-0123456789";
+
+async function synth(outdir: string): Promise<void> {
+  const code = await new Promise<number | null>((resolve) =>
+    spawn("npx", ["cdk", "synth", "-q", "--no-notices", "-o", outdir], {
+      cwd: repoRoot,
+      stdio: ["ignore", "ignore", "inherit"],
+      env: { ...process.env, CDK_DISABLE_CLI_TELEMETRY: "true" },
+    }).on("exit", resolve),
+  );
+  if (code !== 0) throw new Error(`cdk synth exited with ${code}`);
+}
+
+describe("the synthesized stack on the emulator, end to end", () => {
+  // Inside the repository, so the bundles resolve the external @aws-sdk/* from its node_modules.
+  const cdkOut = mkdtempSync(join(repoRoot, ".cdk-e2e-"));
+  let stack: EmulatedStack;
+  let sim: Simulator;
+  let s3: S3Client;
+  const lines: string[] = [];
+
+  beforeAll(async () => {
+    const { endpoint } = await ensureMoto();
+    await synth(cdkOut);
+    sim = await startSimulator({ apiKey: SECRET });
+    stack = await startEmulatedStack({
+      cdkOut,
+      endpoint,
+      apiKey: SECRET,
+      functionEnv: { [ENV.openaiBaseUrl]: sim.url, POWERTOOLS_LOG_LEVEL: "INFO" },
+      onLine: (line) => lines.push(line),
+    });
+    s3 = new S3Client({
+      endpoint,
+      region: "us-east-1",
+      forcePathStyle: true,
+      credentials: { accessKeyId: "test", secretAccessKey: "test" },
+    });
+  }, 180_000);
+
+  afterAll(async () => {
+    await stack?.stop();
+    await sim?.close();
+    rmSync(cdkOut, { recursive: true, force: true });
+  });
+
+  const put = (key: string, body: Uint8Array | string) =>
+    s3.send(new PutObjectCommand({ Bucket: stack.bucket, Key: key, Body: body }));
+  const text = async (key: string) => {
+    const got = await s3.send(new GetObjectCommand({ Bucket: stack.bucket, Key: key }));
+    return (await got.Body?.transformToString()) ?? "";
+  };
+  const waitForKey = async (key: string, timeoutMs = 150_000) => {
+    const until = Date.now() + timeoutMs;
+    for (;;) {
+      try {
+        await s3.send(new HeadObjectCommand({ Bucket: stack.bucket, Key: key }));
+        return;
+      } catch {
+        if (Date.now() > until)
+          throw new Error(`timed out waiting for ${key}\n${lines.slice(-40).join("\n")}`);
+        await new Promise((r) => setTimeout(r, 250));
+      }
+    }
+  };
+
+  it("evolves a dropped shard into evolved/, reports/ and errors/ with counts that add up", async () => {
+    const imagesDir = join(repoRoot, "examples/seeds/images");
+    for (const name of readdirSync(imagesDir))
+      await put(`seeds/e2e/images/${name}`, readFileSync(join(imagesDir, name)));
+    const shard = `${readFileSync(demoShard, "utf8")}{"id": "broken"\n`;
+    await put("seeds/e2e/demo.jsonl", shard);
+    await waitForKey("reports/e2e/demo.json");
+
+    const report = z
+      .object({
+        counts: z.object({
+          lines: z.number(),
+          evolved: z.number(),
+          passedThrough: z.number(),
+          failed: z.number(),
+          rejected: z.number(),
+          addsUp: z.boolean(),
+        }),
+      })
+      .parse(JSON.parse(await text("reports/e2e/demo.json")));
+    const inputLines = shard.split("\n").filter((l) => l.trim()).length;
+    expect(report.counts.lines).toBe(inputLines);
+    expect(report.counts.addsUp).toBe(true);
+    expect(report.counts.evolved).toBeGreaterThan(0);
+    expect(report.counts.rejected).toBe(1);
+    const evolved = (await text("evolved/e2e/demo.jsonl")).split("\n").filter(Boolean);
+    expect(evolved.length).toBeGreaterThan(0);
+    expect(new Set(evolved.map((l) => z.object({ id: z.string() }).parse(JSON.parse(l)).id)).size).toBe(
+      evolved.length,
+    );
+    const errors = (await text("errors/e2e/demo.jsonl")).split("\n").filter(Boolean);
+    expect(errors.some((e) => e.includes(`line ${inputLines}`))).toBe(true);
+    await waitForKey("reports/e2e/demo.html", 5_000);
+    await waitForKey("evolved/e2e/demo.lineage.jsonl", 5_000);
+    // The real handlers called the model through the real openai client: evolve with the image, judge without.
+    const log = sim.stats().log.filter((e) => e.status === 200);
+    expect(
+      log.some((e) => e.schemaName?.startsWith("evolve_") && e.hasImage && e.imageDetail === "low"),
+    ).toBe(true);
+    expect(log.filter((e) => e.schemaName === "judge").every((e) => !e.hasImage)).toBe(true);
+  });
+
+  it("evolves the same shard dropped twice only once", async () => {
+    const callsBefore = sim.stats().requests;
+    const reportBefore = await text("reports/e2e/demo.json");
+    await put("seeds/e2e/demo.jsonl", `${readFileSync(demoShard, "utf8")}{"id": "broken"\n`);
+    // Give the ingest function time to see the event and acknowledge it as a duplicate.
+    await new Promise((r) => setTimeout(r, 6_000));
+    expect(sim.stats().requests).toBe(callsBefore);
+    expect(await text("reports/e2e/demo.json")).toBe(reportBefore);
+    const keys = await s3.send(new ListObjectsV2Command({ Bucket: stack.bucket, Prefix: "reports/e2e/" }));
+    expect((keys.Contents ?? []).map((o) => o.Key).sort()).toEqual([
+      "reports/e2e/demo.html",
+      "reports/e2e/demo.json",
+    ]);
+  });
+
+  it("never writes the API key to logs, outputs or reports", async () => {
+    expect(lines.join("\n")).not.toContain(SECRET);
+    for (const key of [
+      "reports/e2e/demo.json",
+      "evolved/e2e/demo.jsonl",
+      "errors/e2e/demo.jsonl",
+      "evolved/e2e/demo.lineage.jsonl",
+    ]) {
+      expect(await text(key)).not.toContain(SECRET);
+    }
+  });
+});

@@ -1,0 +1,353 @@
+import { afterEach, describe, expect, it } from "vitest";
+import { ShardNotFoundError } from "../../functions/ports/errors.ts";
+import type { Clock } from "../../functions/ports/runtime.ts";
+import {
+  type SampleRecord,
+  type ShardRecord,
+  type StateStore,
+  type StoredAnswer,
+  zeroUsage,
+} from "../../functions/ports/state-store.ts";
+
+export interface StoreUnderTest {
+  readonly store: StateStore;
+  readonly cleanup: () => Promise<void>;
+}
+
+export type MakeStore = (options?: { readonly clock?: Clock }) => Promise<StoreUnderTest>;
+
+export const shardRecord = (overrides: Partial<ShardRecord> = {}): ShardRecord => ({
+  run: "r1",
+  shard: "s1",
+  key: "seeds/r1/s1.jsonl",
+  etag: "etag-1",
+  pending: 1,
+  ingested: false,
+  finalized: false,
+  lines: 0,
+  config: { rounds: 3 },
+  createdAt: 1,
+  updatedAt: 1,
+  ...overrides,
+});
+
+export const sampleRecord = (key: string, overrides: Partial<SampleRecord> = {}): SampleRecord => ({
+  run: "r1",
+  shard: "s1",
+  key,
+  status: "INGESTED",
+  round: 0,
+  version: 0,
+  line: 1,
+  sample: null,
+  versions: [],
+  rounds: [],
+  pending: null,
+  attempts: 0,
+  error: null,
+  raw: null,
+  usage: zeroUsage(),
+  updatedAt: 1,
+  ...overrides,
+});
+
+export const answer = (content: string): StoredAnswer => ({
+  content,
+  promptTokens: 10,
+  cachedTokens: 0,
+  completionTokens: 5,
+  model: "gpt-4o-mini",
+  costUsd: 0.001,
+});
+
+const expectState = (record: SampleRecord | null) => {
+  if (record === null) throw new Error("sample missing");
+  return { status: record.status, round: record.round, version: record.version };
+};
+
+/**
+ * The StateStore's behaviour, run against every implementation (SQLite locally, DynamoDB in AWS), so the
+ * pipeline sees the same semantics wherever it runs.
+ */
+export function describeStateStoreContract(
+  name: string,
+  makeStore: MakeStore,
+  options: {
+    /** Samples in the paging test; an emulator that copies its whole state per transaction needs fewer. */
+    readonly bulkSamples?: number;
+  } = {},
+): void {
+  const bulk = options.bulkSamples ?? 2_000;
+  const cleanups: (() => Promise<void>)[] = [];
+  const open = async (options?: { readonly clock?: Clock }): Promise<StateStore> => {
+    const made = await makeStore(options);
+    cleanups.push(made.cleanup);
+    return made.store;
+  };
+  afterEach(async () => {
+    for (const cleanup of cleanups.splice(0)) await cleanup();
+  });
+
+  describe(`${name} shards`, () => {
+    it("creates a shard once and returns the stored record on the second call", async () => {
+      const store = await open();
+      const first = await store.createShard(shardRecord());
+      expect(first.created).toBe(true);
+      expect(first.shard.pending).toBe(1);
+      const second = await store.createShard(shardRecord({ etag: "other", pending: 7 }));
+      expect(second.created).toBe(false);
+      expect(second.shard.etag).toBe("etag-1");
+      expect(second.shard.pending).toBe(1);
+      expect(await store.getShard("r1", "s1")).toEqual(shardRecord());
+      expect(await store.getShard("r1", "nope")).toBeNull();
+    });
+
+    it("lists all shards, or those of one run", async () => {
+      const store = await open();
+      await store.createShard(shardRecord({ run: "r2", shard: "b" }));
+      await store.createShard(shardRecord({ run: "r1", shard: "b" }));
+      await store.createShard(shardRecord({ run: "r1", shard: "a" }));
+      // A run whose name extends another's must not leak into that run's listing.
+      await store.createShard(shardRecord({ run: "r1x", shard: "a" }));
+      expect((await store.listShards()).map((s) => `${s.run}/${s.shard}`)).toEqual([
+        "r1/a",
+        "r1/b",
+        "r1x/a",
+        "r2/b",
+      ]);
+      expect((await store.listShards("r1")).map((s) => s.shard)).toEqual(["a", "b"]);
+      expect(await store.listShards("none")).toEqual([]);
+    });
+
+    it("completes ingest exactly once", async () => {
+      const store = await open();
+      await store.createShard(shardRecord());
+      await store.putSamples([sampleRecord("a"), sampleRecord("b")]);
+      expect(await store.completeIngest("r1", "s1", 2)).toBe(2);
+      expect(await store.completeIngest("r1", "s1", 2)).toBeNull();
+      const shard = await store.getShard("r1", "s1");
+      expect(shard).toMatchObject({ ingested: true, lines: 2, pending: 2 });
+      expect(await store.completeIngest("r1", "missing", 1)).toBeNull();
+      expect(await store.getShard("r1", "missing")).toBeNull();
+    });
+
+    it("marks a shard finalized exactly once", async () => {
+      const store = await open();
+      await store.createShard(shardRecord());
+      expect(await store.markFinalized("r1", "s1")).toBe(true);
+      expect(await store.markFinalized("r1", "s1")).toBe(false);
+      expect((await store.getShard("r1", "s1"))?.finalized).toBe(true);
+      expect(await store.markFinalized("r1", "missing")).toBe(false);
+      expect(await store.getShard("r1", "missing")).toBeNull();
+    });
+
+    it("lets only one of several racing completeIngest and markFinalized calls win", async () => {
+      const store = await open();
+      await store.createShard(shardRecord());
+      const ingests = await Promise.all([1, 2, 3].map(() => store.completeIngest("r1", "s1", 5)));
+      expect(ingests.filter((p) => p !== null)).toEqual([0]);
+      const finals = await Promise.all([1, 2, 3].map(() => store.markFinalized("r1", "s1")));
+      expect(finals.filter(Boolean)).toHaveLength(1);
+      expect(await store.getShard("r1", "s1")).toMatchObject({ pending: 0, lines: 5, finalized: true });
+    });
+  });
+
+  describe(`${name} samples`, () => {
+    it("counts only new non-terminal samples into pending, and never twice", async () => {
+      const store = await open();
+      await store.createShard(shardRecord());
+      const batch = [
+        sampleRecord("a"),
+        sampleRecord("b"),
+        sampleRecord("c", { status: "REJECTED", raw: "{bad" }),
+        sampleRecord("d", { status: "PASSED_THROUGH" }),
+      ];
+      expect(await store.putSamples(batch)).toBe(4);
+      expect((await store.getShard("r1", "s1"))?.pending).toBe(3);
+      // A redelivered ingest writes the same lines again, plus one new one.
+      expect(await store.putSamples([...batch, sampleRecord("e", { status: "EVOLVING", round: 1 })])).toBe(1);
+      expect((await store.getShard("r1", "s1"))?.pending).toBe(4);
+      expect(await store.getSample("r1", "s1", "c")).toMatchObject({ status: "REJECTED", raw: "{bad" });
+      expect(await store.getSample("r1", "s1", "zzz")).toBeNull();
+      // Only terminal samples are new: they count as lines, not as pending work.
+      expect(await store.putSamples([sampleRecord("f", { status: "REJECTED" }), ...batch])).toBe(1);
+      expect((await store.getShard("r1", "s1"))?.pending).toBe(4);
+    });
+
+    it("keeps the first of two records with the same key in one batch", async () => {
+      const store = await open();
+      await store.createShard(shardRecord());
+      expect(await store.putSamples([sampleRecord("a", { line: 1 }), sampleRecord("a", { line: 2 })])).toBe(
+        1,
+      );
+      expect((await store.getSample("r1", "s1", "a"))?.line).toBe(1);
+      expect((await store.getShard("r1", "s1"))?.pending).toBe(2);
+    });
+
+    it("refuses samples of an unknown shard and inserts none of the batch", async () => {
+      const store = await open();
+      await store.createShard(shardRecord());
+      await expect(
+        store.putSamples([sampleRecord("a"), sampleRecord("x", { shard: "ghost" })]),
+      ).rejects.toBeInstanceOf(ShardNotFoundError);
+      expect(await store.getSample("r1", "s1", "a")).toBeNull();
+      expect((await store.getShard("r1", "s1"))?.pending).toBe(1);
+    });
+
+    it("validates records on the way in", async () => {
+      const store = await open();
+      await store.createShard(shardRecord());
+      await expect(store.putSamples([sampleRecord("a", { round: -1 })])).rejects.toThrow();
+      expect(await store.getSample("r1", "s1", "a")).toBeNull();
+    });
+
+    it("applies a transition only from the expected state, bumping the version", async () => {
+      let now = 1_000;
+      const store = await open({ clock: { now: () => now } });
+      await store.createShard(shardRecord());
+      await store.putSamples([sampleRecord("a")]);
+      now = 2_000;
+      const moved = await store.transition(
+        "r1",
+        "s1",
+        "a",
+        { status: "INGESTED", round: 0, version: 0 },
+        { status: "EVOLVING", round: 1, attempts: 1 },
+      );
+      expect(moved).toEqual({ applied: true, shardPending: null });
+      const after = await store.getSample("r1", "s1", "a");
+      expect(after).toMatchObject({
+        status: "EVOLVING",
+        round: 1,
+        version: 1,
+        attempts: 1,
+        updatedAt: 2_000,
+      });
+      // Fields the update does not name are kept.
+      expect(after?.line).toBe(1);
+
+      for (const stale of [
+        { status: "INGESTED" as const, round: 0, version: 0 },
+        { status: "EVOLVING" as const, round: 2, version: 1 },
+        { status: "EVOLVING" as const, round: 1, version: 0 },
+      ]) {
+        expect(await store.transition("r1", "s1", "a", stale, { status: "FAILED" })).toEqual({
+          applied: false,
+          shardPending: null,
+        });
+      }
+      expect(await store.transition("r1", "s1", "missing", expectState(after), { status: "DONE" })).toEqual({
+        applied: false,
+        shardPending: null,
+      });
+      expect(await store.getSample("r1", "s1", "a")).toMatchObject({ status: "EVOLVING", version: 1 });
+    });
+
+    it("lets only one of two racing transitions with the same expected state apply", async () => {
+      const store = await open();
+      await store.createShard(shardRecord());
+      await store.putSamples([sampleRecord("a")]);
+      const expected = { status: "INGESTED" as const, round: 0, version: 0 };
+      const results = await Promise.all([
+        store.transition("r1", "s1", "a", expected, { status: "EVOLVING", round: 1 }),
+        store.transition("r1", "s1", "a", expected, { status: "FAILED", error: "second" }),
+        store.transition("r1", "s1", "a", expected, { status: "DONE" }),
+      ]);
+      expect(results.filter((r) => r.applied)).toHaveLength(1);
+      const winner = await store.getSample("r1", "s1", "a");
+      expect(winner?.version).toBe(1);
+      // The shard counts down only if the winner was a terminal transition.
+      const terminal = winner?.status === "FAILED" || winner?.status === "DONE";
+      expect((await store.getShard("r1", "s1"))?.pending).toBe(terminal ? 1 : 2);
+    });
+
+    it("decrements pending once per sample that becomes terminal, and reaches zero once", async () => {
+      const store = await open();
+      await store.createShard(shardRecord());
+      await store.putSamples([sampleRecord("a"), sampleRecord("b")]);
+      expect(await store.completeIngest("r1", "s1", 2)).toBe(2);
+
+      const a = await store.getSample("r1", "s1", "a");
+      expect(await store.transition("r1", "s1", "a", expectState(a), { status: "DONE" })).toEqual({
+        applied: true,
+        shardPending: 1,
+      });
+      // Terminal to terminal (e.g. a late correction) does not count again.
+      const aDone = await store.getSample("r1", "s1", "a");
+      expect(await store.transition("r1", "s1", "a", expectState(aDone), { status: "FAILED" })).toEqual({
+        applied: true,
+        shardPending: null,
+      });
+      // A duplicate of the terminal write finds the version moved on.
+      expect(await store.transition("r1", "s1", "a", expectState(a), { status: "DONE" })).toEqual({
+        applied: false,
+        shardPending: null,
+      });
+
+      const b = await store.getSample("r1", "s1", "b");
+      const bEvolving = { status: "EVOLVING" as const, round: 1, version: 1 };
+      expect(
+        await store.transition("r1", "s1", "b", expectState(b), { status: "EVOLVING", round: 1 }),
+      ).toEqual({ applied: true, shardPending: null });
+      const zeros = await Promise.all([
+        store.transition("r1", "s1", "b", bEvolving, { status: "PASSED_THROUGH" }),
+        store.transition("r1", "s1", "b", bEvolving, { status: "PASSED_THROUGH" }),
+      ]);
+      expect(zeros.map((r) => r.shardPending).filter((p) => p === 0)).toHaveLength(1);
+      expect((await store.getShard("r1", "s1"))?.pending).toBe(0);
+    });
+
+    it("counts down concurrent terminal transitions of different samples exactly", async () => {
+      const store = await open();
+      await store.createShard(shardRecord());
+      const keys = Array.from({ length: 12 }, (_, i) => `k${String(i).padStart(2, "0")}`);
+      await store.putSamples(keys.map((key) => sampleRecord(key)));
+      expect(await store.completeIngest("r1", "s1", keys.length)).toBe(keys.length);
+      const results = await Promise.all(
+        keys.map((key) =>
+          store.transition("r1", "s1", key, { status: "INGESTED", round: 0, version: 0 }, { status: "DONE" }),
+        ),
+      );
+      expect(results.every((r) => r.applied)).toBe(true);
+      expect(results.some((r) => r.shardPending === 0)).toBe(true);
+      expect((await store.getShard("r1", "s1"))?.pending).toBe(0);
+    });
+
+    it(`pages through ${bulk} samples in key order`, async () => {
+      const store = await open();
+      await store.createShard(shardRecord());
+      // Inserted out of order, to show the listing sorts.
+      const keys = Array.from({ length: bulk }, (_, i) => `line-${String(i).padStart(5, "0")}`);
+      const shuffled = [...keys].reverse();
+      expect(await store.putSamples(shuffled.map((key, i) => sampleRecord(key, { line: i })))).toBe(bulk);
+      // A neighbouring shard's samples must not leak into the listing.
+      await store.createShard(shardRecord({ shard: "s2" }));
+      await store.putSamples([sampleRecord("line-00000x", { shard: "s2" })]);
+      const seen: string[] = [];
+      for await (const record of store.listSamples("r1", "s1")) seen.push(record.key);
+      expect(seen).toEqual(keys);
+      const none: string[] = [];
+      for await (const record of store.listSamples("r1", "empty")) none.push(record.key);
+      expect(none).toEqual([]);
+      expect((await store.getShard("r1", "s1"))?.pending).toBe(bulk + 1);
+      // Redelivering part of it (mixed with new lines) counts only the new ones.
+      const again = [
+        ...keys.slice(0, 150).map((key) => sampleRecord(key)),
+        sampleRecord("new-1"),
+        sampleRecord("new-2"),
+      ];
+      expect(await store.putSamples(again)).toBe(2);
+      expect((await store.getShard("r1", "s1"))?.pending).toBe(bulk + 3);
+    });
+  });
+
+  describe(`${name} answers`, () => {
+    it("keeps the first answer stored under a hash", async () => {
+      const store = await open();
+      expect(await store.getAnswer("h1")).toBeNull();
+      await store.putAnswer("h1", answer("first"));
+      await store.putAnswer("h1", answer("second"));
+      expect(await store.getAnswer("h1")).toEqual(answer("first"));
+    });
+  });
+}
