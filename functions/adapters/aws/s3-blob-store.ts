@@ -62,11 +62,14 @@ export class S3BlobStore implements BlobStore {
   }
 
   async put(key: string, body: Uint8Array | string, contentType?: string): Promise<void> {
+    // Bytes with an explicit length: the SDK cannot size an empty string and warns about a stream.
+    const bytes = typeof body === "string" ? new TextEncoder().encode(body) : body;
     await this.client.send(
       new PutObjectCommand({
         Bucket: this.bucket,
         Key: key,
-        Body: body,
+        Body: bytes,
+        ContentLength: bytes.byteLength,
         ...(contentType === undefined ? {} : { ContentType: contentType }),
       }),
     );
