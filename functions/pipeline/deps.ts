@@ -3,6 +3,7 @@ import type { BlobStore } from "../ports/blob-store.ts";
 import type { ImagePreparer } from "../ports/images.ts";
 import type { Llm } from "../ports/llm.ts";
 import type { Message, WorkQueue } from "../ports/messages.ts";
+import type { Faults } from "../ports/faults.ts";
 import type { Clock, Logger } from "../ports/runtime.ts";
 import type { StateStore } from "../ports/state-store.ts";
 
@@ -23,6 +24,8 @@ export interface StageDeps {
    * Ingest hands the rest of a large shard to a continuation message before it runs out.
    */
   readonly remainingMs?: () => number;
+  /** Test-only fault injection at step boundaries; absent in production. */
+  readonly faults?: Faults;
 }
 
 /** What a stage asks the runtime to do next; a stage never calls the next stage itself. */

@@ -65,6 +65,7 @@ export async function evolveSample(input: StageInput<EvolveMessage>, deps: Stage
         price: priceOf(config.model, config.prices),
       },
     );
+    deps.faults?.point("evolve:after-answer-stored");
     const items = candidatesFrom(asked.value, from, samplePrefix(record.line), round, direction);
     const result = await deps.state.transition(run, shard, key, expectedOf(record), {
       status: "JUDGING",
@@ -73,6 +74,7 @@ export async function evolveSample(input: StageInput<EvolveMessage>, deps: Stage
       usage: addUsageTotals(record.usage, asked.usage),
     });
     if (!result.applied) return { next: [], outcome: "duplicate" };
+    deps.faults?.point("evolve:after-state-write");
     return { next: [{ kind: "judge", run, shard, sample: key, round }], outcome: `evolved:${direction}` };
   } catch (error) {
     // An image that cannot be used means the sample cannot be evolved: it passes through, with the reason kept.

@@ -55,10 +55,12 @@ export async function finalizeShard(
   });
   const jsonl = (lines: string[]) => (lines.length === 0 ? "" : `${lines.join("\n")}\n`);
   await deps.blobs.put(layout.evolved(run, shard), jsonl(evolved), "application/x-ndjson");
+  deps.faults?.point("finalize:mid-write");
   await deps.blobs.put(layout.lineage(run, shard), jsonl(lineage), "application/x-ndjson");
   await deps.blobs.put(layout.errors(run, shard), jsonl(errors), "application/x-ndjson");
   await deps.blobs.put(layout.report(run, shard), `${JSON.stringify(report, null, 2)}\n`, "application/json");
   await deps.blobs.put(layout.reportHtml(run, shard), renderReportHtml(report), "text/html");
+  deps.faults?.point("finalize:before-mark");
   const first = await deps.state.markFinalized(run, shard);
   deps.logger.info("shard finalized", { run, shard, ...report.counts, costUsd: report.usage.costUsd });
   return { next: [], outcome: first ? "finalized" : "duplicate" };

@@ -59,6 +59,7 @@ export async function ingestShard(
   const flush = async () => {
     if (batch.length === 0) return;
     await deps.state.putSamples(batch);
+    deps.faults?.point("ingest:after-batch-write");
     const evolve: EvolveMessage[] = batch
       .filter((r) => r.status === "INGESTED")
       .map((r) => ({ kind: "evolve", run, shard, sample: r.key, round: 1 }));

@@ -70,6 +70,7 @@ export async function judgeSample(input: StageInput<JudgeMessage>, deps: StageDe
           price: priceOf(model, config.prices),
         },
       );
+      deps.faults?.point("judge:after-answer-stored");
       const applied = applyVerdicts(survivors, asked.value);
       kept = applied.kept;
       verdicts.push(...applied.verdicts);
@@ -103,6 +104,7 @@ export async function judgeSample(input: StageInput<JudgeMessage>, deps: StageDe
       round: round + 1,
     });
     if (!result.applied) return { next: [], outcome: "duplicate" };
+    deps.faults?.point("judge:after-state-write");
     return {
       next: [{ kind: "evolve", run, shard, sample: key, round: round + 1 }],
       outcome: `judged:${kept.length}`,
@@ -116,6 +118,7 @@ export async function judgeSample(input: StageInput<JudgeMessage>, deps: StageDe
     { ...update, status: evolved ? "DONE" : "PASSED_THROUGH" },
     "done",
   );
+  deps.faults?.point("judge:after-state-write");
   return {
     next: ended.next.length > 0 ? ended.next : finalizeIfDone(run, shard, null),
     outcome: ended.outcome,
