@@ -9,6 +9,7 @@ import { RunConfig, type RunConfigInput } from "../functions/evolution/config.ts
 import type { Llm } from "../functions/ports/llm.ts";
 import type { Logger } from "../functions/ports/runtime.ts";
 import { type Progress, runLocal } from "../functions/runtime/local.ts";
+import { registerStatusCommands } from "./commands/register.ts";
 
 const positiveInt = (value: string): number => {
   const n = Number(value);
@@ -283,5 +284,7 @@ Examples:
   OPENAI_BASE_URL=http://127.0.0.1:11434/v1 mmevol run seeds.jsonl --model qwen2.5vl --out out/q`,
   )
   .action(runCommand);
+
+registerStatusCommands(program);
 
 await program.parseAsync(process.argv);

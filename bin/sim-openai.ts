@@ -1,11 +1,26 @@
 #!/usr/bin/env node
 import { Command, InvalidArgumentError } from "commander";
+import { type FaultOptions, parseFaultMix } from "../functions/adapters/simulated/faults.ts";
 import { type SimStats, startSimulator } from "../functions/adapters/simulated/server.ts";
 
 function positiveInt(value: string): number {
   const n = Number(value);
   if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError("expected a non-negative integer");
   return n;
+}
+
+function rate(value: string): number {
+  const n = Number(value);
+  if (!Number.isFinite(n) || n < 0 || n > 1) throw new InvalidArgumentError("expected a number in 0..1");
+  return n;
+}
+
+function mix(value: string): ReturnType<typeof parseFaultMix> {
+  try {
+    return parseFaultMix(value);
+  } catch (error) {
+    throw new InvalidArgumentError(error instanceof Error ? error.message : String(error));
+  }
 }
 
 /** "1500" or "1000-3000". */
@@ -24,7 +39,13 @@ function line(stats: SimStats, previous: SimStats | null): string {
   return (
     `[sim-openai] ${new Date().toISOString()} requests=${stats.requests} (+${done}/min) ok=${stats.succeeded} ` +
     `429=${stats.rateLimited} failed=${stats.failed} prompt=${stats.promptTokens} cached=${stats.cachedTokens} ` +
-    `completion=${stats.completionTokens}`
+    `completion=${stats.completionTokens}` +
+    (Object.values(stats.faults).some((n) => n > 0)
+      ? ` faults=${Object.entries(stats.faults)
+          .filter(([, n]) => n > 0)
+          .map(([kind, n]) => `${kind}:${n}`)
+          .join(",")}`
+      : "")
   );
 }
 
@@ -37,6 +58,22 @@ const program = new Command()
   .option("--rpm <n>", "requests per minute before 429s", positiveInt)
   .option("--tpm <n>", "tokens per minute (prompt + max_tokens) before 429s", positiveInt)
   .option("--api-key <key>", "require this bearer token")
+  .option(
+    "--fault-rate <rate>",
+    "share of requests that get a fault, 0..1 (retries of a request: rate/4)",
+    rate,
+  )
+  .option(
+    "--fault-mix <weights>",
+    "fault weights, e.g. rate_limit=2,reset=1 (rate_limit, server_error, unavailable, slow, reset, " +
+      "malformed_json, refusal, length, schema_violation, judge_omits_verdict; default all equal)",
+    mix,
+  )
+  .option("--fault-seed <n>", "seed of the fault choice", positiveInt, 0)
+  .option("--slow-ms <ms>", "how long a slow answer hangs", positiveInt, 30_000)
+  .option("--fault-persistent <share>", "share of faulted requests that fault on every retry too, 0..1", rate)
+  .option("--storm-every-ms <ms>", "a 429 storm starts every this many ms", positiveInt)
+  .option("--storm-ms <ms>", "how long each 429 storm lasts", positiveInt)
   .parse();
 
 const opts = program.opts<{
@@ -46,7 +83,31 @@ const opts = program.opts<{
   rpm?: number;
   tpm?: number;
   apiKey?: string;
+  faultRate?: number;
+  faultMix?: ReturnType<typeof parseFaultMix>;
+  faultSeed: number;
+  faultPersistent?: number;
+  slowMs: number;
+  stormEveryMs?: number;
+  stormMs?: number;
 }>();
+
+if ((opts.stormEveryMs === undefined) !== (opts.stormMs === undefined)) {
+  program.error("--storm-every-ms and --storm-ms go together");
+}
+const faults: FaultOptions | undefined =
+  opts.faultRate === undefined && opts.stormEveryMs === undefined
+    ? undefined
+    : {
+        rate: opts.faultRate ?? 0,
+        seed: opts.faultSeed,
+        slowMs: opts.slowMs,
+        ...(opts.faultMix === undefined ? {} : { mix: opts.faultMix }),
+        ...(opts.faultPersistent === undefined ? {} : { persistentShare: opts.faultPersistent }),
+        ...(opts.stormEveryMs === undefined || opts.stormMs === undefined
+          ? {}
+          : { storms: { everyMs: opts.stormEveryMs, durationMs: opts.stormMs } }),
+      };
 
 const sim = await startSimulator({
   port: opts.port,
@@ -55,6 +116,7 @@ const sim = await startSimulator({
   ...(opts.rpm === undefined ? {} : { requestsPerMinute: opts.rpm }),
   ...(opts.tpm === undefined ? {} : { tokensPerMinute: opts.tpm }),
   ...(opts.apiKey === undefined ? {} : { apiKey: opts.apiKey }),
+  ...(faults === undefined ? {} : { faults }),
 });
 process.stderr.write(`[sim-openai] listening on ${sim.url}\n`);
 

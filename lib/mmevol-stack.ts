@@ -1,6 +1,8 @@
 import { CfnOutput, Duration, RemovalPolicy, Stack, type StackProps, Validations } from "aws-cdk-lib";
 import { ComparisonOperator, TreatMissingData } from "aws-cdk-lib/aws-cloudwatch";
 import { AttributeType, Billing, TableV2 } from "aws-cdk-lib/aws-dynamodb";
+import { Rule, Schedule } from "aws-cdk-lib/aws-events";
+import { LambdaFunction } from "aws-cdk-lib/aws-events-targets";
 import type { RetentionDays } from "aws-cdk-lib/aws-logs";
 import {
   BlockPublicAccess,
@@ -20,6 +22,7 @@ import {
   LLM_FUNCTION_TIMEOUT_SECONDS,
   LLM_MAX_RETRIES,
   LLM_TIMEOUT_MS,
+  SWEEP_AFTER_MS,
 } from "../functions/runtime/env.ts";
 import { stageConcurrency } from "./concurrency.ts";
 import { describeIssues, StackSettingsError } from "./context.ts";
@@ -90,6 +93,8 @@ export class MmevolStack extends Stack {
   readonly secret: Secret;
   readonly queues: Readonly<Record<StageName, StageQueue>>;
   readonly functions: Readonly<Record<StageName, StageFunction>>;
+  /** Re-sends stuck work (lost or dead-lettered messages) on a schedule. */
+  readonly sweeper: StageFunction;
 
   constructor(scope: Construct, id: string, props: MmevolStackProps = {}) {
     super(scope, id, props);
@@ -262,6 +267,27 @@ export class MmevolStack extends Stack {
       .consume(this.queues.finalize.queue, { batchSize: 1, maxConcurrency: FINALIZE_CONCURRENCY });
 
     this.functions = { ingest, evolve, judge, finalize };
+
+    // Every 5 minutes: re-sends the message of any work whose state has not moved past the deadline (a
+    // message lost between a transition and its send, or dead-lettered), and finalizes every shard whose samples
+    // are all terminal. It only sends; it never reads a queue (the DLQs are for `mmevol redrive`).
+    this.sweeper = new StageFunction(this, "Sweeper", {
+      stage: "sweeper",
+      timeout: LONG_STAGE_TIMEOUT,
+      memorySize: 512,
+      environment: { [ENV.sweepAfterMs]: String(SWEEP_AFTER_MS) },
+      ...(props.logRetention === undefined ? {} : { logRetention: props.logRetention }),
+    })
+      .bindTable(this.table)
+      .bindQueue("ingest", this.queues.ingest.queue)
+      .bindQueue("evolve", this.queues.evolve.queue)
+      .bindQueue("judge", this.queues.judge.queue)
+      .bindQueue("finalize", this.queues.finalize.queue);
+    new Rule(this, "SweepSchedule", {
+      description: "mmevol: re-send stuck work",
+      schedule: Schedule.rate(Duration.minutes(5)),
+      targets: [new LambdaFunction(this.sweeper, { retryAttempts: 0 })],
+    });
 
     for (const fn of Object.values(this.functions)) {
       fn.metricErrors({ period: Duration.minutes(5), statistic: "Sum" }).createAlarm(

@@ -18,6 +18,8 @@ export const PROJECT_ROOT = fileURLToPath(new URL("..", import.meta.url));
 
 export const STAGES = ["ingest", "evolve", "judge", "finalize"] as const;
 export type StageName = (typeof STAGES)[number];
+/** Every function's role: a queue stage, or the scheduled sweeper (functions/handlers/sweeper.ts). */
+export type FunctionStage = StageName | "sweeper";
 
 const QUEUE_URL_ENV: Record<StageName, EnvName> = {
   ingest: ENV.ingestQueueUrl,
@@ -34,7 +36,7 @@ export type SecretRef = Pick<ISecret, "secretArn" | "grantRead">;
 
 export interface StageFunctionProps {
   /** The stage; its entry point is `functions/handlers/<stage>.ts`, exporting `handler`. */
-  readonly stage: StageName;
+  readonly stage: FunctionStage;
   readonly timeout: Duration;
   readonly memorySize: number;
   /** @default RetentionDays.ONE_MONTH */
@@ -61,7 +63,7 @@ export interface ConsumeOptions {
  * runtime reads, so the two cannot drift apart.
  */
 export class StageFunction extends NodejsFunction {
-  readonly stage: StageName;
+  readonly stage: FunctionStage;
   readonly logGroupOfStage: LogGroup;
 
   constructor(scope: Construct, id: string, props: StageFunctionProps) {

@@ -38,6 +38,33 @@ export const RunConfig = z.strictObject({
    * sets it to the shard's own folder, so paths are relative to the shard as in LLaVA datasets.
    */
   imageRoot: z.string().optional(),
+  /**
+   * Input size limits: shards come from users, so every size that costs memory, time or money is capped and
+   * an input over a cap gets an error naming the cap, rather than exhausting a Lambda or the budget.
+   * A shard larger than this is not read at all: the report says it was refused. 2 GiB.
+   */
+  maxShardBytes: z
+    .number()
+    .int()
+    .positive()
+    .default(2 * 1024 ** 3),
+  /** A longer line (or JSON array element) is rejected without being parsed. 1 MiB. */
+  maxLineBytes: z
+    .number()
+    .int()
+    .positive()
+    .default(1024 ** 2),
+  /** A larger image file is refused from its size alone, before it is read; the sample passes through. 20 MiB. */
+  maxImageBytes: z
+    .number()
+    .int()
+    .positive()
+    .default(20 * 1024 ** 2),
+  /**
+   * An image whose header declares more pixels is refused before it is decoded (a decompression bomb: a
+   * small file that would decode to gigabytes); the sample passes through. 50 million pixels.
+   */
+  maxImagePixels: z.number().int().positive().default(50_000_000),
   /** How many times a schema-invalid answer is asked again before the sample round fails. */
   maxAnswerRetries: z.number().int().min(0).max(10).default(2),
   /** How many deliveries of a stage message before the sample is FAILED. */

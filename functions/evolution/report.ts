@@ -22,6 +22,8 @@ export interface ShardReport {
   readonly shard: string;
   readonly dryRun: boolean;
   readonly notice?: string;
+  /** Set when the shard was not read at all (over maxShardBytes): why. Its counts are then all zero. */
+  readonly refused?: string;
   readonly model: string;
   readonly rounds: number;
   readonly generatedAt: string;

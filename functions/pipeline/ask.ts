@@ -2,7 +2,7 @@ import { createHash } from "node:crypto";
 import type { z } from "zod";
 import type { ModelPrice } from "../evolution/config.ts";
 import { costOf } from "../evolution/pricing.ts";
-import { MmevolError } from "../ports/errors.ts";
+import { LlmAnswerError, MmevolError } from "../ports/errors.ts";
 import type { LlmRequest } from "../ports/llm.ts";
 import { type StoredAnswer, type UsageTotals, zeroUsage } from "../ports/state-store.ts";
 import type { StageDeps } from "./deps.ts";
@@ -30,6 +30,9 @@ export function answerHash(request: LlmRequest, imageDigest: string | null, atte
   return createHash("sha256").update(body).digest("hex");
 }
 
+/** How long a worker may hold a request before another delivery may pay for it: past any LLM call's timeout. */
+const CLAIM_MS = 5 * 60_000;
+
 export function addUsage(total: UsageTotals, answer: StoredAnswer): UsageTotals {
   return {
     calls: total.calls + 1,
@@ -54,7 +57,15 @@ export interface Asked<T> {
 export async function askStructured<S extends z.ZodType>(
   deps: Pick<StageDeps, "llm" | "state" | "logger">,
   request: LlmRequest,
-  options: { imageDigest: string | null; schema: S; maxRetries: number; price: ModelPrice },
+  options: {
+    imageDigest: string | null;
+    schema: S;
+    maxRetries: number;
+    price: ModelPrice;
+    /** Who pays: one delivery of a message (its id survives redelivery; a duplicate has another). */
+    delivery: string;
+    claimMs?: number;
+  },
 ): Promise<Asked<z.infer<S>>> {
   let usage = zeroUsage();
   let lastReason = "";
@@ -62,7 +73,21 @@ export async function askStructured<S extends z.ZodType>(
     const hash = answerHash(request, options.imageDigest, attempt);
     let answer = await deps.state.getAnswer(hash);
     if (!answer) {
-      const response = await deps.llm.complete(request);
+      if (!(await deps.state.claimRequest(hash, options.delivery, options.claimMs ?? CLAIM_MS))) {
+        throw new RequestInFlightError();
+      }
+      let response: Awaited<ReturnType<typeof deps.llm.complete>>;
+      try {
+        response = await deps.llm.complete(request);
+      } catch (error) {
+        // No answer to store: give the claim up so a redelivery or a duplicate may try at once.
+        await deps.state.releaseClaim(hash, options.delivery);
+        // An answer cut at the token limit or empty is a bad answer, not a failed call: ask again.
+        if (!(error instanceof LlmAnswerError)) throw error;
+        lastReason = error.message;
+        deps.logger.warn("unusable answer", { schema: request.schemaName, attempt, reason: lastReason });
+        continue;
+      }
       answer = {
         content: response.content,
         promptTokens: response.usage.promptTokens,
@@ -84,6 +109,16 @@ export async function askStructured<S extends z.ZodType>(
     `${request.schemaName}: answer invalid after ${options.maxRetries + 1} tries: ${lastReason}`,
     usage,
   );
+}
+
+/**
+ * Another delivery of the same message is paying for this very request right now: this one is a duplicate
+ * and is acknowledged without work (if the other crashes, its own message comes back and claims again).
+ */
+export class RequestInFlightError extends MmevolError {
+  constructor() {
+    super("the same request is being answered for another delivery of this message", { retryable: false });
+  }
 }
 
 /** The model kept answering outside the schema; carries what those answers cost. */

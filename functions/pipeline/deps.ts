@@ -1,9 +1,9 @@
 import type { RunConfigInput } from "../evolution/config.ts";
 import type { BlobStore } from "../ports/blob-store.ts";
+import type { Faults } from "../ports/faults.ts";
 import type { ImagePreparer } from "../ports/images.ts";
 import type { Llm } from "../ports/llm.ts";
 import type { Message, WorkQueue } from "../ports/messages.ts";
-import type { Faults } from "../ports/faults.ts";
 import type { Clock, Logger } from "../ports/runtime.ts";
 import type { StateStore } from "../ports/state-store.ts";
 
@@ -39,6 +39,8 @@ export interface StageInput<M> {
   readonly message: M;
   /** 1 on first delivery; the runtime counts redeliveries. */
   readonly attempt: number;
+  /** The delivery's identity: the queue's message id, the same across redeliveries of one message. */
+  readonly delivery?: string;
 }
 
 export type { WorkQueue };

@@ -39,6 +39,8 @@ export async function evolveSample(input: StageInput<EvolveMessage>, deps: Stage
         await deps.images.prepare(resolved.key, {
           imageRoot,
           maxSide: config.maxImageSide,
+          maxInputBytes: config.maxImageBytes,
+          maxInputPixels: config.maxImagePixels,
         }),
       );
     }
@@ -63,6 +65,7 @@ export async function evolveSample(input: StageInput<EvolveMessage>, deps: Stage
         schema: EvolveAnswer,
         maxRetries: config.maxAnswerRetries,
         price: priceOf(config.model, config.prices),
+        delivery: input.delivery ?? `${run}/${shard}/${key}/evolve/${round}`,
       },
     );
     deps.faults?.point("evolve:after-answer-stored");

@@ -4,6 +4,7 @@ import { renderReportHtml } from "../evolution/report-html.ts";
 import type { FinalizeMessage } from "../ports/messages.ts";
 import { type SampleRecord, TERMINAL_STATUSES } from "../ports/state-store.ts";
 import type { StageDeps, StageInput, StageResult } from "./deps.ts";
+import { shardRefusal } from "./ingest.ts";
 import { layout, shardConfig } from "./shard-config.ts";
 
 /**
@@ -44,7 +45,7 @@ export async function finalizeShard(
     if (error) errors.push(JSON.stringify(error));
   }
 
-  const report: ShardReport = builder.build({
+  const built = builder.build({
     run,
     shard,
     dryRun: config.dryRun,
@@ -53,6 +54,11 @@ export async function finalizeShard(
     expectedLines: shardRecord.lines,
     now: new Date(deps.clock.now()),
   });
+  // A shard over maxShardBytes was never read (ingest recorded zero lines): say so, rather than an empty report.
+  const shardSize = shardRecord.lines === 0 ? await deps.blobs.size(shardRecord.key) : null;
+  const refused = shardSize === null ? null : shardRefusal(shardSize, config.maxShardBytes);
+  if (refused !== null) errors.push(JSON.stringify({ kind: "refused", line: 0, reason: refused }));
+  const report: ShardReport = refused === null ? built : { ...built, refused };
   const jsonl = (lines: string[]) => (lines.length === 0 ? "" : `${lines.join("\n")}\n`);
   await deps.blobs.put(layout.evolved(run, shard), jsonl(evolved), "application/x-ndjson");
   deps.faults?.point("finalize:mid-write");

@@ -50,6 +50,13 @@ export async function ingestShard(
   }
   const config = shardConfig(shardRecord);
   const imageRoot = config.imageRoot ?? "";
+  const refused = shardRefusal(size, config.maxShardBytes);
+  if (refused !== null) {
+    // Not read at all: zero lines, and finalize writes a report and an errors file that give the reason.
+    const pending = await deps.state.completeIngest(run, shard, 0);
+    deps.logger.warn("shard refused", { run, shard, reason: refused });
+    return { next: pending === 0 ? [{ kind: "finalize", run, shard }] : [], outcome: "refused" };
+  }
 
   const batchSize = deps.ingestBatchSize ?? 100;
   const from = input.message.from ?? 1;
@@ -67,7 +74,7 @@ export async function ingestShard(
     batch = [];
   };
 
-  for await (const entry of readShard(deps.blobs.stream(key))) {
+  for await (const entry of readShard(deps.blobs.stream(key), { maxLineBytes: config.maxLineBytes })) {
     ordinal += 1;
     const record = toRecord(entry, ordinal, run, shard, imageRoot, seenIds, deps.clock.now());
     // Records before `from` were written by an earlier invocation; they are read again only to know their ids.
@@ -88,6 +95,12 @@ export async function ingestShard(
   const pending = await deps.state.completeIngest(run, shard, ordinal);
   deps.logger.info("shard ingested", { run, shard, lines: ordinal });
   return { next: pending === 0 ? [{ kind: "finalize", run, shard }] : [], outcome: `ingested:${ordinal}` };
+}
+
+/** Why a shard of `size` bytes is not read, or null when it is within `maxShardBytes`. */
+export function shardRefusal(size: number, maxShardBytes: number): string | null {
+  if (size <= maxShardBytes) return null;
+  return `shard refused: ${size} bytes exceeds the ${maxShardBytes}-byte shard limit (maxShardBytes); no line was read`;
 }
 
 /**
@@ -154,7 +167,8 @@ function toRecord(
   };
   const where = locate(entry);
   if ("error" in entry)
-    return { ...base, error: entry.error.startsWith("line") ? entry.error : `${where}: ${entry.error}` };
+    // The reader's errors already say where (line N, or element N (line L)).
+    return { ...base, error: entry.error };
   const parsed = parseRecord(entry.value, entry.line);
   if (!parsed.ok) return { ...base, error: `${where}: ${parsed.error}` };
   const first = seenIds.get(parsed.sample.id);

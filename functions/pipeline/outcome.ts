@@ -1,7 +1,7 @@
 import type { RunConfig } from "../evolution/config.ts";
 import type { Message } from "../ports/messages.ts";
 import { type Expected, type SampleRecord, type SampleUpdate, zeroUsage } from "../ports/state-store.ts";
-import { AnswerRejectedError, addUsageTotals } from "./ask.ts";
+import { AnswerRejectedError, addUsageTotals, RequestInFlightError } from "./ask.ts";
 import type { StageDeps, StageResult } from "./deps.ts";
 
 export const expectedOf = (record: SampleRecord): Expected => ({
@@ -43,6 +43,7 @@ export async function failOrRetry(
   config: RunConfig,
   stage: string,
 ): Promise<StageResult> {
+  if (error instanceof RequestInFlightError) return { next: [], outcome: "duplicate" };
   const retryable =
     typeof error === "object" && error !== null && "retryable" in error && error.retryable === true;
   if (retryable && attempt < config.maxAttempts) throw error;

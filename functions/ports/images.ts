@@ -11,11 +11,18 @@ export interface PreparedImage {
 /**
  * Resolves an image path under the run's image root, and shrinks it once per image
  * (longer side at most `maxSide`, JPEG); later rounds reuse the stored result.
- * Throws InvalidInputError for a missing, corrupt or escaping image.
+ * Throws InvalidInputError for a missing, corrupt, escaping or oversized image.
  */
 export interface ImagePreparer {
   prepare(
     imagePath: string,
-    options: { readonly imageRoot: string; readonly maxSide: number },
+    options: {
+      readonly imageRoot: string;
+      readonly maxSide: number;
+      /** Refuse a larger source file before reading it; the preparer's own default when absent. */
+      readonly maxInputBytes?: number;
+      /** Refuse an image whose header declares more pixels (a decompression bomb); the preparer's default when absent. */
+      readonly maxInputPixels?: number;
+    },
   ): Promise<PreparedImage>;
 }

@@ -145,5 +145,13 @@ export interface StateStore {
   /** Marks the shard finalized once; false when it already was. */
   markFinalized(run: string, shard: string): Promise<boolean>;
   getAnswer(hash: string): Promise<StoredAnswer | null>;
+  /**
+   * Claims the right to pay for a request for `holdMs`: false while another owner (another delivery of the
+   * message) holds an unexpired claim, so two deliveries running at once never pay for the same call twice.
+   * The same owner (the same message redelivered after a crash) may claim again.
+   */
+  claimRequest(hash: string, owner: string, holdMs: number): Promise<boolean>;
+  /** Gives a claim up (only the owner's): the call failed, so another delivery may try it now. */
+  releaseClaim(hash: string, owner: string): Promise<void>;
   putAnswer(hash: string, answer: StoredAnswer): Promise<void>;
 }

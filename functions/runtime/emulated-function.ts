@@ -5,10 +5,10 @@
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 import {
-  ChangeMessageVisibilityBatchCommand,
   DeleteMessageBatchCommand,
   type Message,
   ReceiveMessageCommand,
+  SendMessageBatchCommand,
   SQSClient,
 } from "@aws-sdk/client-sqs";
 import type { Context, SQSEvent } from "aws-lambda";
@@ -24,8 +24,11 @@ const Settings = z.object({
   EMU_CONCURRENCY: z.coerce.number().int().min(1),
   EMU_TIMEOUT_SECONDS: z.coerce.number().int().min(1),
   AWS_REGION: z.string().default("us-east-1"),
+  /** Test-only: share of handled messages delivered a second time (S3 events included). */
+  EMU_DUPLICATE_RATE: z.coerce.number().min(0).max(1).default(0),
 });
 const settings = Settings.parse(process.env);
+const duplicateRate = settings.EMU_DUPLICATE_RATE;
 const [file = "index", exportName = "handler"] = settings.EMU_HANDLER.split(".");
 const loaded: unknown = await import(pathToFileURL(join(settings.EMU_ASSET, `${file}.mjs`)).href);
 const exported: unknown =
@@ -123,19 +126,19 @@ async function poll(): Promise<void> {
         }),
       );
     }
-    if (bad.length > 0) {
-      // Lambda leaves a failed message hidden for the queue's whole visibility timeout (minutes); the emulator
-      // shortens that to a backoff so a local run retries in seconds. Redrive to the DLQ works as in AWS.
-      await sqs.send(
-        new ChangeMessageVisibilityBatchCommand({
-          QueueUrl: settings.EMU_QUEUE_URL,
-          Entries: bad.map((m, i) => ({
-            Id: String(i),
-            ReceiptHandle: m.ReceiptHandle ?? "",
-            VisibilityTimeout: Math.min(30, 2 ** Number(m.Attributes?.ApproximateReceiveCount ?? "1")),
-          })),
-        }),
-      );
+    // Failed records stay in the queue: SQS redelivers them after their visibility timeout (which the handler
+    // shortens to the provider's retry-after), and moves them to the DLQ after maxReceiveCount.
+    if (duplicateRate > 0) {
+      // At-least-once delivery made visible: a share of what was handled arrives once more.
+      const copies = ok.filter(() => Math.random() < duplicateRate);
+      if (copies.length > 0) {
+        await sqs.send(
+          new SendMessageBatchCommand({
+            QueueUrl: settings.EMU_QUEUE_URL,
+            Entries: copies.map((m, i) => ({ Id: String(i), MessageBody: m.Body ?? "" })),
+          }),
+        );
+      }
     }
     say(`${messages.length} record(s): ${ok.length} ok, ${bad.length} failed (${Date.now() - started} ms)`);
   }

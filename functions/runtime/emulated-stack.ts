@@ -3,7 +3,7 @@
 // mapping runs its bundled function from cdk.out in a child process (emulated-function.ts).
 import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { readFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { DynamoDBClient } from "@aws-sdk/client-dynamodb";
@@ -44,6 +44,12 @@ export interface EmulatedStackOptions {
   readonly functionEnv?: Readonly<Record<string, string>>;
   /** Each line a function prints. */
   readonly onLine?: (line: string) => void;
+  /** Queue visibility timeouts are capped at this in emulation (default 30 s). */
+  readonly maxVisibilityTimeoutSeconds?: number;
+  /** Concurrent pollers per function process: the mapping's maximum concurrency, capped at this (default 8). */
+  readonly maxPollers?: number;
+  /** Scheduled functions (EventBridge rules, not emulated) are invoked this often instead (default 30 s). */
+  readonly scheduleEverySeconds?: number;
 }
 
 export interface EmulatedStack {
@@ -51,6 +57,8 @@ export interface EmulatedStack {
   readonly table: string;
   readonly queues: Readonly<Record<string, { url: string; arn: string }>>;
   readonly functions: readonly string[];
+  /** The stack's outputs, resolved to the emulator's names, as `cdk deploy --outputs-file` writes them. */
+  readonly outputsFile: string;
   stop(): Promise<void>;
 }
 
@@ -72,6 +80,18 @@ export function readStackTemplate(cdkOut: string): Record<string, Resource> {
   const templateFile = stack?.properties?.templateFile;
   if (!templateFile) throw new Error(`no stack in ${cdkOut}/manifest.json`);
   return Template.parse(JSON.parse(readFileSync(join(cdkOut, templateFile), "utf8"))).Resources;
+}
+
+/** The template's Outputs: each one's Value, unresolved. */
+export function readStackOutputs(cdkOut: string): Record<string, unknown> {
+  const manifest = Manifest.parse(JSON.parse(readFileSync(join(cdkOut, "manifest.json"), "utf8")));
+  const stack = Object.values(manifest.artifacts).find((a) => a.type === "aws:cloudformation:stack");
+  const templateFile = stack?.properties?.templateFile;
+  if (!templateFile) throw new Error(`no stack in ${cdkOut}/manifest.json`);
+  const template = z
+    .object({ Outputs: z.record(z.string(), z.object({ Value: z.unknown() })).default({}) })
+    .parse(JSON.parse(readFileSync(join(cdkOut, templateFile), "utf8")));
+  return Object.fromEntries(Object.entries(template.Outputs).map(([key, output]) => [key, output.Value]));
 }
 
 export async function startEmulatedStack(options: EmulatedStackOptions): Promise<EmulatedStack> {
@@ -137,7 +157,11 @@ export async function startEmulatedStack(options: EmulatedStackOptions): Promise
   for (const [id, queue] of queues) {
     const props = queue.Properties ?? {};
     const attributes: Record<string, string> = {};
-    if (props.VisibilityTimeout !== undefined) attributes.VisibilityTimeout = String(props.VisibilityTimeout);
+    if (props.VisibilityTimeout !== undefined) {
+      // Capped in emulation, so a crashed invocation's messages come back in seconds rather than many minutes.
+      const cap = options.maxVisibilityTimeoutSeconds ?? 30;
+      attributes.VisibilityTimeout = String(Math.min(Number(props.VisibilityTimeout), cap));
+    }
     if (props.MessageRetentionPeriod !== undefined)
       attributes.MessageRetentionPeriod = String(props.MessageRetentionPeriod);
     if (props.RedrivePolicy !== undefined)
@@ -205,7 +229,8 @@ export async function startEmulatedStack(options: EmulatedStackOptions): Promise
   }
 
   const workerScript = fileURLToPath(new URL("./emulated-function.ts", import.meta.url));
-  const children: ChildProcess[] = [];
+  const children = new Set<ChildProcess>();
+  let stopping = false;
   const functions: string[] = [];
   for (const [, mapping] of ofType("AWS::Lambda::EventSourceMapping")) {
     const props = z
@@ -235,32 +260,106 @@ export async function startEmulatedStack(options: EmulatedStackOptions): Promise
     );
     const label = fnId.replace(/[A-F0-9]{8}$/, "");
     functions.push(label);
-    const child = spawn(process.execPath, [workerScript], {
-      env: {
-        ...process.env,
-        ...env,
-        ...variables,
-        ...options.functionEnv,
-        POWERTOOLS_LOG_LEVEL: process.env.POWERTOOLS_LOG_LEVEL ?? "WARN",
-        POWERTOOLS_METRICS_DISABLED: "true",
-        EMU_NAME: label,
-        EMU_ASSET: join(options.cdkOut, assetPath),
-        EMU_HANDLER: fnProps.Handler,
-        EMU_QUEUE_URL: queue.url,
-        EMU_QUEUE_ARN: queue.arn,
-        EMU_BATCH_SIZE: String(props.BatchSize ?? 10),
-        EMU_CONCURRENCY: String(Math.min(props.ScalingConfig?.MaximumConcurrency ?? 2, 8)),
-        EMU_TIMEOUT_SECONDS: String(fnProps.Timeout),
-      },
-      stdio: ["ignore", "pipe", "pipe"],
-    });
+    const workerEnv = {
+      ...process.env,
+      ...env,
+      ...variables,
+      ...options.functionEnv,
+      POWERTOOLS_LOG_LEVEL: process.env.POWERTOOLS_LOG_LEVEL ?? "WARN",
+      POWERTOOLS_METRICS_DISABLED: "true",
+      EMU_NAME: label,
+      EMU_ASSET: join(options.cdkOut, assetPath),
+      EMU_HANDLER: fnProps.Handler,
+      EMU_QUEUE_URL: queue.url,
+      EMU_QUEUE_ARN: queue.arn,
+      EMU_BATCH_SIZE: String(props.BatchSize ?? 10),
+      EMU_CONCURRENCY: String(
+        Math.min(props.ScalingConfig?.MaximumConcurrency ?? 2, options.maxPollers ?? 8),
+      ),
+      EMU_TIMEOUT_SECONDS: String(fnProps.Timeout),
+    };
     const forward = (chunk: Buffer) => {
       for (const line of chunk.toString().split("\n")) if (line.trim()) options.onLine?.(line);
     };
-    child.stdout?.on("data", forward);
-    child.stderr?.on("data", forward);
-    children.push(child);
+    // Like Lambda, a function whose process died (a crash, an out-of-memory kill) starts again on a new one.
+    const start = () => {
+      const child = spawn(process.execPath, [workerScript], {
+        env: workerEnv,
+        stdio: ["ignore", "pipe", "pipe"],
+      });
+      child.stdout?.on("data", forward);
+      child.stderr?.on("data", forward);
+      child.once("exit", (code, signal) => {
+        children.delete(child);
+        if (stopping) return;
+        options.onLine?.(`[${label}] process ended (${signal ?? code}); starting a new one`);
+        start();
+      });
+      children.add(child);
+    };
+    start();
   }
+
+  // EventBridge schedules: the rule's target function runs on a timer in its own process.
+  const scheduleScript = fileURLToPath(new URL("./emulated-schedule.ts", import.meta.url));
+  for (const [, rule] of ofType("AWS::Events::Rule")) {
+    const ruleProps = z
+      .object({
+        ScheduleExpression: z.string().optional(),
+        Targets: z.array(z.object({ Arn: z.object({ "Fn::GetAtt": z.tuple([z.string(), z.string()]) }) })),
+      })
+      .parse(rule.Properties);
+    if (ruleProps.ScheduleExpression === undefined) continue;
+    for (const target of ruleProps.Targets) {
+      const fnId = target.Arn["Fn::GetAtt"][0];
+      const fn = resources[fnId];
+      if (fn?.Type !== "AWS::Lambda::Function") continue;
+      const fnProps = z
+        .object({
+          Handler: z.string(),
+          Timeout: z.number().default(3),
+          Environment: z.object({ Variables: z.record(z.string(), z.unknown()) }).optional(),
+        })
+        .parse(fn.Properties);
+      const label = fnId.replace(/[A-F0-9]{8}$/, "");
+      functions.push(label);
+      const child = spawn(process.execPath, [scheduleScript], {
+        env: {
+          ...process.env,
+          ...env,
+          ...Object.fromEntries(
+            Object.entries(fnProps.Environment?.Variables ?? {}).map(([k, v]) => [k, String(resolve(v))]),
+          ),
+          ...options.functionEnv,
+          POWERTOOLS_LOG_LEVEL: process.env.POWERTOOLS_LOG_LEVEL ?? "WARN",
+          POWERTOOLS_METRICS_DISABLED: "true",
+          EMU_NAME: label,
+          EMU_ASSET: join(options.cdkOut, z.string().parse(fn.Metadata?.["aws:asset:path"])),
+          EMU_HANDLER: fnProps.Handler,
+          EMU_EVERY_SECONDS: String(options.scheduleEverySeconds ?? 30),
+          EMU_TIMEOUT_SECONDS: String(fnProps.Timeout),
+        },
+        stdio: ["ignore", "pipe", "pipe"],
+      });
+      const forward = (chunk: Buffer) => {
+        for (const line of chunk.toString().split("\n")) if (line.trim()) options.onLine?.(line);
+      };
+      child.stdout?.on("data", forward);
+      child.stderr?.on("data", forward);
+      child.once("exit", () => children.delete(child));
+      children.add(child);
+    }
+  }
+
+  // What `mmevol status/redrive --outputs` reads: the same shape as `cdk deploy --outputs-file`, plus the endpoint.
+  const outputsFile = join(options.cdkOut, "emulated-outputs.json");
+  const outputs = Object.fromEntries(
+    Object.entries(readStackOutputs(options.cdkOut)).map(([key, value]) => [key, String(resolve(value))]),
+  );
+  writeFileSync(
+    outputsFile,
+    `${JSON.stringify({ [`mmevol-${suffix}`]: { ...outputs, EmulatorEndpoint: options.endpoint } }, null, 2)}\n`,
+  );
 
   const bucketId =
     ofType("AWS::S3::Bucket").find(([, r]) =>
@@ -271,9 +370,11 @@ export async function startEmulatedStack(options: EmulatedStackOptions): Promise
     table,
     queues: queueInfo,
     functions,
+    outputsFile,
     stop: async () => {
+      stopping = true;
       await Promise.all(
-        children.map(
+        [...children].map(
           (child) =>
             new Promise<void>((done) => {
               if (child.exitCode !== null) return done();

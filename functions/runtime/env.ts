@@ -22,6 +22,8 @@ export const ENV = {
   /** Timeout of one LLM call attempt, ms, and the client's own retries. */
   llmTimeoutMs: "MMEVOL_LLM_TIMEOUT_MS",
   llmMaxRetries: "MMEVOL_LLM_MAX_RETRIES",
+  /** The sweeper re-sends work whose state has not moved for this many ms. */
+  sweepAfterMs: "MMEVOL_SWEEP_AFTER_MS",
 } as const;
 
 export type EnvName = (typeof ENV)[keyof typeof ENV];
@@ -50,6 +52,7 @@ export const LambdaEnv = z.object({
   [ENV.runDefaults]: jsonObject.optional(),
   [ENV.llmTimeoutMs]: z.coerce.number().int().positive().default(60_000),
   [ENV.llmMaxRetries]: z.coerce.number().int().nonnegative().default(1),
+  [ENV.sweepAfterMs]: z.coerce.number().int().positive().optional(),
 });
 export type LambdaEnv = z.infer<typeof LambdaEnv>;
 
@@ -67,3 +70,9 @@ export function readLambdaEnv(env: NodeJS.ProcessEnv = process.env): LambdaEnv {
 export const LLM_TIMEOUT_MS = 60_000;
 export const LLM_MAX_RETRIES = 1;
 export const LLM_FUNCTION_TIMEOUT_SECONDS = Math.ceil((LLM_TIMEOUT_MS * (LLM_MAX_RETRIES + 1)) / 1000) + 60;
+
+/**
+ * When the deployed sweeper takes work as stuck. A message legitimately waits in a throttled queue and retries
+ * with the queue's visibility timeout (minutes each), so the deadline is long; a re-send is harmless anyway.
+ */
+export const SWEEP_AFTER_MS = 2 * 60 * 60_000;

@@ -3,7 +3,7 @@ import { Logger as PowertoolsLogger } from "@aws-lambda-powertools/logger";
 import { Metrics, MetricUnit } from "@aws-lambda-powertools/metrics";
 import { DynamoDBClient } from "@aws-sdk/client-dynamodb";
 import { S3Client } from "@aws-sdk/client-s3";
-import { SQSClient } from "@aws-sdk/client-sqs";
+import { ChangeMessageVisibilityCommand, GetQueueUrlCommand, SQSClient } from "@aws-sdk/client-sqs";
 import { DynamoDBDocumentClient } from "@aws-sdk/lib-dynamodb";
 import type { Context, SQSBatchResponse, SQSEvent, SQSRecord } from "aws-lambda";
 import type { z } from "zod";
@@ -17,11 +17,14 @@ import type { RunConfigInput } from "../evolution/config.ts";
 import { runStage, type StageDeps } from "../pipeline/index.ts";
 import type { BlobStore } from "../ports/blob-store.ts";
 import { InvalidInputError } from "../ports/errors.ts";
+import type { Faults } from "../ports/faults.ts";
+import { noFaults } from "../ports/faults.ts";
 import type { Llm, LlmRequest, LlmResponse } from "../ports/llm.ts";
-import type { Message, Stage } from "../ports/messages.ts";
+import type { Message, Stage, WorkQueue } from "../ports/messages.ts";
 import { type Logger, systemClock } from "../ports/runtime.ts";
 import { CountingLlm } from "./counting-llm.ts";
 import { ENV, type LambdaEnv, readLambdaEnv } from "./env.ts";
+import { FaultyQueue, faultsFromEnv } from "./faults.ts";
 
 /** Our Logger port over Powertools' JSON logger. */
 function portLogger(logger: PowertoolsLogger): Logger {
@@ -72,7 +75,8 @@ const noBucket: BlobStore = new Proxy({} as BlobStore, {
 });
 
 export interface LambdaRuntime {
-  readonly deps: StageDeps & { readonly queue: SqsWorkQueue };
+  readonly deps: StageDeps & { readonly queue: WorkQueue; readonly faults: Faults };
+  readonly sqs: SQSClient;
   readonly llm: CountingLlm;
   readonly logger: PowertoolsLogger;
   readonly metrics: Metrics;
@@ -100,7 +104,10 @@ export function createLambdaRuntime(stage: Stage, env: NodeJS.ProcessEnv = proce
   setUrl("evolve", config[ENV.evolveQueueUrl]);
   setUrl("judge", config[ENV.judgeQueueUrl]);
   setUrl("finalize", config[ENV.finalizeQueueUrl]);
-  const queue = new SqsWorkQueue({ client: new SQSClient({}), queueUrls: urls });
+  const sqs = new SQSClient({});
+  const faults = faultsFromEnv(env);
+  const sqsQueue = new SqsWorkQueue({ client: sqs, queueUrls: urls });
+  const queue: WorkQueue = faults === noFaults ? sqsQueue : new FaultyQueue(sqsQueue, faults);
   const llm = new CountingLlm(new SecretKeyLlm(config, log));
   const defaults: RunConfigInput = { ...(config[ENV.runDefaults] ?? {}) };
   const deps = {
@@ -112,8 +119,9 @@ export function createLambdaRuntime(stage: Stage, env: NodeJS.ProcessEnv = proce
     logger: log,
     defaults,
     queue,
+    faults,
   };
-  return { deps, llm, logger, metrics };
+  return { deps, sqs, llm, logger, metrics };
 }
 
 /**
@@ -126,22 +134,65 @@ export function makeSqsHandler<S extends z.ZodType<Message>>(
 ): (event: SQSEvent, context: Context) => Promise<SQSBatchResponse> {
   const runtime = createLambdaRuntime(stage);
   const processor = new BatchProcessor(EventType.SQS);
-  const { deps, llm, logger, metrics } = runtime;
+  const { deps, sqs, llm, logger, metrics } = runtime;
+  const queueUrls = new Map<string, Promise<string>>();
+  const queueUrlOf = (arn: string): Promise<string> => {
+    let url = queueUrls.get(arn);
+    if (!url) {
+      const [, , , , account, name] = arn.split(":");
+      url = sqs
+        .send(new GetQueueUrlCommand({ QueueName: name, QueueOwnerAWSAccountId: account }))
+        .then((r) => r.QueueUrl ?? Promise.reject(new Error(`no URL for ${arn}`)));
+      queueUrls.set(arn, url);
+    }
+    return url;
+  };
+
+  /**
+   * A retryable failure goes back to the queue hidden for the provider's retry-after (or a backoff) instead of
+   * the queue's long visibility timeout; no Lambda sleeps waiting for it.
+   */
+  const delayRetry = async (record: SQSRecord, error: unknown, attempt: number) => {
+    if (typeof error !== "object" || error === null || !("retryable" in error) || error.retryable !== true)
+      return;
+    const hinted =
+      "retryAfterMs" in error && typeof error.retryAfterMs === "number" ? error.retryAfterMs : null;
+    const seconds = Math.min(900, Math.max(1, Math.ceil((hinted ?? 2_000 * 2 ** (attempt - 1)) / 1000)));
+    try {
+      await sqs.send(
+        new ChangeMessageVisibilityCommand({
+          QueueUrl: await queueUrlOf(record.eventSourceARN),
+          ReceiptHandle: record.receiptHandle,
+          VisibilityTimeout: seconds,
+        }),
+      );
+    } catch (visibilityError) {
+      logger.warn("could not shorten the retry delay", { error: String(visibilityError) });
+    }
+  };
 
   const recordHandler = async (record: SQSRecord, context: Context) => {
     const attempt = Number(record.attributes.ApproximateReceiveCount) || 1;
-    for (const message of toMessages(record)) {
-      const result = await runStage(message, attempt, {
-        ...deps,
-        remainingMs: () => context.getRemainingTimeInMillis(),
-      });
-      await deps.queue.send(result.next);
-      logger.info("stage done", {
+    try {
+      for (const message of toMessages(record)) {
+        const stageDeps = { ...deps, remainingMs: () => context.getRemainingTimeInMillis() };
+        const result = await runStage(message, attempt, stageDeps, record.messageId);
+        await deps.queue.send(result.next);
+        logger.info("stage done", {
+          messageId: record.messageId,
+          outcome: result.outcome,
+          next: result.next.length,
+        });
+        metrics.addMetric(`outcome_${result.outcome.split(":")[0]}`, MetricUnit.Count, 1);
+      }
+    } catch (error) {
+      logger.warn("record failed, back to the queue", {
         messageId: record.messageId,
-        outcome: result.outcome,
-        next: result.next.length,
+        attempt,
+        error: error instanceof Error ? error.message : String(error),
       });
-      metrics.addMetric(`outcome_${result.outcome.split(":")[0]}`, MetricUnit.Count, 1);
+      await delayRetry(record, error, attempt);
+      throw error;
     }
   };
 

@@ -1,6 +1,7 @@
-import { mkdirSync } from "node:fs";
+import { mkdirSync, writeFileSync } from "node:fs";
 import { basename, dirname, extname, join, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
+import { z } from "zod";
 import { SharpImagePreparer } from "../adapters/images/sharp-image-preparer.ts";
 import { FsBlobStore } from "../adapters/local/fs-blob-store.ts";
 import { MemoryQueues, type Received } from "../adapters/local/memory-queue.ts";
@@ -8,12 +9,21 @@ import { type Mount, MountedBlobStore } from "../adapters/local/mounted-blob-sto
 import { SqliteStateStore } from "../adapters/local/sqlite-state-store.ts";
 import type { RunConfigInput } from "../evolution/config.ts";
 import type { ShardReport } from "../evolution/report.ts";
-import { layout, recoverMessages, runStage, type StageDeps } from "../pipeline/index.ts";
+import {
+  layout,
+  recoverMessages,
+  runStage,
+  type StageDeps,
+  sweepStuck,
+  workKeyOf,
+} from "../pipeline/index.ts";
+import { type Faults, noFaults } from "../ports/faults.ts";
 import type { Llm } from "../ports/llm.ts";
-import type { Message, Stage } from "../ports/messages.ts";
+import { Message, type Stage, type WorkQueue } from "../ports/messages.ts";
 import { type Clock, type Logger, silentLogger, systemClock } from "../ports/runtime.ts";
 import type { SampleStatus } from "../ports/state-store.ts";
 import { CountingLlm, type LlmTotals } from "./counting-llm.ts";
+import { FaultyQueue, faultsFromEnv } from "./faults.ts";
 
 export interface LocalRunOptions {
   /** Shard files (JSON Lines or one JSON array). */
@@ -33,7 +43,23 @@ export interface LocalRunOptions {
   readonly progressEveryMs?: number;
   /** Aborting stops taking new work; work in flight finishes, and the next run continues. */
   readonly signal?: AbortSignal;
+  /** Test-only fault injection; by default read from MMEVOL_TEST_FAULTS, else none. */
+  readonly faults?: Faults;
+  /** How often the sweep looks for stuck work while running, in ms (default 60 000). */
+  readonly sweepEveryMs?: number;
+  /** Unfinished work not updated for this long, with no message in the queues, is re-enqueued (default 10 min). */
+  readonly stuckAfterMs?: number;
 }
+
+/** Where a run leaves the messages that exhausted their deliveries (JSON Lines of DeadLetterRecord). */
+export const DEAD_LETTERS_FILE = ".mmevol/dead-letters.jsonl";
+export const DeadLetterRecord = z.object({
+  message: Message,
+  deliveries: z.number().int().nonnegative(),
+  error: z.string().nullable(),
+  at: z.string(),
+});
+export type DeadLetterRecord = z.infer<typeof DeadLetterRecord>;
 
 export interface Progress {
   readonly total: number;
@@ -81,6 +107,8 @@ export async function runLocal(options: LocalRunOptions): Promise<LocalRunResult
   mounts.push({ prefix: "images/", store: new FsBlobStore(imagesDir), target: "" });
   const blobs = new MountedBlobStore(new FsBlobStore(out), mounts);
   const state = new SqliteStateStore(join(out, ".mmevol", "state.sqlite"));
+  // This process is the only one on this state: claims left by a killed run hold nothing any more.
+  state.releaseAllClaims();
   const llm = new CountingLlm(options.llm, {});
   const config = { ...options.config, imageRoot: "images" };
   const queues = new MemoryQueues({
@@ -88,7 +116,19 @@ export async function runLocal(options: LocalRunOptions): Promise<LocalRunResult
     maxReceiveCount: (config.maxAttempts ?? 5) + 1,
     clock,
   });
-  const deps: StageDeps & { queue: MemoryQueues } = {
+  const faults = options.faults ?? faultsFromEnv();
+  // The work each queued message is for (sent and not acked; dead letters stay counted, so poison is not
+  // re-sent in the same run): the periodic sweep leaves such work alone.
+  const outstanding = new Map<string, number>();
+  const tracked: WorkQueue = {
+    send: (messages) => {
+      for (const m of messages) outstanding.set(workKeyOf(m), (outstanding.get(workKeyOf(m)) ?? 0) + 1);
+      return queues.send(messages);
+    },
+  };
+  const lastError = new Map<string, string>();
+  const queue: WorkQueue = faults === noFaults ? tracked : new FaultyQueue(tracked, faults);
+  const deps: StageDeps & { queue: WorkQueue } = {
     blobs,
     state,
     llm,
@@ -96,7 +136,8 @@ export async function runLocal(options: LocalRunOptions): Promise<LocalRunResult
     clock,
     logger,
     defaults: config,
-    queue: queues,
+    queue,
+    faults,
   };
 
   try {
@@ -113,7 +154,7 @@ export async function runLocal(options: LocalRunOptions): Promise<LocalRunResult
         });
       }
     }
-    await queues.send(initial);
+    await tracked.send(initial);
 
     let busy = 0;
     let stop = false;
@@ -133,6 +174,26 @@ export async function runLocal(options: LocalRunOptions): Promise<LocalRunResult
       );
     };
     const ticker = setInterval(progress, options.progressEveryMs ?? 250);
+    // The in-process queues lose nothing while the process lives, so this is a safety net: work whose state
+    // has not moved for a while and for which no message is queued gets its message again.
+    let sweeping: Promise<void> | null = null;
+    const sweeper = setInterval(() => {
+      sweeping ??= sweepStuck(deps, {
+        now: clock.now(),
+        stuckAfterMs: options.stuckAfterMs ?? 10 * 60_000,
+        run: options.run,
+        claim: false,
+        skip: (m) => (outstanding.get(workKeyOf(m)) ?? 0) > 0,
+      })
+        .then(async ({ messages }) => {
+          if (messages.length > 0) logger.warn("re-enqueued stuck work", { messages: messages.length });
+          await tracked.send(messages);
+        })
+        .catch((error: unknown) => logger.warn("sweep failed", { error: String(error) }))
+        .finally(() => {
+          sweeping = null;
+        });
+    }, options.sweepEveryMs ?? 60_000);
 
     const take = (): { kind: Stage; received: Received } | null => {
       for (const kind of PRIORITY) {
@@ -154,10 +215,15 @@ export async function runLocal(options: LocalRunOptions): Promise<LocalRunResult
         busy += 1;
         const { kind, received } = job;
         try {
-          const result = await runStage(received.message, received.receiveCount, deps);
-          await queues.send(result.next);
-          queues.ack(kind, received.id);
+          const result = await runStage(received.message, received.receiveCount, deps, received.id);
+          await queue.send(result.next);
+          if (queues.ack(kind, received.id)) {
+            const key = workKeyOf(received.message);
+            outstanding.set(key, (outstanding.get(key) ?? 1) - 1);
+          }
+          lastError.delete(received.id);
         } catch (error) {
+          lastError.set(received.id, error instanceof Error ? error.message : String(error));
           const retryAfter = retryAfterOf(error);
           const backoff = retryAfter ?? Math.min(30_000, 500 * 2 ** (received.receiveCount - 1));
           logger.warn("stage failed, will retry", {
@@ -173,7 +239,25 @@ export async function runLocal(options: LocalRunOptions): Promise<LocalRunResult
       }
     };
     await Promise.all(Array.from({ length: Math.max(1, options.concurrency) }, worker));
+    // Idle: nothing queued and nothing running, so unfinished work without a queued (or dead) message was
+    // dropped somewhere; give it its message again, whatever its age. Bounded, so a stage that keeps dropping
+    // the same work cannot loop forever (the state keeps it for the next run and `mmevol status`).
+    for (let round = 0; round < 3 && !stop; round += 1) {
+      const { messages } = await sweepStuck(deps, {
+        now: clock.now(),
+        stuckAfterMs: 0,
+        run: options.run,
+        claim: false,
+        skip: (m) => (outstanding.get(workKeyOf(m)) ?? 0) > 0,
+      });
+      if (messages.length === 0) break;
+      logger.warn("re-enqueued dropped work", { messages: messages.length });
+      await tracked.send(messages);
+      await Promise.all(Array.from({ length: Math.max(1, options.concurrency) }, worker));
+    }
     clearInterval(ticker);
+    clearInterval(sweeper);
+    await sweeping;
     progress();
 
     const reports: ShardReport[] = [];
@@ -191,7 +275,19 @@ export async function runLocal(options: LocalRunOptions): Promise<LocalRunResult
         );
       }
     }
-    const deadLetters = PRIORITY.reduce((sum, kind) => sum + queues.deadLetters(kind).length, 0);
+    const dead = PRIORITY.flatMap((kind) => queues.deadLetters(kind));
+    const deadLetters = dead.length;
+    // Kept for `mmevol status` / `mmevol redrive`; rewritten by every run, so it lists the last run's only.
+    const at = new Date(clock.now()).toISOString();
+    const records = dead.map(
+      (d): DeadLetterRecord => ({
+        message: d.message,
+        deliveries: d.receiveCount,
+        error: lastError.get(d.id) ?? null,
+        at,
+      }),
+    );
+    writeFileSync(join(out, DEAD_LETTERS_FILE), records.map((r) => `${JSON.stringify(r)}\n`).join(""));
     return {
       interrupted: stop,
       reports,

@@ -4,7 +4,8 @@ import { describe, expect, it } from "vitest";
 import { createTable } from "../../functions/adapters/aws/create-table.ts";
 import { DynamoStateStore } from "../../functions/adapters/aws/dynamodb-state-store.ts";
 import { ShardNotFoundError } from "../../functions/ports/errors.ts";
-import { documentClient, dynamoClient, ensureMoto, uniqueName } from "../helpers/moto.ts";
+import { ensureDynamoLocal } from "../helpers/dynamodb-local.ts";
+import { documentClient, dynamoClient, uniqueName } from "../helpers/moto.ts";
 import {
   answer,
   describeStateStoreContract,
@@ -12,7 +13,8 @@ import {
   shardRecord,
 } from "../helpers/state-store-contract.ts";
 
-const { endpoint } = await ensureMoto();
+// AWS's DynamoDB Local, not moto: it isolates concurrent transactions and rejects what DynamoDB rejects.
+const { endpoint } = await ensureDynamoLocal();
 const raw = dynamoClient(endpoint);
 const doc = documentClient(raw);
 
@@ -39,7 +41,6 @@ describeStateStoreContract(
     });
     return { store, cleanup: dropTable(table) };
   },
-  // moto deep-copies every table on each transaction (for rollback), so large batches get slow.
   { bulkSamples: 500 },
 );
 

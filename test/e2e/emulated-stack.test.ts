@@ -15,23 +15,12 @@ import { type EmulatedStack, startEmulatedStack } from "../../functions/runtime/
 import { ENV } from "../../functions/runtime/env.ts";
 import { demoShard, repoRoot } from "../helpers/files.ts";
 import { ensureMoto } from "../helpers/moto.ts";
+import { synthOnce } from "../helpers/synth-once.ts";
 
 const SECRET = "sk-e2e-secret-must-never-be-logged-0123456789";
 
-async function synth(outdir: string): Promise<void> {
-  const code = await new Promise<number | null>((resolve) =>
-    spawn("npx", ["cdk", "synth", "-q", "--no-notices", "-o", outdir], {
-      cwd: repoRoot,
-      stdio: ["ignore", "ignore", "inherit"],
-      env: { ...process.env, CDK_DISABLE_CLI_TELEMETRY: "true" },
-    }).on("exit", resolve),
-  );
-  if (code !== 0) throw new Error(`cdk synth exited with ${code}`);
-}
-
 describe("the synthesized stack on the emulator, end to end", () => {
-  // Inside the repository, so the bundles resolve the external @aws-sdk/* from its node_modules.
-  const cdkOut = mkdtempSync(join(repoRoot, ".cdk-e2e-"));
+  let cdkOut = "";
   let stack: EmulatedStack;
   let sim: Simulator;
   let s3: S3Client;
@@ -39,7 +28,7 @@ describe("the synthesized stack on the emulator, end to end", () => {
 
   beforeAll(async () => {
     const { endpoint } = await ensureMoto();
-    await synth(cdkOut);
+    cdkOut = await synthOnce();
     sim = await startSimulator({ apiKey: SECRET });
     stack = await startEmulatedStack({
       cdkOut,
@@ -59,7 +48,6 @@ describe("the synthesized stack on the emulator, end to end", () => {
   afterAll(async () => {
     await stack?.stop();
     await sim?.close();
-    rmSync(cdkOut, { recursive: true, force: true });
   });
 
   const put = (key: string, body: Uint8Array | string) =>

@@ -1,4 +1,5 @@
 import {
+  DeleteCommand,
   type DynamoDBDocumentClient,
   GetCommand,
   PutCommand,
@@ -67,6 +68,8 @@ const NAMES = {
   "#finalized": "finalized",
   "#lines": "lines",
   "#updatedAt": "updatedAt",
+  "#until": "until",
+  "#owner": "owner",
 } as const;
 type Alias = keyof typeof NAMES;
 
@@ -361,6 +364,47 @@ export class DynamoStateStore implements StateStore {
           },
           ConditionExpression: "attribute_not_exists(#pk)",
           ExpressionAttributeNames: names("#pk"),
+        }),
+      );
+    } catch (error) {
+      if (!isConditionFailed(error)) throw error;
+    }
+  }
+
+  async claimRequest(hash: string, owner: string, holdMs: number): Promise<boolean> {
+    const now = this.clock.now();
+    try {
+      await this.client.send(
+        new PutCommand({
+          TableName: this.table,
+          Item: {
+            [PK]: `CLAIM#${hash}`,
+            [SK]: "CLAIM",
+            until: now + holdMs,
+            owner,
+            [TABLE_SCHEMA.ttlAttribute]: Math.floor((now + holdMs) / 1000) + 86_400,
+          },
+          ConditionExpression: "attribute_not_exists(#pk) OR #until <= :now OR #owner = :owner",
+          ExpressionAttributeNames: names("#pk", "#until", "#owner"),
+          ExpressionAttributeValues: { ":now": now, ":owner": owner },
+        }),
+      );
+      return true;
+    } catch (error) {
+      if (isConditionFailed(error)) return false;
+      throw error;
+    }
+  }
+
+  async releaseClaim(hash: string, owner: string): Promise<void> {
+    try {
+      await this.client.send(
+        new DeleteCommand({
+          TableName: this.table,
+          Key: { [PK]: `CLAIM#${hash}`, [SK]: "CLAIM" },
+          ConditionExpression: "#owner = :owner",
+          ExpressionAttributeNames: names("#owner"),
+          ExpressionAttributeValues: { ":owner": owner },
         }),
       );
     } catch (error) {

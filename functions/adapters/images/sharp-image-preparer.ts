@@ -55,24 +55,26 @@ export class SharpImagePreparer implements ImagePreparer {
     this.#maxInputPixels = options.maxInputPixels ?? 50_000_000;
   }
 
-  /** `imageRoot` is not used here: the caller has already resolved `imagePath` to a blob key under it. */
-  async prepare(
-    imagePath: string,
-    options: { readonly imageRoot: string; readonly maxSide: number },
-  ): Promise<PreparedImage> {
+  /**
+   * `imageRoot` is not used here: the caller has already resolved `imagePath` to a blob key under it. The
+   * run's limits (`maxInputBytes`, `maxInputPixels`) win over the constructor's defaults.
+   */
+  async prepare(imagePath: string, options: Parameters<ImagePreparer["prepare"]>[1]): Promise<PreparedImage> {
     assertSafeBlobKey(imagePath);
     const { maxSide } = options;
     if (!Number.isInteger(maxSide) || maxSide < 1) {
       throw new InvalidInputError(`maxSide must be a positive integer, got ${maxSide}`);
     }
+    const maxBytes = options.maxInputBytes ?? this.#maxInputBytes;
+    const maxPixels = options.maxInputPixels ?? this.#maxInputPixels;
     // The newline keeps "a.png" + "12" apart from "a.png1" + "2".
     const cacheKey = `${this.#cachePrefix}${sha256(`${imagePath}\n${maxSide}`)}.jpg`;
 
     const cached = await this.#readCached(cacheKey);
     if (cached !== null) return cached;
 
-    const source = await this.#readSource(imagePath);
-    const jpeg = await this.#shrink(imagePath, source, maxSide);
+    const source = await this.#readSource(imagePath, maxBytes);
+    const jpeg = await this.#shrink(imagePath, source, maxSide, maxPixels);
     await this.#blobs.put(cacheKey, jpeg.data, "image/jpeg");
     return toPrepared(jpeg.data, jpeg.width, jpeg.height);
   }
@@ -92,13 +94,13 @@ export class SharpImagePreparer implements ImagePreparer {
     }
   }
 
-  async #readSource(imagePath: string): Promise<Uint8Array> {
+  async #readSource(imagePath: string, maxBytes: number): Promise<Uint8Array> {
     const size = await this.#blobs.size(imagePath);
     if (size === null) throw new InvalidInputError(`image not found: ${imagePath}`);
     if (size === 0) throw new InvalidInputError(`image is empty: ${imagePath}`);
-    if (size > this.#maxInputBytes) {
+    if (size > maxBytes) {
       throw new InvalidInputError(
-        `image is ${size} bytes, over the limit of ${this.#maxInputBytes}: ${imagePath}`,
+        `image is ${size} bytes, over the limit of ${maxBytes} bytes (maxImageBytes): ${imagePath}`,
       );
     }
     return this.#blobs.get(imagePath);
@@ -108,13 +110,22 @@ export class SharpImagePreparer implements ImagePreparer {
     imagePath: string,
     source: Uint8Array,
     maxSide: number,
+    maxPixels: number,
   ): Promise<{ data: Uint8Array; width: number; height: number }> {
-    const decoderOptions = { limitInputPixels: this.#maxInputPixels, failOn: "error" } as const;
+    const decoderOptions = { limitInputPixels: maxPixels, failOn: "error" } as const;
     try {
-      const meta = await sharp(source, decoderOptions).metadata();
+      // Header only, so no pixel cap is needed here; sharp's own cap would hide the sizes behind a bare message.
+      const meta = await sharp(source, { failOn: "error", limitInputPixels: false }).metadata();
       if (meta.format === undefined || !acceptedFormats.has(meta.format)) {
         throw new InvalidInputError(
           `image format ${meta.format ?? "unknown"} is not supported: ${imagePath}`,
+        );
+      }
+      // The header alone tells the size: refuse a bomb here, with the limit named, before anything is decoded.
+      const pixels = (meta.width ?? 0) * (meta.height ?? 0);
+      if (pixels > maxPixels) {
+        throw new InvalidInputError(
+          `image is ${meta.width}x${meta.height} (${pixels} pixels), over the pixel limit of ${maxPixels} (maxImagePixels): ${imagePath}`,
         );
       }
       const { data, info } = await sharp(source, decoderOptions)

@@ -42,6 +42,11 @@ CREATE TABLE IF NOT EXISTS answers (
   hash TEXT PRIMARY KEY,
   record TEXT NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS claims (
+  hash TEXT PRIMARY KEY,
+  owner TEXT NOT NULL,
+  until INTEGER NOT NULL
+) WITHOUT ROWID;
 `;
 
 // Rows come from a file another version of the program may have written: parse them like any outside data.
@@ -240,6 +245,25 @@ export class SqliteStateStore implements StateStore {
   /** The first answer stored under a hash wins; later ones are ignored. */
   async putAnswer(hash: string, answer: StoredAnswer): Promise<void> {
     this.stmt.insertAnswer.run(hash, JSON.stringify(StoredAnswer.parse(answer)));
+  }
+
+  async claimRequest(hash: string, owner: string, holdMs: number): Promise<boolean> {
+    const now = this.clock.now();
+    const result = this.db
+      .prepare(
+        "INSERT INTO claims (hash, owner, until) VALUES (?, ?, ?) ON CONFLICT (hash) DO UPDATE SET owner = excluded.owner, until = excluded.until WHERE claims.until <= ? OR claims.owner = excluded.owner",
+      )
+      .run(hash, owner, now + holdMs, now);
+    return Number(result.changes) > 0;
+  }
+
+  async releaseClaim(hash: string, owner: string): Promise<void> {
+    this.db.prepare("DELETE FROM claims WHERE hash = ? AND owner = ?").run(hash, owner);
+  }
+
+  /** Drops every claim: a local run is the only process on its state, so claims of a killed run are void. */
+  releaseAllClaims(): void {
+    this.db.exec("DELETE FROM claims");
   }
 
   /** Samples of a shard per status (every status present, zero when none), for progress display. */

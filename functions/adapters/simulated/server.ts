@@ -4,7 +4,26 @@ import type { AddressInfo } from "node:net";
 import { z } from "zod";
 import { MmevolError } from "../../ports/errors.ts";
 import type { ContentPart } from "../../ports/llm.ts";
-import { latencyFor, prepareRequest, type SimRequest, SimulatedEngine, sleep } from "./engine.ts";
+import {
+  latencyFor,
+  prepareRequest,
+  type SimAnswer,
+  type SimRequest,
+  SimulatedEngine,
+  sleep,
+} from "./engine.ts";
+import {
+  dynamicKeysRoute,
+  FAULT_KINDS,
+  type FaultKind,
+  type FaultOptions,
+  FaultPlan,
+  malformedJson,
+  omitDynamicKey,
+  violateSchema,
+} from "./faults.ts";
+import type { Random } from "./schema-fill.ts";
+import { decodeTokens, encodeText } from "./tokens.ts";
 
 export interface SimulatorOptions {
   /** 0 (the default) picks a free port. */
@@ -16,6 +35,8 @@ export interface SimulatorOptions {
   readonly tokensPerMinute?: number;
   /** When set, requests must carry `Authorization: Bearer <apiKey>`. */
   readonly apiKey?: string;
+  /** Injected faults (429 storms, 5xx, hangs, resets, broken answers); none when absent. */
+  readonly faults?: FaultOptions;
 }
 
 export interface SimLogEntry {
@@ -28,7 +49,10 @@ export interface SimLogEntry {
   readonly promptTokens: number;
   readonly cachedTokens: number;
   readonly completionTokens: number;
+  /** 0 when the connection was reset without an answer. */
   readonly status: number;
+  /** The injected fault, if any. */
+  readonly fault: FaultKind | null;
 }
 
 export interface SimStats {
@@ -39,6 +63,8 @@ export interface SimStats {
   readonly promptTokens: number;
   readonly cachedTokens: number;
   readonly completionTokens: number;
+  /** Injected faults by kind (every kind present, 0 when none happened). */
+  readonly faults: Record<FaultKind, number>;
   /** The last 10,000 chat completion requests, oldest first. */
   readonly log: readonly SimLogEntry[];
 }
@@ -189,6 +215,11 @@ function readBody(req: IncomingMessage): Promise<string | null> {
 /** An OpenAI-compatible chat completions server on 127.0.0.1, answering from the simulated model. */
 export async function startSimulator(options: SimulatorOptions = {}): Promise<Simulator> {
   const engine = new SimulatedEngine();
+  const plan = options.faults === undefined ? null : new FaultPlan(options.faults);
+  const startedAt = performance.now();
+  const faults = Object.fromEntries(FAULT_KINDS.map((kind) => [kind, 0])) as Record<FaultKind, number>;
+  // Aborted on close, so a hanging "slow" answer does not keep the process alive.
+  const closing = new AbortController();
   const requestBucket = options.requestsPerMinute ? new MinuteBucket(options.requestsPerMinute) : null;
   const tokenBucket = options.tokensPerMinute ? new MinuteBucket(options.tokensPerMinute) : null;
   const log: SimLogEntry[] = [];
@@ -215,6 +246,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
     totals.promptTokens += entry.status === 200 ? entry.promptTokens : 0;
     totals.cachedTokens += entry.cachedTokens;
     completionTokens += entry.completionTokens;
+    if (entry.fault !== null) faults[entry.fault] += 1;
     log.push(entry);
     if (log.length > MAX_LOG) log.shift();
   };
@@ -228,6 +260,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
     cachedTokens: 0,
     completionTokens: 0,
     status,
+    fault: null,
   });
 
   const chat = async (req: IncomingMessage, res: ServerResponse) => {
@@ -268,11 +301,64 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
       promptTokens: prepared.promptTokens,
     };
 
+    const decision = plan?.decide(prepared.seedText, performance.now() - startedAt) ?? null;
+    const fault = decision?.kind ?? null;
+    if (fault === "rate_limit" || fault === "storm") {
+      const retryMs = decision?.retryAfterMs ?? 1000;
+      record({ ...entry, cachedTokens: 0, completionTokens: 0, status: 429, fault });
+      const reset = formatDuration(retryMs);
+      return send(
+        res,
+        429,
+        errorBody(
+          `Rate limit reached for ${request.model} on requests per min. Please try again in ${reset}.`,
+          "requests",
+          "rate_limit_exceeded",
+        ),
+        {
+          "retry-after": String(retryMs / 1000),
+          "retry-after-ms": String(retryMs),
+          "x-ratelimit-limit-requests": String(options.requestsPerMinute ?? 500),
+          "x-ratelimit-remaining-requests": "0",
+          "x-ratelimit-reset-requests": reset,
+          "x-ratelimit-limit-tokens": String(options.tokensPerMinute ?? 200_000),
+          "x-ratelimit-remaining-tokens": "0",
+          "x-ratelimit-reset-tokens": reset,
+        },
+      );
+    }
+    if (fault === "server_error") {
+      record({ ...entry, cachedTokens: 0, completionTokens: 0, status: 500, fault });
+      return send(
+        res,
+        500,
+        errorBody(
+          "The server had an error while processing your request. Sorry about that!",
+          "server_error",
+          null,
+        ),
+      );
+    }
+    if (fault === "unavailable") {
+      record({ ...entry, cachedTokens: 0, completionTokens: 0, status: 503, fault });
+      return send(
+        res,
+        503,
+        errorBody("The engine is currently overloaded, please try again later.", "server_error", null),
+      );
+    }
+    if (fault === "reset") {
+      record({ ...entry, cachedTokens: 0, completionTokens: 0, status: 0, fault });
+      // No answer at all: the client sees the connection drop (ECONNRESET / socket hang up).
+      req.socket.resetAndDestroy();
+      return;
+    }
+
     // The provider's limiter reserves prompt tokens plus max_tokens, whatever the answer uses.
     const tokenCost = prepared.promptTokens + (request.maxTokens ?? 0);
     const waitMs = Math.max(requestBucket?.waitMs(1) ?? 0, tokenBucket?.waitMs(tokenCost) ?? 0);
     if (waitMs > 0) {
-      record({ ...entry, cachedTokens: 0, completionTokens: 0, status: 429 });
+      record({ ...entry, cachedTokens: 0, completionTokens: 0, status: 429, fault: null });
       const kind = (requestBucket?.waitMs(1) ?? 0) > 0 ? "requests" : "tokens";
       const retryMs = Math.ceil(waitMs);
       return send(
@@ -290,12 +376,24 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
     tokenBucket?.take(tokenCost);
 
     await sleep(latencyFor(options.latencyMs, prepared.seedText));
-    const answer = engine.answer(prepared);
+    if (fault === "slow") {
+      // Past the client's timeout: it gives up and (usually) asks again while this one still runs.
+      const slept = await abortableSleep(plan?.slowMs ?? 30_000, closing.signal);
+      if (!slept) return void res.destroy();
+    }
+    const normal = engine.answer(prepared);
+    const shaped =
+      decision === null
+        ? { answer: normal, refusal: null, fault }
+        : faulty(normal, request, fault, decision.rand);
+    const answer = shaped.answer;
+    // Billed like the provider bills it: an answer nobody waited for still cost its tokens.
     record({
       ...entry,
       cachedTokens: answer.cachedTokens,
       completionTokens: answer.completionTokens,
       status: 200,
+      fault: shaped.fault,
     });
     return send(res, 200, {
       id: `chatcmpl-${prepared.seedText.slice(0, 24)}`,
@@ -305,7 +403,11 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
       choices: [
         {
           index: 0,
-          message: { role: "assistant", content: answer.content, refusal: null },
+          message: {
+            role: "assistant",
+            content: shaped.refusal === null ? answer.content : null,
+            refusal: shaped.refusal,
+          },
           logprobs: null,
           finish_reason: answer.finishReason,
         },
@@ -364,12 +466,80 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
   return {
     url: `http://${host}:${address.port}/v1`,
     port: address.port,
-    stats: () => ({ ...totals, completionTokens, log: [...log] }),
+    stats: () => ({ ...totals, completionTokens, faults: { ...faults }, log: [...log] }),
     lastRequests: () => [...bodies],
     close: () =>
       new Promise<void>((resolve, reject) => {
+        closing.abort();
         server.close((error) => (error ? reject(error) : resolve()));
         server.closeAllConnections();
       }),
   };
+}
+
+function abortableSleep(ms: number, signal: AbortSignal): Promise<boolean> {
+  if (signal.aborted) return Promise.resolve(false);
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      resolve(false);
+    };
+    const timer = setTimeout(() => {
+      signal.removeEventListener("abort", done);
+      resolve(true);
+    }, ms);
+    signal.addEventListener("abort", done, { once: true });
+  });
+}
+
+const REFUSAL = "I'm sorry, but I can't help with that request.";
+
+/** Reshapes a normal answer into the faulty one; the fault actually applied may fall back to another. */
+function faulty(
+  answer: SimAnswer,
+  request: SimRequest,
+  fault: FaultKind | null,
+  rand: Random,
+): { answer: SimAnswer; refusal: string | null; fault: FaultKind | null } {
+  const withContent = (content: string, finishReason: SimAnswer["finishReason"] = answer.finishReason) => ({
+    ...answer,
+    content,
+    completionTokens: encodeText(content).length,
+    finishReason,
+  });
+  const json = (): unknown => {
+    try {
+      return JSON.parse(answer.content);
+    } catch {
+      return null;
+    }
+  };
+  switch (fault) {
+    case "malformed_json":
+      return { answer: withContent(malformedJson(answer.content, rand)), refusal: null, fault };
+    case "refusal":
+      return { answer: withContent(REFUSAL, "stop"), refusal: REFUSAL, fault };
+    case "length": {
+      // Cut mid-answer, as when max_tokens runs out: never valid JSON, since the braces stay open.
+      const tokens = encodeText(answer.content);
+      const kept = decodeTokens(tokens.slice(0, Math.max(1, Math.floor(tokens.length / 2))));
+      return { answer: withContent(kept, "length"), refusal: null, fault };
+    }
+    case "judge_omits_verdict": {
+      const route = dynamicKeysRoute(request.schema);
+      const value = json();
+      if (route !== null && value !== null && omitDynamicKey(value, route, rand)) {
+        return { answer: withContent(JSON.stringify(value)), refusal: null, fault };
+      }
+      return faulty(answer, request, "schema_violation", rand);
+    }
+    case "schema_violation": {
+      const value = json();
+      if (value === null) return { answer, refusal: null, fault: null };
+      return { answer: withContent(JSON.stringify(violateSchema(value, rand))), refusal: null, fault };
+    }
+    default:
+      // "slow" answers normally, only late; the other kinds never reach an answer.
+      return { answer, refusal: null, fault };
+  }
 }

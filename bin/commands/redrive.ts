@@ -1,0 +1,146 @@
+import { renameSync } from "node:fs";
+import { join, resolve } from "node:path";
+import {
+  DeleteMessageBatchCommand,
+  ReceiveMessageCommand,
+  SendMessageBatchCommand,
+  type SQSClient,
+} from "@aws-sdk/client-sqs";
+import type { Message, Stage } from "../../functions/ports/messages.ts";
+import { type StateStore, TERMINAL_STATUSES } from "../../functions/ports/state-store.ts";
+import { DEAD_LETTERS_FILE, type DeadLetterRecord } from "../../functions/runtime/local.ts";
+import { awsClientsFor, QUEUE_STAGES, readStackOutputs } from "./outputs.ts";
+import { describeMessage, openLocalState, readDeadLetters } from "./status.ts";
+
+export interface LocalRedrive {
+  /** Dead letters whose work is still unfinished: the next `mmevol run` picks them up. */
+  readonly requeued: DeadLetterRecord[];
+  /** Dead letters whose work finished since (nothing to do). */
+  readonly resolved: DeadLetterRecord[];
+  /** Where the redriven list was moved, or null when there was none. */
+  readonly archived: string | null;
+  readonly lines: string[];
+}
+
+/** Whether the state still needs the work a message was for. */
+async function stillOpen(state: StateStore, message: Message): Promise<boolean> {
+  if (message.kind === "evolve" || message.kind === "judge") {
+    const sample = await state.getSample(message.run, message.shard, message.sample);
+    return sample !== null && !TERMINAL_STATUSES.has(sample.status);
+  }
+  const shard = await state.getShard(message.run, message.shard);
+  return shard === null || !shard.finalized;
+}
+
+/**
+ * `mmevol redrive --out DIR`. A local run keeps no queue after it exits: its queue is the state, and every run
+ * starts by re-queuing all unfinished work from it. So redriving checks each dead letter against the state,
+ * moves the list aside (`dead-letters.<time>.redriven.jsonl`, kept for the record), and the next `mmevol run`
+ * with the same arguments retries what is still open, with a fresh delivery count.
+ */
+export async function localRedrive(options: {
+  readonly out: string;
+  readonly now?: number;
+}): Promise<LocalRedrive> {
+  const deadLetters = readDeadLetters(options.out);
+  const state = openLocalState(options.out);
+  const requeued: DeadLetterRecord[] = [];
+  const resolved: DeadLetterRecord[] = [];
+  try {
+    for (const d of deadLetters) ((await stillOpen(state, d.message)) ? requeued : resolved).push(d);
+  } finally {
+    state.close();
+  }
+  let archived: string | null = null;
+  if (deadLetters.length > 0) {
+    const stamp = new Date(options.now ?? Date.now()).toISOString().replace(/[:.]/g, "-");
+    archived = join(resolve(options.out), ".mmevol", `dead-letters.${stamp}.redriven.jsonl`);
+    renameSync(join(resolve(options.out), DEAD_LETTERS_FILE), archived);
+  }
+  const lines = [
+    `${deadLetters.length} dead letter(s): ${requeued.length} still unfinished, ${resolved.length} finished since`,
+    ...requeued.map((d) => `  retry: ${describeMessage(d.message)}`),
+  ];
+  if (requeued.length > 0) {
+    lines.push(`run the same \`mmevol run ... --out ${options.out}\` command again: it picks them up`);
+  }
+  return { requeued, resolved, archived, lines };
+}
+
+export interface DeployedRedriveOptions {
+  readonly outputs: string;
+  readonly stack?: string;
+  readonly endpoint?: string;
+  /** Which stage's DLQ, or all of them. */
+  readonly queue: Stage | "all";
+  /** Stop after this many messages per queue. */
+  readonly max?: number;
+}
+
+export interface DeployedRedrive {
+  readonly moved: Readonly<Partial<Record<Stage, number>>>;
+  readonly lines: string[];
+}
+
+/** How long a message being moved stays hidden in the DLQ; a failed send leaves it there to reappear. */
+const MOVE_VISIBILITY_SECONDS = 60;
+
+async function move(sqs: SQSClient, from: string, to: string, max: number): Promise<number> {
+  let moved = 0;
+  while (moved < max) {
+    const got = await sqs.send(
+      new ReceiveMessageCommand({
+        QueueUrl: from,
+        MaxNumberOfMessages: Math.min(10, max - moved),
+        VisibilityTimeout: MOVE_VISIBILITY_SECONDS,
+        WaitTimeSeconds: 0,
+        MessageAttributeNames: ["All"],
+      }),
+    );
+    const messages = got.Messages ?? [];
+    if (messages.length === 0) return moved;
+    const sent = await sqs.send(
+      new SendMessageBatchCommand({
+        QueueUrl: to,
+        Entries: messages.map((m, i) => ({
+          Id: String(i),
+          MessageBody: m.Body ?? "",
+          ...(m.MessageAttributes ? { MessageAttributes: m.MessageAttributes } : {}),
+        })),
+      }),
+    );
+    // Delete only what arrived in the source queue: a message is never in neither queue.
+    const ok = (sent.Successful ?? []).map((s) => messages[Number(s.Id)]).filter((m) => m !== undefined);
+    if (ok.length > 0) {
+      await sqs.send(
+        new DeleteMessageBatchCommand({
+          QueueUrl: from,
+          Entries: ok.map((m, i) => ({ Id: String(i), ReceiptHandle: m.ReceiptHandle ?? "" })),
+        }),
+      );
+    }
+    moved += ok.length;
+    if (ok.length < messages.length) return moved;
+  }
+  return moved;
+}
+
+/**
+ * `mmevol redrive --outputs FILE`: moves dead letters back to their stage's queue (receive, send, delete, in
+ * batches of 10; SQS's StartMessageMoveTask would do the same but emulators lack it). A moved message starts
+ * with a fresh receive count.
+ */
+export async function deployedRedrive(options: DeployedRedriveOptions): Promise<DeployedRedrive> {
+  const outputs = readStackOutputs(options.outputs, options.stack);
+  const { sqs } = awsClientsFor(outputs, options.endpoint);
+  const stages = options.queue === "all" ? QUEUE_STAGES : [options.queue];
+  const moved: Partial<Record<Stage, number>> = {};
+  const lines: string[] = [];
+  for (const stage of stages) {
+    const urls = outputs.queues[stage];
+    const n = await move(sqs, urls.deadLetterUrl, urls.url, options.max ?? Number.POSITIVE_INFINITY);
+    moved[stage] = n;
+    lines.push(`${stage}: moved ${n} message(s) from the dead-letter queue back to the ${stage} queue`);
+  }
+  return { moved, lines };
+}

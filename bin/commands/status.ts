@@ -1,0 +1,186 @@
+import { existsSync, readFileSync } from "node:fs";
+import { join, resolve } from "node:path";
+import {
+  GetQueueAttributesCommand,
+  type QueueAttributeName,
+  ReceiveMessageCommand,
+  type SQSClient,
+} from "@aws-sdk/client-sqs";
+import { SqliteStateStore } from "../../functions/adapters/local/sqlite-state-store.ts";
+import { InvalidInputError } from "../../functions/ports/errors.ts";
+import type { Stage } from "../../functions/ports/messages.ts";
+import { DEAD_LETTERS_FILE, DeadLetterRecord } from "../../functions/runtime/local.ts";
+import { awsClientsFor, QUEUE_STAGES, readStackOutputs } from "./outputs.ts";
+import { formatSummaries, type ShardSummary, summarizeShards } from "./summary.ts";
+
+/** The local run's dead letters: what its last `mmevol run` could not deliver (empty when none or never run). */
+export function readDeadLetters(out: string): DeadLetterRecord[] {
+  const path = join(resolve(out), DEAD_LETTERS_FILE);
+  if (!existsSync(path)) return [];
+  return readFileSync(path, "utf8")
+    .split("\n")
+    .filter((line) => line.trim() !== "")
+    .map((line) => DeadLetterRecord.parse(JSON.parse(line)));
+}
+
+/** The local state database of an output directory; an error naming the directory when there is none. */
+export function openLocalState(out: string): SqliteStateStore {
+  const path = join(resolve(out), ".mmevol", "state.sqlite");
+  if (!existsSync(path)) {
+    throw new InvalidInputError(
+      `no mmevol state in ${out} (expected ${path}): was \`mmevol run --out ${out}\` run?`,
+    );
+  }
+  return new SqliteStateStore(path);
+}
+
+export const describeMessage = (m: DeadLetterRecord["message"]): string =>
+  m.kind === "evolve" || m.kind === "judge"
+    ? `${m.kind} ${m.run}/${m.shard}/${m.sample} round ${m.round}`
+    : `${m.kind} ${m.run}/${m.shard}`;
+
+export interface LocalStatusOptions {
+  readonly out: string;
+  readonly run?: string;
+  readonly stuckAfterMs: number;
+  readonly now?: number;
+}
+
+export interface LocalStatus {
+  readonly shards: ShardSummary[];
+  readonly deadLetters: DeadLetterRecord[];
+  readonly lines: string[];
+}
+
+/** `mmevol status --out DIR`: the local state, and the dead letters of the last run. */
+export async function localStatus(options: LocalStatusOptions): Promise<LocalStatus> {
+  const state = openLocalState(options.out);
+  try {
+    const shards = await summarizeShards(state, {
+      now: options.now ?? Date.now(),
+      stuckAfterMs: options.stuckAfterMs,
+      scanFinalized: true,
+      ...(options.run === undefined ? {} : { run: options.run }),
+    });
+    const deadLetters = readDeadLetters(options.out);
+    const lines = formatSummaries(shards);
+    lines.push(`dead letters of the last run: ${deadLetters.length}`);
+    for (const d of deadLetters) {
+      lines.push(
+        `  ${describeMessage(d.message)}: ${d.deliveries} deliveries, last error: ${d.error ?? "(none recorded)"}`,
+      );
+    }
+    if (deadLetters.length > 0) lines.push("  `mmevol redrive --out DIR` queues them for the next run");
+    return { shards, deadLetters, lines };
+  } finally {
+    state.close();
+  }
+}
+
+export interface QueueStatus {
+  readonly stage: Stage;
+  readonly visible: number;
+  readonly inFlight: number;
+  readonly delayed: number;
+  readonly deadLetters: number;
+  /** A few dead messages, peeked (see the caveat in the output). */
+  readonly peeked: readonly { readonly body: string; readonly receiveCount: number }[];
+}
+
+export interface DeployedStatusOptions {
+  /** A `cdk deploy --outputs-file` file or the emulator's `<cdk.out>/emulated-outputs.json`. */
+  readonly outputs: string;
+  readonly stack?: string;
+  readonly endpoint?: string;
+  readonly run?: string;
+  readonly stuckAfterMs: number;
+  /** Dead messages to show per DLQ (0: none, and no receive at all). */
+  readonly peek: number;
+  readonly now?: number;
+}
+
+export interface DeployedStatus {
+  readonly queues: QueueStatus[];
+  readonly shards: ShardSummary[];
+  readonly lines: string[];
+}
+
+async function depth(sqs: SQSClient, url: string) {
+  const out = await sqs.send(
+    new GetQueueAttributesCommand({
+      QueueUrl: url,
+      AttributeNames: [
+        "ApproximateNumberOfMessages",
+        "ApproximateNumberOfMessagesNotVisible",
+        "ApproximateNumberOfMessagesDelayed",
+      ],
+    }),
+  );
+  const n = (name: QueueAttributeName) => Number(out.Attributes?.[name] ?? 0) || 0;
+  return {
+    visible: n("ApproximateNumberOfMessages"),
+    inFlight: n("ApproximateNumberOfMessagesNotVisible"),
+    delayed: n("ApproximateNumberOfMessagesDelayed"),
+  };
+}
+
+/** `mmevol status --outputs FILE`: each queue's depth, each DLQ's depth and a peek at it, and the shards. */
+export async function deployedStatus(options: DeployedStatusOptions): Promise<DeployedStatus> {
+  const outputs = readStackOutputs(options.outputs, options.stack);
+  const { sqs, state } = awsClientsFor(outputs, options.endpoint);
+  const queues: QueueStatus[] = [];
+  for (const stage of QUEUE_STAGES) {
+    const urls = outputs.queues[stage];
+    const main = await depth(sqs, urls.url);
+    const dead = await depth(sqs, urls.deadLetterUrl);
+    const peeked: { body: string; receiveCount: number }[] = [];
+    if (options.peek > 0 && dead.visible > 0) {
+      // VisibilityTimeout 0 leaves the messages visible; the receive still counts as a delivery.
+      const got = await sqs.send(
+        new ReceiveMessageCommand({
+          QueueUrl: urls.deadLetterUrl,
+          MaxNumberOfMessages: Math.min(10, options.peek),
+          VisibilityTimeout: 0,
+          WaitTimeSeconds: 0,
+          MessageSystemAttributeNames: ["ApproximateReceiveCount"],
+        }),
+      );
+      for (const m of got.Messages ?? []) {
+        peeked.push({
+          body: m.Body ?? "",
+          receiveCount: Number(m.Attributes?.ApproximateReceiveCount ?? 0) || 0,
+        });
+      }
+    }
+    queues.push({ stage, ...main, deadLetters: dead.visible + dead.inFlight + dead.delayed, peeked });
+  }
+  const shards = await summarizeShards(state, {
+    now: options.now ?? Date.now(),
+    stuckAfterMs: options.stuckAfterMs,
+    scanFinalized: false,
+    ...(options.run === undefined ? {} : { run: options.run }),
+  });
+
+  const lines = [`stack ${outputs.stackName ?? "(from outputs file)"}: table ${outputs.table}`];
+  lines.push("queues (approximate counts):");
+  for (const q of queues) {
+    lines.push(
+      `  ${q.stage.padEnd(8)} visible ${q.visible}, in flight ${q.inFlight}, delayed ${q.delayed}; dead letters ${q.deadLetters}`,
+    );
+    for (const p of q.peeked) {
+      const body = p.body.length > 200 ? `${p.body.slice(0, 200)}...` : p.body;
+      lines.push(`    dead: ${body}`);
+    }
+  }
+  if (queues.some((q) => q.peeked.length > 0)) {
+    lines.push(
+      "  (peeking receives the dead messages with visibility 0: it raises their receive counts; DLQs have no redrive,",
+      "   so nothing moves, but ApproximateReceiveCount no longer tells how often the pipeline tried them)",
+    );
+  }
+  if (queues.some((q) => q.deadLetters > 0)) {
+    lines.push("  `mmevol redrive --outputs FILE` moves dead letters back to their queues");
+  }
+  lines.push(...formatSummaries(shards));
+  return { queues, shards, lines };
+}

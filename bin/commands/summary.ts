@@ -1,0 +1,117 @@
+import { nextMessageOf } from "../../functions/pipeline/sweep.ts";
+import {
+  SAMPLE_STATUSES,
+  type SampleStatus,
+  type StateStore,
+  TERMINAL_STATUSES,
+} from "../../functions/ports/state-store.ts";
+
+export interface StuckSample {
+  readonly key: string;
+  readonly status: SampleStatus;
+  readonly round: number;
+  readonly ageMs: number;
+}
+
+export interface ShardSummary {
+  readonly run: string;
+  readonly shard: string;
+  readonly lines: number;
+  readonly pending: number;
+  readonly ingested: boolean;
+  readonly finalized: boolean;
+  /** Per status; null when the samples were not read (a finalized shard of a deployed stack). */
+  readonly counts: Record<SampleStatus, number> | null;
+  /** Age of the oldest non-terminal sample (since its last update), or null when none. */
+  readonly oldestOpenAgeMs: number | null;
+  /** Non-terminal samples not updated for longer than the deadline, oldest first. */
+  readonly stuck: readonly StuckSample[];
+  readonly shardAgeMs: number;
+}
+
+export interface SummaryOptions {
+  readonly now: number;
+  readonly stuckAfterMs: number;
+  readonly run?: string;
+  /** Read the samples of finalized shards too (cheap locally; a full table read on a deployed stack). */
+  readonly scanFinalized: boolean;
+}
+
+const emptyCounts = (): Record<SampleStatus, number> => ({
+  INGESTED: 0,
+  EVOLVING: 0,
+  JUDGING: 0,
+  DONE: 0,
+  PASSED_THROUGH: 0,
+  FAILED: 0,
+  REJECTED: 0,
+});
+
+/** Every shard's progress and stuck samples, from the state store alone (paged: any shard size). */
+export async function summarizeShards(state: StateStore, options: SummaryOptions): Promise<ShardSummary[]> {
+  const summaries: ShardSummary[] = [];
+  for (const shard of await state.listShards(options.run)) {
+    let counts: Record<SampleStatus, number> | null = null;
+    let oldest: number | null = null;
+    const stuck: StuckSample[] = [];
+    if (!shard.finalized || options.scanFinalized) {
+      counts = emptyCounts();
+      for await (const sample of state.listSamples(shard.run, shard.shard)) {
+        counts[sample.status] += 1;
+        if (TERMINAL_STATUSES.has(sample.status) || nextMessageOf(sample) === null) continue;
+        const ageMs = options.now - sample.updatedAt;
+        oldest = Math.max(oldest ?? 0, ageMs);
+        if (ageMs > options.stuckAfterMs)
+          stuck.push({ key: sample.key, status: sample.status, round: sample.round, ageMs });
+      }
+      stuck.sort((a, b) => b.ageMs - a.ageMs);
+    }
+    summaries.push({
+      run: shard.run,
+      shard: shard.shard,
+      lines: shard.lines,
+      pending: shard.pending,
+      ingested: shard.ingested,
+      finalized: shard.finalized,
+      counts,
+      oldestOpenAgeMs: oldest,
+      stuck,
+      shardAgeMs: options.now - shard.updatedAt,
+    });
+  }
+  return summaries;
+}
+
+export const age = (ms: number): string => {
+  const s = Math.max(0, Math.round(ms / 1000));
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m${s % 60}s`;
+  return `${Math.floor(s / 3600)}h${Math.floor((s % 3600) / 60)}m`;
+};
+
+/** Human-readable lines for `mmevol status`. */
+export function formatSummaries(summaries: readonly ShardSummary[], maxStuck = 10): string[] {
+  if (summaries.length === 0) return ["no shards"];
+  const lines: string[] = [];
+  for (const s of summaries) {
+    const phase = s.finalized ? "finalized" : s.ingested ? "running" : "ingesting";
+    lines.push(
+      `${s.run}/${s.shard}: ${phase}, ${s.lines} lines, pending ${s.pending}, updated ${age(s.shardAgeMs)} ago`,
+    );
+    if (s.counts) {
+      const counts = SAMPLE_STATUSES.filter((status) => (s.counts?.[status] ?? 0) > 0)
+        .map((status) => `${status} ${s.counts?.[status] ?? 0}`)
+        .join(", ");
+      lines.push(`  samples: ${counts || "none"}`);
+    }
+    if (s.oldestOpenAgeMs !== null)
+      lines.push(`  oldest unfinished sample: ${age(s.oldestOpenAgeMs)} since its last step`);
+    if (s.stuck.length > 0) {
+      lines.push(`  stuck (no step for longer than the deadline): ${s.stuck.length}`);
+      for (const stuck of s.stuck.slice(0, maxStuck))
+        lines.push(`    ${stuck.key}: ${stuck.status} round ${stuck.round}, ${age(stuck.ageMs)}`);
+      if (s.stuck.length > maxStuck) lines.push(`    ... and ${s.stuck.length - maxStuck} more`);
+    }
+  }
+  return lines;
+}

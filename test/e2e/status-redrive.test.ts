@@ -1,0 +1,179 @@
+import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { CreateQueueCommand, GetQueueAttributesCommand, SendMessageCommand } from "@aws-sdk/client-sqs";
+import { afterAll, describe, expect, it } from "vitest";
+import { deployedRedrive, localRedrive } from "../../bin/commands/redrive.ts";
+import { deployedStatus, localStatus } from "../../bin/commands/status.ts";
+import { createTable } from "../../functions/adapters/aws/create-table.ts";
+import { DynamoStateStore } from "../../functions/adapters/aws/dynamodb-state-store.ts";
+import { SimulatedLlm } from "../../functions/adapters/simulated/simulated-llm.ts";
+import type { CrashPoint } from "../../functions/ports/faults.ts";
+import type { Stage } from "../../functions/ports/messages.ts";
+import { DEAD_LETTERS_FILE, runLocal } from "../../functions/runtime/local.ts";
+import { tempDir } from "../helpers/files.ts";
+import { documentClient, dynamoClient, ensureMoto, sqsClient, uniqueName } from "../helpers/moto.ts";
+import { sampleRecord, shardRecord } from "../helpers/state-store-contract.ts";
+
+const STAGES: readonly Stage[] = ["ingest", "evolve", "judge", "finalize"];
+const OUTPUT: Record<Stage, string> = {
+  ingest: "Ingest",
+  evolve: "Evolve",
+  judge: "Judge",
+  finalize: "Finalize",
+};
+
+describe("mmevol status / redrive on a deployed (emulated) stack", () => {
+  const dir = tempDir();
+  afterAll(() => dir.cleanup());
+
+  it("shows a dead letter and a stuck sample, moves the letter back, and shows it gone", async () => {
+    const { endpoint } = await ensureMoto();
+    const sqs = sqsClient(endpoint);
+    const prefix = uniqueName("sr");
+    const outputs: Record<string, string> = { EmulatorEndpoint: endpoint };
+    const urls: Partial<Record<Stage, { url: string; dlq: string }>> = {};
+    for (const stage of STAGES) {
+      const dlq = await sqs.send(new CreateQueueCommand({ QueueName: `${prefix}-${stage}-dlq` }));
+      const dlqUrl = dlq.QueueUrl ?? "";
+      const arn = await sqs.send(
+        new GetQueueAttributesCommand({ QueueUrl: dlqUrl, AttributeNames: ["QueueArn"] }),
+      );
+      const main = await sqs.send(
+        new CreateQueueCommand({
+          QueueName: `${prefix}-${stage}`,
+          Attributes: {
+            RedrivePolicy: JSON.stringify({
+              deadLetterTargetArn: arn.Attributes?.QueueArn,
+              maxReceiveCount: 10,
+            }),
+          },
+        }),
+      );
+      urls[stage] = { url: main.QueueUrl ?? "", dlq: dlqUrl };
+      outputs[`${OUTPUT[stage]}QueueUrl`] = main.QueueUrl ?? "";
+      outputs[`${OUTPUT[stage]}DeadLetterQueueUrl`] = dlqUrl;
+    }
+    const table = `${prefix}-table`;
+    const dynamo = dynamoClient(endpoint);
+    await createTable(dynamo, table);
+    outputs.TableName = table;
+    outputs.BucketName = `${prefix}-bucket`;
+    const outputsFile = join(dir.path, "emulated-outputs.json");
+    writeFileSync(outputsFile, JSON.stringify({ [`${prefix}-stack`]: outputs }));
+
+    const hourAgo = Date.now() - 60 * 60_000;
+    const state = new DynamoStateStore({
+      client: documentClient(dynamo),
+      table,
+      clock: { now: () => hourAgo },
+    });
+    await state.createShard(shardRecord({ run: prefix, updatedAt: hourAgo }));
+    await state.putSamples([
+      sampleRecord("stuck-one", { run: prefix, status: "JUDGING", round: 2, updatedAt: hourAgo }),
+      sampleRecord("finished", { run: prefix, status: "DONE", round: 3, updatedAt: hourAgo }),
+    ]);
+    const dead = JSON.stringify({ kind: "evolve", run: prefix, shard: "s1", sample: "stuck-one", round: 2 });
+    await sqs.send(new SendMessageCommand({ QueueUrl: urls.evolve?.dlq, MessageBody: dead }));
+
+    const before = await deployedStatus({
+      outputs: outputsFile,
+      run: prefix,
+      stuckAfterMs: 30 * 60_000,
+      peek: 3,
+    });
+    const evolveBefore = before.queues.find((q) => q.stage === "evolve");
+    expect(evolveBefore).toMatchObject({ deadLetters: 1, visible: 0 });
+    expect(evolveBefore?.peeked.map((p) => p.body)).toEqual([dead]);
+    expect(before.shards).toHaveLength(1);
+    expect(before.shards[0]?.stuck.map((s) => s.key)).toEqual(["stuck-one"]);
+    expect(before.shards[0]?.counts).toMatchObject({ JUDGING: 1, DONE: 1 });
+    const text = before.lines.join("\n");
+    expect(text).toContain("dead letters 1");
+    expect(text).toContain(dead);
+    expect(text).toContain("raises their receive counts");
+    expect(text).toContain("stuck-one: JUDGING round 2");
+
+    const redriven = await deployedRedrive({ outputs: outputsFile, queue: "all" });
+    expect(redriven.moved).toEqual({ ingest: 0, evolve: 1, judge: 0, finalize: 0 });
+
+    const after = await deployedStatus({
+      outputs: outputsFile,
+      run: prefix,
+      stuckAfterMs: 30 * 60_000,
+      peek: 3,
+    });
+    const evolveAfter = after.queues.find((q) => q.stage === "evolve");
+    expect(evolveAfter).toMatchObject({ deadLetters: 0, visible: 1 });
+    expect(after.lines.join("\n")).not.toContain(dead);
+    expect(after.queues.every((q) => q.deadLetters === 0)).toBe(true);
+  }, 30_000);
+});
+
+describe("mmevol status / redrive on a local run", () => {
+  const dir = tempDir();
+  afterAll(() => dir.cleanup());
+
+  it("keeps what gave up in dead-letters.jsonl, shows it, and the next run after redrive finishes it", async () => {
+    const shard = join(dir.path, "tiny.jsonl");
+    const rows = Array.from({ length: 3 }, (_, i) => ({
+      id: `t-${i}`,
+      conversations: [
+        { from: "human", value: `Question ${i}?` },
+        { from: "gpt", value: `Answer ${i}.` },
+      ],
+    }));
+    writeFileSync(shard, rows.map((r) => JSON.stringify(r)).join("\n"));
+    const out = join(dir.path, "out");
+    // A clock running 1000x fast: the runner's retry backoff (seconds) passes in milliseconds.
+    const start = performance.now();
+    const base = Date.now();
+    const clock = { now: () => base + (performance.now() - start) * 1000 };
+    const options = {
+      shards: [shard],
+      out,
+      run: "tiny",
+      concurrency: 2,
+      config: { dryRun: true },
+      llm: new SimulatedLlm(),
+      clock,
+    };
+
+    // Finalize fails on every delivery (say, the disk is full), until its deliveries run out.
+    const first = await runLocal({
+      ...options,
+      faults: {
+        point: (name: CrashPoint) => {
+          if (name === "finalize:mid-write") throw new Error("no space left on device");
+        },
+        duplicate: () => false,
+      },
+    });
+    expect(first.deadLetters).toBe(1);
+    expect(first.reports).toEqual([]);
+    const status = await localStatus({ out, stuckAfterMs: 30 * 60_000 });
+    expect(status.deadLetters).toHaveLength(1);
+    expect(status.deadLetters[0]).toMatchObject({
+      message: { kind: "finalize", run: "tiny", shard: "tiny" },
+      error: "no space left on device",
+    });
+    expect(status.shards[0]).toMatchObject({ finalized: false, ingested: true, pending: 0, lines: 3 });
+    expect(status.lines.join("\n")).toContain(
+      "finalize tiny/tiny: 6 deliveries, last error: no space left on device",
+    );
+
+    const redrive = await localRedrive({ out });
+    expect(redrive.requeued).toHaveLength(1);
+    expect(redrive.archived).not.toBeNull();
+    expect(existsSync(join(out, DEAD_LETTERS_FILE))).toBe(false);
+    expect(readdirSync(join(out, ".mmevol")).some((f) => f.endsWith(".redriven.jsonl"))).toBe(true);
+    expect((await localStatus({ out, stuckAfterMs: 30 * 60_000 })).deadLetters).toEqual([]);
+
+    const second = await runLocal(options);
+    expect(second.deadLetters).toBe(0);
+    expect(second.reports).toHaveLength(1);
+    expect(readFileSync(join(out, DEAD_LETTERS_FILE), "utf8")).toBe("");
+    const done = await localStatus({ out, stuckAfterMs: 30 * 60_000 });
+    expect(done.shards[0]).toMatchObject({ finalized: true, counts: { PASSED_THROUGH: 3 } });
+    expect(done.lines.join("\n")).toContain("dead letters of the last run: 0");
+  }, 20_000);
+});
