@@ -2,7 +2,7 @@ import { createHash } from "node:crypto";
 import type { z } from "zod";
 import type { ModelPrice } from "../evolution/config.ts";
 import { costOf } from "../evolution/pricing.ts";
-import { LlmAnswerError, MmevolError } from "../ports/errors.ts";
+import { LlmAnswerError, LlmCallError, MmevolError } from "../ports/errors.ts";
 import type { LlmRequest } from "../ports/llm.ts";
 import { type StoredAnswer, type UsageTotals, zeroUsage } from "../ports/state-store.ts";
 import type { StageDeps } from "./deps.ts";
@@ -30,8 +30,14 @@ export function answerHash(request: LlmRequest, imageDigest: string | null, atte
   return createHash("sha256").update(body).digest("hex");
 }
 
-/** How long a worker may hold a request before another delivery may pay for it: past any LLM call's timeout. */
-const CLAIM_MS = 5 * 60_000;
+/**
+ * How long a receive may hold a request before another may pay for it: past one call with its client retries
+ * (the Lambda function's timeout), and well within the queue's visibility timeout.
+ */
+const CLAIM_MS = 3 * 60_000;
+
+/** A delivery is `<message>#<receive>`: the message part survives redelivery, the receive part does not. */
+const messageOf = (delivery: string): string => delivery.split("#")[0] ?? delivery;
 
 export function addUsage(total: UsageTotals, answer: StoredAnswer): UsageTotals {
   return {
@@ -62,7 +68,7 @@ export async function askStructured<S extends z.ZodType>(
     schema: S;
     maxRetries: number;
     price: ModelPrice;
-    /** Who pays: one delivery of a message (its id survives redelivery; a duplicate has another). */
+    /** Who pays: one receive of one message, as `<message id>#<receive id>`. */
     delivery: string;
     claimMs?: number;
   },
@@ -73,17 +79,39 @@ export async function askStructured<S extends z.ZodType>(
     const hash = answerHash(request, options.imageDigest, attempt);
     let answer = await deps.state.getAnswer(hash);
     if (!answer) {
-      if (!(await deps.state.claimRequest(hash, options.delivery, options.claimMs ?? CLAIM_MS))) {
+      const claim = await deps.state.claimRequest(hash, options.delivery, options.claimMs ?? CLAIM_MS);
+      if (!claim.granted) {
+        // Another receive of this same message (a redelivery while it still runs, or after a crash): try again
+        // once that claim ends. Another message (a duplicate send): this one has nothing to do.
+        if (messageOf(claim.holder) === messageOf(options.delivery)) {
+          throw new LlmCallError("this message is already being answered by another receive of it", {
+            retryable: true,
+            retryAfterMs: Math.max(1_000, claim.until - Date.now() + 1_000),
+            inFlight: true,
+          });
+        }
         throw new RequestInFlightError();
       }
       let response: Awaited<ReturnType<typeof deps.llm.complete>>;
       try {
         response = await deps.llm.complete(request);
       } catch (error) {
-        // No answer to store: give the claim up so a redelivery or a duplicate may try at once.
-        await deps.state.releaseClaim(hash, options.delivery);
-        // An answer cut at the token limit or empty is a bad answer, not a failed call: ask again.
-        if (!(error instanceof LlmAnswerError)) throw error;
+        if (!(error instanceof LlmAnswerError)) {
+          // No answer: give the claim up so a redelivery or a duplicate may try at once.
+          await deps.state.releaseClaim(hash, options.delivery);
+          throw error;
+        }
+        // An answer cut at the token limit or empty is a bad answer, not a failed call: the try is spent
+        // (stored, so a rerun does not pay for it again) and the model is asked again.
+        await deps.state.putAnswer(hash, {
+          content: "",
+          promptTokens: 0,
+          cachedTokens: 0,
+          completionTokens: 0,
+          model: request.model,
+          costUsd: 0,
+          unusable: error.message,
+        });
         lastReason = error.message;
         deps.logger.warn("unusable answer", { schema: request.schemaName, attempt, reason: lastReason });
         continue;
@@ -97,6 +125,10 @@ export async function askStructured<S extends z.ZodType>(
         costUsd: costOf(options.price, response.usage),
       };
       await deps.state.putAnswer(hash, answer);
+    }
+    if (answer.unusable !== undefined) {
+      lastReason = answer.unusable;
+      continue;
     }
     usage = addUsage(usage, answer);
     const parsed = parseJson(answer.content);

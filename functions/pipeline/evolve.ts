@@ -65,7 +65,7 @@ export async function evolveSample(input: StageInput<EvolveMessage>, deps: Stage
         schema: EvolveAnswer,
         maxRetries: config.maxAnswerRetries,
         price: priceOf(config.model, config.prices),
-        delivery: input.delivery ?? `${run}/${shard}/${key}/evolve/${round}`,
+        delivery: input.delivery ?? `${run}/${shard}/${key}/evolve/${round}#local`,
       },
     );
     deps.faults?.point("evolve:after-answer-stored");

@@ -68,7 +68,7 @@ export async function judgeSample(input: StageInput<JudgeMessage>, deps: StageDe
           schema: judgeAnswerSchema(ids),
           maxRetries: config.maxAnswerRetries,
           price: priceOf(model, config.prices),
-          delivery: input.delivery ?? `${run}/${shard}/${key}/judge/${round}`,
+          delivery: input.delivery ?? `${run}/${shard}/${key}/judge/${round}#local`,
         },
       );
       deps.faults?.point("judge:after-answer-stored");

@@ -1,4 +1,5 @@
 import type { RunConfig } from "../evolution/config.ts";
+import { LlmCallError } from "../ports/errors.ts";
 import type { Message } from "../ports/messages.ts";
 import { type Expected, type SampleRecord, type SampleUpdate, zeroUsage } from "../ports/state-store.ts";
 import { AnswerRejectedError, addUsageTotals, RequestInFlightError } from "./ask.ts";
@@ -44,6 +45,8 @@ export async function failOrRetry(
   stage: string,
 ): Promise<StageResult> {
   if (error instanceof RequestInFlightError) return { next: [], outcome: "duplicate" };
+  // Waiting for another receive of this message is not a failed try: it always goes back to the queue.
+  if (error instanceof LlmCallError && error.inFlight) throw error;
   const retryable =
     typeof error === "object" && error !== null && "retryable" in error && error.retryable === true;
   if (retryable && attempt < config.maxAttempts) throw error;

@@ -12,13 +12,22 @@ export class MmevolError extends Error {
 export class LlmCallError extends MmevolError {
   readonly status: number | null;
   readonly retryAfterMs: number | null;
+  /** The same message is being answered by another receive: wait for it, never count it as a failed try. */
+  readonly inFlight: boolean;
   constructor(
     message: string,
-    options: { retryable: boolean; status?: number | null; retryAfterMs?: number | null; cause?: unknown },
+    options: {
+      retryable: boolean;
+      status?: number | null;
+      retryAfterMs?: number | null;
+      inFlight?: boolean;
+      cause?: unknown;
+    },
   ) {
     super(message, options);
     this.status = options.status ?? null;
     this.retryAfterMs = options.retryAfterMs ?? null;
+    this.inFlight = options.inFlight ?? false;
   }
 }
 

@@ -93,8 +93,14 @@ export const StoredAnswer = z.object({
   completionTokens: z.number().int().nonnegative(),
   model: z.string(),
   costUsd: z.number().nonnegative(),
+  /** Set when the answer was unusable (cut at the token limit, empty): that try is spent, not asked again. */
+  unusable: z.string().optional(),
 });
 export type StoredAnswer = z.infer<typeof StoredAnswer>;
+
+export type ClaimResult =
+  | { readonly granted: true }
+  | { readonly granted: false; readonly holder: string; readonly until: number };
 
 export interface Expected {
   readonly status: SampleStatus;
@@ -146,11 +152,11 @@ export interface StateStore {
   markFinalized(run: string, shard: string): Promise<boolean>;
   getAnswer(hash: string): Promise<StoredAnswer | null>;
   /**
-   * Claims the right to pay for a request for `holdMs`: false while another owner (another delivery of the
-   * message) holds an unexpired claim, so two deliveries running at once never pay for the same call twice.
-   * The same owner (the same message redelivered after a crash) may claim again.
+   * Claims the right to pay for a request for `holdMs`, so two deliveries running at once never pay for the
+   * same call twice. `owner` is one receive of one message (`<message>#<receive>`); while another owner holds
+   * an unexpired claim, the answer names it and when its claim ends.
    */
-  claimRequest(hash: string, owner: string, holdMs: number): Promise<boolean>;
+  claimRequest(hash: string, owner: string, holdMs: number): Promise<ClaimResult>;
   /** Gives a claim up (only the owner's): the call failed, so another delivery may try it now. */
   releaseClaim(hash: string, owner: string): Promise<void>;
   putAnswer(hash: string, answer: StoredAnswer): Promise<void>;

@@ -46,6 +46,8 @@ export interface EmulatedStackOptions {
   readonly onLine?: (line: string) => void;
   /** Queue visibility timeouts are capped at this in emulation (default 30 s). */
   readonly maxVisibilityTimeoutSeconds?: number;
+  /** A separate DynamoDB endpoint (e.g. AWS's DynamoDB Local) for the table; moto's by default. */
+  readonly dynamodbEndpoint?: string;
   /** Concurrent pollers per function process: the mapping's maximum concurrency, capped at this (default 8). */
   readonly maxPollers?: number;
   /** Scheduled functions (EventBridge rules, not emulated) are invoked this often instead (default 30 s). */
@@ -105,7 +107,10 @@ export async function startEmulatedStack(options: EmulatedStackOptions): Promise
   const s3 = new S3Client({ ...clientConfig, forcePathStyle: true });
   const sqs = new SQSClient(clientConfig);
   const secrets = new SecretsManagerClient(clientConfig);
-  const dynamo = new DynamoDBClient(clientConfig);
+  const dynamo = new DynamoDBClient({
+    ...clientConfig,
+    endpoint: options.dynamodbEndpoint ?? options.endpoint,
+  });
   const suffix = randomBytes(3).toString("hex");
   const physical = new Map<string, Physical>();
   const entries = Object.entries(resources);
@@ -264,6 +269,7 @@ export async function startEmulatedStack(options: EmulatedStackOptions): Promise
       ...process.env,
       ...env,
       ...variables,
+      ...(options.dynamodbEndpoint ? { AWS_ENDPOINT_URL_DYNAMODB: options.dynamodbEndpoint } : {}),
       ...options.functionEnv,
       POWERTOOLS_LOG_LEVEL: process.env.POWERTOOLS_LOG_LEVEL ?? "WARN",
       POWERTOOLS_METRICS_DISABLED: "true",
@@ -330,6 +336,7 @@ export async function startEmulatedStack(options: EmulatedStackOptions): Promise
           ...Object.fromEntries(
             Object.entries(fnProps.Environment?.Variables ?? {}).map(([k, v]) => [k, String(resolve(v))]),
           ),
+          ...(options.dynamodbEndpoint ? { AWS_ENDPOINT_URL_DYNAMODB: options.dynamodbEndpoint } : {}),
           ...options.functionEnv,
           POWERTOOLS_LOG_LEVEL: process.env.POWERTOOLS_LOG_LEVEL ?? "WARN",
           POWERTOOLS_METRICS_DISABLED: "true",

@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto";
 import { BatchProcessor, EventType, processPartialResponse } from "@aws-lambda-powertools/batch";
 import { Logger as PowertoolsLogger } from "@aws-lambda-powertools/logger";
 import { Metrics, MetricUnit } from "@aws-lambda-powertools/metrics";
@@ -176,7 +177,9 @@ export function makeSqsHandler<S extends z.ZodType<Message>>(
     try {
       for (const message of toMessages(record)) {
         const stageDeps = { ...deps, remainingMs: () => context.getRemainingTimeInMillis() };
-        const result = await runStage(message, attempt, stageDeps, record.messageId);
+        // One receive of one message: a receipt handle is new on every receive.
+        const receive = createHash("sha256").update(record.receiptHandle).digest("hex").slice(0, 16);
+        const result = await runStage(message, attempt, stageDeps, `${record.messageId}#${receive}`);
         await deps.queue.send(result.next);
         logger.info("stage done", {
           messageId: record.messageId,

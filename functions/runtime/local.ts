@@ -215,7 +215,12 @@ export async function runLocal(options: LocalRunOptions): Promise<LocalRunResult
         busy += 1;
         const { kind, received } = job;
         try {
-          const result = await runStage(received.message, received.receiveCount, deps, received.id);
+          const result = await runStage(
+            received.message,
+            received.receiveCount,
+            deps,
+            `${received.id}#${received.receiveCount}`,
+          );
           await queue.send(result.next);
           if (queues.ack(kind, received.id)) {
             const key = workKeyOf(received.message);

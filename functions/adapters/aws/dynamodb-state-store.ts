@@ -12,6 +12,7 @@ import { z } from "zod";
 import { MmevolError, ShardNotFoundError } from "../../ports/errors.ts";
 import { type Clock, systemClock } from "../../ports/runtime.ts";
 import {
+  type ClaimResult,
   type Expected,
   SampleRecord,
   type SampleUpdate,
@@ -78,6 +79,7 @@ const names = (...aliases: Alias[]): Record<string, string> =>
   Object.fromEntries(aliases.map((alias) => [alias, NAMES[alias]]));
 
 // Items are outside data (another version of the program may have written them): parse them.
+const ClaimItem = z.object({ owner: z.string(), until: z.number() });
 const ShardItem = z.object({
   pending: z.number().int(),
   ingested: z.boolean(),
@@ -371,7 +373,7 @@ export class DynamoStateStore implements StateStore {
     }
   }
 
-  async claimRequest(hash: string, owner: string, holdMs: number): Promise<boolean> {
+  async claimRequest(hash: string, owner: string, holdMs: number): Promise<ClaimResult> {
     const now = this.clock.now();
     try {
       await this.client.send(
@@ -389,11 +391,22 @@ export class DynamoStateStore implements StateStore {
           ExpressionAttributeValues: { ":now": now, ":owner": owner },
         }),
       );
-      return true;
+      return { granted: true };
     } catch (error) {
-      if (isConditionFailed(error)) return false;
-      throw error;
+      if (!isConditionFailed(error)) throw error;
     }
+    const held = await this.client.send(
+      new GetCommand({
+        TableName: this.table,
+        Key: { [PK]: `CLAIM#${hash}`, [SK]: "CLAIM" },
+        ConsistentRead: true,
+      }),
+    );
+    const claim = ClaimItem.safeParse(held.Item);
+    // Released between the two calls: report it as held until now, and the caller simply tries again.
+    return claim.success
+      ? { granted: false, holder: claim.data.owner, until: claim.data.until }
+      : { granted: false, holder: "", until: now };
   }
 
   async releaseClaim(hash: string, owner: string): Promise<void> {

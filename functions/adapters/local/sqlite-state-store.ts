@@ -3,6 +3,7 @@ import { z } from "zod";
 import { ShardNotFoundError } from "../../ports/errors.ts";
 import { type Clock, systemClock } from "../../ports/runtime.ts";
 import {
+  type ClaimResult,
   type Expected,
   SampleRecord,
   SampleStatus,
@@ -51,6 +52,7 @@ CREATE TABLE IF NOT EXISTS claims (
 
 // Rows come from a file another version of the program may have written: parse them like any outside data.
 const RecordRow = z.object({ record: z.string() });
+const ClaimRow = z.object({ owner: z.string(), until: z.number() });
 const CountRow = z.object({ status: SampleStatus, n: z.number() });
 
 const parseJson = <T>(schema: z.ZodType<T>, row: unknown): T =>
@@ -247,14 +249,16 @@ export class SqliteStateStore implements StateStore {
     this.stmt.insertAnswer.run(hash, JSON.stringify(StoredAnswer.parse(answer)));
   }
 
-  async claimRequest(hash: string, owner: string, holdMs: number): Promise<boolean> {
+  async claimRequest(hash: string, owner: string, holdMs: number): Promise<ClaimResult> {
     const now = this.clock.now();
     const result = this.db
       .prepare(
         "INSERT INTO claims (hash, owner, until) VALUES (?, ?, ?) ON CONFLICT (hash) DO UPDATE SET owner = excluded.owner, until = excluded.until WHERE claims.until <= ? OR claims.owner = excluded.owner",
       )
       .run(hash, owner, now + holdMs, now);
-    return Number(result.changes) > 0;
+    if (Number(result.changes) > 0) return { granted: true };
+    const held = ClaimRow.parse(this.db.prepare("SELECT owner, until FROM claims WHERE hash = ?").get(hash));
+    return { granted: false, holder: held.owner, until: held.until };
   }
 
   async releaseClaim(hash: string, owner: string): Promise<void> {
