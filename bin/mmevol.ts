@@ -45,6 +45,8 @@ interface RunFlags {
   dryRun?: boolean;
   baseUrl?: string;
   timeout: number;
+  tpm?: number;
+  rpm?: number;
   quiet?: boolean;
   verbose?: boolean;
 }
@@ -209,6 +211,14 @@ async function runCommand(shards: string[], flags: RunFlags): Promise<void> {
     logger: stderrLogger(flags.verbose === true),
     onProgress: printer.update,
     signal: controller.signal,
+    ...(flags.tpm !== undefined || flags.rpm !== undefined
+      ? {
+          rateLimit: {
+            ...(flags.tpm !== undefined ? { tokensPerMinute: flags.tpm } : {}),
+            ...(flags.rpm !== undefined ? { requestsPerMinute: flags.rpm } : {}),
+          },
+        }
+      : {}),
   });
   printer.stop();
 
@@ -273,6 +283,8 @@ program
   .option("--dry-run", "no network: a simulated model answers; the report estimates the real cost")
   .option("--base-url <url>", "OpenAI-compatible endpoint (default $OPENAI_BASE_URL, else OpenAI)")
   .option("--timeout <seconds>", "timeout of one LLM call", positiveInt, 60)
+  .option("--tpm <n>", "the model's tokens-per-minute limit: calls are paced to stay under it", positiveInt)
+  .option("--rpm <n>", "the model's requests-per-minute limit: calls are paced to stay under it", positiveInt)
   .option("-q, --quiet", "no progress output")
   .option("-v, --verbose", "log every retry and warning to stderr")
   .addHelpText(

@@ -48,7 +48,10 @@ async function report(work: () => Promise<{ lines: string[] }>): Promise<void> {
       process.stderr.write(`mmevol: ${error.message}\n`);
       process.exit(2);
     }
-    throw error;
+    // Network and AWS errors (an endpoint that does not answer, missing credentials): one clear line.
+    const code = typeof error === "object" && error !== null && "code" in error ? ` (${String(error.code)})` : "";
+    process.stderr.write(`mmevol: ${error instanceof Error ? error.message : String(error)}${code}\n`);
+    process.exit(1);
   }
 }
 

@@ -24,6 +24,8 @@ export interface StageDeps {
    * Ingest hands the rest of a large shard to a continuation message before it runs out.
    */
   readonly remainingMs?: () => number;
+  /** How long a receive may hold a request it pays for (below the queue's visibility timeout). */
+  readonly claimMs?: number;
   /** Test-only fault injection at step boundaries; absent in production. */
   readonly faults?: Faults;
 }

@@ -69,6 +69,7 @@ export async function judgeSample(input: StageInput<JudgeMessage>, deps: StageDe
           maxRetries: config.maxAnswerRetries,
           price: priceOf(model, config.prices),
           delivery: input.delivery ?? `${run}/${shard}/${key}/judge/${round}#local`,
+          ...(deps.claimMs === undefined ? {} : { claimMs: deps.claimMs }),
         },
       );
       deps.faults?.point("judge:after-answer-stored");

@@ -17,6 +17,7 @@ import { CreateSecretCommand, SecretsManagerClient } from "@aws-sdk/client-secre
 import { CreateQueueCommand, GetQueueAttributesCommand, SQSClient } from "@aws-sdk/client-sqs";
 import { z } from "zod";
 import { createTable } from "../adapters/aws/create-table.ts";
+import { ENV } from "./env.ts";
 
 const Resource = z.object({
   Type: z.string(),
@@ -270,6 +271,8 @@ export async function startEmulatedStack(options: EmulatedStackOptions): Promise
       ...env,
       ...variables,
       ...(options.dynamodbEndpoint ? { AWS_ENDPOINT_URL_DYNAMODB: options.dynamodbEndpoint } : {}),
+      // Claims must end before a crashed receive's message comes back, and visibility is capped here.
+      [ENV.claimMs]: String(Math.min(180, options.maxVisibilityTimeoutSeconds ?? 30) * 1000),
       ...options.functionEnv,
       POWERTOOLS_LOG_LEVEL: process.env.POWERTOOLS_LOG_LEVEL ?? "WARN",
       POWERTOOLS_METRICS_DISABLED: "true",

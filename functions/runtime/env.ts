@@ -22,6 +22,8 @@ export const ENV = {
   /** Timeout of one LLM call attempt, ms, and the client's own retries. */
   llmTimeoutMs: "MMEVOL_LLM_TIMEOUT_MS",
   llmMaxRetries: "MMEVOL_LLM_MAX_RETRIES",
+  /** How long one receive may hold a request it pays for; must stay below the queue's visibility timeout. */
+  claimMs: "MMEVOL_CLAIM_MS",
   /** The sweeper re-sends work whose state has not moved for this many ms. */
   sweepAfterMs: "MMEVOL_SWEEP_AFTER_MS",
 } as const;
@@ -52,6 +54,7 @@ export const LambdaEnv = z.object({
   [ENV.runDefaults]: jsonObject.optional(),
   [ENV.llmTimeoutMs]: z.coerce.number().int().positive().default(60_000),
   [ENV.llmMaxRetries]: z.coerce.number().int().nonnegative().default(1),
+  [ENV.claimMs]: z.coerce.number().int().positive().optional(),
   [ENV.sweepAfterMs]: z.coerce.number().int().positive().optional(),
 });
 export type LambdaEnv = z.infer<typeof LambdaEnv>;

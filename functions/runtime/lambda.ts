@@ -27,6 +27,11 @@ import { CountingLlm } from "./counting-llm.ts";
 import { ENV, type LambdaEnv, readLambdaEnv } from "./env.ts";
 import { FaultyQueue, faultsFromEnv } from "./faults.ts";
 
+const claimOf = (config: LambdaEnv): { claimMs?: number } => {
+  const claimMs = config[ENV.claimMs];
+  return claimMs === undefined ? {} : { claimMs };
+};
+
 /** Our Logger port over Powertools' JSON logger. */
 function portLogger(logger: PowertoolsLogger): Logger {
   return {
@@ -121,6 +126,7 @@ export function createLambdaRuntime(stage: Stage, env: NodeJS.ProcessEnv = proce
     defaults,
     queue,
     faults,
+    ...claimOf(config),
   };
   return { deps, sqs, llm, logger, metrics };
 }

@@ -2,6 +2,8 @@ import { mkdirSync, writeFileSync } from "node:fs";
 import { basename, dirname, extname, join, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { z } from "zod";
+import { GovernedLlm } from "../adapters/governor/governed-llm.ts";
+import { RateGovernor } from "../adapters/governor/rate-governor.ts";
 import { SharpImagePreparer } from "../adapters/images/sharp-image-preparer.ts";
 import { FsBlobStore } from "../adapters/local/fs-blob-store.ts";
 import { MemoryQueues, type Received } from "../adapters/local/memory-queue.ts";
@@ -49,6 +51,8 @@ export interface LocalRunOptions {
   readonly sweepEveryMs?: number;
   /** Unfinished work not updated for this long, with no message in the queues, is re-enqueued (default 10 min). */
   readonly stuckAfterMs?: number;
+  /** The provider's per-minute limits for this model: every call then waits its turn in one rate governor. */
+  readonly rateLimit?: { readonly tokensPerMinute?: number; readonly requestsPerMinute?: number };
 }
 
 /** Where a run leaves the messages that exhausted their deliveries (JSON Lines of DeadLetterRecord). */
@@ -109,7 +113,7 @@ export async function runLocal(options: LocalRunOptions): Promise<LocalRunResult
   const state = new SqliteStateStore(join(out, ".mmevol", "state.sqlite"));
   // This process is the only one on this state: claims left by a killed run hold nothing any more.
   state.releaseAllClaims();
-  const llm = new CountingLlm(options.llm, {});
+  const llm = new CountingLlm(governed(options.llm, options.rateLimit), {});
   const config = { ...options.config, imageRoot: "images" };
   const queues = new MemoryQueues({
     visibilityTimeoutMs: 15 * 60_000,
@@ -304,6 +308,19 @@ export async function runLocal(options: LocalRunOptions): Promise<LocalRunResult
   } finally {
     state.close();
   }
+}
+
+function governed(inner: Llm, rateLimit: LocalRunOptions["rateLimit"]): Llm {
+  if (rateLimit?.tokensPerMinute === undefined && rateLimit?.requestsPerMinute === undefined) return inner;
+  return new GovernedLlm(
+    inner,
+    new RateGovernor({
+      ...(rateLimit.tokensPerMinute === undefined ? {} : { tokensPerMinute: rateLimit.tokensPerMinute }),
+      ...(rateLimit.requestsPerMinute === undefined
+        ? {}
+        : { requestsPerMinute: rateLimit.requestsPerMinute }),
+    }),
+  );
 }
 
 function retryAfterOf(error: unknown): number | null {

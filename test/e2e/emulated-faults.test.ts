@@ -154,7 +154,7 @@ describe("the emulated stack under crashes and duplicate deliveries", () => {
       expect(replaysSince(before)).toBeLessThanOrEqual(
         point.endsWith("after-answer-stored") ? inFlight - 1 : inFlight,
       );
-    });
+    }, 150_000);
   }
 
   it("evolves each line once when 20% of messages and S3 events are delivered twice", async () => {
@@ -163,5 +163,5 @@ describe("the emulated stack under crashes and duplicate deliveries", () => {
     expect(result.counts).toEqual(referenceCounts);
     expect(result.evolved).toBe(referenceEvolved);
     expect(replaysSince(before)).toBe(0);
-  });
+  }, 150_000);
 });

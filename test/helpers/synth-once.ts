@@ -51,6 +51,13 @@ export async function synthOnce(): Promise<string> {
     );
     if (code !== 0) throw new Error(`cdk synth exited with ${code}`);
     renameSync(building, target);
+    // Assemblies of older sources are dead weight (tens of MB each): keep only this one.
+    for (const name of readdirSync(cache)) {
+      const path = join(cache, name);
+      if (path !== target && !name.endsWith(".lock") && !name.endsWith(".building")) {
+        rmSync(path, { recursive: true, force: true });
+      }
+    }
     return target;
   } finally {
     rmSync(lock, { recursive: true, force: true });

@@ -1,0 +1,62 @@
+import { LlmCallError } from "../../ports/errors.ts";
+import type { Llm, LlmRequest, LlmResponse } from "../../ports/llm.ts";
+import { countRequestTokens, countSchemaTokens } from "../simulated/tokens.ts";
+import type { RateGovernor, RemainingSnapshot } from "./rate-governor.ts";
+
+/**
+ * What the provider's tokens-per-minute limiter charges a request at admission: its prompt (text, images
+ * and the response_format schema) plus its whole max_tokens, whether or not the answer uses them.
+ */
+export function estimateRequestTokens(request: LlmRequest): number {
+  return (
+    countRequestTokens(request.model, request.messages) +
+    countSchemaTokens(request.schema) +
+    request.maxTokens
+  );
+}
+
+/** An Llm that reports rate-limit headers, like OpenAiLlm. */
+interface ReportsRateLimit {
+  lastRateLimit(): RemainingSnapshot | null;
+}
+
+function reportsRateLimit(llm: Llm): llm is Llm & ReportsRateLimit {
+  return "lastRateLimit" in llm && typeof llm.lastRateLimit === "function";
+}
+
+/** Paces every call through one RateGovernor: reserve the estimate, call, settle with what was charged. */
+export class GovernedLlm implements Llm {
+  readonly #inner: Llm;
+  readonly #governor: RateGovernor;
+
+  constructor(inner: Llm, governor: RateGovernor) {
+    this.#inner = inner;
+    this.#governor = governor;
+  }
+
+  async complete(request: LlmRequest): Promise<LlmResponse> {
+    const reservation = await this.#governor.acquire({ tokens: estimateRequestTokens(request) });
+    let response: LlmResponse;
+    try {
+      response = await this.#inner.complete(request);
+    } catch (error) {
+      if (error instanceof LlmCallError && error.status === 429) {
+        this.#governor.rateLimited(reservation, error.retryAfterMs);
+      } else {
+        // Whether a failed call was charged is unknown (a timeout usually was): keep the reservation.
+        reservation.settle(reservation.tokens);
+      }
+      throw error;
+    }
+    // The limiter charged the real prompt plus max_tokens at admission; the completion does not change it.
+    // A server that sent no usage reports 0 prompt tokens: then the estimate is the best figure.
+    const prompt = response.usage.promptTokens > 0 ? response.usage.promptTokens : null;
+    reservation.settle(prompt === null ? reservation.tokens : prompt + request.maxTokens);
+    this.#governor.succeeded();
+    if (reportsRateLimit(this.#inner)) {
+      const snapshot = this.#inner.lastRateLimit();
+      if (snapshot !== null) this.#governor.observeHeaders(snapshot);
+    }
+    return response;
+  }
+}

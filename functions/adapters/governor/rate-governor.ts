@@ -1,0 +1,275 @@
+/** Time and timers for the governor; injected so tests can drive a fake clock. */
+export interface GovernorClock {
+  now(): number;
+  /** Calls `fn` after `ms`; the returned function cancels it. */
+  schedule(fn: () => void, ms: number): () => void;
+}
+
+export const systemGovernorClock: GovernorClock = {
+  now: () => performance.now(),
+  schedule: (fn, ms) => {
+    const timer = setTimeout(fn, ms);
+    return () => clearTimeout(timer);
+  },
+};
+
+export interface RateGovernorOptions {
+  readonly tokensPerMinute?: number;
+  readonly requestsPerMinute?: number;
+  readonly clock?: GovernorClock;
+  /** Factor applied to the effective rate on a 429 (default 0.7). */
+  readonly decrease?: number;
+  /** Share of the limit the effective rate regains per second of successful calls (default 0.01). */
+  readonly increasePerSecond?: number;
+  /** The effective rate never drops below this share of the limit (default 0.1). */
+  readonly minFactor?: number;
+  /** Pause after a 429 that carried no retry-after (default 1000 ms). */
+  readonly defaultRetryAfterMs?: number;
+}
+
+/** Budget taken for one call; settle it once with what the provider actually charged. */
+export interface Reservation {
+  readonly tokens: number;
+  /** When the budget was granted, on the governor's clock. */
+  readonly admittedAt: number;
+  /**
+   * Replaces the reserved tokens by `actualTokens`: the difference goes back to (or comes out of) the
+   * budget. `requestCharged: false` also gives the request back (a 429 is not counted as one).
+   */
+  settle(actualTokens: number, requestCharged?: boolean): void;
+}
+
+/** What the provider's `x-ratelimit-remaining-*` headers said; null when absent. */
+export interface RemainingSnapshot {
+  readonly remainingTokens: number | null;
+  readonly remainingRequests: number | null;
+  readonly limitTokens?: number | null;
+  readonly limitRequests?: number | null;
+}
+
+export interface GovernorState {
+  /** Share of the configured limit currently allowed, 0.1..1. */
+  readonly factor: number;
+  readonly tokensAvailable: number | null;
+  readonly requestsAvailable: number | null;
+  readonly waiting: number;
+  readonly pausedUntil: number;
+}
+
+/** A per-minute budget refilled continuously, like the provider's limiter; its rate scales with `factor`. */
+class Bucket {
+  limit: number;
+  level: number;
+  #at: number;
+  #factor = 1;
+
+  constructor(limit: number, now: number) {
+    this.limit = limit;
+    this.level = limit;
+    this.#at = now;
+  }
+
+  get capacity(): number {
+    return this.limit * this.#factor;
+  }
+
+  refill(now: number): void {
+    const elapsed = Math.max(0, now - this.#at);
+    this.level = Math.min(this.capacity, this.level + (elapsed * this.capacity) / 60_000);
+    this.#at = now;
+  }
+
+  /** The provider's limit is lower than we were told: from now on use it. */
+  lowerLimit(limit: number, now: number): void {
+    this.refill(now);
+    this.limit = limit;
+    this.level = Math.min(this.level, this.capacity);
+  }
+
+  setFactor(factor: number, now: number): void {
+    this.refill(now);
+    this.#factor = factor;
+    this.level = Math.min(this.level, this.capacity);
+  }
+
+  /** 0 when `cost` fits now; else the ms until it will. A cost above capacity waits for a full bucket. */
+  waitMs(cost: number, now: number): number {
+    this.refill(now);
+    const need = Math.min(cost, this.capacity);
+    return need <= this.level ? 0 : ((need - this.level) * 60_000) / this.capacity;
+  }
+}
+
+interface Waiter {
+  readonly tokens: number;
+  readonly resolve: (reservation: Reservation) => void;
+}
+
+/**
+ * One budget of tokens and requests per minute for every caller in this process. Callers reserve before
+ * calling and settle after; waiters are served first come, first served. Adapts AIMD-style: a 429 cuts the
+ * effective rate and pauses, successful calls grow it back slowly.
+ */
+export class RateGovernor {
+  readonly #clock: GovernorClock;
+  readonly #tokens: Bucket | null;
+  readonly #requests: Bucket | null;
+  readonly #decrease: number;
+  readonly #increasePerSecond: number;
+  readonly #minFactor: number;
+  readonly #defaultRetryAfterMs: number;
+  readonly #waiters: Waiter[] = [];
+  #factor = 1;
+  #pausedUntil = Number.NEGATIVE_INFINITY;
+  #lastCutAt = Number.NEGATIVE_INFINITY;
+  #lastGrowthAt: number;
+  #cancelTimer: (() => void) | null = null;
+
+  constructor(options: RateGovernorOptions) {
+    this.#clock = options.clock ?? systemGovernorClock;
+    const now = this.#clock.now();
+    this.#tokens = positive(options.tokensPerMinute) ? new Bucket(options.tokensPerMinute, now) : null;
+    this.#requests = positive(options.requestsPerMinute) ? new Bucket(options.requestsPerMinute, now) : null;
+    this.#decrease = options.decrease ?? 0.7;
+    this.#increasePerSecond = options.increasePerSecond ?? 0.01;
+    this.#minFactor = options.minFactor ?? 0.1;
+    this.#defaultRetryAfterMs = options.defaultRetryAfterMs ?? 1000;
+    this.#lastGrowthAt = now;
+  }
+
+  /** Resolves once both budgets allow `estimate.tokens` and one request, with the budget taken. */
+  acquire(estimate: { readonly tokens: number }): Promise<Reservation> {
+    const tokens = Math.max(0, Math.ceil(estimate.tokens));
+    return new Promise((resolve) => {
+      this.#waiters.push({ tokens, resolve });
+      this.#pump();
+    });
+  }
+
+  /**
+   * The call behind `reservation` was answered 429: nothing was charged. The rate is cut once per burst
+   * (only calls admitted after the last cut can cut again), and everyone pauses for the retry-after.
+   */
+  rateLimited(reservation: Reservation | null, retryAfterMs: number | null): void {
+    reservation?.settle(0, false);
+    const now = this.#clock.now();
+    if (reservation === null || reservation.admittedAt > this.#lastCutAt) {
+      this.#setFactor(Math.max(this.#minFactor, this.#factor * this.#decrease), now);
+      this.#lastCutAt = now;
+    }
+    const pause = retryAfterMs !== null && retryAfterMs >= 0 ? retryAfterMs : this.#defaultRetryAfterMs;
+    this.#pausedUntil = Math.max(this.#pausedUntil, now + pause);
+    // Growth restarts after the pause, so the time spent waiting does not count as success.
+    this.#lastGrowthAt = Math.max(this.#lastGrowthAt, this.#pausedUntil);
+    this.#pump();
+  }
+
+  /** A call succeeded: the effective rate grows by `increasePerSecond` of the limit per second since the last one. */
+  succeeded(): void {
+    const now = this.#clock.now();
+    // Capped, so one success after a long idle spell does not restore the full rate at once.
+    const seconds = Math.min(5, Math.max(0, now - this.#lastGrowthAt) / 1000);
+    this.#lastGrowthAt = Math.max(this.#lastGrowthAt, now);
+    if (this.#factor < 1 && seconds > 0) {
+      this.#setFactor(Math.min(1, this.#factor + this.#increasePerSecond * seconds), now);
+      this.#pump();
+    }
+  }
+
+  /** The provider knows best: when it reports a lower limit or less left than we think, believe it. */
+  observeHeaders(snapshot: RemainingSnapshot): void {
+    const now = this.#clock.now();
+    let lowered = false;
+    for (const [bucket, limit] of [
+      [this.#tokens, snapshot.limitTokens ?? null],
+      [this.#requests, snapshot.limitRequests ?? null],
+    ] as const) {
+      if (bucket !== null && limit !== null && limit > 0 && limit < bucket.limit)
+        bucket.lowerLimit(limit, now);
+    }
+    for (const [bucket, remaining] of [
+      [this.#tokens, snapshot.remainingTokens],
+      [this.#requests, snapshot.remainingRequests],
+    ] as const) {
+      if (bucket === null || remaining === null) continue;
+      bucket.refill(now);
+      if (remaining < bucket.level) {
+        bucket.level = Math.max(0, remaining);
+        lowered = true;
+      }
+    }
+    if (lowered) this.#pump();
+  }
+
+  state(): GovernorState {
+    const now = this.#clock.now();
+    this.#tokens?.refill(now);
+    this.#requests?.refill(now);
+    return {
+      factor: this.#factor,
+      tokensAvailable: this.#tokens?.level ?? null,
+      requestsAvailable: this.#requests?.level ?? null,
+      waiting: this.#waiters.length,
+      pausedUntil: this.#pausedUntil,
+    };
+  }
+
+  #setFactor(factor: number, now: number): void {
+    this.#factor = factor;
+    this.#tokens?.setFactor(factor, now);
+    this.#requests?.setFactor(factor, now);
+  }
+
+  /** Admits waiters from the head while they fit; otherwise sets one timer for when the head will. */
+  #pump(): void {
+    this.#cancelTimer?.();
+    this.#cancelTimer = null;
+    while (this.#waiters.length > 0) {
+      const head = this.#waiters[0];
+      if (head === undefined) return;
+      const now = this.#clock.now();
+      const wait = Math.max(
+        this.#pausedUntil - now,
+        this.#tokens?.waitMs(head.tokens, now) ?? 0,
+        this.#requests?.waitMs(1, now) ?? 0,
+      );
+      if (wait > 0) {
+        this.#cancelTimer = this.#clock.schedule(() => {
+          this.#cancelTimer = null;
+          this.#pump();
+        }, Math.ceil(wait));
+        return;
+      }
+      this.#waiters.shift();
+      head.resolve(this.#reserve(head.tokens, now));
+    }
+  }
+
+  #reserve(tokens: number, now: number): Reservation {
+    if (this.#tokens) this.#tokens.level -= tokens;
+    if (this.#requests) this.#requests.level -= 1;
+    let settled = false;
+    return {
+      tokens,
+      admittedAt: now,
+      settle: (actualTokens: number, requestCharged = true) => {
+        if (settled) return;
+        settled = true;
+        const at = this.#clock.now();
+        if (this.#tokens !== null) {
+          this.#tokens.refill(at);
+          this.#tokens.level = Math.min(this.#tokens.capacity, this.#tokens.level + tokens - actualTokens);
+        }
+        if (this.#requests !== null && !requestCharged) {
+          this.#requests.refill(at);
+          this.#requests.level = Math.min(this.#requests.capacity, this.#requests.level + 1);
+        }
+        if (actualTokens < tokens || !requestCharged) this.#pump();
+      },
+    };
+  }
+}
+
+function positive(value: number | undefined): value is number {
+  return value !== undefined && Number.isFinite(value) && value > 0;
+}

@@ -1,0 +1,164 @@
+// Rate-governor benchmark: a local run against the in-process simulator with a tokens-per-minute limit and
+// 1-3 s latency, paced by the rate governor. Prints the share of the limit used over the steady part of the
+// run (target >= 0.95) and the share of requests answered 429 (target <= 1%). Run: npm run bench:rate
+import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
+import { OpenAiLlm, type RateLimitSnapshot } from "../../functions/adapters/openai/openai-llm.ts";
+import { startSimulator } from "../../functions/adapters/simulated/server.ts";
+import type { Llm, LlmRequest, LlmResponse } from "../../functions/ports/llm.ts";
+import { runLocal } from "../../functions/runtime/local.ts";
+
+const { values } = parseArgs({
+  options: {
+    samples: { type: "string", default: "200" },
+    rounds: { type: "string", default: "1" },
+    concurrency: { type: "string", default: "32" },
+    tpm: { type: "string", default: "700000" },
+    // The limit the governor is told, when it differs from the simulator's (shows AIMD and the headers at work).
+    "assume-tpm": { type: "string" },
+    json: { type: "string" },
+  },
+});
+const samples = Number(values.samples);
+const rounds = Number(values.rounds);
+const concurrency = Number(values.concurrency);
+const tpm = Number(values.tpm);
+const assumedTpm = values["assume-tpm"] === undefined ? tpm : Number(values["assume-tpm"]);
+const root = fileURLToPath(new URL("../..", import.meta.url));
+
+interface Call {
+  readonly startedAt: number;
+  /** What the simulator's limiter charged: prompt + max_tokens; 0 for a 429. */
+  readonly charged: number;
+  readonly status: "ok" | "429" | "error";
+}
+
+/** Notes when each call went out and what the limiter charged it; passes the rate-limit headers on. */
+class MeteringLlm implements Llm {
+  readonly calls: Call[] = [];
+  readonly #inner: OpenAiLlm;
+  constructor(inner: OpenAiLlm) {
+    this.#inner = inner;
+  }
+  lastRateLimit(): RateLimitSnapshot | null {
+    return this.#inner.lastRateLimit();
+  }
+  async complete(request: LlmRequest): Promise<LlmResponse> {
+    const startedAt = performance.now();
+    try {
+      const response = await this.#inner.complete(request);
+      this.calls.push({
+        startedAt,
+        charged: response.usage.promptTokens + request.maxTokens,
+        status: "ok",
+      });
+      return response;
+    } catch (error) {
+      const is429 = typeof error === "object" && error !== null && "status" in error && error.status === 429;
+      this.calls.push({ startedAt, charged: 0, status: is429 ? "429" : "error" });
+      throw error;
+    }
+  }
+}
+
+function makeShard(dir: string): string {
+  const images = join(root, "examples/seeds/images");
+  mkdirSync(join(dir, "images"));
+  const names = readdirSync(images);
+  const lines: string[] = [];
+  for (let i = 0; i < samples; i++) {
+    const source = names[i % names.length] ?? "";
+    const name = `s${i}-${source}`;
+    copyFileSync(join(images, source), join(dir, "images", name));
+    lines.push(
+      JSON.stringify({
+        id: `rate-${i}`,
+        image: `images/${name}`,
+        conversations: [
+          { from: "human", value: `<image>\nWhat is the main object in picture ${i}?` },
+          { from: "gpt", value: `It is object number ${i}, in the middle of the picture.` },
+        ],
+      }),
+    );
+  }
+  const shard = join(dir, "rate.jsonl");
+  writeFileSync(shard, `${lines.join("\n")}\n`);
+  return shard;
+}
+
+const dir = mkdtempSync(join(tmpdir(), "mmevol-rate-"));
+const sim = await startSimulator({ latencyMs: [1000, 3000], tokensPerMinute: tpm });
+try {
+  const shard = makeShard(dir);
+  // No client retries: every 429 reaches the governor (and the run's own retry), none is hidden.
+  const meter = new MeteringLlm(new OpenAiLlm({ apiKey: "bench", baseURL: sim.url, maxRetries: 0 }));
+  const started = performance.now();
+  const result = await runLocal({
+    shards: [shard],
+    out: join(dir, "out"),
+    run: "rate",
+    concurrency,
+    config: { rounds },
+    llm: meter,
+    rateLimit: { tokensPerMinute: assumedTpm },
+  });
+  const stats = sim.stats();
+  const calls = [...meter.calls].sort((a, b) => a.startedAt - b.startedAt);
+  const charged = calls.filter((c) => c.status === "ok");
+  // Steady part: after the first 15 s (the limiter starts with a full minute of budget, spent at once) and
+  // up to the call by which 90% of the tokens had gone out (the tail runs out of work, not of budget).
+  const total = charged.reduce((sum, c) => sum + c.charged, 0);
+  let cumulative = 0;
+  let tailAt = started;
+  for (const call of charged) {
+    cumulative += call.charged;
+    if (cumulative >= 0.9 * total) {
+      tailAt = call.startedAt;
+      break;
+    }
+  }
+  const from = started + 15_000;
+  const inWindow = charged.filter((c) => c.startedAt > from && c.startedAt <= tailAt);
+  const windowTokens = inWindow.reduce((sum, c) => sum + c.charged, 0);
+  const windowMinutes = (tailAt - from) / 60_000;
+  const useOfLimit = windowMinutes > 0 ? windowTokens / (tpm * windowMinutes) : Number.NaN;
+  const share429 = stats.requests > 0 ? stats.rateLimited / stats.requests : 0;
+  const figures = {
+    date: new Date().toISOString().slice(0, 10),
+    samples,
+    rounds,
+    concurrency,
+    tokensPerMinute: tpm,
+    governorTokensPerMinute: assumedTpm,
+    requests: stats.requests,
+    rateLimited: stats.rateLimited,
+    share429: +share429.toFixed(4),
+    steadyWindowSeconds: +(windowMinutes * 60).toFixed(1),
+    steadyTokensPerMinute: Math.round(windowTokens / windowMinutes),
+    useOfLimit: +useOfLimit.toFixed(3),
+    meanChargePerCall: Math.round(total / Math.max(1, charged.length)),
+    totalSeconds: +(result.elapsedMs / 1000).toFixed(1),
+    deadLetters: result.deadLetters,
+    counts: result.reports[0]?.counts ?? null,
+  };
+  console.log(
+    `mmevol rate governor benchmark (simulator: ${tpm} tokens/min, governor told ${assumedTpm}, latency 1-3 s)`,
+  );
+  console.table({
+    "requests to the simulator": figures.requests,
+    "answered 429": figures.rateLimited,
+    "429 share (target <= 1%)": `${(share429 * 100).toFixed(2)}%`,
+    "steady window (s)": figures.steadyWindowSeconds,
+    "tokens/min charged in the window": figures.steadyTokensPerMinute,
+    "use of the limit (target >= 0.95)": figures.useOfLimit,
+    "mean charge per call (prompt + max_tokens)": figures.meanChargePerCall,
+    "total time (s)": figures.totalSeconds,
+  });
+  if (values.json) writeFileSync(values.json, `${JSON.stringify(figures, null, 2)}\n`);
+} finally {
+  await sim.close();
+  rmSync(dir, { recursive: true, force: true });
+}

@@ -1,0 +1,267 @@
+import { describe, expect, it } from "vitest";
+import { GovernedLlm } from "../../functions/adapters/governor/governed-llm.ts";
+import {
+  type GovernorClock,
+  RateGovernor,
+  type Reservation,
+} from "../../functions/adapters/governor/rate-governor.ts";
+import { OpenAiLlm } from "../../functions/adapters/openai/openai-llm.ts";
+import { startSimulator } from "../../functions/adapters/simulated/server.ts";
+import { LlmCallError } from "../../functions/ports/errors.ts";
+import type { Llm, LlmRequest, LlmResponse } from "../../functions/ports/llm.ts";
+
+/** A clock whose timers fire only when the test advances time. */
+class FakeClock implements GovernorClock {
+  #now = 0;
+  #timers: { at: number; fn: () => void; live: boolean }[] = [];
+  now(): number {
+    return this.#now;
+  }
+  schedule(fn: () => void, ms: number): () => void {
+    const timer = { at: this.#now + ms, fn, live: true };
+    this.#timers.push(timer);
+    return () => {
+      timer.live = false;
+    };
+  }
+  /** Moves time forward, firing due timers in order, and lets resolved promises run. */
+  async advance(ms: number): Promise<void> {
+    const end = this.#now + ms;
+    for (;;) {
+      const due = this.#timers
+        .filter((t) => t.live && t.at <= end)
+        .sort((a, b) => a.at - b.at)
+        .at(0);
+      if (due === undefined) break;
+      this.#now = Math.max(this.#now, due.at);
+      due.live = false;
+      due.fn();
+      await flush();
+    }
+    this.#now = end;
+    this.#timers = this.#timers.filter((t) => t.live);
+    await flush();
+  }
+}
+
+const flush = async () => {
+  for (let i = 0; i < 5; i++) await Promise.resolve();
+};
+
+describe("RateGovernor", () => {
+  it("never grants more than the token budget over any minute", async () => {
+    const clock = new FakeClock();
+    const governor = new RateGovernor({ tokensPerMinute: 6000, clock });
+    const granted: { at: number; tokens: number }[] = [];
+    for (let i = 0; i < 40; i++) {
+      void governor
+        .acquire({ tokens: 1000 })
+        .then((r) => granted.push({ at: clock.now(), tokens: r.tokens }));
+    }
+    await flush();
+    // The bucket starts full: 6 at once, then one every 10 s.
+    expect(granted).toHaveLength(6);
+    await clock.advance(120_000);
+    expect(granted).toHaveLength(18);
+    for (const start of granted.map((g) => g.at)) {
+      const inWindow = granted.filter((g) => g.at > start && g.at <= start + 60_000);
+      expect(inWindow.reduce((sum, g) => sum + g.tokens, 0)).toBeLessThanOrEqual(6000);
+    }
+    expect(granted.at(-1)?.at).toBe(120_000);
+  });
+
+  it("limits requests per minute too", async () => {
+    const clock = new FakeClock();
+    const governor = new RateGovernor({ requestsPerMinute: 2, clock });
+    let granted = 0;
+    for (let i = 0; i < 5; i++) void governor.acquire({ tokens: 1 }).then(() => granted++);
+    await flush();
+    expect(granted).toBe(2);
+    await clock.advance(30_000);
+    expect(granted).toBe(3);
+  });
+
+  it("serves waiters first come, first served, even when a later one would fit", async () => {
+    const clock = new FakeClock();
+    const governor = new RateGovernor({ tokensPerMinute: 1000, clock });
+    const order: string[] = [];
+    await governor.acquire({ tokens: 1000 });
+    void governor.acquire({ tokens: 800 }).then(() => order.push("big"));
+    void governor.acquire({ tokens: 10 }).then(() => order.push("small"));
+    await clock.advance(1000);
+    // 16 tokens refilled: enough for "small", but "big" is first in line.
+    expect(order).toEqual([]);
+    await clock.advance(60_000);
+    expect(order).toEqual(["big", "small"]);
+  });
+
+  it("settle gives unused tokens back and wakes the queue", async () => {
+    const clock = new FakeClock();
+    const governor = new RateGovernor({ tokensPerMinute: 1000, clock });
+    const first = await governor.acquire({ tokens: 1000 });
+    let second: Reservation | null = null;
+    void governor.acquire({ tokens: 500 }).then((r) => {
+      second = r;
+    });
+    await flush();
+    expect(second).toBeNull();
+    first.settle(400);
+    await flush();
+    expect(second).not.toBeNull();
+    expect(governor.state().tokensAvailable).toBeCloseTo(100, 5);
+    // A second settle of the same reservation changes nothing.
+    first.settle(0);
+    expect(governor.state().tokensAvailable).toBeCloseTo(100, 5);
+  });
+
+  it("a 429 cuts the rate to 70%, pauses for retry-after, and success grows it back slowly", async () => {
+    const clock = new FakeClock();
+    const governor = new RateGovernor({ tokensPerMinute: 60_000, clock });
+    const reservation = await governor.acquire({ tokens: 100 });
+    governor.rateLimited(reservation, 2000);
+    expect(governor.state().factor).toBeCloseTo(0.7, 10);
+    // The 429 was not charged: its tokens are back.
+    expect(governor.state().tokensAvailable).toBeCloseTo(42_000, 5);
+    let granted = false;
+    void governor.acquire({ tokens: 1 }).then(() => {
+      granted = true;
+    });
+    await clock.advance(1999);
+    expect(granted).toBe(false);
+    await clock.advance(1);
+    expect(granted).toBe(true);
+    // Another 429 from a call admitted before the cut does not cut again.
+    governor.rateLimited(reservation, 0);
+    expect(governor.state().factor).toBeCloseTo(0.7, 10);
+    // 10 s of successes: +1% of the limit per second.
+    for (let i = 0; i < 10; i++) {
+      await clock.advance(1000);
+      governor.succeeded();
+    }
+    expect(governor.state().factor).toBeCloseTo(0.8, 5);
+    for (let i = 0; i < 100; i++) {
+      await clock.advance(1000);
+      governor.succeeded();
+    }
+    expect(governor.state().factor).toBe(1);
+  });
+
+  it("never cuts below 10% of the limit", async () => {
+    const clock = new FakeClock();
+    const governor = new RateGovernor({ tokensPerMinute: 1000, clock });
+    for (let i = 0; i < 20; i++) {
+      const r = await governor.acquire({ tokens: 1 });
+      governor.rateLimited(r, 0);
+      await clock.advance(1);
+    }
+    expect(governor.state().factor).toBeCloseTo(0.1, 10);
+  });
+
+  it("adopts a lower limit from the headers, never a higher one", async () => {
+    const clock = new FakeClock();
+    const governor = new RateGovernor({ tokensPerMinute: 10_000, clock });
+    governor.observeHeaders({ remainingTokens: null, remainingRequests: null, limitTokens: 20_000 });
+    expect(governor.state().tokensAvailable).toBe(10_000);
+    governor.observeHeaders({ remainingTokens: null, remainingRequests: null, limitTokens: 6000 });
+    expect(governor.state().tokensAvailable).toBe(6000);
+    await governor.acquire({ tokens: 6000 });
+    await clock.advance(30_000);
+    // Refilled at the provider's 6000 a minute, not the 10 000 we were told.
+    expect(governor.state().tokensAvailable).toBeCloseTo(3000, 5);
+  });
+
+  it("believes headers that report less remaining, never more", async () => {
+    const clock = new FakeClock();
+    const governor = new RateGovernor({ tokensPerMinute: 10_000, requestsPerMinute: 100, clock });
+    governor.observeHeaders({ remainingTokens: 20_000, remainingRequests: 500 });
+    expect(governor.state().tokensAvailable).toBe(10_000);
+    governor.observeHeaders({ remainingTokens: 1000, remainingRequests: 3 });
+    expect(governor.state().tokensAvailable).toBe(1000);
+    expect(governor.state().requestsAvailable).toBe(3);
+    let granted = false;
+    void governor.acquire({ tokens: 2000 }).then(() => {
+      granted = true;
+    });
+    await clock.advance(5000);
+    expect(granted).toBe(false);
+    await clock.advance(1000);
+    expect(granted).toBe(true);
+  });
+});
+
+const request: LlmRequest = {
+  model: "gpt-4o-mini",
+  messages: [{ role: "user", content: "hello there" }],
+  schemaName: "answer",
+  schema: { type: "object" },
+  temperature: 0,
+  maxTokens: 100,
+  seed: 1,
+};
+
+const answer = (promptTokens: number): LlmResponse => ({
+  content: "{}",
+  usage: { promptTokens, cachedTokens: 0, completionTokens: 5 },
+  model: "gpt-4o-mini",
+  finishReason: "stop",
+  refusal: null,
+});
+
+describe("GovernedLlm", () => {
+  it("reserves prompt + max_tokens, settles with the real prompt, reads headers", async () => {
+    const clock = new FakeClock();
+    const governor = new RateGovernor({ tokensPerMinute: 10_000, clock });
+    const inner = {
+      complete: async () => answer(20),
+      lastRateLimit: () => ({
+        limitRequests: null,
+        remainingRequests: null,
+        limitTokens: 10_000,
+        remainingTokens: 9000,
+      }),
+    } satisfies Llm & { lastRateLimit: () => unknown };
+    await new GovernedLlm(inner, governor).complete(request);
+    // 10 000 - (20 + 100), then lowered to the server's 9000.
+    expect(governor.state().tokensAvailable).toBe(9000);
+  });
+
+  it("feeds a 429 into the governor, refunds it, and rethrows", async () => {
+    const clock = new FakeClock();
+    const governor = new RateGovernor({ tokensPerMinute: 10_000, clock });
+    const failing: Llm = {
+      complete: async () => {
+        throw new LlmCallError("rate limited", { retryable: true, status: 429, retryAfterMs: 500 });
+      },
+    };
+    await expect(new GovernedLlm(failing, governor).complete(request)).rejects.toBeInstanceOf(LlmCallError);
+    const state = governor.state();
+    expect(state.factor).toBeCloseTo(0.7, 10);
+    expect(state.tokensAvailable).toBeCloseTo(7000, 5);
+    expect(state.pausedUntil).toBe(500);
+  });
+});
+
+describe("GovernedLlm against the simulator's limiter", () => {
+  it("keeps a burst above the tokens-per-minute limit free of 429s by waiting", async () => {
+    const tokensPerMinute = 600_000;
+    const sim = await startSimulator({ tokensPerMinute });
+    try {
+      const llm = new GovernedLlm(
+        new OpenAiLlm({ apiKey: "test", baseURL: sim.url, maxRetries: 0 }),
+        new RateGovernor({ tokensPerMinute }),
+      );
+      const started = performance.now();
+      // 64 calls of ~10 000 tokens each: ~40 000 over the full bucket, i.e. ~4 s of refill.
+      await Promise.all(
+        Array.from({ length: 64 }, (_, i) => llm.complete({ ...request, maxTokens: 9_950, seed: i })),
+      );
+      const elapsed = performance.now() - started;
+      const stats = sim.stats();
+      expect(stats.rateLimited).toBe(0);
+      expect(stats.succeeded).toBe(64);
+      expect(elapsed).toBeGreaterThan(3000);
+    } finally {
+      await sim.close();
+    }
+  });
+});
