@@ -49,7 +49,8 @@ async function report(work: () => Promise<{ lines: string[] }>): Promise<void> {
       process.exit(2);
     }
     // Network and AWS errors (an endpoint that does not answer, missing credentials): one clear line.
-    const code = typeof error === "object" && error !== null && "code" in error ? ` (${String(error.code)})` : "";
+    const code =
+      typeof error === "object" && error !== null && "code" in error ? ` (${String(error.code)})` : "";
     process.stderr.write(`mmevol: ${error instanceof Error ? error.message : String(error)}${code}\n`);
     process.exit(1);
   }
