@@ -1,5 +1,6 @@
 import { nextMessageOf } from "../../functions/pipeline/sweep.ts";
 import {
+  emptyStatusCounts,
   SAMPLE_STATUSES,
   type SampleStatus,
   type StateStore,
@@ -37,16 +38,6 @@ export interface SummaryOptions {
   readonly scanFinalized: boolean;
 }
 
-const emptyCounts = (): Record<SampleStatus, number> => ({
-  INGESTED: 0,
-  EVOLVING: 0,
-  JUDGING: 0,
-  DONE: 0,
-  PASSED_THROUGH: 0,
-  FAILED: 0,
-  REJECTED: 0,
-});
-
 /** Every shard's progress and stuck samples, from the state store alone (paged: any shard size). */
 export async function summarizeShards(state: StateStore, options: SummaryOptions): Promise<ShardSummary[]> {
   const summaries: ShardSummary[] = [];
@@ -55,7 +46,7 @@ export async function summarizeShards(state: StateStore, options: SummaryOptions
     let oldest: number | null = null;
     const stuck: StuckSample[] = [];
     if (!shard.finalized || options.scanFinalized) {
-      counts = emptyCounts();
+      counts = emptyStatusCounts();
       for await (const sample of state.listSamples(shard.run, shard.shard)) {
         counts[sample.status] += 1;
         if (TERMINAL_STATUSES.has(sample.status) || nextMessageOf(sample) === null) continue;

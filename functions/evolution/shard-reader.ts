@@ -228,12 +228,20 @@ class ShardParser {
   private addToLine(segment: Uint8Array): void {
     if (segment.length === 0) return;
     this.lastByteCR = segment[segment.length - 1] === CR;
+    // One byte of slack for the `\r` of a CRLF line, which does not count towards the limit.
+    this.addBounded(segment, this.maxBytes + 1);
+  }
+
+  /**
+   * Holds a segment of the current line or element; past `limit` bytes only its size and a preview are kept,
+   * so an over-long record costs no more memory than the limit.
+   */
+  private addBounded(segment: Uint8Array, limit: number): void {
     if (this.overflowBytes > 0) {
       this.overflowBytes += segment.length;
       return;
     }
-    // One byte of slack for the `\r` of a CRLF line, which does not count towards the limit.
-    if (this.current.length + segment.length > this.maxBytes + 1) {
+    if (this.current.length + segment.length > limit) {
       const held = this.current.take();
       const preview = concat(
         [held, segment.subarray(0, RAW_PREVIEW_BYTES)],
@@ -292,7 +300,7 @@ class ShardParser {
         else if (byte === OPEN_BRACKET || byte === OPEN_BRACE) this.depth++;
         else if (this.depth > 0 && (byte === CLOSE_BRACKET || byte === CLOSE_BRACE)) this.depth--;
         else if (this.depth === 0 && (byte === COMMA || byte === CLOSE_BRACKET)) {
-          this.addToElement(bytes.subarray(segmentStart, at));
+          this.addBounded(bytes.subarray(segmentStart, at), this.maxBytes);
           this.finishElement(out);
           this.index++;
           this.phase = byte === COMMA ? "between" : "closed";
@@ -343,25 +351,7 @@ class ShardParser {
         at--;
       }
     }
-    if (this.phase === "element") this.addToElement(bytes.subarray(segmentStart));
-  }
-
-  private addToElement(segment: Uint8Array): void {
-    if (this.overflowBytes > 0) {
-      this.overflowBytes += segment.length;
-      return;
-    }
-    if (this.current.length + segment.length > this.maxBytes) {
-      const held = this.current.take();
-      const preview = concat(
-        [held, segment.subarray(0, RAW_PREVIEW_BYTES)],
-        held.length + Math.min(RAW_PREVIEW_BYTES, segment.length),
-      );
-      this.overflowPreview = lenientUtf8.decode(preview.subarray(0, RAW_PREVIEW_BYTES));
-      this.overflowBytes = held.length + segment.length;
-      return;
-    }
-    this.current.append(segment);
+    if (this.phase === "element") this.addBounded(bytes.subarray(segmentStart), this.maxBytes);
   }
 
   private finishElement(out: ShardEntry[]): void {

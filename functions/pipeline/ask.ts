@@ -61,7 +61,7 @@ export interface Asked<T> {
  * up to `maxRetries` times, then fails with the reason.
  */
 export async function askStructured<S extends z.ZodType>(
-  deps: Pick<StageDeps, "llm" | "state" | "logger">,
+  deps: Pick<StageDeps, "llm" | "state" | "logger" | "clock" | "claimMs">,
   request: LlmRequest,
   options: {
     imageDigest: string | null;
@@ -70,7 +70,6 @@ export async function askStructured<S extends z.ZodType>(
     price: ModelPrice;
     /** Who pays: one receive of one message, as `<message id>#<receive id>`. */
     delivery: string;
-    claimMs?: number;
   },
 ): Promise<Asked<z.infer<S>>> {
   let usage = zeroUsage();
@@ -79,14 +78,14 @@ export async function askStructured<S extends z.ZodType>(
     const hash = answerHash(request, options.imageDigest, attempt);
     let answer = await deps.state.getAnswer(hash);
     if (!answer) {
-      const claim = await deps.state.claimRequest(hash, options.delivery, options.claimMs ?? CLAIM_MS);
+      const claim = await deps.state.claimRequest(hash, options.delivery, deps.claimMs ?? CLAIM_MS);
       if (!claim.granted) {
         // Another receive of this same message (a redelivery while it still runs, or after a crash): try again
         // once that claim ends. Another message (a duplicate send): this one has nothing to do.
         if (messageOf(claim.holder) === messageOf(options.delivery)) {
           throw new LlmCallError("this message is already being answered by another receive of it", {
             retryable: true,
-            retryAfterMs: Math.max(1_000, claim.until - Date.now() + 1_000),
+            retryAfterMs: Math.max(1_000, claim.until - deps.clock.now() + 1_000),
             inFlight: true,
           });
         }

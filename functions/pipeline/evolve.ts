@@ -66,7 +66,6 @@ export async function evolveSample(input: StageInput<EvolveMessage>, deps: Stage
         maxRetries: config.maxAnswerRetries,
         price: priceOf(config.model, config.prices),
         delivery: input.delivery ?? `${run}/${shard}/${key}/evolve/${round}#local`,
-        ...(deps.claimMs === undefined ? {} : { claimMs: deps.claimMs }),
       },
     );
     deps.faults?.point("evolve:after-answer-stored");

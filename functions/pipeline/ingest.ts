@@ -42,7 +42,6 @@ export async function ingestShard(
   if (size === null) return { next: [], outcome: "shard gone" };
   const etag = input.message.etag ?? `size-${size}`;
   const registered = await registerShard(deps, { ...input.message, etag }, key);
-  if (registered === null) return { next: [], outcome: "not a shard" };
   const { shard, record: shardRecord } = registered;
   if (shardRecord.ingested) {
     const lost = shardRecord.pending === 0 && !shardRecord.finalized;
@@ -111,9 +110,11 @@ async function registerShard(
   deps: StageDeps,
   message: IngestMessage & { etag: string },
   key: string,
-): Promise<{ shard: string; record: ShardRecord } | null> {
+): Promise<{ shard: string; record: ShardRecord }> {
   const { run } = message;
   const existing = await deps.state.getShard(run, message.shard);
+  // The same upload again (a redelivered event, a continuation): its settings were frozen when it was created.
+  if (existing && existing.etag === message.etag) return { shard: message.shard, record: existing };
   const shard =
     existing && existing.etag !== message.etag && existing.key === key
       ? `${message.shard}.${message.etag.replace(/[^A-Za-z0-9]/g, "").slice(0, 12)}`

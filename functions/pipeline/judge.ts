@@ -7,7 +7,7 @@ import type { JudgeMessage } from "../ports/messages.ts";
 import { zeroUsage } from "../ports/state-store.ts";
 import { addUsageTotals, askStructured } from "./ask.ts";
 import type { StageDeps, StageInput, StageResult } from "./deps.ts";
-import { endSample, expectedOf, failOrRetry, finalizeIfDone } from "./outcome.ts";
+import { endSample, expectedOf, failOrRetry } from "./outcome.ts";
 import { shardConfig } from "./shard-config.ts";
 
 /** Instruction elimination: rule filters, then one text-only judge call; only improved items are kept. */
@@ -69,7 +69,6 @@ export async function judgeSample(input: StageInput<JudgeMessage>, deps: StageDe
           maxRetries: config.maxAnswerRetries,
           price: priceOf(model, config.prices),
           delivery: input.delivery ?? `${run}/${shard}/${key}/judge/${round}#local`,
-          ...(deps.claimMs === undefined ? {} : { claimMs: deps.claimMs }),
         },
       );
       deps.faults?.point("judge:after-answer-stored");
@@ -121,8 +120,5 @@ export async function judgeSample(input: StageInput<JudgeMessage>, deps: StageDe
     "done",
   );
   deps.faults?.point("judge:after-state-write");
-  return {
-    next: ended.next.length > 0 ? ended.next : finalizeIfDone(run, shard, null),
-    outcome: ended.outcome,
-  };
+  return ended;
 }

@@ -12,6 +12,17 @@ export const SAMPLE_STATUSES = [
 ] as const;
 export const SampleStatus = z.enum(SAMPLE_STATUSES);
 export type SampleStatus = z.infer<typeof SampleStatus>;
+/** A count per status, every status present: the one shape progress and status displays fill in. */
+export const emptyStatusCounts = (): Record<SampleStatus, number> => ({
+  INGESTED: 0,
+  EVOLVING: 0,
+  JUDGING: 0,
+  DONE: 0,
+  PASSED_THROUGH: 0,
+  FAILED: 0,
+  REJECTED: 0,
+});
+
 export const TERMINAL_STATUSES: ReadonlySet<SampleStatus> = new Set([
   "DONE",
   "PASSED_THROUGH",

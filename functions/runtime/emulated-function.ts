@@ -2,8 +2,6 @@
 // Lambda service's SQS event source mapping does (poll, build an SQSEvent, invoke, delete what succeeded).
 // Started by the emulated stack with the function's resolved environment; the AWS SDK reads the emulator's
 // endpoint from AWS_ENDPOINT_URL like any other client.
-import { join } from "node:path";
-import { pathToFileURL } from "node:url";
 import {
   DeleteMessageBatchCommand,
   type Message,
@@ -13,6 +11,7 @@ import {
 } from "@aws-sdk/client-sqs";
 import type { Context, SQSEvent } from "aws-lambda";
 import { z } from "zod";
+import { loadBundledHandler } from "./emulated-handler.ts";
 
 const Settings = z.object({
   EMU_NAME: z.string(),
@@ -29,14 +28,7 @@ const Settings = z.object({
 });
 const settings = Settings.parse(process.env);
 const duplicateRate = settings.EMU_DUPLICATE_RATE;
-const [file = "index", exportName = "handler"] = settings.EMU_HANDLER.split(".");
-const loaded: unknown = await import(pathToFileURL(join(settings.EMU_ASSET, `${file}.mjs`)).href);
-const exported: unknown =
-  typeof loaded === "object" && loaded !== null ? Reflect.get(loaded, exportName) : undefined;
-if (typeof exported !== "function")
-  throw new Error(`${settings.EMU_ASSET}/${file}.mjs exports no function ${exportName}`);
-const handler = async (event: SQSEvent, context: Context): Promise<unknown> =>
-  Reflect.apply(exported, undefined, [event, context]);
+const handler = await loadBundledHandler(settings.EMU_ASSET, settings.EMU_HANDLER);
 const BatchResponse = z
   .object({ batchItemFailures: z.array(z.object({ itemIdentifier: z.string() })) })
   .partial();

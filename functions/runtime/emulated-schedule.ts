@@ -2,10 +2,9 @@
 // the emulator has no EventBridge, so the bundled handler is invoked with a scheduled event every
 // EMU_EVERY_SECONDS instead of the rule's rate. One invocation at a time, like a rate rule with a short
 // function.
-import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { pathToFileURL } from "node:url";
 import { z } from "zod";
+import { loadBundledHandler } from "./emulated-handler.ts";
 
 const Settings = z.object({
   EMU_NAME: z.string(),
@@ -16,12 +15,7 @@ const Settings = z.object({
   AWS_REGION: z.string().default("us-east-1"),
 });
 const settings = Settings.parse(process.env);
-const [file = "index", exportName = "handler"] = settings.EMU_HANDLER.split(".");
-const loaded: unknown = await import(pathToFileURL(join(settings.EMU_ASSET, `${file}.mjs`)).href);
-const exported: unknown =
-  typeof loaded === "object" && loaded !== null ? Reflect.get(loaded, exportName) : undefined;
-if (typeof exported !== "function")
-  throw new Error(`${settings.EMU_ASSET}/${file}.mjs exports no function ${exportName}`);
+const handler = await loadBundledHandler(settings.EMU_ASSET, settings.EMU_HANDLER);
 
 let stopping = false;
 const stop = () => {
@@ -53,7 +47,7 @@ while (!stopping) {
     getRemainingTimeInMillis: () => Math.max(0, started + settings.EMU_TIMEOUT_SECONDS * 1000 - Date.now()),
   };
   try {
-    const result: unknown = await Reflect.apply(exported, undefined, [event, context]);
+    const result = await handler(event, context);
     say(`invocation done (${Date.now() - started} ms): ${JSON.stringify(result ?? null)}`);
   } catch (error) {
     say(`invocation failed: ${error instanceof Error ? error.message : String(error)}`);

@@ -195,12 +195,11 @@ export async function startEmulatedStack(options: EmulatedStackOptions): Promise
     );
     physical.set(id, { ref: z.string().parse(created.ARN), arn: z.string().parse(created.ARN) });
   }
-  for (const [id, fn] of ofType("AWS::Lambda::Function")) {
+  for (const [id] of ofType("AWS::Lambda::Function")) {
     physical.set(id, {
       ref: name(id),
       arn: `arn:aws:lambda:${env.AWS_REGION}:123456789012:function:${name(id)}`,
     });
-    void fn;
   }
   for (const [, notifications] of ofType("Custom::S3BucketNotifications")) {
     const props = z
@@ -238,6 +237,60 @@ export async function startEmulatedStack(options: EmulatedStackOptions): Promise
   const children = new Set<ChildProcess>();
   let stopping = false;
   const functions: string[] = [];
+
+  /** A function's environment as Lambda would give it (resolved variables), plus the emulator's own. */
+  const functionEnv = (fnId: string, fn: Resource) => {
+    const props = z
+      .object({
+        Handler: z.string(),
+        Timeout: z.number().default(3),
+        Environment: z.object({ Variables: z.record(z.string(), z.unknown()) }).optional(),
+      })
+      .parse(fn.Properties);
+    const label = fnId.replace(/[A-F0-9]{8}$/, "");
+    const variables = Object.fromEntries(
+      Object.entries(props.Environment?.Variables ?? {}).map(([k, v]) => [k, String(resolve(v))]),
+    );
+    return {
+      label,
+      timeout: props.Timeout,
+      env: {
+        ...process.env,
+        ...env,
+        ...variables,
+        ...(options.dynamodbEndpoint ? { AWS_ENDPOINT_URL_DYNAMODB: options.dynamodbEndpoint } : {}),
+        // Claims must end before a crashed receive's message comes back, and visibility is capped here.
+        [ENV.claimMs]: String(Math.min(180, options.maxVisibilityTimeoutSeconds ?? 30) * 1000),
+        ...options.functionEnv,
+        POWERTOOLS_LOG_LEVEL: process.env.POWERTOOLS_LOG_LEVEL ?? "WARN",
+        POWERTOOLS_METRICS_DISABLED: "true",
+        EMU_NAME: label,
+        EMU_ASSET: join(options.cdkOut, z.string().parse(fn.Metadata?.["aws:asset:path"])),
+        EMU_HANDLER: props.Handler,
+      },
+    };
+  };
+
+  /** Runs a function's process; like Lambda, one that died (a crash, an OOM kill) starts again on a new one. */
+  const launch = (label: string, script: string, processEnv: NodeJS.ProcessEnv) => {
+    functions.push(label);
+    const forward = (chunk: Buffer) => {
+      for (const line of chunk.toString().split("\n")) if (line.trim()) options.onLine?.(line);
+    };
+    const start = () => {
+      const child = spawn(process.execPath, [script], { env: processEnv, stdio: ["ignore", "pipe", "pipe"] });
+      child.stdout?.on("data", forward);
+      child.stderr?.on("data", forward);
+      child.once("exit", (code, signal) => {
+        children.delete(child);
+        if (stopping) return;
+        options.onLine?.(`[${label}] process ended (${signal ?? code}); starting a new one`);
+        start();
+      });
+      children.add(child);
+    };
+    start();
+  };
   for (const [, mapping] of ofType("AWS::Lambda::EventSourceMapping")) {
     const props = z
       .object({
@@ -250,63 +303,20 @@ export async function startEmulatedStack(options: EmulatedStackOptions): Promise
     const fnId = props.FunctionName.Ref;
     const fn = resources[fnId];
     if (!fn) throw new Error(`event source mapping names a missing function ${fnId}`);
-    const fnProps = z
-      .object({
-        Handler: z.string(),
-        Timeout: z.number().default(3),
-        Environment: z.object({ Variables: z.record(z.string(), z.unknown()) }).optional(),
-      })
-      .parse(fn.Properties);
-    const assetPath = z.string().parse(fn.Metadata?.["aws:asset:path"]);
     const queueArn = String(resolve(props.EventSourceArn));
     const queue = Object.values(queueInfo).find((q) => q.arn === queueArn);
     if (!queue) throw new Error(`event source mapping of ${fnId} reads an unknown queue ${queueArn}`);
-    const variables = Object.fromEntries(
-      Object.entries(fnProps.Environment?.Variables ?? {}).map(([k, v]) => [k, String(resolve(v))]),
-    );
-    const label = fnId.replace(/[A-F0-9]{8}$/, "");
-    functions.push(label);
-    const workerEnv = {
-      ...process.env,
-      ...env,
-      ...variables,
-      ...(options.dynamodbEndpoint ? { AWS_ENDPOINT_URL_DYNAMODB: options.dynamodbEndpoint } : {}),
-      // Claims must end before a crashed receive's message comes back, and visibility is capped here.
-      [ENV.claimMs]: String(Math.min(180, options.maxVisibilityTimeoutSeconds ?? 30) * 1000),
-      ...options.functionEnv,
-      POWERTOOLS_LOG_LEVEL: process.env.POWERTOOLS_LOG_LEVEL ?? "WARN",
-      POWERTOOLS_METRICS_DISABLED: "true",
-      EMU_NAME: label,
-      EMU_ASSET: join(options.cdkOut, assetPath),
-      EMU_HANDLER: fnProps.Handler,
+    const { label, timeout, env: fnEnv } = functionEnv(fnId, fn);
+    launch(label, workerScript, {
+      ...fnEnv,
       EMU_QUEUE_URL: queue.url,
       EMU_QUEUE_ARN: queue.arn,
       EMU_BATCH_SIZE: String(props.BatchSize ?? 10),
       EMU_CONCURRENCY: String(
         Math.min(props.ScalingConfig?.MaximumConcurrency ?? 2, options.maxPollers ?? 8),
       ),
-      EMU_TIMEOUT_SECONDS: String(fnProps.Timeout),
-    };
-    const forward = (chunk: Buffer) => {
-      for (const line of chunk.toString().split("\n")) if (line.trim()) options.onLine?.(line);
-    };
-    // Like Lambda, a function whose process died (a crash, an out-of-memory kill) starts again on a new one.
-    const start = () => {
-      const child = spawn(process.execPath, [workerScript], {
-        env: workerEnv,
-        stdio: ["ignore", "pipe", "pipe"],
-      });
-      child.stdout?.on("data", forward);
-      child.stderr?.on("data", forward);
-      child.once("exit", (code, signal) => {
-        children.delete(child);
-        if (stopping) return;
-        options.onLine?.(`[${label}] process ended (${signal ?? code}); starting a new one`);
-        start();
-      });
-      children.add(child);
-    };
-    start();
+      EMU_TIMEOUT_SECONDS: String(timeout),
+    });
   }
 
   // EventBridge schedules: the rule's target function runs on a timer in its own process.
@@ -323,41 +333,12 @@ export async function startEmulatedStack(options: EmulatedStackOptions): Promise
       const fnId = target.Arn["Fn::GetAtt"][0];
       const fn = resources[fnId];
       if (fn?.Type !== "AWS::Lambda::Function") continue;
-      const fnProps = z
-        .object({
-          Handler: z.string(),
-          Timeout: z.number().default(3),
-          Environment: z.object({ Variables: z.record(z.string(), z.unknown()) }).optional(),
-        })
-        .parse(fn.Properties);
-      const label = fnId.replace(/[A-F0-9]{8}$/, "");
-      functions.push(label);
-      const child = spawn(process.execPath, [scheduleScript], {
-        env: {
-          ...process.env,
-          ...env,
-          ...Object.fromEntries(
-            Object.entries(fnProps.Environment?.Variables ?? {}).map(([k, v]) => [k, String(resolve(v))]),
-          ),
-          ...(options.dynamodbEndpoint ? { AWS_ENDPOINT_URL_DYNAMODB: options.dynamodbEndpoint } : {}),
-          ...options.functionEnv,
-          POWERTOOLS_LOG_LEVEL: process.env.POWERTOOLS_LOG_LEVEL ?? "WARN",
-          POWERTOOLS_METRICS_DISABLED: "true",
-          EMU_NAME: label,
-          EMU_ASSET: join(options.cdkOut, z.string().parse(fn.Metadata?.["aws:asset:path"])),
-          EMU_HANDLER: fnProps.Handler,
-          EMU_EVERY_SECONDS: String(options.scheduleEverySeconds ?? 30),
-          EMU_TIMEOUT_SECONDS: String(fnProps.Timeout),
-        },
-        stdio: ["ignore", "pipe", "pipe"],
+      const { label, timeout, env: fnEnv } = functionEnv(fnId, fn);
+      launch(label, scheduleScript, {
+        ...fnEnv,
+        EMU_EVERY_SECONDS: String(options.scheduleEverySeconds ?? 30),
+        EMU_TIMEOUT_SECONDS: String(timeout),
       });
-      const forward = (chunk: Buffer) => {
-        for (const line of chunk.toString().split("\n")) if (line.trim()) options.onLine?.(line);
-      };
-      child.stdout?.on("data", forward);
-      child.stderr?.on("data", forward);
-      child.once("exit", () => children.delete(child));
-      children.add(child);
     }
   }
 

@@ -23,7 +23,7 @@ import { type Faults, noFaults } from "../ports/faults.ts";
 import type { Llm } from "../ports/llm.ts";
 import { Message, type Stage, type WorkQueue } from "../ports/messages.ts";
 import { type Clock, type Logger, silentLogger, systemClock } from "../ports/runtime.ts";
-import type { SampleStatus } from "../ports/state-store.ts";
+import { emptyStatusCounts, type SampleStatus } from "../ports/state-store.ts";
 import { CountingLlm, type LlmTotals } from "./counting-llm.ts";
 import { FaultyQueue, faultsFromEnv } from "./faults.ts";
 
@@ -342,15 +342,7 @@ function snapshot(
   llm: LlmTotals,
   elapsedMs: number,
 ): Progress {
-  const counts: Record<SampleStatus, number> = {
-    INGESTED: 0,
-    EVOLVING: 0,
-    JUDGING: 0,
-    DONE: 0,
-    PASSED_THROUGH: 0,
-    FAILED: 0,
-    REJECTED: 0,
-  };
+  const counts: Record<SampleStatus, number> = emptyStatusCounts();
   for (const shard of shards) {
     const c = state.countByStatus(run, shard);
     for (const status of Object.keys(counts) as SampleStatus[]) counts[status] += c[status];

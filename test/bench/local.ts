@@ -2,7 +2,7 @@
 // latency), then the same LLM requests replayed bare with the same concurrency. Prints sample-rounds per
 // second, the pipeline's overhead (total time / bare LLM time) and peak RSS. Run: npm run bench:local
 import { spawn } from "node:child_process";
-import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -10,6 +10,7 @@ import { parseArgs } from "node:util";
 import { OpenAiLlm } from "../../functions/adapters/openai/openai-llm.ts";
 import type { Llm, LlmRequest, LlmResponse } from "../../functions/ports/llm.ts";
 import { runLocal } from "../../functions/runtime/local.ts";
+import { writeBenchShard } from "../helpers/bench-shard.ts";
 
 const { values } = parseArgs({
   options: {
@@ -53,34 +54,6 @@ class RecordingLlm implements Llm {
   }
 }
 
-function makeShard(dir: string): string {
-  const images = join(root, "examples/seeds/images");
-  mkdirSync(join(dir, "images"));
-  const names = readdirSync(images);
-  for (const name of names) copyFileSync(join(images, name), join(dir, "images", name));
-  const lines: string[] = [];
-  for (let i = 0; i < samples; i++) {
-    // Distinct images per sample (as in a real shard): each sample's image is a renamed copy.
-    const source = names[i % names.length] ?? "";
-    const name = `s${i}-${source}`;
-    copyFileSync(join(images, source), join(dir, "images", name));
-    lines.push(
-      JSON.stringify({
-        id: `bench-${i}`,
-        image: `images/${name}`,
-        conversations: [
-          { from: "human", value: `<image>\nWhat is the main object in picture ${i}?` },
-          { from: "gpt", value: `It is object number ${i}, in the middle of the picture.` },
-        ],
-        det: [{ label: "object", bbox: [0.1, 0.2, 0.5, 0.6] }],
-      }),
-    );
-  }
-  const shard = join(dir, "bench.jsonl");
-  writeFileSync(shard, `${lines.join("\n")}\n`);
-  return shard;
-}
-
 async function replayBare(llm: Llm, requests: readonly LlmRequest[]): Promise<number> {
   const started = performance.now();
   let next = 0;
@@ -97,7 +70,7 @@ async function replayBare(llm: Llm, requests: readonly LlmRequest[]): Promise<nu
 const dir = mkdtempSync(join(tmpdir(), "mmevol-bench-"));
 const sim = await startSimulatorProcess();
 try {
-  const shard = makeShard(dir);
+  const shard = writeBenchShard(dir, { samples, name: "bench", withBoxes: true });
   const client = () => new OpenAiLlm({ apiKey: "bench", baseURL: sim.url, maxRetries: 2 });
   const recorder = new RecordingLlm(client());
   const rssBefore = process.memoryUsage().rss;

@@ -1,7 +1,7 @@
 // Rate-governor benchmark: a local run against the in-process simulator with a tokens-per-minute limit and
 // 1-3 s latency, paced by the rate governor. Prints the share of the limit used over the steady part of the
 // run (target >= 0.95) and the share of requests answered 429 (target <= 1%). Run: npm run bench:rate
-import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -10,6 +10,7 @@ import { OpenAiLlm, type RateLimitSnapshot } from "../../functions/adapters/open
 import { startSimulator } from "../../functions/adapters/simulated/server.ts";
 import type { Llm, LlmRequest, LlmResponse } from "../../functions/ports/llm.ts";
 import { runLocal } from "../../functions/runtime/local.ts";
+import { writeBenchShard } from "../helpers/bench-shard.ts";
 
 const { values } = parseArgs({
   options: {
@@ -64,35 +65,10 @@ class MeteringLlm implements Llm {
   }
 }
 
-function makeShard(dir: string): string {
-  const images = join(root, "examples/seeds/images");
-  mkdirSync(join(dir, "images"));
-  const names = readdirSync(images);
-  const lines: string[] = [];
-  for (let i = 0; i < samples; i++) {
-    const source = names[i % names.length] ?? "";
-    const name = `s${i}-${source}`;
-    copyFileSync(join(images, source), join(dir, "images", name));
-    lines.push(
-      JSON.stringify({
-        id: `rate-${i}`,
-        image: `images/${name}`,
-        conversations: [
-          { from: "human", value: `<image>\nWhat is the main object in picture ${i}?` },
-          { from: "gpt", value: `It is object number ${i}, in the middle of the picture.` },
-        ],
-      }),
-    );
-  }
-  const shard = join(dir, "rate.jsonl");
-  writeFileSync(shard, `${lines.join("\n")}\n`);
-  return shard;
-}
-
 const dir = mkdtempSync(join(tmpdir(), "mmevol-rate-"));
 const sim = await startSimulator({ latencyMs: [1000, 3000], tokensPerMinute: tpm });
 try {
-  const shard = makeShard(dir);
+  const shard = writeBenchShard(dir, { samples, name: "rate" });
   // No client retries: every 429 reaches the governor (and the run's own retry), none is hidden.
   const meter = new MeteringLlm(new OpenAiLlm({ apiKey: "bench", baseURL: sim.url, maxRetries: 0 }));
   const started = performance.now();

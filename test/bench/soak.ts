@@ -1,11 +1,10 @@
 // Soak: 2,000 samples through the emulated stack (moto for S3/SQS, DynamoDB Local for the table) with 20% of
 // LLM requests faulted and 5% of all deliveries (S3 events included) duplicated, then the identity's
 // figures. Run: npm run soak [-- --samples 2000 --fault-rate 0.2 --duplicate-rate 0.05]
-import { readdirSync, readFileSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
+import { writeFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { DynamoDBClient } from "@aws-sdk/client-dynamodb";
-import { GetObjectCommand, HeadObjectCommand, PutObjectCommand, S3Client } from "@aws-sdk/client-s3";
+import { PutObjectCommand, S3Client } from "@aws-sdk/client-s3";
 import { GetQueueAttributesCommand, SQSClient } from "@aws-sdk/client-sqs";
 import { DynamoDBDocumentClient } from "@aws-sdk/lib-dynamodb";
 import { z } from "zod";
@@ -14,9 +13,10 @@ import { parseFaultMix } from "../../functions/adapters/simulated/faults.ts";
 import { startSimulator } from "../../functions/adapters/simulated/server.ts";
 import { startEmulatedStack } from "../../functions/runtime/emulated-stack.ts";
 import { ENV } from "../../functions/runtime/env.ts";
+import { testBucket } from "../helpers/bucket.ts";
 import { ensureDynamoLocal } from "../helpers/dynamodb-local.ts";
-import { repoRoot } from "../helpers/files.ts";
 import { ensureMoto } from "../helpers/moto.ts";
+import { ReportCounts } from "../helpers/report.ts";
 import { synthOnce } from "../helpers/synth-once.ts";
 
 const { values } = parseArgs({
@@ -69,6 +69,7 @@ const s3 = new S3Client({
   forcePathStyle: true,
   credentials: { accessKeyId: "test", secretAccessKey: "test" },
 });
+const bucket = testBucket(s3, stack.bucket);
 const started = Date.now();
 
 /** When nothing moves for a minute: what is open, and where its messages are. */
@@ -110,17 +111,7 @@ async function diagnose(): Promise<void> {
   }
 }
 try {
-  const imagesDir = join(repoRoot, "examples/seeds/images");
-  const images = readdirSync(imagesDir);
-  for (const name of images) {
-    await s3.send(
-      new PutObjectCommand({
-        Bucket: stack.bucket,
-        Key: `seeds/soak/images/${name}`,
-        Body: readFileSync(join(imagesDir, name)),
-      }),
-    );
-  }
+  const images = await bucket.uploadDemoImages("seeds/soak/");
   const lines = Array.from({ length: samples }, (_, i) =>
     badEvery > 0 && i % badEvery === badEvery - 1
       ? `{"id": "bad-${i}", "conversations": [`
@@ -152,11 +143,9 @@ try {
       await diagnose();
       quietSince = Date.now();
     }
-    try {
-      await s3.send(new HeadObjectCommand({ Bucket: stack.bucket, Key: "reports/soak/shard.json" }));
-      break;
-    } catch {
-      await new Promise((r) => setTimeout(r, 2_000));
+    if (await bucket.exists("reports/soak/shard.json")) break;
+    await new Promise((r) => setTimeout(r, 2_000));
+    {
       const stats = sim.stats();
       if ((Date.now() - started) % 30_000 < 2_000)
         say(
@@ -164,20 +153,10 @@ try {
         );
     }
   }
-  const text = async (key: string) =>
-    (await (
-      await s3.send(new GetObjectCommand({ Bucket: stack.bucket, Key: key }))
-    ).Body?.transformToString()) ?? "";
+  const text = bucket.text;
   const report = z
     .object({
-      counts: z.object({
-        lines: z.number(),
-        evolved: z.number(),
-        passedThrough: z.number(),
-        failed: z.number(),
-        rejected: z.number(),
-        addsUp: z.boolean(),
-      }),
+      counts: ReportCounts,
       usage: z.object({ calls: z.number() }),
     })
     .parse(JSON.parse(await text("reports/soak/shard.json")));

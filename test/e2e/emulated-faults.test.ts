@@ -1,6 +1,6 @@
-import { readdirSync, readFileSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { GetObjectCommand, HeadObjectCommand, PutObjectCommand, S3Client } from "@aws-sdk/client-s3";
+import { S3Client } from "@aws-sdk/client-s3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { z } from "zod";
 import { type Simulator, startSimulator } from "../../functions/adapters/simulated/server.ts";
@@ -8,8 +8,10 @@ import { CRASH_POINTS, type CrashPoint } from "../../functions/ports/faults.ts";
 import { startEmulatedStack } from "../../functions/runtime/emulated-stack.ts";
 import { ENV } from "../../functions/runtime/env.ts";
 import { FAULTS_ENV } from "../../functions/runtime/faults.ts";
-import { demoShard, repoRoot, tempDir } from "../helpers/files.ts";
+import { testBucket } from "../helpers/bucket.ts";
+import { demoShard, tempDir } from "../helpers/files.ts";
 import { ensureMoto } from "../helpers/moto.ts";
+import { ReportCounts } from "../helpers/report.ts";
 import { synthOnce } from "../helpers/synth-once.ts";
 
 /** Pollers per function process in this test, and the stack's default batch sizes (lib/context.ts). */
@@ -17,14 +19,7 @@ const EMULATED_POLLERS = 2;
 const EVOLVE_BATCH = 2;
 const JUDGE_BATCH = 5;
 
-const Counts = z.object({
-  lines: z.number(),
-  evolved: z.number(),
-  passedThrough: z.number(),
-  failed: z.number(),
-  rejected: z.number(),
-  addsUp: z.literal(true),
-});
+const Counts = ReportCounts.extend({ addsUp: z.literal(true) });
 
 /**
  * The identity on the emulated stack: a function process killed at each step boundary (restarted like a Lambda
@@ -62,39 +57,12 @@ describe("the emulated stack under crashes and duplicate deliveries", () => {
       },
       onLine: (line) => lines.push(line),
     });
-    const client = s3();
+    const bucket = testBucket(s3(), stack.bucket);
+    const text = bucket.text;
     try {
-      const images = join(repoRoot, "examples/seeds/images");
-      for (const name of readdirSync(images)) {
-        await client.send(
-          new PutObjectCommand({
-            Bucket: stack.bucket,
-            Key: `seeds/${run}/images/${name}`,
-            Body: readFileSync(join(images, name)),
-          }),
-        );
-      }
-      await client.send(
-        new PutObjectCommand({
-          Bucket: stack.bucket,
-          Key: `seeds/${run}/demo.jsonl`,
-          Body: readFileSync(demoShard),
-        }),
-      );
-      const until = Date.now() + 120_000;
-      for (;;) {
-        try {
-          await client.send(new HeadObjectCommand({ Bucket: stack.bucket, Key: `reports/${run}/demo.json` }));
-          break;
-        } catch {
-          if (Date.now() > until) throw new Error(`no report for ${run}\n${lines.slice(-30).join("\n")}`);
-          await new Promise((r) => setTimeout(r, 250));
-        }
-      }
-      const text = async (key: string) =>
-        (await (
-          await client.send(new GetObjectCommand({ Bucket: stack.bucket, Key: key }))
-        ).Body?.transformToString()) ?? "";
+      await bucket.uploadDemoImages(`seeds/${run}/`);
+      await bucket.put(`seeds/${run}/demo.jsonl`, readFileSync(demoShard));
+      await bucket.waitFor(`reports/${run}/demo.json`, 120_000, () => lines.slice(-30).join("\n"));
       // Let any duplicate finalize land before reading: outputs must not change.
       await new Promise((r) => setTimeout(r, 1_500));
       return {

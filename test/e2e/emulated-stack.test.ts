@@ -1,20 +1,14 @@
-import { spawn } from "node:child_process";
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
-import { join } from "node:path";
-import {
-  GetObjectCommand,
-  HeadObjectCommand,
-  ListObjectsV2Command,
-  PutObjectCommand,
-  S3Client,
-} from "@aws-sdk/client-s3";
+import { readFileSync } from "node:fs";
+import { ListObjectsV2Command, PutObjectCommand, S3Client } from "@aws-sdk/client-s3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { z } from "zod";
 import { type Simulator, startSimulator } from "../../functions/adapters/simulated/server.ts";
 import { type EmulatedStack, startEmulatedStack } from "../../functions/runtime/emulated-stack.ts";
 import { ENV } from "../../functions/runtime/env.ts";
-import { demoShard, repoRoot } from "../helpers/files.ts";
+import { testBucket } from "../helpers/bucket.ts";
+import { demoShard } from "../helpers/files.ts";
 import { ensureMoto } from "../helpers/moto.ts";
+import { ReportCounts } from "../helpers/report.ts";
 import { synthOnce } from "../helpers/synth-once.ts";
 
 const SECRET = "sk-e2e-secret-must-never-be-logged-0123456789";
@@ -52,42 +46,19 @@ describe("the synthesized stack on the emulator, end to end", () => {
 
   const put = (key: string, body: Uint8Array | string) =>
     s3.send(new PutObjectCommand({ Bucket: stack.bucket, Key: key, Body: body }));
-  const text = async (key: string) => {
-    const got = await s3.send(new GetObjectCommand({ Bucket: stack.bucket, Key: key }));
-    return (await got.Body?.transformToString()) ?? "";
-  };
-  const waitForKey = async (key: string, timeoutMs = 150_000) => {
-    const until = Date.now() + timeoutMs;
-    for (;;) {
-      try {
-        await s3.send(new HeadObjectCommand({ Bucket: stack.bucket, Key: key }));
-        return;
-      } catch {
-        if (Date.now() > until)
-          throw new Error(`timed out waiting for ${key}\n${lines.slice(-40).join("\n")}`);
-        await new Promise((r) => setTimeout(r, 250));
-      }
-    }
-  };
+  const text = (key: string) => testBucket(s3, stack.bucket).text(key);
+  const waitForKey = (key: string, timeoutMs = 150_000) =>
+    testBucket(s3, stack.bucket).waitFor(key, timeoutMs, () => lines.slice(-40).join("\n"));
 
   it("evolves a dropped shard into evolved/, reports/ and errors/ with counts that add up", async () => {
-    const imagesDir = join(repoRoot, "examples/seeds/images");
-    for (const name of readdirSync(imagesDir))
-      await put(`seeds/e2e/images/${name}`, readFileSync(join(imagesDir, name)));
+    await testBucket(s3, stack.bucket).uploadDemoImages("seeds/e2e/");
     const shard = `${readFileSync(demoShard, "utf8")}{"id": "broken"\n`;
     await put("seeds/e2e/demo.jsonl", shard);
     await waitForKey("reports/e2e/demo.json");
 
     const report = z
       .object({
-        counts: z.object({
-          lines: z.number(),
-          evolved: z.number(),
-          passedThrough: z.number(),
-          failed: z.number(),
-          rejected: z.number(),
-          addsUp: z.boolean(),
-        }),
+        counts: ReportCounts,
       })
       .parse(JSON.parse(await text("reports/e2e/demo.json")));
     const inputLines = shard.split("\n").filter((l) => l.trim()).length;

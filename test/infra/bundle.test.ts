@@ -2,7 +2,6 @@ import { existsSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { z } from "zod";
-import { PROJECT_ROOT } from "../../lib/stage-function.ts";
 import { type Synthesized, synthesize } from "./synth.ts";
 
 const FunctionCode = z.object({ Properties: z.object({ Code: z.object({ S3Key: z.string() }) }) });

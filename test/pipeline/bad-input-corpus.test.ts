@@ -19,6 +19,7 @@ import type { Llm } from "../../functions/ports/llm.ts";
 import type { LogFields, Logger } from "../../functions/ports/runtime.ts";
 import { type LocalRunResult, runLocal } from "../../functions/runtime/local.ts";
 import { readJson, readJsonl, repoRoot, tempDir } from "../helpers/files.ts";
+import { ReportCounts } from "../helpers/report.ts";
 
 const FIXTURES = join(repoRoot, "test/fixtures/bad");
 const URL_PLACEHOLDER = "__COUNTING_SERVER__";
@@ -72,14 +73,7 @@ const LineageRecord = z.looseObject({
     }),
   ),
 });
-const Counts = z.object({
-  lines: z.number(),
-  evolved: z.number(),
-  passedThrough: z.number(),
-  failed: z.number(),
-  rejected: z.number(),
-  addsUp: z.boolean(),
-});
+const Counts = ReportCounts;
 const TrainingRecord = z.looseObject({ id: z.string(), mmevol: z.looseObject({ source: z.string() }) });
 
 const STATUS_OUTCOME: Record<z.infer<typeof LineageRecord>["status"], Outcome> = {
@@ -444,7 +438,7 @@ describe("input size limits", () => {
     const limit = statSync(small).size + 10;
     expect(size).toBeGreaterThan(limit);
     const out = join(dir.path, "out-shard");
-    const result = await run([big, small], out, dir.path, { rounds: 3, dryRun: true, maxShardBytes: limit });
+    await run([big, small], out, dir.path, { rounds: 3, dryRun: true, maxShardBytes: limit });
 
     const report = readJson(join(out, "reports/r/big.json"));
     expect(report.refused).toBe(

@@ -63,19 +63,17 @@ describe("ingest of a shard too large for one invocation", () => {
       const result = await ingestShard({ message, attempt: 1 }, deps);
       const next = result.next[0];
       message = next?.kind === "ingest" ? next : undefined;
-      if (invocations === 2) {
-        // A redelivered copy of a continuation changes nothing.
-        expect(
-          (
-            await ingestShard(
-              { message: message ?? { kind: "ingest", run: "big", shard: "shard", key: "" }, attempt: 2 },
-              deps,
-            )
-          ).next.length,
-        ).toBeLessThanOrEqual(1);
+      if (invocations === 2 && message) {
+        // A redelivered copy of a continuation goes on with the same shard, never a new one; the counts
+        // below show it registered no line twice.
+        const copy = await ingestShard({ message, attempt: 2 }, deps);
+        expect(copy.next.filter((m) => m.kind === "ingest").map((m) => m.shard)).toEqual(
+          copy.next.some((m) => m.kind === "ingest") ? ["shard"] : [],
+        );
       }
     }
     expect(invocations).toBeGreaterThan(2);
+    expect((await state.listShards("big")).map((s) => s.shard)).toEqual(["shard"]);
     const counts = state.countByStatus("big", "shard");
     expect(counts.INGESTED + counts.REJECTED).toBe(lines);
     expect(counts.REJECTED).toBe(2); // the broken line and the duplicate id

@@ -7,6 +7,7 @@ import type { FaultOptions } from "../../functions/adapters/simulated/faults.ts"
 import { type Simulator, startSimulator } from "../../functions/adapters/simulated/server.ts";
 import { runLocal } from "../../functions/runtime/local.ts";
 import { demoShard, readJson, readJsonl, repoRoot, tempDir } from "../helpers/files.ts";
+import { ReportCounts } from "../helpers/report.ts";
 
 const SAMPLES = 40;
 const Seed = z.looseObject({ id: z.union([z.string(), z.number()]) });
@@ -29,14 +30,7 @@ function writeShard(dir: string): string {
 }
 
 const Report = z.looseObject({
-  counts: z.object({
-    lines: z.number(),
-    evolved: z.number(),
-    passedThrough: z.number(),
-    failed: z.number(),
-    rejected: z.number(),
-    addsUp: z.boolean(),
-  }),
+  counts: ReportCounts,
 });
 
 async function runAgainst(dir: string, faults: FaultOptions, sims: Simulator[]) {

@@ -7,6 +7,7 @@ import { type Simulator, startSimulator } from "../../functions/adapters/simulat
 import { SimulatedLlm } from "../../functions/adapters/simulated/simulated-llm.ts";
 import { runLocal } from "../../functions/runtime/local.ts";
 import { countLines, demoShard, readJson, readJsonl, tempDir } from "../helpers/files.ts";
+import { ReportCounts } from "../helpers/report.ts";
 
 const LlavaOut = z.object({
   id: z.string(),
@@ -73,16 +74,7 @@ describe("local pipeline on the demo shard, through the real openai client and t
 
   it("accounts for every input line and writes every output", () => {
     const report = readJson(join(out, "reports/demo/demo.json"));
-    const counts = z
-      .object({
-        lines: z.number(),
-        evolved: z.number(),
-        passedThrough: z.number(),
-        failed: z.number(),
-        rejected: z.number(),
-        addsUp: z.boolean(),
-      })
-      .parse(report.counts);
+    const counts = ReportCounts.parse(report.counts);
     expect(counts.lines).toBe(countLines(demoShard));
     expect(counts.evolved + counts.passedThrough + counts.failed + counts.rejected).toBe(counts.lines);
     expect(counts.addsUp).toBe(true);

@@ -5,6 +5,7 @@ import { type Clock, systemClock } from "../../ports/runtime.ts";
 import {
   type ClaimResult,
   type Expected,
+  emptyStatusCounts,
   SampleRecord,
   SampleStatus,
   type SampleUpdate,
@@ -272,15 +273,7 @@ export class SqliteStateStore implements StateStore {
 
   /** Samples of a shard per status (every status present, zero when none), for progress display. */
   countByStatus(run: string, shard: string): Record<SampleStatus, number> {
-    const result: Record<SampleStatus, number> = {
-      INGESTED: 0,
-      EVOLVING: 0,
-      JUDGING: 0,
-      DONE: 0,
-      PASSED_THROUGH: 0,
-      FAILED: 0,
-      REJECTED: 0,
-    };
+    const result: Record<SampleStatus, number> = emptyStatusCounts();
     for (const row of this.stmt.countByStatus.all(run, shard)) {
       const { status, n } = CountRow.parse(row);
       result[status] = n;
