@@ -4,7 +4,6 @@
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { OpenAiLlm, type RateLimitSnapshot } from "../../functions/adapters/openai/openai-llm.ts";
 import { startSimulator } from "../../functions/adapters/simulated/server.ts";
@@ -28,7 +27,6 @@ const rounds = Number(values.rounds);
 const concurrency = Number(values.concurrency);
 const tpm = Number(values.tpm);
 const assumedTpm = values["assume-tpm"] === undefined ? tpm : Number(values["assume-tpm"]);
-const root = fileURLToPath(new URL("../..", import.meta.url));
 
 interface Call {
   readonly startedAt: number;
