@@ -3,7 +3,10 @@ import { existsSync, readFileSync } from "node:fs";
 import { basename } from "node:path";
 import { SingleBar } from "cli-progress";
 import { Command, InvalidArgumentError, Option } from "commander";
+import { OpenAiBatchCodec } from "../functions/adapters/openai/batch-codec.ts";
+import { OpenAiBatchApi } from "../functions/adapters/openai/openai-batch-api.ts";
 import { OpenAiLlm } from "../functions/adapters/openai/openai-llm.ts";
+import { SimulatedBatches } from "../functions/adapters/simulated/batches.ts";
 import { SimulatedLlm } from "../functions/adapters/simulated/simulated-llm.ts";
 import { RunConfig, type RunConfigInput } from "../functions/evolution/config.ts";
 import type { Llm } from "../functions/ports/llm.ts";
@@ -47,6 +50,7 @@ interface RunFlags {
   timeout: number;
   tpm?: number;
   rpm?: number;
+  batch?: boolean;
   quiet?: boolean;
   verbose?: boolean;
 }
@@ -74,7 +78,8 @@ function stderrLogger(verbose: boolean): Logger {
     process.stderr.write(`${level} ${message}${fields ? ` ${JSON.stringify(fields)}` : ""}\n`);
   return {
     debug: (m, f) => verbose && write("debug", m, f),
-    info: (m, f) => verbose && write("info", m, f),
+    // Batch progress is news a user waits for (minutes to hours): always shown.
+    info: (m, f) => (verbose || m.startsWith("batch ")) && write("info", m, f),
     warn: (m, f) => verbose && write("warn", m, f),
     error: (m, f) => write("error", m, f),
   };
@@ -159,6 +164,7 @@ async function runCommand(shards: string[], flags: RunFlags): Promise<void> {
     ...(flags.seed !== undefined ? { seed: flags.seed } : {}),
     ...(flags.weights !== undefined ? { weights: flags.weights } : {}),
     ...(flags.detail !== undefined ? { imageDetail: flags.detail } : {}),
+    ...(flags.batch === true ? { mode: "batch" as const } : {}),
     dryRun,
   };
   const checked = RunConfig.safeParse(input);
@@ -181,9 +187,20 @@ async function runCommand(shards: string[], flags: RunFlags): Promise<void> {
         ...(baseURL ? { baseURL } : {}),
         timeoutMs: flags.timeout * 1000,
       });
+  // Always available, so a run.json asking for batch mode works without the flag.
+  const batch = {
+    api: dryRun
+      ? new SimulatedBatches()
+      : new OpenAiBatchApi({
+          apiKey: apiKey ?? "no-key",
+          ...(baseURL ? { baseURL } : {}),
+          timeoutMs: flags.timeout * 1000,
+        }),
+    codec: new OpenAiBatchCodec(apiKey === undefined ? [] : [apiKey]),
+  };
   const run = flags.run ?? basename(flags.out);
   process.stderr.write(
-    `mmevol: run "${run}", ${shards.length} shard(s), model ${config.model}${baseURL ? ` at ${baseURL}` : ""}, ${config.rounds} rounds, concurrency ${flags.concurrency}, output ${flags.out}\n`,
+    `mmevol: run "${run}", ${shards.length} shard(s), model ${config.model}${baseURL ? ` at ${baseURL}` : ""}, ${config.rounds} rounds, ${config.mode === "batch" ? "Batch API" : "online"}, concurrency ${flags.concurrency}, output ${flags.out}\n`,
   );
 
   const controller = new AbortController();
@@ -208,6 +225,7 @@ async function runCommand(shards: string[], flags: RunFlags): Promise<void> {
     concurrency: flags.concurrency,
     config: { ...input, dryRun },
     llm,
+    batch,
     logger: stderrLogger(flags.verbose === true),
     onProgress: printer.update,
     signal: controller.signal,
@@ -285,6 +303,10 @@ program
   .option("--timeout <seconds>", "timeout of one LLM call", positiveInt, 60)
   .option("--tpm <n>", "the model's tokens-per-minute limit: calls are paced to stay under it", positiveInt)
   .option("--rpm <n>", "the model's requests-per-minute limit: calls are paced to stay under it", positiveInt)
+  .option(
+    "--batch",
+    "send each round through the provider's Batch API: half price, answers within 24 h (polls until done; rerun to resume)",
+  )
   .option("-q, --quiet", "no progress output")
   .option("-v, --verbose", "log every retry and warning to stderr")
   .addHelpText(

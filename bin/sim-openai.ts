@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 import { Command, InvalidArgumentError } from "commander";
+import type { SimBatchStats } from "../functions/adapters/simulated/batches.ts";
 import { type FaultOptions, parseFaultMix } from "../functions/adapters/simulated/faults.ts";
 import { type SimStats, startSimulator } from "../functions/adapters/simulated/server.ts";
 
@@ -34,7 +35,7 @@ function latency(value: string): number | [number, number] {
   return [min, max];
 }
 
-function line(stats: SimStats, previous: SimStats | null): string {
+function line(stats: SimStats, previous: SimStats | null, batches: SimBatchStats): string {
   const done = stats.requests - (previous?.requests ?? 0);
   return (
     `[sim-openai] ${new Date().toISOString()} requests=${stats.requests} (+${done}/min) ok=${stats.succeeded} ` +
@@ -45,13 +46,20 @@ function line(stats: SimStats, previous: SimStats | null): string {
           .filter(([, n]) => n > 0)
           .map(([kind, n]) => `${kind}:${n}`)
           .join(",")}`
+      : "") +
+    (batches.batchesCreated > 0
+      ? ` batches=${batches.batchesCreated} batch_lines=${batches.linesAnswered} ` +
+        `batch_failed=${batches.linesFailed} batch_prompt=${batches.promptTokens} ` +
+        `batch_cached=${batches.cachedTokens} batch_completion=${batches.completionTokens}`
       : "")
   );
 }
 
 const program = new Command()
   .name("sim-openai")
-  .description("An OpenAI-compatible chat completions simulator: schema-valid answers, real token counts")
+  .description(
+    "An OpenAI-compatible chat completions and Batch API simulator: schema-valid answers, real token counts",
+  )
   .option("--port <port>", "port to listen on (0 picks one)", positiveInt, 8787)
   .option("--host <host>", "address to bind", "127.0.0.1")
   .option("--latency-ms <ms>", 'latency per request: "0", "1500" or a range "1000-3000"', latency, 0)
@@ -74,6 +82,13 @@ const program = new Command()
   .option("--fault-persistent <share>", "share of faulted requests that fault on every retry too, 0..1", rate)
   .option("--storm-every-ms <ms>", "a 429 storm starts every this many ms", positiveInt)
   .option("--storm-ms <ms>", "how long each 429 storm lasts", positiveInt)
+  .option("--batch-complete-after-ms <ms>", "a batch completes this long after it is created", positiveInt, 0)
+  .option(
+    "--batch-fail-share <share>",
+    "share of batch lines answered with a 500 (in the error file), chosen by custom_id, 0..1",
+    rate,
+  )
+  .option("--batch-expire", "batches end expired, every line in the error file")
   .parse();
 
 const opts = program.opts<{
@@ -90,6 +105,9 @@ const opts = program.opts<{
   slowMs: number;
   stormEveryMs?: number;
   stormMs?: number;
+  batchCompleteAfterMs: number;
+  batchFailShare?: number;
+  batchExpire?: boolean;
 }>();
 
 if ((opts.stormEveryMs === undefined) !== (opts.stormMs === undefined)) {
@@ -117,13 +135,18 @@ const sim = await startSimulator({
   ...(opts.tpm === undefined ? {} : { tokensPerMinute: opts.tpm }),
   ...(opts.apiKey === undefined ? {} : { apiKey: opts.apiKey }),
   ...(faults === undefined ? {} : { faults }),
+  batch: {
+    completeAfterMs: opts.batchCompleteAfterMs,
+    ...(opts.batchFailShare === undefined ? {} : { failShare: opts.batchFailShare }),
+    expire: opts.batchExpire === true,
+  },
 });
 process.stderr.write(`[sim-openai] listening on ${sim.url}\n`);
 
 let previous: SimStats | null = null;
 const timer = setInterval(() => {
   const stats = sim.stats();
-  process.stderr.write(`${line(stats, previous)}\n`);
+  process.stderr.write(`${line(stats, previous, sim.batches.stats())}\n`);
   previous = stats;
 }, 60_000);
 

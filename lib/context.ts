@@ -28,6 +28,7 @@ export const StackContext = z.strictObject({
   rounds: z.coerce.number().int().min(1).max(10).optional(),
   weights: fromJsonText(DirectionWeights).optional(),
   seed: z.coerce.number().int().optional(),
+  mode: z.enum(["online", "batch"]).optional(),
   tokensPerMinute: positiveInteger.optional(),
   requestsPerMinute: positiveInteger.optional(),
   evolveBatchSize: z.coerce.number().int().min(1).max(5).optional(),
@@ -68,7 +69,7 @@ export function readStackContext(tryGetContext: (key: string) => unknown): {
       cause: result.error,
     });
   }
-  const { stackName, model, baseUrl, rounds, weights, seed, ...rest } = result.data;
+  const { stackName, model, baseUrl, rounds, weights, seed, mode, ...rest } = result.data;
   const { tokensPerMinute, requestsPerMinute, evolveBatchSize, judgeBatchSize } = rest;
   // exactOptionalPropertyTypes: absent settings must be left out, not set to undefined.
   const props: MmevolStackProps = {
@@ -77,6 +78,7 @@ export function readStackContext(tryGetContext: (key: string) => unknown): {
     ...(rounds === undefined ? {} : { rounds }),
     ...(weights === undefined ? {} : { weights }),
     ...(seed === undefined ? {} : { seed }),
+    ...(mode === undefined ? {} : { mode }),
     ...(tokensPerMinute === undefined ? {} : { tokensPerMinute }),
     ...(requestsPerMinute === undefined ? {} : { requestsPerMinute }),
     ...(evolveBatchSize === undefined ? {} : { evolveBatchSize }),

@@ -40,6 +40,11 @@ export interface MmevolStackProps extends StackProps {
   readonly weights?: DirectionWeights;
   /** Seed of the direction choice. @default 3407 */
   readonly seed?: number;
+  /**
+   * `batch` sends each round through the provider's Batch API (half price, answers within 24 h); a run's
+   * run.json may still choose either. @default "online"
+   */
+  readonly mode?: "online" | "batch";
   /** The API key's tokens-per-minute limit; sizes evolve/judge concurrency. @default 2_000_000 */
   readonly tokensPerMinute?: number;
   /** The API key's requests-per-minute limit. @default 5_000 */
@@ -81,7 +86,7 @@ function checkedInteger(name: string, value: number, min: number, max: number): 
   return value;
 }
 
-const RunDefaults = RunConfig.pick({ model: true, rounds: true, weights: true, seed: true });
+const RunDefaults = RunConfig.pick({ model: true, rounds: true, weights: true, seed: true, mode: true });
 
 /**
  * The serverless pipeline: a bucket whose seed uploads feed an ingest queue, one queue + DLQ + Lambda per stage,
@@ -95,6 +100,8 @@ export class MmevolStack extends Stack {
   readonly functions: Readonly<Record<StageName, StageFunction>>;
   /** Re-sends stuck work (lost or dead-lettered messages) on a schedule. */
   readonly sweeper: StageFunction;
+  /** Batch mode: submits, polls and applies Batch API jobs on a schedule. */
+  readonly batcher: StageFunction;
 
   constructor(scope: Construct, id: string, props: MmevolStackProps = {}) {
     super(scope, id, props);
@@ -111,6 +118,7 @@ export class MmevolStack extends Stack {
       rounds: props.rounds,
       weights: props.weights,
       seed: props.seed,
+      mode: props.mode,
     });
     if (!parsedDefaults.success) {
       throw new StackSettingsError(`invalid run defaults: ${describeIssues(parsedDefaults.error)}`, {
@@ -256,6 +264,8 @@ export class MmevolStack extends Stack {
 
     const judge = stageFunction("judge", "Judge", llmEnvironment)
       .bindTable(this.table)
+      // Batch mode: the judge request's body is kept under work/ until its batch is built.
+      .bindBucket(this.bucket, { write: ["work/"] })
       .bindQueue("evolve", this.queues.evolve.queue)
       .bindQueue("finalize", this.queues.finalize.queue)
       .bindSecret(this.secret)
@@ -287,6 +297,26 @@ export class MmevolStack extends Stack {
       description: "mmevol: re-send stuck work",
       schedule: Schedule.rate(Duration.minutes(5)),
       targets: [new LambdaFunction(this.sweeper, { retryAttempts: 0 })],
+    });
+
+    // Every minute: batch mode's loop. Submits each shard's collected round as a batch, polls open batches
+    // (backing off per job), and applies finished ones by sending their stage messages again. No Lambda waits.
+    this.batcher = new StageFunction(this, "Batcher", {
+      stage: "batcher",
+      timeout: LONG_STAGE_TIMEOUT,
+      memorySize: 1024,
+      environment: llmEnvironment,
+      ...(props.logRetention === undefined ? {} : { logRetention: props.logRetention }),
+    })
+      .bindTable(this.table)
+      .bindBucket(this.bucket, { read: ["work/"] })
+      .bindQueue("evolve", this.queues.evolve.queue)
+      .bindQueue("judge", this.queues.judge.queue)
+      .bindSecret(this.secret);
+    new Rule(this, "BatchSchedule", {
+      description: "mmevol: submit, poll and apply Batch API jobs",
+      schedule: Schedule.rate(Duration.minutes(1)),
+      targets: [new LambdaFunction(this.batcher, { retryAttempts: 0 })],
     });
 
     for (const fn of Object.values(this.functions)) {

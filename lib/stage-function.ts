@@ -19,7 +19,7 @@ export const PROJECT_ROOT = fileURLToPath(new URL("..", import.meta.url));
 export const STAGES = ["ingest", "evolve", "judge", "finalize"] as const;
 export type StageName = (typeof STAGES)[number];
 /** Every function's role: a queue stage, or the scheduled sweeper (functions/handlers/sweeper.ts). */
-export type FunctionStage = StageName | "sweeper";
+export type FunctionStage = StageName | "sweeper" | "batcher";
 
 const QUEUE_URL_ENV: Record<StageName, EnvName> = {
   ingest: ENV.ingestQueueUrl,

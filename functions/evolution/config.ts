@@ -72,6 +72,13 @@ export const RunConfig = z.strictObject({
   /** Per-model price overrides, US dollars per million tokens. */
   prices: z.record(z.string(), ModelPrice).default({}),
   dryRun: z.boolean().default(false),
+  /**
+   * `online` asks each request as its sample reaches it; `batch` collects each round of a shard into the
+   * provider's Batch API (half price, answers within 24 h) and applies the answers when they come back.
+   */
+  mode: z.enum(["online", "batch"]).default("online"),
+  /** Batch mode: requests that failed or expired in this many batches are asked online instead. */
+  maxBatchTries: z.number().int().min(1).max(10).default(2),
 });
 export type RunConfig = z.infer<typeof RunConfig>;
 export type RunConfigInput = z.input<typeof RunConfig>;

@@ -4,7 +4,9 @@ import type { ModelPrice } from "../evolution/config.ts";
 import { costOf } from "../evolution/pricing.ts";
 import { LlmAnswerError, LlmCallError, MmevolError } from "../ports/errors.ts";
 import type { LlmRequest } from "../ports/llm.ts";
+import type { Message } from "../ports/messages.ts";
 import { type StoredAnswer, type UsageTotals, zeroUsage } from "../ports/state-store.ts";
+import { deferToBatch } from "./batch.ts";
 import type { StageDeps } from "./deps.ts";
 
 /** The cache key of a request: model, request (image data replaced by its digest) and attempt. */
@@ -61,7 +63,7 @@ export interface Asked<T> {
  * up to `maxRetries` times, then fails with the reason.
  */
 export async function askStructured<S extends z.ZodType>(
-  deps: Pick<StageDeps, "llm" | "state" | "logger" | "clock" | "claimMs">,
+  deps: Pick<StageDeps, "llm" | "state" | "logger" | "clock" | "claimMs" | "blobs" | "batch">,
   request: LlmRequest,
   options: {
     imageDigest: string | null;
@@ -70,6 +72,8 @@ export async function askStructured<S extends z.ZodType>(
     price: ModelPrice;
     /** Who pays: one receive of one message, as `<message id>#<receive id>`. */
     delivery: string;
+    /** Batch mode: where the request is queued on a cache miss, and the message its answer brings back. */
+    batch?: { run: string; shard: string; message: Message; maxTries: number };
   },
 ): Promise<Asked<z.infer<S>>> {
   let usage = zeroUsage();
@@ -77,6 +81,7 @@ export async function askStructured<S extends z.ZodType>(
   for (let attempt = 0; attempt <= options.maxRetries; attempt++) {
     const hash = answerHash(request, options.imageDigest, attempt);
     let answer = await deps.state.getAnswer(hash);
+    if (!answer && options.batch) await deferToBatch(deps, options.batch, request, hash);
     if (!answer) {
       const claim = await deps.state.claimRequest(hash, options.delivery, deps.claimMs ?? CLAIM_MS);
       if (!claim.granted) {

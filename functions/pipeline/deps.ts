@@ -1,4 +1,5 @@
 import type { RunConfigInput } from "../evolution/config.ts";
+import type { BatchPorts } from "../ports/batch-api.ts";
 import type { BlobStore } from "../ports/blob-store.ts";
 import type { Faults } from "../ports/faults.ts";
 import type { ImagePreparer } from "../ports/images.ts";
@@ -26,6 +27,8 @@ export interface StageDeps {
   readonly remainingMs?: () => number;
   /** How long a receive may hold a request it pays for (below the queue's visibility timeout). */
   readonly claimMs?: number;
+  /** Batch mode's Batch API and wire format; absent when the runtime offers online calls only. */
+  readonly batch?: BatchPorts;
   /** Test-only fault injection at step boundaries; absent in production. */
   readonly faults?: Faults;
 }

@@ -66,6 +66,9 @@ export async function evolveSample(input: StageInput<EvolveMessage>, deps: Stage
         maxRetries: config.maxAnswerRetries,
         price: priceOf(config.model, config.prices),
         delivery: input.delivery ?? `${run}/${shard}/${key}/evolve/${round}#local`,
+        ...(config.mode === "batch"
+          ? { batch: { run, shard, message: input.message, maxTries: config.maxBatchTries } }
+          : {}),
       },
     );
     deps.faults?.point("evolve:after-answer-stored");

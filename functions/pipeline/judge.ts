@@ -69,6 +69,9 @@ export async function judgeSample(input: StageInput<JudgeMessage>, deps: StageDe
           maxRetries: config.maxAnswerRetries,
           price: priceOf(model, config.prices),
           delivery: input.delivery ?? `${run}/${shard}/${key}/judge/${round}#local`,
+          ...(config.mode === "batch"
+            ? { batch: { run, shard, message: input.message, maxTries: config.maxBatchTries } }
+            : {}),
         },
       );
       deps.faults?.point("judge:after-answer-stored");

@@ -3,6 +3,7 @@ import { LlmCallError } from "../ports/errors.ts";
 import type { Message } from "../ports/messages.ts";
 import { type Expected, type SampleRecord, type SampleUpdate, zeroUsage } from "../ports/state-store.ts";
 import { AnswerRejectedError, addUsageTotals, RequestInFlightError } from "./ask.ts";
+import { DeferredToBatchError } from "./batch.ts";
 import type { StageDeps, StageResult } from "./deps.ts";
 
 export const expectedOf = (record: SampleRecord): Expected => ({
@@ -45,6 +46,9 @@ export async function failOrRetry(
   stage: string,
 ): Promise<StageResult> {
   if (error instanceof RequestInFlightError) return { next: [], outcome: "duplicate" };
+  // Batch mode: the request waits in a batch; its answer brings the message back.
+  if (error instanceof DeferredToBatchError)
+    return { next: [], outcome: error.queued ? "batched" : "waiting" };
   // Waiting for another receive of this message is not a failed try: it always goes back to the queue.
   if (error instanceof LlmCallError && error.inFlight) throw error;
   const retryable =

@@ -109,6 +109,55 @@ export const StoredAnswer = z.object({
 });
 export type StoredAnswer = z.infer<typeof StoredAnswer>;
 
+/**
+ * Batch mode: one request waiting for, or inside, a provider batch. Keyed by (run, shard, hash); the hash is
+ * the answer's cache key and the batch line's `custom_id`. `message` is the stage message to send again once
+ * the answer is stored, so the answer is applied by the same stage logic as online.
+ */
+export const BatchItemStatus = z.enum(["queued", "submitted", "failed", "answered"]);
+export type BatchItemStatus = z.infer<typeof BatchItemStatus>;
+export const BatchItem = z.object({
+  run: z.string(),
+  shard: z.string(),
+  hash: z.string(),
+  status: BatchItemStatus,
+  model: z.string(),
+  /** The blob key of the request's JSON body (image included). */
+  body: z.string(),
+  /** The stage message to send again when the answer is stored (a Message, validated where it is used). */
+  message: z.record(z.string(), z.unknown()),
+  /** The job it is in while submitted; the last one after. */
+  job: z.string().nullable(),
+  /** Batches it has been submitted in. */
+  tries: z.number().int().nonnegative(),
+  error: z.string().nullable(),
+  updatedAt: z.number(),
+});
+export type BatchItem = z.infer<typeof BatchItem>;
+
+export const BatchJobStatus = z.enum(["submitting", "submitted", "applied", "failed"]);
+export type BatchJobStatus = z.infer<typeof BatchJobStatus>;
+/** One provider batch over one input file: one model, at most 50,000 requests or 200 MB. */
+export const BatchJob = z.object({
+  run: z.string(),
+  shard: z.string(),
+  id: z.string(),
+  status: BatchJobStatus,
+  model: z.string(),
+  items: z.number().int().nonnegative(),
+  bytes: z.number().int().nonnegative(),
+  fileId: z.string().nullable(),
+  batchId: z.string().nullable(),
+  /** The provider's status at the last poll. */
+  remoteStatus: z.string().nullable(),
+  polls: z.number().int().nonnegative(),
+  nextPollAt: z.number(),
+  createdAt: z.number(),
+  updatedAt: z.number(),
+  error: z.string().nullable(),
+});
+export type BatchJob = z.infer<typeof BatchJob>;
+
 export type ClaimResult =
   | { readonly granted: true }
   | { readonly granted: false; readonly holder: string; readonly until: number };
@@ -171,4 +220,23 @@ export interface StateStore {
   /** Gives a claim up (only the owner's): the call failed, so another delivery may try it now. */
   releaseClaim(hash: string, owner: string): Promise<void>;
   putAnswer(hash: string, answer: StoredAnswer): Promise<void>;
+  /**
+   * Batch mode. Queues a request unless it is already queued, submitted or answered; a failed one is queued
+   * again (its `tries` kept). Returns the stored item and whether this call queued it.
+   */
+  queueBatchItem(item: BatchItem): Promise<{ queued: boolean; item: BatchItem }>;
+  getBatchItem(run: string, shard: string, hash: string): Promise<BatchItem | null>;
+  listBatchItems(run: string, shard: string, status: BatchItemStatus): Promise<BatchItem[]>;
+  /** Moves an item from `from` to the patch's status; false when it was not in `from` (someone else moved it). */
+  updateBatchItem(
+    run: string,
+    shard: string,
+    hash: string,
+    from: BatchItemStatus,
+    patch: Partial<Pick<BatchItem, "status" | "job" | "tries" | "error">>,
+  ): Promise<boolean>;
+  /** Creates or replaces a batch job record. */
+  putBatchJob(job: BatchJob): Promise<void>;
+  /** Every job of a run (every run when absent) that is not applied or failed yet. */
+  listOpenBatchJobs(run?: string): Promise<BatchJob[]>;
 }

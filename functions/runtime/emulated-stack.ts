@@ -261,6 +261,9 @@ export async function startEmulatedStack(options: EmulatedStackOptions): Promise
         ...(options.dynamodbEndpoint ? { AWS_ENDPOINT_URL_DYNAMODB: options.dynamodbEndpoint } : {}),
         // Claims must end before a crashed receive's message comes back, and visibility is capped here.
         [ENV.claimMs]: String(Math.min(180, options.maxVisibilityTimeoutSeconds ?? 30) * 1000),
+        // Batch mode at emulator speed: a round settles after 3 s of quiet, polls start at 1 s.
+        [ENV.batchSettleMs]: "3000",
+        [ENV.batchPollMs]: "1000",
         ...options.functionEnv,
         POWERTOOLS_LOG_LEVEL: process.env.POWERTOOLS_LOG_LEVEL ?? "WARN",
         POWERTOOLS_METRICS_DISABLED: "true",

@@ -26,6 +26,13 @@ export const ENV = {
   claimMs: "MMEVOL_CLAIM_MS",
   /** The sweeper re-sends work whose state has not moved for this many ms. */
   sweepAfterMs: "MMEVOL_SWEEP_AFTER_MS",
+  /** Batch mode: a shard's round is submitted once no request was added for this many ms (default 60 000). */
+  batchSettleMs: "MMEVOL_BATCH_SETTLE_MS",
+  /** Batch mode: the first poll delay of a batch, ms, doubling per poll up to 10 minutes (default 30 000). */
+  batchPollMs: "MMEVOL_BATCH_POLL_MS",
+  /** Rate governor shared through the table: the model's tokens and requests per minute (absent: no governor). */
+  tokensPerMinute: "MMEVOL_TOKENS_PER_MINUTE",
+  requestsPerMinute: "MMEVOL_REQUESTS_PER_MINUTE",
 } as const;
 
 export type EnvName = (typeof ENV)[keyof typeof ENV];
@@ -56,6 +63,10 @@ export const LambdaEnv = z.object({
   [ENV.llmMaxRetries]: z.coerce.number().int().nonnegative().default(1),
   [ENV.claimMs]: z.coerce.number().int().positive().optional(),
   [ENV.sweepAfterMs]: z.coerce.number().int().positive().optional(),
+  [ENV.batchSettleMs]: z.coerce.number().int().nonnegative().optional(),
+  [ENV.batchPollMs]: z.coerce.number().int().positive().optional(),
+  [ENV.tokensPerMinute]: z.coerce.number().int().positive().optional(),
+  [ENV.requestsPerMinute]: z.coerce.number().int().positive().optional(),
 });
 export type LambdaEnv = z.infer<typeof LambdaEnv>;
 

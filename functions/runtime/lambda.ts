@@ -13,9 +13,12 @@ import { S3BlobStore } from "../adapters/aws/s3-blob-store.ts";
 import { readApiKey } from "../adapters/aws/secret-api-key.ts";
 import { SqsWorkQueue } from "../adapters/aws/sqs-work-queue.ts";
 import { SharpImagePreparer } from "../adapters/images/sharp-image-preparer.ts";
+import { OpenAiBatchCodec } from "../adapters/openai/batch-codec.ts";
+import { OpenAiBatchApi } from "../adapters/openai/openai-batch-api.ts";
 import { OpenAiLlm } from "../adapters/openai/openai-llm.ts";
 import type { RunConfigInput } from "../evolution/config.ts";
 import { runStage, type StageDeps } from "../pipeline/index.ts";
+import type { BatchApi, BatchInfo } from "../ports/batch-api.ts";
 import type { BlobStore } from "../ports/blob-store.ts";
 import { InvalidInputError } from "../ports/errors.ts";
 import type { Faults } from "../ports/faults.ts";
@@ -73,6 +76,46 @@ class SecretKeyLlm implements Llm {
   }
 }
 
+/** The Batch API behind the same secret, fetched on first use: only the batcher ever calls it. */
+class SecretKeyBatchApi implements BatchApi {
+  #inner: Promise<BatchApi> | null = null;
+  readonly #env: LambdaEnv;
+  readonly #logger: Logger;
+  constructor(env: LambdaEnv, logger: Logger) {
+    this.#env = env;
+    this.#logger = logger;
+  }
+  #api(): Promise<BatchApi> {
+    this.#inner ??= this.#build().catch((error: unknown) => {
+      this.#inner = null;
+      throw error;
+    });
+    return this.#inner;
+  }
+  async #build(): Promise<BatchApi> {
+    const secret = this.#env[ENV.openaiSecret];
+    if (!secret) throw new InvalidInputError("this function was not granted the OpenAI key secret");
+    const apiKey = await readApiKey(secret);
+    const baseURL = this.#env[ENV.openaiBaseUrl];
+    return new OpenAiBatchApi({ apiKey, ...(baseURL ? { baseURL } : {}), logger: this.#logger });
+  }
+  uploadFile(name: string, content: Uint8Array): Promise<string> {
+    return this.#api().then((api) => api.uploadFile(name, content));
+  }
+  createBatch(inputFileId: string, metadata: Readonly<Record<string, string>>): Promise<BatchInfo> {
+    return this.#api().then((api) => api.createBatch(inputFileId, metadata));
+  }
+  getBatch(id: string): Promise<BatchInfo> {
+    return this.#api().then((api) => api.getBatch(id));
+  }
+  listBatches(limit: number): Promise<BatchInfo[]> {
+    return this.#api().then((api) => api.listBatches(limit));
+  }
+  fileText(fileId: string): Promise<string> {
+    return this.#api().then((api) => api.fileText(fileId));
+  }
+}
+
 /** Blob store stand-in for functions that were given no bucket: any use is a wiring error. */
 const noBucket: BlobStore = new Proxy({} as BlobStore, {
   get: () => () => {
@@ -126,6 +169,8 @@ export function createLambdaRuntime(stage: Stage, env: NodeJS.ProcessEnv = proce
     defaults,
     queue,
     faults,
+    // Batch mode: evolve and judge queue requests (encoding them); the batcher also calls the API.
+    batch: { api: new SecretKeyBatchApi(config, log), codec: new OpenAiBatchCodec() },
     ...claimOf(config),
   };
   return { deps, sqs, llm, logger, metrics };

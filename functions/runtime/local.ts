@@ -12,6 +12,7 @@ import { SqliteStateStore } from "../adapters/local/sqlite-state-store.ts";
 import type { RunConfigInput } from "../evolution/config.ts";
 import type { ShardReport } from "../evolution/report.ts";
 import {
+  batchTick,
   layout,
   recoverMessages,
   runStage,
@@ -19,6 +20,7 @@ import {
   sweepStuck,
   workKeyOf,
 } from "../pipeline/index.ts";
+import type { BatchPorts } from "../ports/batch-api.ts";
 import { type Faults, noFaults } from "../ports/faults.ts";
 import type { Llm } from "../ports/llm.ts";
 import { Message, type Stage, type WorkQueue } from "../ports/messages.ts";
@@ -51,6 +53,14 @@ export interface LocalRunOptions {
   readonly sweepEveryMs?: number;
   /** Unfinished work not updated for this long, with no message in the queues, is re-enqueued (default 10 min). */
   readonly stuckAfterMs?: number;
+  /**
+   * The provider's Batch API, for shards in batch mode (`mode: "batch"`): each round is collected into
+   * batches, polled with backoff (the jobs are in the state, so a rerun picks them up), and applied.
+   */
+  readonly batch?: BatchPorts;
+  /** Batch mode: first poll delay, doubled per poll up to `batchMaxPollMs` (defaults 1 s and 60 s). */
+  readonly batchMinPollMs?: number;
+  readonly batchMaxPollMs?: number;
   /** The provider's per-minute limits for this model: every call then waits its turn in one rate governor. */
   readonly rateLimit?: { readonly tokensPerMinute?: number; readonly requestsPerMinute?: number };
 }
@@ -142,6 +152,7 @@ export async function runLocal(options: LocalRunOptions): Promise<LocalRunResult
     defaults: config,
     queue,
     faults,
+    ...(options.batch ? { batch: options.batch } : {}),
   };
 
   try {
@@ -247,7 +258,27 @@ export async function runLocal(options: LocalRunOptions): Promise<LocalRunResult
         }
       }
     };
-    await Promise.all(Array.from({ length: Math.max(1, options.concurrency) }, worker));
+    const drain = () => Promise.all(Array.from({ length: Math.max(1, options.concurrency) }, worker));
+    await drain();
+    // Batch mode: the queues are idle, so every sample that waits for an answer has queued its request. Submit
+    // them, poll with backoff, apply the answers, run the stages they bring back; until nothing waits.
+    while (deps.batch && !stop) {
+      const tick = await batchTick(deps, {
+        now: clock.now(),
+        run: options.run,
+        settleMs: 0,
+        minPollMs: options.batchMinPollMs ?? 1_000,
+        maxPollMs: options.batchMaxPollMs ?? 60_000,
+      });
+      if (tick.messages.length > 0) {
+        await tracked.send(tick.messages);
+        await drain();
+        continue;
+      }
+      if (tick.open === 0 && tick.queued === 0 && tick.submitted === 0) break;
+      const wait = Math.max(10, Math.min(60_000, (tick.nextAt ?? clock.now() + 1_000) - clock.now()));
+      await sleep(wait, undefined, { signal: options.signal }).catch(() => undefined);
+    }
     // Idle: nothing queued and nothing running, so unfinished work without a queued (or dead) message was
     // dropped somewhere; give it its message again, whatever its age. Bounded, so a stage that keeps dropping
     // the same work cannot loop forever (the state keeps it for the next run and `mmevol status`).
@@ -262,7 +293,7 @@ export async function runLocal(options: LocalRunOptions): Promise<LocalRunResult
       if (messages.length === 0) break;
       logger.warn("re-enqueued dropped work", { messages: messages.length });
       await tracked.send(messages);
-      await Promise.all(Array.from({ length: Math.max(1, options.concurrency) }, worker));
+      await drain();
     }
     clearInterval(ticker);
     clearInterval(sweeper);

@@ -29,6 +29,8 @@ describe("the synthesized stack on the emulator, end to end", () => {
       endpoint,
       apiKey: SECRET,
       functionEnv: { [ENV.openaiBaseUrl]: sim.url, POWERTOOLS_LOG_LEVEL: "INFO" },
+      // The batcher's EventBridge schedule, at test speed.
+      scheduleEverySeconds: 2,
       onLine: (line) => lines.push(line),
     });
     s3 = new S3Client({
@@ -97,6 +99,24 @@ describe("the synthesized stack on the emulator, end to end", () => {
       "reports/e2e/demo.json",
     ]);
   });
+
+  it("in batch mode (run.json), evolves through the files and batches endpoints with no online call", async () => {
+    const chatBefore = sim.stats().requests;
+    await testBucket(s3, stack.bucket).uploadDemoImages("seeds/e2eb/");
+    await put("seeds/e2eb/run.json", JSON.stringify({ mode: "batch", rounds: 2, seed: 7 }));
+    await put("seeds/e2eb/demo.jsonl", readFileSync(demoShard, "utf8"));
+    await waitForKey("reports/e2eb/demo.json", 170_000);
+    const report = z
+      .object({ counts: ReportCounts, usage: z.object({ costUsd: z.number() }) })
+      .parse(JSON.parse(await text("reports/e2eb/demo.json")));
+    expect(report.counts.addsUp).toBe(true);
+    expect(report.counts.evolved).toBeGreaterThan(0);
+    expect(report.counts.failed).toBe(0);
+    expect(report.usage.costUsd).toBeGreaterThan(0);
+    expect(sim.stats().requests).toBe(chatBefore);
+    // Two rounds, each an evolve batch and a judge batch.
+    expect(sim.batches.stats().batchesCreated).toBe(4);
+  }, 180_000);
 
   it("never writes the API key to logs, outputs or reports", async () => {
     expect(lines.join("\n")).not.toContain(SECRET);

@@ -2,6 +2,8 @@ import { afterEach, describe, expect, it } from "vitest";
 import { ShardNotFoundError } from "../../functions/ports/errors.ts";
 import type { Clock } from "../../functions/ports/runtime.ts";
 import {
+  type BatchItem,
+  type BatchJob,
   type SampleRecord,
   type ShardRecord,
   type StateStore,
@@ -357,6 +359,86 @@ export function describeStateStoreContract(
       await store.putAnswer("h1", answer("first"));
       await store.putAnswer("h1", answer("second"));
       expect(await store.getAnswer("h1")).toEqual(answer("first"));
+    });
+  });
+
+  describe(`${name} batch items and jobs`, () => {
+    const item = (hash: string, overrides: Partial<BatchItem> = {}): BatchItem => ({
+      run: "r1",
+      shard: "s1",
+      hash,
+      status: "queued",
+      model: "gpt-4o-mini",
+      body: `work/r1/batches/s1/requests/${hash}.json`,
+      message: { kind: "evolve", run: "r1", shard: "s1", sample: "000000001", round: 1 },
+      job: null,
+      tries: 0,
+      error: null,
+      updatedAt: 0,
+      ...overrides,
+    });
+    const job = (id: string, overrides: Partial<BatchJob> = {}): BatchJob => ({
+      run: "r1",
+      shard: "s1",
+      id,
+      status: "submitting",
+      model: "gpt-4o-mini",
+      items: 2,
+      bytes: 100,
+      fileId: null,
+      batchId: null,
+      remoteStatus: null,
+      polls: 0,
+      nextPollAt: 0,
+      createdAt: 0,
+      updatedAt: 0,
+      error: null,
+      ...overrides,
+    });
+
+    it("queues a request once, and again only after it failed, keeping its tries", async () => {
+      const store = await open();
+      expect((await store.queueBatchItem(item("h1"))).queued).toBe(true);
+      const again = await store.queueBatchItem(item("h1", { model: "other" }));
+      expect(again.queued).toBe(false);
+      expect(again.item.model).toBe("gpt-4o-mini");
+      expect(
+        await store.updateBatchItem("r1", "s1", "h1", "queued", { status: "submitted", job: "j1", tries: 1 }),
+      ).toBe(true);
+      expect((await store.queueBatchItem(item("h1"))).queued).toBe(false);
+      expect(await store.updateBatchItem("r1", "s1", "h1", "queued", { status: "failed" })).toBe(false);
+      expect(
+        await store.updateBatchItem("r1", "s1", "h1", "submitted", { status: "failed", error: "expired" }),
+      ).toBe(true);
+      const requeued = await store.queueBatchItem(item("h1"));
+      expect(requeued.queued).toBe(true);
+      expect(requeued.item.tries).toBe(1);
+      expect((await store.getBatchItem("r1", "s1", "h1"))?.status).toBe("queued");
+    });
+
+    it("lists a shard's items by status, and no other shard's", async () => {
+      const store = await open();
+      await store.queueBatchItem(item("h1"));
+      await store.queueBatchItem(item("h2"));
+      await store.queueBatchItem(item("h3", { shard: "s2" }));
+      await store.updateBatchItem("r1", "s1", "h2", "queued", { status: "submitted", job: "j1" });
+      expect((await store.listBatchItems("r1", "s1", "queued")).map((i) => i.hash)).toEqual(["h1"]);
+      expect((await store.listBatchItems("r1", "s1", "submitted")).map((i) => i.hash)).toEqual(["h2"]);
+      expect((await store.listBatchItems("r1", "s2", "queued")).map((i) => i.hash)).toEqual(["h3"]);
+      expect(await store.getBatchItem("r1", "s1", "nope")).toBeNull();
+    });
+
+    it("lists only open jobs, per run or all", async () => {
+      const store = await open();
+      await store.putBatchJob(job("j1"));
+      await store.putBatchJob(job("j2", { status: "submitted", batchId: "b2" }));
+      await store.putBatchJob(job("j3", { run: "r2" }));
+      await store.putBatchJob(job("j1", { status: "applied" }));
+      expect((await store.listOpenBatchJobs("r1")).map((j) => j.id)).toEqual(["j2"]);
+      expect((await store.listOpenBatchJobs()).map((j) => `${j.run}/${j.id}`).sort()).toEqual([
+        "r1/j2",
+        "r2/j3",
+      ]);
     });
   });
 }

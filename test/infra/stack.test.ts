@@ -334,6 +334,7 @@ describe("MmevolStack template (defaults)", () => {
         ],
         judge: [
           ENV.table,
+          ENV.bucket,
           ENV.evolveQueueUrl,
           ENV.finalizeQueueUrl,
           ENV.openaiSecret,
@@ -371,6 +372,7 @@ describe("MmevolStack template (defaults)", () => {
         rounds: 3,
         weights: { perception: 0.5, reasoning: 0.25, interaction: 0.25 },
         seed: 3407,
+        mode: "online",
       });
     });
 
@@ -476,7 +478,9 @@ describe("MmevolStack template (defaults)", () => {
       expect(objectSuffixes("ingest", "s3:PutObject")).toEqual([]);
       expect(objectSuffixes("evolve", "s3:GetObject")).toEqual(["/*"]);
       expect(objectSuffixes("evolve", "s3:PutObject")).toEqual(["/work/*"]);
-      expect(stages.judge.statements.flatMap(actionsOf).filter((a) => a.startsWith("s3:"))).toEqual([]);
+      // Batch mode keeps a judge request's body under work/ until its batch is built; the judge reads nothing.
+      expect(objectSuffixes("judge", "s3:PutObject")).toEqual(["/work/*"]);
+      expect(objectSuffixes("judge", "s3:GetObject")).toEqual([]);
       // No S3 action wildcards (s3:* / s3:GetObject*) on any stage.
       for (const stage of STAGES) {
         for (const action of stages[stage].statements.flatMap(actionsOf))
@@ -574,6 +578,7 @@ describe("MmevolStack settings", () => {
       rounds: 2,
       weights: { perception: 1, reasoning: 0, interaction: 0 },
       seed: 7,
+      mode: "batch",
       baseUrl: "http://127.0.0.1:8000/v1",
       tokensPerMinute: 200_000,
       requestsPerMinute: 500,
@@ -591,6 +596,7 @@ describe("MmevolStack settings", () => {
         rounds: 2,
         weights: { perception: 1, reasoning: 0, interaction: 0 },
         seed: 7,
+        mode: "batch",
       });
       expect(vars[ENV.openaiBaseUrl]).toBe("http://127.0.0.1:8000/v1");
       // 200k TPM: evolve gets 2/3 -> 2222 tok/s x 10 s / 7000 = 3.17 -> 3; judge 1111 x 10 / 3500 = 3.17 -> 3.

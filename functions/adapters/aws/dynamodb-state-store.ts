@@ -12,6 +12,9 @@ import { z } from "zod";
 import { MmevolError, ShardNotFoundError } from "../../ports/errors.ts";
 import { type Clock, systemClock } from "../../ports/runtime.ts";
 import {
+  BatchItem,
+  type BatchItemStatus,
+  BatchJob,
   type ClaimResult,
   type Expected,
   SampleRecord,
@@ -45,6 +48,8 @@ const SHARD_SK = "META";
 const SAMPLE_PREFIX = "SAMPLE#";
 const ANSWER_SK = "ANSWER";
 const SHARDS_GSI_PK = "SHARDS";
+const BATCH_ITEM_PREFIX = "BATCH#";
+const OPEN_JOBS_GSI_PK = "BATCHJOBS";
 
 /** A transaction holds at most 100 items: 99 sample puts plus the shard's counter update. */
 const MAX_SAMPLES_PER_TRANSACTION = 99;
@@ -94,6 +99,10 @@ const CancellationReasons = z.array(z.object({ Code: z.string().optional() }).lo
 
 const shardPk = (run: string, shard: string): string => `SHARD#${run}#${shard}`;
 const shardKey = (run: string, shard: string) => ({ [PK]: shardPk(run, shard), [SK]: SHARD_SK });
+const batchItemKey = (run: string, shard: string, hash: string) => ({
+  [PK]: shardPk(run, shard),
+  [SK]: `${BATCH_ITEM_PREFIX}${hash}`,
+});
 const sampleKey = (run: string, shard: string, key: string) => ({
   [PK]: shardPk(run, shard),
   [SK]: `${SAMPLE_PREFIX}${key}`,
@@ -371,6 +380,155 @@ export class DynamoStateStore implements StateStore {
     } catch (error) {
       if (!isConditionFailed(error)) throw error;
     }
+  }
+
+  async queueBatchItem(item: BatchItem): Promise<{ queued: boolean; item: BatchItem }> {
+    const parsed = BatchItem.parse(item);
+    for (let attempt = 0; attempt < MAX_CONFLICT_ATTEMPTS; attempt++) {
+      const existing = await this.getBatchItem(parsed.run, parsed.shard, parsed.hash);
+      if (existing !== null && existing.status !== "failed") return { queued: false, item: existing };
+      const next: BatchItem = {
+        ...parsed,
+        status: "queued",
+        tries: existing?.tries ?? parsed.tries,
+        updatedAt: this.clock.now(),
+      };
+      try {
+        await this.client.send(
+          new PutCommand({
+            TableName: this.table,
+            Item: {
+              ...batchItemKey(next.run, next.shard, next.hash),
+              status: next.status,
+              record: JSON.stringify(next),
+            },
+            ...(existing === null
+              ? { ConditionExpression: "attribute_not_exists(#pk)", ExpressionAttributeNames: names("#pk") }
+              : {
+                  ConditionExpression: "#status = :failed",
+                  ExpressionAttributeNames: names("#status"),
+                  ExpressionAttributeValues: { ":failed": "failed" },
+                }),
+          }),
+        );
+        return { queued: true, item: next };
+      } catch (error) {
+        if (!isConditionFailed(error)) throw error;
+      }
+    }
+    throw new StateConflictError(`batch item ${parsed.hash} kept changing`, { retryable: true });
+  }
+
+  async getBatchItem(run: string, shard: string, hash: string): Promise<BatchItem | null> {
+    const out = await this.client.send(
+      new GetCommand({ TableName: this.table, Key: batchItemKey(run, shard, hash), ConsistentRead: true }),
+    );
+    return out.Item === undefined ? null : BatchItem.parse(JSON.parse(RecordItem.parse(out.Item).record));
+  }
+
+  async listBatchItems(run: string, shard: string, status: BatchItemStatus): Promise<BatchItem[]> {
+    const items: BatchItem[] = [];
+    let start: Record<string, unknown> | undefined;
+    do {
+      const out = await this.client.send(
+        new QueryCommand({
+          TableName: this.table,
+          KeyConditionExpression: "#pk = :pk AND begins_with(#sk, :prefix)",
+          FilterExpression: "#status = :status",
+          ExpressionAttributeNames: { "#pk": PK, "#sk": SK, "#status": "status" },
+          ExpressionAttributeValues: {
+            ":pk": shardPk(run, shard),
+            ":prefix": BATCH_ITEM_PREFIX,
+            ":status": status,
+          },
+          ConsistentRead: true,
+          ExclusiveStartKey: start,
+          ...this.limit,
+        }),
+      );
+      for (const item of out.Items ?? [])
+        items.push(BatchItem.parse(JSON.parse(RecordItem.parse(item).record)));
+      start = out.LastEvaluatedKey;
+    } while (start !== undefined);
+    return items;
+  }
+
+  async updateBatchItem(
+    run: string,
+    shard: string,
+    hash: string,
+    from: BatchItemStatus,
+    patch: Partial<Pick<BatchItem, "status" | "job" | "tries" | "error">>,
+  ): Promise<boolean> {
+    const current = await this.getBatchItem(run, shard, hash);
+    if (current === null || current.status !== from) return false;
+    const next = BatchItem.parse({ ...current, ...patch, updatedAt: this.clock.now() });
+    try {
+      await this.client.send(
+        new PutCommand({
+          TableName: this.table,
+          Item: { ...batchItemKey(run, shard, hash), status: next.status, record: JSON.stringify(next) },
+          ConditionExpression: "#status = :from",
+          ExpressionAttributeNames: names("#status"),
+          ExpressionAttributeValues: { ":from": from },
+        }),
+      );
+      return true;
+    } catch (error) {
+      if (!isConditionFailed(error)) throw error;
+      return false;
+    }
+  }
+
+  async putBatchJob(job: BatchJob): Promise<void> {
+    const parsed = BatchJob.parse(job);
+    const open = parsed.status === "submitting" || parsed.status === "submitted";
+    await this.client.send(
+      new PutCommand({
+        TableName: this.table,
+        Item: {
+          [PK]: `BATCHJOB#${parsed.run}`,
+          [SK]: parsed.id,
+          record: JSON.stringify(parsed),
+          // A sparse index: only open jobs are listed, so the batcher never scans finished ones.
+          ...(open
+            ? {
+                [TABLE_SCHEMA.gsi1.partitionKey]: OPEN_JOBS_GSI_PK,
+                [TABLE_SCHEMA.gsi1.sortKey]: `${parsed.run}#${parsed.id}`,
+              }
+            : {}),
+        },
+      }),
+    );
+  }
+
+  async listOpenBatchJobs(run?: string): Promise<BatchJob[]> {
+    const jobs: BatchJob[] = [];
+    let start: Record<string, unknown> | undefined;
+    do {
+      const out = await this.client.send(
+        new QueryCommand({
+          TableName: this.table,
+          IndexName: TABLE_SCHEMA.gsi1.indexName,
+          KeyConditionExpression:
+            run === undefined ? "#gpk = :gpk" : "#gpk = :gpk AND begins_with(#gsk, :prefix)",
+          ExpressionAttributeNames:
+            run === undefined
+              ? { "#gpk": TABLE_SCHEMA.gsi1.partitionKey }
+              : { "#gpk": TABLE_SCHEMA.gsi1.partitionKey, "#gsk": TABLE_SCHEMA.gsi1.sortKey },
+          ExpressionAttributeValues:
+            run === undefined
+              ? { ":gpk": OPEN_JOBS_GSI_PK }
+              : { ":gpk": OPEN_JOBS_GSI_PK, ":prefix": `${run}#` },
+          ExclusiveStartKey: start,
+        }),
+      );
+      for (const item of out.Items ?? [])
+        jobs.push(BatchJob.parse(JSON.parse(RecordItem.parse(item).record)));
+      start = out.LastEvaluatedKey;
+    } while (start !== undefined);
+    // The index is eventually consistent: a job closed a moment ago may still be listed; its record says so.
+    return jobs.filter((job) => job.status === "submitting" || job.status === "submitted");
   }
 
   async claimRequest(hash: string, owner: string, holdMs: number): Promise<ClaimResult> {

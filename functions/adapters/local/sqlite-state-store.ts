@@ -3,6 +3,9 @@ import { z } from "zod";
 import { ShardNotFoundError } from "../../ports/errors.ts";
 import { type Clock, systemClock } from "../../ports/runtime.ts";
 import {
+  BatchItem,
+  type BatchItemStatus,
+  BatchJob,
   type ClaimResult,
   type Expected,
   emptyStatusCounts,
@@ -43,6 +46,22 @@ CREATE INDEX IF NOT EXISTS samples_by_status ON samples (run, shard, status);
 CREATE TABLE IF NOT EXISTS answers (
   hash TEXT PRIMARY KEY,
   record TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS batch_items (
+  run TEXT NOT NULL,
+  shard TEXT NOT NULL,
+  hash TEXT NOT NULL,
+  status TEXT NOT NULL,
+  record TEXT NOT NULL,
+  PRIMARY KEY (run, shard, hash)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS batch_items_by_status ON batch_items (run, shard, status);
+CREATE TABLE IF NOT EXISTS batch_jobs (
+  run TEXT NOT NULL,
+  id TEXT NOT NULL,
+  open INTEGER NOT NULL,
+  record TEXT NOT NULL,
+  PRIMARY KEY (run, id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS claims (
   hash TEXT PRIMARY KEY,
@@ -264,6 +283,81 @@ export class SqliteStateStore implements StateStore {
 
   async releaseClaim(hash: string, owner: string): Promise<void> {
     this.db.prepare("DELETE FROM claims WHERE hash = ? AND owner = ?").run(hash, owner);
+  }
+
+  async queueBatchItem(item: BatchItem): Promise<{ queued: boolean; item: BatchItem }> {
+    const parsed = BatchItem.parse(item);
+    return this.inTransaction(() => {
+      const row = this.db
+        .prepare("SELECT record FROM batch_items WHERE run = ? AND shard = ? AND hash = ?")
+        .get(parsed.run, parsed.shard, parsed.hash);
+      const existing = row === undefined ? null : parseJson(BatchItem, row);
+      if (existing !== null && existing.status !== "failed") return { queued: false, item: existing };
+      const next: BatchItem = {
+        ...parsed,
+        status: "queued",
+        tries: existing?.tries ?? parsed.tries,
+        updatedAt: this.clock.now(),
+      };
+      this.db
+        .prepare(
+          "INSERT INTO batch_items (run, shard, hash, status, record) VALUES (?, ?, ?, ?, ?) ON CONFLICT (run, shard, hash) DO UPDATE SET status = excluded.status, record = excluded.record",
+        )
+        .run(next.run, next.shard, next.hash, next.status, JSON.stringify(next));
+      return { queued: true, item: next };
+    });
+  }
+
+  async getBatchItem(run: string, shard: string, hash: string): Promise<BatchItem | null> {
+    const row = this.db
+      .prepare("SELECT record FROM batch_items WHERE run = ? AND shard = ? AND hash = ?")
+      .get(run, shard, hash);
+    return row === undefined ? null : parseJson(BatchItem, row);
+  }
+
+  async listBatchItems(run: string, shard: string, status: BatchItemStatus): Promise<BatchItem[]> {
+    return this.db
+      .prepare("SELECT record FROM batch_items WHERE run = ? AND shard = ? AND status = ? ORDER BY hash")
+      .all(run, shard, status)
+      .map((row) => parseJson(BatchItem, row));
+  }
+
+  async updateBatchItem(
+    run: string,
+    shard: string,
+    hash: string,
+    from: BatchItemStatus,
+    patch: Partial<Pick<BatchItem, "status" | "job" | "tries" | "error">>,
+  ): Promise<boolean> {
+    return this.inTransaction(() => {
+      const row = this.db
+        .prepare("SELECT record FROM batch_items WHERE run = ? AND shard = ? AND hash = ? AND status = ?")
+        .get(run, shard, hash, from);
+      if (row === undefined) return false;
+      const next = BatchItem.parse({ ...parseJson(BatchItem, row), ...patch, updatedAt: this.clock.now() });
+      this.db
+        .prepare("UPDATE batch_items SET status = ?, record = ? WHERE run = ? AND shard = ? AND hash = ?")
+        .run(next.status, JSON.stringify(next), run, shard, hash);
+      return true;
+    });
+  }
+
+  async putBatchJob(job: BatchJob): Promise<void> {
+    const parsed = BatchJob.parse(job);
+    const open = parsed.status === "submitting" || parsed.status === "submitted" ? 1 : 0;
+    this.db
+      .prepare(
+        "INSERT INTO batch_jobs (run, id, open, record) VALUES (?, ?, ?, ?) ON CONFLICT (run, id) DO UPDATE SET open = excluded.open, record = excluded.record",
+      )
+      .run(parsed.run, parsed.id, open, JSON.stringify(parsed));
+  }
+
+  async listOpenBatchJobs(run?: string): Promise<BatchJob[]> {
+    const rows =
+      run === undefined
+        ? this.db.prepare("SELECT record FROM batch_jobs WHERE open = 1 ORDER BY run, id").all()
+        : this.db.prepare("SELECT record FROM batch_jobs WHERE open = 1 AND run = ? ORDER BY id").all(run);
+    return rows.map((row) => parseJson(BatchJob, row));
   }
 
   /** Drops every claim: a local run is the only process on its state, so claims of a killed run are void. */

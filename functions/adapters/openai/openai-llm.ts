@@ -160,50 +160,65 @@ export class OpenAiLlm implements Llm {
       throw failure;
     }
 
-    const parsed = CompletionBody.safeParse(raw);
-    if (!parsed.success) {
-      // A 200 with an unreadable body is a server fault; asking again may well work.
-      throw new LlmCallError(`LLM answer is not a chat completion: ${z.prettifyError(parsed.error)}`, {
-        retryable: true,
-        status: 200,
-        cause: parsed.error,
-      });
-    }
-    const body = parsed.data;
-    // Non-empty by the schema's `.min(1)`; the check keeps the type honest.
-    const choice = body.choices[0];
-    if (choice === undefined) throw new LlmAnswerError("the completion has no choices");
-    const finishReason = choice.finish_reason ?? "stop";
-    const refusal = choice.message.refusal ?? null;
-    const content = choice.message.content ?? "";
-
-    if (refusal !== null && refusal !== "") {
-      throw new LlmCallError(`model refused: ${scrubSecrets(refusal, this.#secrets)}`, {
-        retryable: false,
-        status: 200,
-      });
-    }
-    if (finishReason === "content_filter") {
-      throw new LlmCallError("LLM answer blocked by the content filter", { retryable: false, status: 200 });
-    }
-    if (finishReason === "length") {
-      throw new LlmAnswerError(`answer cut at the token limit (max_tokens ${request.maxTokens})`);
-    }
-    if (content.trim() === "") {
-      throw new LlmAnswerError(`empty answer (finish_reason ${finishReason})`);
-    }
-
-    const usage = body.usage;
-    return {
-      content,
-      usage: {
-        promptTokens: usage?.prompt_tokens ?? 0,
-        cachedTokens: usage?.prompt_tokens_details?.cached_tokens ?? 0,
-        completionTokens: usage?.completion_tokens ?? 0,
-      },
-      model: body.model ?? request.model,
-      finishReason,
-      refusal: null,
-    };
+    return readCompletion(raw, request, this.#secrets);
   }
+}
+
+/**
+ * Reads a chat completion body (a direct answer or a Batch API output line's `response.body`) into an answer:
+ * a refusal or a content-filter stop is a failed call, an answer cut at the token limit or empty is an
+ * unusable answer, anything unreadable is a server fault worth asking again.
+ */
+export function readCompletion(
+  raw: unknown,
+  request: Pick<LlmRequest, "model"> & { readonly maxTokens?: number },
+  secrets: readonly string[],
+): LlmResponse {
+  const parsed = CompletionBody.safeParse(raw);
+  if (!parsed.success) {
+    // A 200 with an unreadable body is a server fault; asking again may well work.
+    throw new LlmCallError(`LLM answer is not a chat completion: ${z.prettifyError(parsed.error)}`, {
+      retryable: true,
+      status: 200,
+      cause: parsed.error,
+    });
+  }
+  const body = parsed.data;
+  // Non-empty by the schema's `.min(1)`; the check keeps the type honest.
+  const choice = body.choices[0];
+  if (choice === undefined) throw new LlmAnswerError("the completion has no choices");
+  const finishReason = choice.finish_reason ?? "stop";
+  const refusal = choice.message.refusal ?? null;
+  const content = choice.message.content ?? "";
+
+  if (refusal !== null && refusal !== "") {
+    throw new LlmCallError(`model refused: ${scrubSecrets(refusal, secrets)}`, {
+      retryable: false,
+      status: 200,
+    });
+  }
+  if (finishReason === "content_filter") {
+    throw new LlmCallError("LLM answer blocked by the content filter", { retryable: false, status: 200 });
+  }
+  if (finishReason === "length") {
+    throw new LlmAnswerError(
+      `answer cut at the token limit${request.maxTokens === undefined ? "" : ` (max_tokens ${request.maxTokens})`}`,
+    );
+  }
+  if (content.trim() === "") {
+    throw new LlmAnswerError(`empty answer (finish_reason ${finishReason})`);
+  }
+
+  const usage = body.usage;
+  return {
+    content,
+    usage: {
+      promptTokens: usage?.prompt_tokens ?? 0,
+      cachedTokens: usage?.prompt_tokens_details?.cached_tokens ?? 0,
+      completionTokens: usage?.completion_tokens ?? 0,
+    },
+    model: body.model ?? request.model,
+    finishReason,
+    refusal: null,
+  };
 }

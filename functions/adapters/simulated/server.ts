@@ -3,7 +3,15 @@ import { createServer, type IncomingMessage, type ServerResponse } from "node:ht
 import type { AddressInfo } from "node:net";
 import { z } from "zod";
 import { MmevolError } from "../../ports/errors.ts";
-import type { ContentPart } from "../../ports/llm.ts";
+import {
+  chatCompletionBody,
+  errorBody,
+  MAX_BATCH_FILE_BYTES,
+  parseChatBody,
+  SimBatchError,
+  SimulatedBatches,
+  type SimulatedBatchOptions,
+} from "./batches.ts";
 import {
   latencyFor,
   prepareRequest,
@@ -37,6 +45,8 @@ export interface SimulatorOptions {
   readonly apiKey?: string;
   /** Injected faults (429 storms, 5xx, hangs, resets, broken answers); none when absent. */
   readonly faults?: FaultOptions;
+  /** How `/v1/batches` behaves: when batches complete, injected line failures, expiry. */
+  readonly batch?: SimulatedBatchOptions;
 }
 
 export interface SimLogEntry {
@@ -76,6 +86,8 @@ export interface Simulator {
   stats(): SimStats;
   /** Raw bodies of the last 50 chat completion requests, oldest first. */
   lastRequests(): readonly unknown[];
+  /** The Batch API behind `/v1/files` and `/v1/batches`, with its own stats; it shares the chat model. */
+  readonly batches: SimulatedBatches;
   close(): Promise<void>;
 }
 
@@ -83,71 +95,15 @@ const MODELS = ["gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "gpt-4.1", "gpt-4.1-nan
 const MAX_LOG = 10_000;
 const MAX_BODIES = 50;
 const MAX_BODY_BYTES = 64 * 1024 * 1024;
+/** A multipart upload's body: the file plus room for the boundaries and the purpose field. */
+const MAX_UPLOAD_BODY_BYTES = MAX_BATCH_FILE_BYTES + 64 * 1024;
 
-const ContentPartBody = z.discriminatedUnion("type", [
-  z.object({ type: z.literal("text"), text: z.string() }),
-  z.object({
-    type: z.literal("image_url"),
-    image_url: z.object({ url: z.string().min(1), detail: z.enum(["low", "high", "auto"]).optional() }),
-  }),
-]);
-
-const ChatBody = z.object({
-  model: z.string().min(1),
-  messages: z
-    .array(z.object({ role: z.string(), content: z.union([z.string(), z.array(ContentPartBody), z.null()]) }))
-    .min(1),
-  response_format: z
-    .discriminatedUnion("type", [
-      z.object({
-        type: z.literal("json_schema"),
-        json_schema: z.object({
-          name: z.string(),
-          schema: z.record(z.string(), z.unknown()).optional(),
-          strict: z.boolean().nullish(),
-        }),
-      }),
-      z.object({ type: z.literal("json_object") }),
-      z.object({ type: z.literal("text") }),
-    ])
-    .optional(),
-  temperature: z.number().min(0).max(2).nullish(),
-  max_tokens: z.number().int().positive().nullish(),
-  max_completion_tokens: z.number().int().positive().nullish(),
-  seed: z.number().int().nullish(),
-  stream: z.literal(false).nullish(),
+const CreateBatchBody = z.object({
+  input_file_id: z.string().min(1),
+  endpoint: z.string(),
+  completion_window: z.string(),
+  metadata: z.record(z.string(), z.string()).nullish(),
 });
-type ChatBody = z.infer<typeof ChatBody>;
-
-function toSimRequest(body: ChatBody): SimRequest {
-  const format = body.response_format;
-  return {
-    model: body.model,
-    messages: body.messages.map((message) => ({
-      role: message.role,
-      content:
-        message.content === null
-          ? ""
-          : typeof message.content === "string"
-            ? message.content
-            : message.content.map(
-                (part): ContentPart =>
-                  part.type === "text"
-                    ? part
-                    : {
-                        type: "image_url",
-                        imageUrl: part.image_url.url,
-                        detail: part.image_url.detail ?? "auto",
-                      },
-              ),
-    })),
-    schemaName: format?.type === "json_schema" ? format.json_schema.name : null,
-    schema: format?.type === "json_schema" ? (format.json_schema.schema ?? null) : null,
-    jsonObject: format?.type === "json_object",
-    maxTokens: body.max_completion_tokens ?? body.max_tokens ?? null,
-    seed: body.seed ?? null,
-  };
-}
 
 /** A per-minute budget that refills continuously, like the provider's limiter. */
 class MinuteBucket {
@@ -195,26 +151,30 @@ function formatDuration(ms: number): string {
   return minutes > 0 ? `${minutes}m${seconds}s` : `${seconds}s`;
 }
 
-function errorBody(message: string, type: string, code: string | null, param: string | null = null) {
-  return { error: { message, type, param, code } };
-}
-
-function readBody(req: IncomingMessage): Promise<string | null> {
+/** The body's bytes, or null (after draining the rest) when it is longer than `limit`. */
+function readBytes(req: IncomingMessage, limit: number): Promise<Buffer | null> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;
     req.on("data", (chunk: Buffer) => {
       size += chunk.length;
-      if (size <= MAX_BODY_BYTES) chunks.push(chunk);
+      if (size <= limit) chunks.push(chunk);
     });
-    req.on("end", () => resolve(size > MAX_BODY_BYTES ? null : Buffer.concat(chunks).toString("utf8")));
+    req.on("end", () => resolve(size > limit ? null : Buffer.concat(chunks)));
     req.on("error", reject);
   });
+}
+
+async function readBody(req: IncomingMessage): Promise<string | null> {
+  const bytes = await readBytes(req, MAX_BODY_BYTES);
+  return bytes === null ? null : bytes.toString("utf8");
 }
 
 /** An OpenAI-compatible chat completions server on 127.0.0.1, answering from the simulated model. */
 export async function startSimulator(options: SimulatorOptions = {}): Promise<Simulator> {
   const engine = new SimulatedEngine();
+  // One engine for both, so a batch line and a chat request share the prefix cache as they do upstream.
+  const batches = new SimulatedBatches({ ...options.batch, engine });
   const plan = options.faults === undefined ? null : new FaultPlan(options.faults);
   const startedAt = performance.now();
   const faults = Object.fromEntries(FAULT_KINDS.map((kind) => [kind, 0])) as Record<FaultKind, number>;
@@ -277,18 +237,12 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
     }
     bodies.push(json);
     if (bodies.length > MAX_BODIES) bodies.shift();
-    const parsed = ChatBody.safeParse(json);
-    if (!parsed.success) {
+    const parsed = parseChatBody(json);
+    if (!parsed.ok) {
       record(unparsed(400));
-      const issue = parsed.error.issues[0];
-      const param = issue === undefined || issue.path.length === 0 ? null : issue.path.join(".");
-      const message =
-        typeof json === "string"
-          ? "We could not parse the JSON body of your request."
-          : z.prettifyError(parsed.error);
-      return send(res, 400, errorBody(message, "invalid_request_error", null, param));
+      return send(res, 400, errorBody(parsed.message, "invalid_request_error", null, parsed.param));
     }
-    const request = toSimRequest(parsed.data);
+    const request = parsed.request;
     const prepared = prepareRequest(request);
     const images = request.messages.flatMap((m) => (typeof m.content === "string" ? [] : m.content));
     const firstImage = images.find((part) => part.type === "image_url");
@@ -395,36 +349,140 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
       status: 200,
       fault: shaped.fault,
     });
-    return send(res, 200, {
-      id: `chatcmpl-${prepared.seedText.slice(0, 24)}`,
-      object: "chat.completion",
-      created: Math.floor(Date.now() / 1000),
-      model: request.model,
-      choices: [
-        {
-          index: 0,
-          message: {
-            role: "assistant",
-            content: shaped.refusal === null ? answer.content : null,
-            refusal: shaped.refusal,
-          },
-          logprobs: null,
-          finish_reason: answer.finishReason,
-        },
-      ],
-      usage: {
-        prompt_tokens: answer.promptTokens,
-        completion_tokens: answer.completionTokens,
-        total_tokens: answer.promptTokens + answer.completionTokens,
-        prompt_tokens_details: { cached_tokens: answer.cachedTokens },
-        completion_tokens_details: { reasoning_tokens: 0 },
-      },
-      system_fingerprint: "fp_simulated",
-    });
+    return send(
+      res,
+      200,
+      chatCompletionBody({
+        id: `chatcmpl-${prepared.seedText.slice(0, 24)}`,
+        createdSeconds: Math.floor(Date.now() / 1000),
+        model: request.model,
+        answer,
+        refusal: shaped.refusal,
+      }),
+    );
+  };
+
+  const upload = async (req: IncomingMessage, res: ServerResponse) => {
+    const tooLarge = () =>
+      send(
+        res,
+        413,
+        errorBody(
+          `File is too large; the limit is ${MAX_BATCH_FILE_BYTES} bytes (200 MB).`,
+          "invalid_request_error",
+          "file_too_large",
+          "file",
+        ),
+      );
+    // Refused before reading when the declared length says so; the rest of the body is drained, not kept.
+    if (Number(req.headers["content-length"] ?? 0) > MAX_UPLOAD_BODY_BYTES) {
+      req.resume();
+      return tooLarge();
+    }
+    const bytes = await readBytes(req, MAX_UPLOAD_BODY_BYTES);
+    if (bytes === null) return tooLarge();
+    const contentType = req.headers["content-type"] ?? "";
+    let form: FormData;
+    try {
+      form = await new Request("http://simulator.local/v1/files", {
+        method: "POST",
+        headers: { "content-type": contentType },
+        body: bytes,
+      }).formData();
+    } catch {
+      return send(
+        res,
+        400,
+        errorBody("The body is not multipart/form-data.", "invalid_request_error", null, "file"),
+      );
+    }
+    const purpose = form.get("purpose");
+    const file = form.get("file");
+    if (typeof purpose !== "string") {
+      return send(res, 400, errorBody("Missing purpose.", "invalid_request_error", null, "purpose"));
+    }
+    if (file === null || typeof file === "string") {
+      return send(res, 400, errorBody("Missing file.", "invalid_request_error", null, "file"));
+    }
+    return send(res, 200, batches.upload(file.name, await file.bytes(), purpose));
+  };
+
+  /** `/v1/files` and `/v1/batches`; false when the route is none of theirs. Never rate limited. */
+  const batchRoute = async (
+    req: IncomingMessage,
+    res: ServerResponse,
+    path: string,
+    query: URLSearchParams,
+  ): Promise<boolean> => {
+    const [, resource, rawId, action, ...rest] = path.split("/").slice(1);
+    if (resource !== "files" && resource !== "batches") return false;
+    if (rest.length > 0) return false;
+    const id = rawId === undefined ? undefined : decodeURIComponent(rawId);
+    try {
+      if (resource === "files") {
+        if (req.method === "POST" && id === undefined) await upload(req, res);
+        else if (req.method === "GET" && id !== undefined && action === undefined)
+          send(res, 200, batches.file(id));
+        else if (req.method === "GET" && id !== undefined && action === "content") {
+          const content = batches.fileContent(id);
+          res.writeHead(200, {
+            "content-type": "application/octet-stream",
+            "content-length": String(content.byteLength),
+            "x-request-id": `req_${randomUUID().replaceAll("-", "")}`,
+          });
+          res.end(content);
+        } else return false;
+        return true;
+      }
+      if (req.method === "POST" && id === undefined) {
+        const text = await readBody(req);
+        let json: unknown = null;
+        try {
+          json = text === null ? null : JSON.parse(text);
+        } catch {
+          // Reported below as a body that does not parse.
+        }
+        const parsed = CreateBatchBody.safeParse(json);
+        if (!parsed.success) {
+          const issue = parsed.error.issues[0];
+          const param = issue === undefined || issue.path.length === 0 ? null : issue.path.join(".");
+          send(res, 400, errorBody(z.prettifyError(parsed.error), "invalid_request_error", null, param));
+          return true;
+        }
+        const body = parsed.data;
+        const created = batches.create({
+          inputFileId: body.input_file_id,
+          endpoint: body.endpoint,
+          completionWindow: body.completion_window,
+          metadata: body.metadata ?? null,
+        });
+        send(res, 200, created);
+      } else if (req.method === "GET" && id === undefined) {
+        const limit = query.get("limit");
+        const after = query.get("after");
+        const list = await batches.list({
+          ...(limit === null ? {} : { limit: Number.parseInt(limit, 10) || 20 }),
+          ...(after === null ? {} : { after }),
+        });
+        send(res, 200, list);
+      } else if (req.method === "GET" && id !== undefined && action === undefined) {
+        send(res, 200, await batches.retrieve(id));
+      } else if (req.method === "POST" && id !== undefined && action === "cancel") {
+        req.resume();
+        send(res, 200, await batches.cancel(id));
+      } else return false;
+      return true;
+    } catch (error) {
+      if (!(error instanceof SimBatchError)) throw error;
+      req.resume();
+      send(res, error.status, errorBody(error.message, error.type, error.code, error.param));
+      return true;
+    }
   };
 
   const handle = async (req: IncomingMessage, res: ServerResponse) => {
-    const path = new URL(req.url ?? "/", "http://localhost").pathname.replace(/\/+$/, "");
+    const url = new URL(req.url ?? "/", "http://localhost");
+    const path = url.pathname.replace(/\/+$/, "");
     if (options.apiKey !== undefined && req.headers.authorization !== `Bearer ${options.apiKey}`) {
       req.resume();
       if (path === "/v1/chat/completions") record(unparsed(401));
@@ -440,6 +498,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
       return send(res, 200, { object: "list", data });
     }
     if (req.method === "POST" && path === "/v1/chat/completions") return chat(req, res);
+    if (path.startsWith("/v1/") && (await batchRoute(req, res, path, url.searchParams))) return;
     req.resume();
     return send(
       res,
@@ -468,6 +527,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
     port: address.port,
     stats: () => ({ ...totals, completionTokens, faults: { ...faults }, log: [...log] }),
     lastRequests: () => [...bodies],
+    batches,
     close: () =>
       new Promise<void>((resolve, reject) => {
         closing.abort();

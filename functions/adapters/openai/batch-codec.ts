@@ -1,0 +1,20 @@
+import type { BatchCodec } from "../../ports/batch-api.ts";
+import type { LlmRequest, LlmResponse } from "../../ports/llm.ts";
+import { readCompletion, toChatCompletionParams } from "./openai-llm.ts";
+
+/** Batch lines in OpenAI's format: the same chat completions body as online, the same reading of answers. */
+export class OpenAiBatchCodec implements BatchCodec {
+  readonly #secrets: readonly string[];
+
+  constructor(secrets: readonly string[] = []) {
+    this.#secrets = secrets;
+  }
+
+  encode(request: LlmRequest): Record<string, unknown> {
+    return { ...toChatCompletionParams(request) };
+  }
+
+  decode(body: unknown, model: string): LlmResponse {
+    return readCompletion(body, { model }, this.#secrets);
+  }
+}

@@ -1,0 +1,126 @@
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+import { SqliteStateStore } from "../../functions/adapters/local/sqlite-state-store.ts";
+import { OpenAiBatchCodec } from "../../functions/adapters/openai/batch-codec.ts";
+import { OpenAiBatchApi } from "../../functions/adapters/openai/openai-batch-api.ts";
+import { OpenAiLlm } from "../../functions/adapters/openai/openai-llm.ts";
+import { SimulatedBatches } from "../../functions/adapters/simulated/batches.ts";
+import { startSimulator } from "../../functions/adapters/simulated/server.ts";
+import { SimulatedLlm } from "../../functions/adapters/simulated/simulated-llm.ts";
+import type { BatchApi } from "../../functions/ports/batch-api.ts";
+import type { Llm, LlmRequest, LlmResponse } from "../../functions/ports/llm.ts";
+import { runLocal } from "../../functions/runtime/local.ts";
+import { demoShard, readJson, tempDir } from "../helpers/files.ts";
+import { ReportCounts } from "../helpers/report.ts";
+
+const dirs: { cleanup: () => void }[] = [];
+afterAll(() => {
+  for (const dir of dirs) dir.cleanup();
+});
+
+/** Counts online calls, so a test can tell batch answers from online ones. */
+class CountedLlm implements Llm {
+  calls = 0;
+  readonly #inner: Llm;
+  constructor(inner: Llm) {
+    this.#inner = inner;
+  }
+  complete(request: LlmRequest): Promise<LlmResponse> {
+    this.calls += 1;
+    return this.#inner.complete(request);
+  }
+}
+
+async function run(options: { mode: "online" | "batch"; api?: BatchApi; llm?: Llm; name?: string }) {
+  const dir = tempDir();
+  dirs.push(dir);
+  const out = join(dir.path, options.name ?? "out");
+  const llm = new CountedLlm(options.llm ?? new SimulatedLlm());
+  const api = options.api ?? new SimulatedBatches();
+  const result = await runLocal({
+    shards: [demoShard],
+    out,
+    run: "demo",
+    concurrency: 4,
+    config: { rounds: 3, mode: options.mode },
+    llm,
+    batch: { api, codec: new OpenAiBatchCodec() },
+    batchMinPollMs: 5,
+    batchMaxPollMs: 20,
+  });
+  const report = readJson(join(out, "reports/demo/demo.json"));
+  return { out, llm, api, result, report, counts: ReportCounts.parse(report.counts) };
+}
+
+const usageOf = (report: Record<string, unknown>) =>
+  report.usage as { calls: number; promptTokens: number; completionTokens: number; costUsd: number };
+
+describe("batch mode on the local runner", () => {
+  it("evolves the same data as online, with no online call, at batch prices", async () => {
+    const online = await run({ mode: "online" });
+    const batch = await run({ mode: "batch" });
+    expect(batch.llm.calls).toBe(0);
+    expect(online.llm.calls).toBeGreaterThan(0);
+    expect(batch.counts).toEqual(online.counts);
+    // The same requests get the same answers: the training data is byte-identical.
+    expect(readFileSync(join(batch.out, "evolved/demo/demo.jsonl"), "utf8")).toBe(
+      readFileSync(join(online.out, "evolved/demo/demo.jsonl"), "utf8"),
+    );
+    const u = usageOf(batch.report);
+    const o = usageOf(online.report);
+    expect(u.promptTokens).toBe(o.promptTokens);
+    expect(u.completionTokens).toBe(o.completionTokens);
+    // Half of list price for every token, against online's cached-prefix discount: well under online.
+    expect(u.costUsd).toBeLessThan(o.costUsd * 0.75);
+    expect(u.costUsd).toBeGreaterThan(0);
+    // One batch per stage per round: evolve and judge of 3 rounds.
+    const stats = (batch.api as SimulatedBatches).stats();
+    expect(stats.batchesCreated).toBe(6);
+  });
+
+  it("retries requests a batch failed in the next batch, then online past maxBatchTries", async () => {
+    const failing = new SimulatedBatches({ failShare: 0.3 });
+    const result = await run({ mode: "batch", api: failing });
+    const clean = await run({ mode: "online", name: "clean" });
+    expect(result.counts).toEqual(clean.counts);
+    expect(result.counts.failed).toBe(0);
+    expect(failing.stats().linesFailed).toBeGreaterThan(0);
+    expect(failing.stats().batchesCreated).toBeGreaterThan(6);
+    // The same requests fail the same way in every batch (the share is chosen by custom_id): online finishes them.
+    expect(result.llm.calls).toBeGreaterThan(0);
+    expect(result.llm.calls).toBeLessThan(clean.llm.calls);
+  });
+
+  it("treats an expired batch as failed and still finishes every sample", async () => {
+    const result = await run({ mode: "batch", api: new SimulatedBatches({ expire: true }) });
+    expect(result.counts.addsUp).toBe(true);
+    expect(result.counts.failed).toBe(0);
+    expect(result.counts.evolved).toBeGreaterThan(0);
+  });
+
+  it("runs end to end against the simulator's files and batches endpoints through the openai client", async () => {
+    const sim = await startSimulator({ apiKey: "sk-test-not-a-real-key", batch: { completeAfterMs: 30 } });
+    try {
+      const result = await run({
+        mode: "batch",
+        api: new OpenAiBatchApi({ apiKey: "sk-test-not-a-real-key", baseURL: sim.url }),
+        llm: new OpenAiLlm({ apiKey: "sk-test-not-a-real-key", baseURL: sim.url }),
+      });
+      expect(result.llm.calls).toBe(0);
+      expect(result.counts.evolved).toBeGreaterThan(0);
+      expect(result.counts.addsUp).toBe(true);
+      expect(sim.stats().requests).toBe(0);
+      expect(sim.batches.stats().batchesCreated).toBe(6);
+      // Every job is closed in the state.
+      const state = new SqliteStateStore(join(result.out, ".mmevol/state.sqlite"));
+      try {
+        expect(await state.listOpenBatchJobs()).toEqual([]);
+      } finally {
+        state.close();
+      }
+    } finally {
+      await sim.close();
+    }
+  });
+});
