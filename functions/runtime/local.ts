@@ -12,6 +12,7 @@ import { SqliteStateStore } from "../adapters/local/sqlite-state-store.ts";
 import type { RunConfigInput } from "../evolution/config.ts";
 import type { ShardReport } from "../evolution/report.ts";
 import {
+  type BatchTickResult,
   batchTick,
   layout,
   recoverMessages,
@@ -262,14 +263,32 @@ export async function runLocal(options: LocalRunOptions): Promise<LocalRunResult
     await drain();
     // Batch mode: the queues are idle, so every sample that waits for an answer has queued its request. Submit
     // them, poll with backoff, apply the answers, run the stages they bring back; until nothing waits.
+    let tickFailures = 0;
     while (deps.batch && !stop) {
-      const tick = await batchTick(deps, {
-        now: clock.now(),
-        run: options.run,
-        settleMs: 0,
-        minPollMs: options.batchMinPollMs ?? 1_000,
-        maxPollMs: options.batchMaxPollMs ?? 60_000,
-      });
+      let tick: BatchTickResult;
+      try {
+        tick = await batchTick(deps, {
+          now: clock.now(),
+          run: options.run,
+          settleMs: 0,
+          minPollMs: options.batchMinPollMs ?? 1_000,
+          maxPollMs: options.batchMaxPollMs ?? 60_000,
+        });
+        tickFailures = 0;
+      } catch (error) {
+        // The provider or the network failed mid-tick: every step of a tick can be redone, so try again with
+        // backoff, as a restarted run would; a failure that persists ends the run (state kept for a rerun).
+        tickFailures += 1;
+        if (tickFailures > 5) throw error;
+        const delay = Math.min(60_000, (options.batchMinPollMs ?? 1_000) * 2 ** tickFailures);
+        logger.warn("batch step failed, trying again", {
+          attempt: tickFailures,
+          delayMs: delay,
+          error: error instanceof Error ? error.message : String(error),
+        });
+        await sleep(delay, undefined, { signal: options.signal }).catch(() => undefined);
+        continue;
+      }
       if (tick.messages.length > 0) {
         await tracked.send(tick.messages);
         await drain();

@@ -10,6 +10,7 @@ import { startSimulator } from "../../functions/adapters/simulated/server.ts";
 import { SimulatedLlm } from "../../functions/adapters/simulated/simulated-llm.ts";
 import type { BatchApi } from "../../functions/ports/batch-api.ts";
 import type { Llm, LlmRequest, LlmResponse } from "../../functions/ports/llm.ts";
+import { type Logger, silentLogger } from "../../functions/ports/runtime.ts";
 import { runLocal } from "../../functions/runtime/local.ts";
 import { demoShard, readJson, tempDir } from "../helpers/files.ts";
 import { ReportCounts } from "../helpers/report.ts";
@@ -32,10 +33,18 @@ class CountedLlm implements Llm {
   }
 }
 
-async function run(options: { mode: "online" | "batch"; api?: BatchApi; llm?: Llm; name?: string }) {
+async function run(options: {
+  mode: "online" | "batch";
+  api?: BatchApi;
+  llm?: Llm;
+  name?: string;
+  out?: string;
+  signal?: AbortSignal;
+  logger?: Logger;
+}) {
   const dir = tempDir();
   dirs.push(dir);
-  const out = join(dir.path, options.name ?? "out");
+  const out = options.out ?? join(dir.path, options.name ?? "out");
   const llm = new CountedLlm(options.llm ?? new SimulatedLlm());
   const api = options.api ?? new SimulatedBatches();
   const result = await runLocal({
@@ -48,9 +57,12 @@ async function run(options: { mode: "online" | "batch"; api?: BatchApi; llm?: Ll
     batch: { api, codec: new OpenAiBatchCodec() },
     batchMinPollMs: 5,
     batchMaxPollMs: 20,
+    ...(options.signal ? { signal: options.signal } : {}),
+    ...(options.logger ? { logger: options.logger } : {}),
   });
+  if (result.interrupted) return { out, llm, api, result, report: {}, counts: null };
   const report = readJson(join(out, "reports/demo/demo.json"));
-  return { out, llm, api, result, report, counts: ReportCounts.parse(report.counts) };
+  return { out, llm, api, result, report, counts: ReportCounts.parse(report.counts) as ReportCounts | null };
 }
 
 const usageOf = (report: Record<string, unknown>) =>
@@ -84,7 +96,7 @@ describe("batch mode on the local runner", () => {
     const result = await run({ mode: "batch", api: failing });
     const clean = await run({ mode: "online", name: "clean" });
     expect(result.counts).toEqual(clean.counts);
-    expect(result.counts.failed).toBe(0);
+    expect(result.counts?.failed).toBe(0);
     expect(failing.stats().linesFailed).toBeGreaterThan(0);
     expect(failing.stats().batchesCreated).toBeGreaterThan(6);
     // The same requests fail the same way in every batch (the share is chosen by custom_id): online finishes them.
@@ -94,9 +106,59 @@ describe("batch mode on the local runner", () => {
 
   it("treats an expired batch as failed and still finishes every sample", async () => {
     const result = await run({ mode: "batch", api: new SimulatedBatches({ expire: true }) });
-    expect(result.counts.addsUp).toBe(true);
-    expect(result.counts.failed).toBe(0);
-    expect(result.counts.evolved).toBeGreaterThan(0);
+    expect(result.counts?.addsUp).toBe(true);
+    expect(result.counts?.failed).toBe(0);
+    expect(result.counts?.evolved).toBeGreaterThan(0);
+  });
+
+  it("resumes after an interruption by polling the batches it submitted, never submitting them again", async () => {
+    const sim = await startSimulator({ batch: { completeAfterMs: 400 } });
+    const dir = tempDir();
+    dirs.push(dir);
+    const out = join(dir.path, "resumed");
+    try {
+      const api = () => new OpenAiBatchApi({ apiKey: "sk-test", baseURL: sim.url });
+      const controller = new AbortController();
+      const logger: Logger = {
+        ...silentLogger,
+        info: (message) => {
+          if (message === "batch submitted") controller.abort();
+        },
+      };
+      const first = await run({ mode: "batch", api: api(), out, signal: controller.signal, logger });
+      expect(first.result.interrupted).toBe(true);
+      expect(sim.batches.stats().batchesCreated).toBe(1);
+      const second = await run({ mode: "batch", api: api(), out });
+      expect(second.counts?.addsUp).toBe(true);
+      expect(second.counts?.failed).toBe(0);
+      // The first round's batch was polled and applied, not sent again: 3 rounds, evolve and judge each.
+      expect(sim.batches.stats().batchesCreated).toBe(6);
+      expect(second.llm.calls).toBe(0);
+    } finally {
+      await sim.close();
+    }
+  });
+
+  it("adopts a batch created just before a crash, found by its metadata, instead of creating another", async () => {
+    const inner = new SimulatedBatches();
+    let crashes = 1;
+    // The provider created the batch, but the process died before it recorded the batch's id.
+    const crashing: BatchApi = {
+      uploadFile: (name, content) => inner.uploadFile(name, content),
+      createBatch: async (fileId, metadata) => {
+        const info = await inner.createBatch(fileId, metadata);
+        if (crashes-- > 0) throw new Error("killed after createBatch");
+        return info;
+      },
+      getBatch: (id) => inner.getBatch(id),
+      listBatches: (limit) => inner.listBatches(limit),
+      fileText: (id) => inner.fileText(id),
+    };
+    const result = await run({ mode: "batch", api: crashing });
+    expect(result.counts?.failed).toBe(0);
+    expect(result.counts?.evolved).toBeGreaterThan(0);
+    expect(inner.stats().batchesCreated).toBe(6);
+    expect(result.llm.calls).toBe(0);
   });
 
   it("runs end to end against the simulator's files and batches endpoints through the openai client", async () => {
@@ -108,8 +170,8 @@ describe("batch mode on the local runner", () => {
         llm: new OpenAiLlm({ apiKey: "sk-test-not-a-real-key", baseURL: sim.url }),
       });
       expect(result.llm.calls).toBe(0);
-      expect(result.counts.evolved).toBeGreaterThan(0);
-      expect(result.counts.addsUp).toBe(true);
+      expect(result.counts?.evolved).toBeGreaterThan(0);
+      expect(result.counts?.addsUp).toBe(true);
       expect(sim.stats().requests).toBe(0);
       expect(sim.batches.stats().batchesCreated).toBe(6);
       // Every job is closed in the state.
