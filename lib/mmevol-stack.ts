@@ -218,6 +218,10 @@ export class MmevolStack extends Stack {
       [ENV.runDefaults]: runDefaultsJson,
       [ENV.llmTimeoutMs]: String(LLM_TIMEOUT_MS),
       [ENV.llmMaxRetries]: String(LLM_MAX_RETRIES),
+      // One budget per model in the table, shared by every evolve and judge container (maxConcurrency stays
+      // the hard cap); it adapts to the provider's x-ratelimit headers when they report less.
+      [ENV.tokensPerMinute]: String(limits.tokensPerMinute),
+      [ENV.requestsPerMinute]: String(limits.requestsPerMinute),
       ...(props.baseUrl === undefined ? {} : { [ENV.openaiBaseUrl]: props.baseUrl }),
     };
     const stageFunction = (stage: StageName, name: string, environment: Record<string, string>) =>

@@ -31,6 +31,16 @@ export class LlmCallError extends MmevolError {
   }
 }
 
+/**
+ * The shared rate budget is spent for now: the call was not made. Not a failed try; the message waits
+ * `retryAfterMs` on its queue (no Lambda sleeps) and comes back.
+ */
+export class NoRateBudgetError extends LlmCallError {
+  constructor(message: string, retryAfterMs: number) {
+    super(message, { retryable: true, retryAfterMs, inFlight: true });
+  }
+}
+
 /** The model answered, but not with what the schema asks for. */
 export class LlmAnswerError extends MmevolError {
   constructor(message: string, options: { cause?: unknown } = {}) {

@@ -4,14 +4,21 @@ import { Logger as PowertoolsLogger } from "@aws-lambda-powertools/logger";
 import { Metrics, MetricUnit } from "@aws-lambda-powertools/metrics";
 import { DynamoDBClient } from "@aws-sdk/client-dynamodb";
 import { S3Client } from "@aws-sdk/client-s3";
-import { ChangeMessageVisibilityCommand, GetQueueUrlCommand, SQSClient } from "@aws-sdk/client-sqs";
+import {
+  ChangeMessageVisibilityCommand,
+  GetQueueUrlCommand,
+  SendMessageCommand,
+  SQSClient,
+} from "@aws-sdk/client-sqs";
 import { DynamoDBDocumentClient } from "@aws-sdk/lib-dynamodb";
 import type { Context, SQSBatchResponse, SQSEvent, SQSRecord } from "aws-lambda";
 import type { z } from "zod";
+import { DynamoRateGovernor } from "../adapters/aws/dynamodb-rate-governor.ts";
 import { DynamoStateStore } from "../adapters/aws/dynamodb-state-store.ts";
 import { S3BlobStore } from "../adapters/aws/s3-blob-store.ts";
 import { readApiKey } from "../adapters/aws/secret-api-key.ts";
 import { SqsWorkQueue } from "../adapters/aws/sqs-work-queue.ts";
+import { GovernedLlm } from "../adapters/governor/governed-llm.ts";
 import { SharpImagePreparer } from "../adapters/images/sharp-image-preparer.ts";
 import { OpenAiBatchCodec } from "../adapters/openai/batch-codec.ts";
 import { OpenAiBatchApi } from "../adapters/openai/openai-batch-api.ts";
@@ -20,7 +27,7 @@ import type { RunConfigInput } from "../evolution/config.ts";
 import { runStage, type StageDeps } from "../pipeline/index.ts";
 import type { BatchApi, BatchInfo } from "../ports/batch-api.ts";
 import type { BlobStore } from "../ports/blob-store.ts";
-import { InvalidInputError } from "../ports/errors.ts";
+import { InvalidInputError, NoRateBudgetError } from "../ports/errors.ts";
 import type { Faults } from "../ports/faults.ts";
 import { noFaults } from "../ports/faults.ts";
 import type { Llm, LlmRequest, LlmResponse } from "../ports/llm.ts";
@@ -116,6 +123,33 @@ class SecretKeyBatchApi implements BatchApi {
   }
 }
 
+/** One rate budget per model, shared by every function through the table; none when no limit is set. */
+function governedByTable(inner: Llm, env: LambdaEnv, client: DynamoDBDocumentClient): Llm {
+  const tokensPerMinute = env[ENV.tokensPerMinute];
+  const requestsPerMinute = env[ENV.requestsPerMinute];
+  if (tokensPerMinute === undefined && requestsPerMinute === undefined) return inner;
+  const byModel = new Map<string, GovernedLlm>();
+  return {
+    complete: (request) => {
+      let governed = byModel.get(request.model);
+      if (governed === undefined) {
+        governed = new GovernedLlm(
+          inner,
+          new DynamoRateGovernor({
+            client,
+            table: env[ENV.table],
+            model: request.model,
+            ...(tokensPerMinute === undefined ? {} : { tokensPerMinute }),
+            ...(requestsPerMinute === undefined ? {} : { requestsPerMinute }),
+          }),
+        );
+        byModel.set(request.model, governed);
+      }
+      return governed.complete(request);
+    },
+  };
+}
+
 /** Blob store stand-in for functions that were given no bucket: any use is a wiring error. */
 const noBucket: BlobStore = new Proxy({} as BlobStore, {
   get: () => () => {
@@ -139,12 +173,10 @@ export function createLambdaRuntime(stage: Stage, env: NodeJS.ProcessEnv = proce
   const log = portLogger(logger);
   const bucket = config[ENV.bucket];
   const blobs: BlobStore = bucket ? new S3BlobStore({ client: new S3Client({}), bucket }) : noBucket;
-  const state = new DynamoStateStore({
-    client: DynamoDBDocumentClient.from(new DynamoDBClient({}), {
-      marshallOptions: { removeUndefinedValues: true },
-    }),
-    table: config[ENV.table],
+  const documents = DynamoDBDocumentClient.from(new DynamoDBClient({}), {
+    marshallOptions: { removeUndefinedValues: true },
   });
+  const state = new DynamoStateStore({ client: documents, table: config[ENV.table] });
   const urls: Partial<Record<Stage, string>> = {};
   const setUrl = (kind: Stage, url: string | undefined) => {
     if (url) urls[kind] = url;
@@ -157,7 +189,7 @@ export function createLambdaRuntime(stage: Stage, env: NodeJS.ProcessEnv = proce
   const faults = faultsFromEnv(env);
   const sqsQueue = new SqsWorkQueue({ client: sqs, queueUrls: urls });
   const queue: WorkQueue = faults === noFaults ? sqsQueue : new FaultyQueue(sqsQueue, faults);
-  const llm = new CountingLlm(new SecretKeyLlm(config, log));
+  const llm = new CountingLlm(governedByTable(new SecretKeyLlm(config, log), config, documents));
   const defaults: RunConfigInput = { ...(config[ENV.runDefaults] ?? {}) };
   const deps = {
     blobs,
@@ -223,6 +255,25 @@ export function makeSqsHandler<S extends z.ZodType<Message>>(
     }
   };
 
+  const requeueDelayed = async (record: SQSRecord, error: NoRateBudgetError): Promise<boolean> => {
+    const seconds = Math.min(900, Math.max(1, Math.ceil((error.retryAfterMs ?? 1_000) / 1000)));
+    try {
+      await sqs.send(
+        new SendMessageCommand({
+          QueueUrl: await queueUrlOf(record.eventSourceARN),
+          MessageBody: record.body,
+          DelaySeconds: seconds,
+        }),
+      );
+      metrics.addMetric("rate_budget_waits", MetricUnit.Count, 1);
+      logger.debug("no rate budget, message delayed", { messageId: record.messageId, seconds });
+      return true;
+    } catch (sendError) {
+      logger.warn("could not delay the message; it returns by visibility", { error: String(sendError) });
+      return false;
+    }
+  };
+
   const recordHandler = async (record: SQSRecord, context: Context) => {
     const attempt = Number(record.attributes.ApproximateReceiveCount) || 1;
     try {
@@ -240,6 +291,9 @@ export function makeSqsHandler<S extends z.ZodType<Message>>(
         metrics.addMetric(`outcome_${result.outcome.split(":")[0]}`, MetricUnit.Count, 1);
       }
     } catch (error) {
+      // No rate budget: a copy goes back on the queue, delayed until the budget refills, and this receive
+      // succeeds. Waiting by visibility would count a receive and dead-letter a message that only waited.
+      if (error instanceof NoRateBudgetError && (await requeueDelayed(record, error))) return;
       logger.warn("record failed, back to the queue", {
         messageId: record.messageId,
         attempt,

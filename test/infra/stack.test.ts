@@ -331,6 +331,8 @@ describe("MmevolStack template (defaults)", () => {
           ENV.runDefaults,
           ENV.llmTimeoutMs,
           ENV.llmMaxRetries,
+          ENV.tokensPerMinute,
+          ENV.requestsPerMinute,
         ],
         judge: [
           ENV.table,
@@ -341,6 +343,8 @@ describe("MmevolStack template (defaults)", () => {
           ENV.runDefaults,
           ENV.llmTimeoutMs,
           ENV.llmMaxRetries,
+          ENV.tokensPerMinute,
+          ENV.requestsPerMinute,
         ],
         finalize: [ENV.table, ENV.bucket, ENV.runDefaults],
       };

@@ -1,7 +1,7 @@
 import { LlmCallError } from "../../ports/errors.ts";
 import type { Llm, LlmRequest, LlmResponse } from "../../ports/llm.ts";
 import { countRequestTokens, countSchemaTokens } from "../simulated/tokens.ts";
-import type { RateGovernor, RemainingSnapshot } from "./rate-governor.ts";
+import type { Governor, RemainingSnapshot } from "./governor.ts";
 
 /**
  * What the provider's tokens-per-minute limiter charges a request at admission: its prompt (text, images
@@ -24,12 +24,15 @@ function reportsRateLimit(llm: Llm): llm is Llm & ReportsRateLimit {
   return "lastRateLimit" in llm && typeof llm.lastRateLimit === "function";
 }
 
-/** Paces every call through one RateGovernor: reserve the estimate, call, settle with what was charged. */
+/**
+ * Paces every call through one Governor (in-process or shared through DynamoDB): reserve the estimate, call,
+ * settle with what was charged. The governor's bookkeeping is awaited, so no write is left floating.
+ */
 export class GovernedLlm implements Llm {
   readonly #inner: Llm;
-  readonly #governor: RateGovernor;
+  readonly #governor: Governor;
 
-  constructor(inner: Llm, governor: RateGovernor) {
+  constructor(inner: Llm, governor: Governor) {
     this.#inner = inner;
     this.#governor = governor;
   }
@@ -41,21 +44,26 @@ export class GovernedLlm implements Llm {
       response = await this.#inner.complete(request);
     } catch (error) {
       if (error instanceof LlmCallError && error.status === 429) {
-        this.#governor.rateLimited(reservation, error.retryAfterMs);
+        await this.#governor.rateLimited(reservation, error.retryAfterMs);
       } else {
         // Whether a failed call was charged is unknown (a timeout usually was): keep the reservation.
-        reservation.settle(reservation.tokens);
+        await reservation.settle(reservation.tokens);
       }
       throw error;
     }
     // The limiter charged the real prompt plus max_tokens at admission; the completion does not change it.
     // A server that sent no usage reports 0 prompt tokens: then the estimate is the best figure.
     const prompt = response.usage.promptTokens > 0 ? response.usage.promptTokens : null;
-    reservation.settle(prompt === null ? reservation.tokens : prompt + request.maxTokens);
-    this.#governor.succeeded();
-    if (reportsRateLimit(this.#inner)) {
-      const snapshot = this.#inner.lastRateLimit();
-      if (snapshot !== null) this.#governor.observeHeaders(snapshot);
+    try {
+      await reservation.settle(prompt === null ? reservation.tokens : prompt + request.maxTokens);
+      await this.#governor.succeeded();
+      if (reportsRateLimit(this.#inner)) {
+        const snapshot = this.#inner.lastRateLimit();
+        if (snapshot !== null) await this.#governor.observeHeaders(snapshot);
+      }
+    } catch {
+      // The answer is paid for: losing it over the budget's bookkeeping (a shared store's hiccup) would pay for
+      // it again. The budget is then a little off until it refills, which the provider's 429s correct.
     }
     return response;
   }

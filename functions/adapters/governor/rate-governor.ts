@@ -1,3 +1,6 @@
+import { bucketCapacity, refilledLevel, refillWaitMs } from "./bucket-math.ts";
+import type { Governor, Reservation as GovernorReservation, RemainingSnapshot } from "./governor.ts";
+
 /** Time and timers for the governor; injected so tests can drive a fake clock. */
 export interface GovernorClock {
   now(): number;
@@ -27,25 +30,12 @@ export interface RateGovernorOptions {
   readonly defaultRetryAfterMs?: number;
 }
 
-/** Budget taken for one call; settle it once with what the provider actually charged. */
-export interface Reservation {
-  readonly tokens: number;
-  /** When the budget was granted, on the governor's clock. */
-  readonly admittedAt: number;
-  /**
-   * Replaces the reserved tokens by `actualTokens`: the difference goes back to (or comes out of) the
-   * budget. `requestCharged: false` also gives the request back (a 429 is not counted as one).
-   */
+/** Budget taken for one call; this governor settles synchronously. */
+export interface Reservation extends GovernorReservation {
   settle(actualTokens: number, requestCharged?: boolean): void;
 }
 
-/** What the provider's `x-ratelimit-remaining-*` headers said; null when absent. */
-export interface RemainingSnapshot {
-  readonly remainingTokens: number | null;
-  readonly remainingRequests: number | null;
-  readonly limitTokens?: number | null;
-  readonly limitRequests?: number | null;
-}
+export type { RemainingSnapshot };
 
 export interface GovernorState {
   /** Share of the configured limit currently allowed, 0.1..1. */
@@ -70,12 +60,11 @@ class Bucket {
   }
 
   get capacity(): number {
-    return this.limit * this.#factor;
+    return bucketCapacity(this.limit, this.#factor);
   }
 
   refill(now: number): void {
-    const elapsed = Math.max(0, now - this.#at);
-    this.level = Math.min(this.capacity, this.level + (elapsed * this.capacity) / 60_000);
+    this.level = refilledLevel(this.level, this.capacity, now - this.#at);
     this.#at = now;
   }
 
@@ -95,8 +84,7 @@ class Bucket {
   /** 0 when `cost` fits now; else the ms until it will. A cost above capacity waits for a full bucket. */
   waitMs(cost: number, now: number): number {
     this.refill(now);
-    const need = Math.min(cost, this.capacity);
-    return need <= this.level ? 0 : ((need - this.level) * 60_000) / this.capacity;
+    return refillWaitMs(cost, this.level, this.capacity);
   }
 }
 
@@ -110,7 +98,7 @@ interface Waiter {
  * calling and settle after; waiters are served first come, first served. Adapts AIMD-style: a 429 cuts the
  * effective rate and pauses, successful calls grow it back slowly.
  */
-export class RateGovernor {
+export class RateGovernor implements Governor {
   readonly #clock: GovernorClock;
   readonly #tokens: Bucket | null;
   readonly #requests: Bucket | null;

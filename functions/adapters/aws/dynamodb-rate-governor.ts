@@ -1,0 +1,545 @@
+import { type DynamoDBDocumentClient, GetCommand, PutCommand, UpdateCommand } from "@aws-sdk/lib-dynamodb";
+import { z } from "zod";
+import { LlmCallError, NoRateBudgetError } from "../../ports/errors.ts";
+import { type Clock, systemClock } from "../../ports/runtime.ts";
+import { bucketCapacity, refilledLevel, refillWaitMs } from "../governor/bucket-math.ts";
+import type { Governor, RemainingSnapshot, Reservation } from "../governor/governor.ts";
+import { RATE_GOVERNOR_KEY, TABLE_SCHEMA } from "./table-schema.ts";
+
+export interface DynamoRateGovernorOptions {
+  readonly client: DynamoDBDocumentClient;
+  readonly table: string;
+  /** The budget is per model: one item per model, shared by every governor (every Lambda) naming it. */
+  readonly model: string;
+  readonly tokensPerMinute?: number;
+  readonly requestsPerMinute?: number;
+  /** Epoch ms, compared across Lambdas (default Date.now). */
+  readonly clock?: Clock;
+  /** Factor applied to the effective rate on a 429 (default 0.7). */
+  readonly decrease?: number;
+  /** Share of the limit the effective rate regains per second of successful calls (default 0.01). */
+  readonly increasePerSecond?: number;
+  /** The effective rate never drops below this share of the limit (default 0.1). */
+  readonly minFactor?: number;
+  /** Pause after a 429 that carried no retry-after (default 1000 ms). */
+  readonly defaultRetryAfterMs?: number;
+  /** Writes tried when other governors keep changing the item in between (default 10). */
+  readonly maxAttempts?: number;
+  /** Jitter source in [0, 1) (default Math.random); tests pin it. */
+  readonly random?: () => number;
+}
+
+/** The item's state as this governor sees it: a bucket not configured here is null. */
+export interface DynamoGovernorState {
+  readonly version: number;
+  /** Share of the limit currently allowed, minFactor..1. */
+  readonly factor: number;
+  /** Refilled to the clock's now. */
+  readonly tokensAvailable: number | null;
+  readonly requestsAvailable: number | null;
+  readonly tokenLimit: number | null;
+  readonly requestLimit: number | null;
+  readonly pausedUntil: number;
+}
+
+const PK = TABLE_SCHEMA.partitionKey;
+const SK = TABLE_SCHEMA.sortKey;
+/** An item idle this long is deleted by TTL: the next use starts from full buckets and the configured limits. */
+const IDLE_TTL_SECONDS = 86_400;
+/** Backoff before another write after losing the item to another governor: full jitter, capped. */
+const BACKOFF_BASE_MS = 10;
+const BACKOFF_CAP_MS = 250;
+
+// The item is outside data (another version of the program may have written it): parse it.
+const RateItem = z.object({
+  version: z.number().int(),
+  refilledAt: z.number(),
+  factor: z.number().positive().max(1),
+  cutAt: z.number(),
+  grownAt: z.number(),
+  pausedUntil: z.number(),
+  tokenLevel: z.number().optional(),
+  tokenLimit: z.number().positive().optional(),
+  requestLevel: z.number().optional(),
+  requestLimit: z.number().positive().optional(),
+});
+
+/** One budget as stored: `level` as of `refilledAt` (not yet refilled), `limit` per minute before the factor. */
+interface Level {
+  readonly level: number;
+  readonly limit: number;
+}
+
+interface RateState {
+  readonly version: number;
+  readonly refilledAt: number;
+  readonly factor: number;
+  readonly cutAt: number;
+  readonly grownAt: number;
+  readonly pausedUntil: number;
+  readonly tokens: Level | null;
+  readonly requests: Level | null;
+}
+
+type BucketName = "token" | "request";
+const BUCKETS = [
+  ["token", "tokens"],
+  ["request", "requests"],
+] as const satisfies readonly (readonly [BucketName, "tokens" | "requests"])[];
+
+/**
+ * The rate governor of every Lambda of the stack, kept in one item per model of the state table. It never
+ * waits: when the budget does not allow a call, `acquire` throws a retryable, in-flight LlmCallError whose
+ * retryAfterMs says when it will, and the message goes back to its queue for that long.
+ *
+ * Concurrency: read-modify-writes (acquire, rateLimited, observeHeaders) are conditional on the item's
+ * version and write the levels as deltas (`level = level + :delta`); `settle` is a bare atomic ADD that
+ * does not bump the version. So a settle landing between another governor's read and write is kept, and the
+ * result is the same as if it had come just after. Growth (`succeeded`) only moves the factor, conditional
+ * on the factor and growth time it read: when another governor grew it first, that one covered the time.
+ */
+export class DynamoRateGovernor implements Governor {
+  readonly #client: DynamoDBDocumentClient;
+  readonly #table: string;
+  readonly #model: string;
+  readonly #key: Record<string, string>;
+  readonly #tokensPerMinute: number | null;
+  readonly #requestsPerMinute: number | null;
+  readonly #clock: Clock;
+  readonly #decrease: number;
+  readonly #increasePerSecond: number;
+  readonly #minFactor: number;
+  readonly #defaultRetryAfterMs: number;
+  readonly #maxAttempts: number;
+  readonly #random: () => number;
+  /** The item as last read or written by this governor; lets succeeded/observeHeaders skip needless calls. */
+  #known: RateState | null = null;
+
+  constructor(options: DynamoRateGovernorOptions) {
+    this.#client = options.client;
+    this.#table = options.table;
+    this.#model = options.model;
+    this.#key = {
+      [PK]: `${RATE_GOVERNOR_KEY.partitionKeyPrefix}${options.model}`,
+      [SK]: RATE_GOVERNOR_KEY.sortKey,
+    };
+    this.#tokensPerMinute = positive(options.tokensPerMinute) ? options.tokensPerMinute : null;
+    this.#requestsPerMinute = positive(options.requestsPerMinute) ? options.requestsPerMinute : null;
+    this.#clock = options.clock ?? systemClock;
+    this.#decrease = options.decrease ?? 0.7;
+    this.#increasePerSecond = options.increasePerSecond ?? 0.01;
+    this.#minFactor = options.minFactor ?? 0.1;
+    this.#defaultRetryAfterMs = options.defaultRetryAfterMs ?? 1000;
+    this.#maxAttempts = Math.max(1, options.maxAttempts ?? 10);
+    this.#random = options.random ?? Math.random;
+  }
+
+  /**
+   * Takes `estimate.tokens` and one request from the shared budget, or throws a retryable, in-flight
+   * LlmCallError with the ms until they would fit (never waits). Common case: one read and one write.
+   */
+  async acquire(estimate: { readonly tokens: number }): Promise<Reservation> {
+    const tokens = Math.max(0, Math.ceil(estimate.tokens));
+    for (let attempt = 1; ; attempt++) {
+      const read = await this.#read();
+      const now = this.#clock.now();
+      if (read === null) {
+        // First use: the buckets start full, so the call fits (one larger than a full bucket goes into debt).
+        if (await this.#create(take(this.#fresh(now), tokens))) return this.#reservation(tokens, now);
+      } else {
+        const state = advance(read, now);
+        const wait = Math.max(
+          state.pausedUntil - now,
+          state.tokens === null ? 0 : refillWaitMs(tokens, state.tokens.level, capacity(state, state.tokens)),
+          state.requests === null
+            ? 0
+            : refillWaitMs(1, state.requests.level, capacity(state, state.requests)),
+        );
+        if (wait > 0) throw this.#noBudget(wait);
+        if (await this.#replace(read, take(state, tokens))) return this.#reservation(tokens, now);
+      }
+      if (attempt >= this.#maxAttempts) throw this.#contended(attempt);
+      await this.#backoff(attempt);
+    }
+  }
+
+  /**
+   * The call behind `reservation` was answered 429: it is refunded, the rate is cut once per burst (only a
+   * call admitted after the last cut cuts again), and every governor pauses for the retry-after.
+   */
+  async rateLimited(reservation: Reservation | null, retryAfterMs: number | null): Promise<void> {
+    await reservation?.settle(0, false);
+    const pause = retryAfterMs !== null && retryAfterMs >= 0 ? retryAfterMs : this.#defaultRetryAfterMs;
+    const done = await this.#modify((state, now) => {
+      const cut = reservation === null || reservation.admittedAt > state.cutAt;
+      const factor = cut ? Math.max(this.#minFactor, state.factor * this.#decrease) : state.factor;
+      const pausedUntil = Math.max(state.pausedUntil, now + pause);
+      return capLevels({
+        ...state,
+        factor,
+        cutAt: cut ? now : state.cutAt,
+        pausedUntil,
+        // Growth restarts after the pause, so the time spent waiting does not count as success.
+        grownAt: Math.max(state.grownAt, pausedUntil),
+      });
+    });
+    if (!done) throw this.#contended(this.#maxAttempts);
+  }
+
+  /**
+   * A call succeeded: the factor grows by `increasePerSecond` of the limit per second since the last growth
+   * (at most 5 s per call). At full rate it costs no call at all; otherwise one conditional write.
+   */
+  async succeeded(): Promise<void> {
+    const known = this.#known ?? (await this.#read());
+    if (known === null || known.factor >= 1) return;
+    const now = this.#clock.now();
+    // Capped, so one success after a long idle spell does not restore the full rate at once.
+    const seconds = Math.min(5, Math.max(0, now - known.grownAt) / 1000);
+    if (seconds <= 0) return;
+    const factor = Math.min(1, known.factor + this.#increasePerSecond * seconds);
+    const grownAt = Math.max(known.grownAt, now);
+    const applied = await this.#conditional(
+      new UpdateCommand({
+        TableName: this.#table,
+        Key: this.#key,
+        UpdateExpression: "SET #factor = :factor, #grownAt = :grownAt",
+        ConditionExpression: "#factor = :knownFactor AND #grownAt = :knownGrownAt",
+        ExpressionAttributeNames: { "#factor": "factor", "#grownAt": "grownAt" },
+        ExpressionAttributeValues: {
+          ":factor": factor,
+          ":grownAt": grownAt,
+          ":knownFactor": known.factor,
+          ":knownGrownAt": known.grownAt,
+        },
+      }),
+    );
+    // Lost to another governor: it grew the factor for the same time (or cut it). Nothing left to do.
+    this.#known = applied ? { ...known, factor, grownAt } : null;
+  }
+
+  /**
+   * The provider knows best: when it reports a lower limit or less left than the item says, the item takes
+   * it. Skipped without a call when this governor's last view of the item already shows as little.
+   */
+  async observeHeaders(snapshot: RemainingSnapshot): Promise<void> {
+    const lower = (state: RateState): RateState | null => lowerToHeaders(state, snapshot);
+    const known = this.#known;
+    if (known !== null && lower(advance(known, this.#clock.now())) === null) return;
+    // Advisory: when other governors keep the item busy, the next response brings fresh headers anyway.
+    await this.#modify((state) => lower(state));
+  }
+
+  /** The shared state, refilled to now; null before the first acquire. For tests and reports. */
+  async state(): Promise<DynamoGovernorState | null> {
+    const read = await this.#read();
+    if (read === null) return null;
+    const state = advance(read, this.#clock.now());
+    return {
+      version: state.version,
+      factor: state.factor,
+      tokensAvailable: state.tokens?.level ?? null,
+      requestsAvailable: state.requests?.level ?? null,
+      tokenLimit: state.tokens?.limit ?? null,
+      requestLimit: state.requests?.limit ?? null,
+      pausedUntil: state.pausedUntil,
+    };
+  }
+
+  #reservation(tokens: number, admittedAt: number): Reservation {
+    let settled = false;
+    return {
+      tokens,
+      admittedAt,
+      settle: async (actualTokens: number, requestCharged = true) => {
+        if (settled) return;
+        settled = true;
+        const deltas: [BucketName, number][] = [];
+        if (this.#tokensPerMinute !== null && actualTokens !== tokens)
+          deltas.push(["token", tokens - actualTokens]);
+        if (this.#requestsPerMinute !== null && !requestCharged) deltas.push(["request", 1]);
+        if (deltas.length === 0) return;
+        // No read and no version: an ADD commutes with every other write (see the class comment).
+        await this.#conditional(
+          new UpdateCommand({
+            TableName: this.#table,
+            Key: this.#key,
+            UpdateExpression: `ADD ${deltas.map(([name]) => `#${name}Level :${name}`).join(", ")}`,
+            // An item deleted by TTL meanwhile is not re-created as a stub holding only the refund.
+            ConditionExpression: "attribute_exists(#pk)",
+            ExpressionAttributeNames: {
+              "#pk": PK,
+              ...Object.fromEntries(deltas.map(([name]) => [`#${name}Level`, `${name}Level`])),
+            },
+            ExpressionAttributeValues: Object.fromEntries(deltas.map(([name, delta]) => [`:${name}`, delta])),
+          }),
+        );
+        const known = this.#known;
+        if (known !== null) {
+          const refund = (level: Level | null, delta: number | undefined): Level | null =>
+            level === null || delta === undefined ? level : { ...level, level: level.level + delta };
+          const byName = new Map(deltas);
+          this.#known = {
+            ...known,
+            tokens: refund(known.tokens, byName.get("token")),
+            requests: refund(known.requests, byName.get("request")),
+          };
+        }
+      },
+    };
+  }
+
+  /** Reads the item (strongly consistent), applies `change`, writes it back if it changed; retries on conflict. */
+  async #modify(change: (state: RateState, now: number) => RateState | null): Promise<boolean> {
+    for (let attempt = 1; ; attempt++) {
+      const read = await this.#read();
+      if (read === null) return true;
+      const now = this.#clock.now();
+      const next = change(advance(read, now), now);
+      if (next === null) return true;
+      if (await this.#replace(read, next)) return true;
+      if (attempt >= this.#maxAttempts) return false;
+      await this.#backoff(attempt);
+    }
+  }
+
+  async #read(): Promise<RateState | null> {
+    const out = await this.#call(() =>
+      this.#client.send(new GetCommand({ TableName: this.#table, Key: this.#key, ConsistentRead: true })),
+    );
+    this.#known = out.Item === undefined ? null : this.#parse(out.Item);
+    return this.#known;
+  }
+
+  #parse(raw: Record<string, unknown>): RateState {
+    const item = RateItem.parse(raw);
+    const level = (configured: number | null, stored?: number, limit?: number): Level | null => {
+      if (configured === null) return null;
+      const effective = Math.min(configured, limit ?? configured);
+      // A bucket this governor has but the item lacks (another configuration made it) starts full.
+      return { limit: effective, level: stored ?? bucketCapacity(effective, item.factor) };
+    };
+    return {
+      version: item.version,
+      refilledAt: item.refilledAt,
+      factor: item.factor,
+      cutAt: item.cutAt,
+      grownAt: item.grownAt,
+      pausedUntil: item.pausedUntil,
+      tokens: level(this.#tokensPerMinute, item.tokenLevel, item.tokenLimit),
+      requests: level(this.#requestsPerMinute, item.requestLevel, item.requestLimit),
+    };
+  }
+
+  #fresh(now: number): RateState {
+    const full = (limit: number | null): Level | null => (limit === null ? null : { limit, level: limit });
+    return {
+      version: 0,
+      refilledAt: now,
+      factor: 1,
+      cutAt: 0,
+      grownAt: now,
+      pausedUntil: 0,
+      tokens: full(this.#tokensPerMinute),
+      requests: full(this.#requestsPerMinute),
+    };
+  }
+
+  /** Creates the item as `state` (version 1); false when another governor created it first. */
+  async #create(state: RateState): Promise<boolean> {
+    const item: Record<string, unknown> = {
+      ...this.#key,
+      version: 1,
+      refilledAt: state.refilledAt,
+      factor: state.factor,
+      cutAt: state.cutAt,
+      grownAt: state.grownAt,
+      pausedUntil: state.pausedUntil,
+      [TABLE_SCHEMA.ttlAttribute]: this.#expiresAt(state.refilledAt),
+    };
+    for (const [name, field] of BUCKETS) {
+      const bucket = state[field];
+      if (bucket === null) continue;
+      item[`${name}Level`] = bucket.level;
+      item[`${name}Limit`] = bucket.limit;
+    }
+    const created = await this.#conditional(
+      new PutCommand({
+        TableName: this.#table,
+        Item: item,
+        ConditionExpression: "attribute_not_exists(#pk)",
+        ExpressionAttributeNames: { "#pk": PK },
+      }),
+    );
+    if (created) this.#known = { ...state, version: 1 };
+    return created;
+  }
+
+  /**
+   * Writes `next` over `read` if the item's version is still `read`'s. Levels go as deltas against what is
+   * stored (so a concurrent settle's ADD survives); other fields only when they changed.
+   */
+  async #replace(read: RateState, next: RateState): Promise<boolean> {
+    const sets = ["#version = :nextVersion", "#expiresAt = :expiresAt"];
+    const names: Record<string, string> = {
+      "#version": "version",
+      "#expiresAt": TABLE_SCHEMA.ttlAttribute,
+    };
+    const values: Record<string, unknown> = {
+      ":version": read.version,
+      ":nextVersion": read.version + 1,
+      ":expiresAt": this.#expiresAt(next.refilledAt),
+    };
+    const set = (field: string, value: unknown) => {
+      sets.push(`#${field} = :${field}`);
+      names[`#${field}`] = field;
+      values[`:${field}`] = value;
+    };
+    for (const field of ["refilledAt", "factor", "cutAt", "grownAt", "pausedUntil"] as const) {
+      if (next[field] !== read[field]) set(field, next[field]);
+    }
+    for (const [name, field] of BUCKETS) {
+      const before = read[field];
+      const after = next[field];
+      if (before === null || after === null) continue;
+      if (after.level !== before.level) {
+        // `if_not_exists`: a bucket the item lacked was read as full; the base is what was read then.
+        sets.push(`#${name}Level = if_not_exists(#${name}Level, :${name}Base) + :${name}Delta`);
+        names[`#${name}Level`] = `${name}Level`;
+        values[`:${name}Base`] = before.level;
+        values[`:${name}Delta`] = after.level - before.level;
+      }
+      if (after.limit !== before.limit) set(`${name}Limit`, after.limit);
+    }
+    const applied = await this.#conditional(
+      new UpdateCommand({
+        TableName: this.#table,
+        Key: this.#key,
+        UpdateExpression: `SET ${sets.join(", ")}`,
+        ConditionExpression: "#version = :version",
+        ExpressionAttributeNames: names,
+        ExpressionAttributeValues: values,
+      }),
+    );
+    if (applied) this.#known = { ...next, version: read.version + 1 };
+    return applied;
+  }
+
+  #expiresAt(now: number): number {
+    return Math.floor(now / 1000) + IDLE_TTL_SECONDS;
+  }
+
+  /** Sends a conditional write: false when its condition failed. */
+  async #conditional(command: PutCommand | UpdateCommand): Promise<boolean> {
+    try {
+      // The client's send is overloaded per command type: narrow the union first.
+      await this.#call(() =>
+        command instanceof PutCommand ? this.#client.send(command) : this.#client.send(command),
+      );
+      return true;
+    } catch (error) {
+      if (isConditionFailed(error)) return false;
+      throw error;
+    }
+  }
+
+  /**
+   * Every DynamoDB call: a failed condition is passed on as is; anything else (throttling on the hot item, a
+   * network error) becomes a retryable LlmCallError, so the pipeline tries the call again rather than
+   * failing the sample.
+   */
+  async #call<T>(send: () => Promise<T>): Promise<T> {
+    try {
+      return await send();
+    } catch (error) {
+      if (isConditionFailed(error)) throw error;
+      throw new LlmCallError(`rate governor of ${this.#model} unavailable: ${String(error)}`, {
+        retryable: true,
+        cause: error,
+      });
+    }
+  }
+
+  #noBudget(waitMs: number): NoRateBudgetError {
+    // Spread the waiting messages, so they do not all come back at the same instant.
+    const jitter = this.#random() * Math.min(5_000, 250 + waitMs / 10);
+    return new NoRateBudgetError(
+      `no rate budget for ${this.#model} for ${Math.ceil(waitMs)} ms`,
+      Math.ceil(waitMs + jitter),
+    );
+  }
+
+  #contended(attempts: number): NoRateBudgetError {
+    return new NoRateBudgetError(
+      `rate governor item of ${this.#model} changed under ${attempts} writes in a row; try again`,
+      Math.ceil(250 + this.#random() * 1000),
+    );
+  }
+
+  #backoff(attempt: number): Promise<void> {
+    const ms = this.#random() * Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** attempt);
+    return new Promise((resolve) => setTimeout(resolve, ms));
+  }
+}
+
+function capacity(state: RateState, bucket: Level): number {
+  return bucketCapacity(bucket.limit, state.factor);
+}
+
+/** The state refilled to `now` (never backwards, should another Lambda's clock run ahead). */
+function advance(state: RateState, now: number): RateState {
+  const refill = (bucket: Level | null): Level | null =>
+    bucket === null
+      ? null
+      : { ...bucket, level: refilledLevel(bucket.level, capacity(state, bucket), now - state.refilledAt) };
+  return {
+    ...state,
+    refilledAt: Math.max(state.refilledAt, now),
+    tokens: refill(state.tokens),
+    requests: refill(state.requests),
+  };
+}
+
+/** Levels no higher than the capacity at the state's factor and limits. */
+function capLevels(state: RateState): RateState {
+  const cap = (bucket: Level | null): Level | null =>
+    bucket === null ? null : { ...bucket, level: Math.min(bucket.level, capacity(state, bucket)) };
+  return { ...state, tokens: cap(state.tokens), requests: cap(state.requests) };
+}
+
+function take(state: RateState, tokens: number): RateState {
+  const minus = (bucket: Level | null, cost: number): Level | null =>
+    bucket === null ? null : { ...bucket, level: bucket.level - cost };
+  return { ...state, tokens: minus(state.tokens, tokens), requests: minus(state.requests, 1) };
+}
+
+/** `state` (refilled to now) lowered to what the headers report, or null when they report nothing lower. */
+function lowerToHeaders(state: RateState, snapshot: RemainingSnapshot): RateState | null {
+  let changed = false;
+  const lower = (bucket: Level | null, limit: number | null, remaining: number | null): Level | null => {
+    if (bucket === null) return null;
+    let next = bucket;
+    if (limit !== null && limit > 0 && limit < next.limit) {
+      next = { limit, level: Math.min(next.level, bucketCapacity(limit, state.factor)) };
+      changed = true;
+    }
+    if (remaining !== null && remaining < next.level) {
+      next = { ...next, level: Math.max(0, remaining) };
+      changed = true;
+    }
+    return next;
+  };
+  const next = {
+    ...state,
+    tokens: lower(state.tokens, snapshot.limitTokens ?? null, snapshot.remainingTokens),
+    requests: lower(state.requests, snapshot.limitRequests ?? null, snapshot.remainingRequests),
+  };
+  return changed ? next : null;
+}
+
+const isConditionFailed = (error: unknown): boolean =>
+  error instanceof Error && error.name === "ConditionalCheckFailedException";
+
+function positive(value: number | undefined): value is number {
+  return value !== undefined && Number.isFinite(value) && value > 0;
+}

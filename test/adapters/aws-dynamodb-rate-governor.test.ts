@@ -1,0 +1,376 @@
+import { DeleteTableCommand } from "@aws-sdk/client-dynamodb";
+import { type DynamoDBDocumentClient, GetCommand } from "@aws-sdk/lib-dynamodb";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createTable } from "../../functions/adapters/aws/create-table.ts";
+import {
+  DynamoRateGovernor,
+  type DynamoRateGovernorOptions,
+} from "../../functions/adapters/aws/dynamodb-rate-governor.ts";
+import { GovernedLlm } from "../../functions/adapters/governor/governed-llm.ts";
+import { LlmCallError } from "../../functions/ports/errors.ts";
+import type { Llm, LlmRequest, LlmResponse } from "../../functions/ports/llm.ts";
+import { ensureDynamoLocal } from "../helpers/dynamodb-local.ts";
+import { documentClient, dynamoClient, uniqueName } from "../helpers/moto.ts";
+
+// AWS's DynamoDB Local, not moto: conditional writes under real concurrency are the point of these tests.
+const { endpoint } = await ensureDynamoLocal();
+const raw = dynamoClient(endpoint);
+
+/** A document client of its own (like one Lambda's), recording the DynamoDB operations it sends. */
+function countingClient(): {
+  doc: DynamoDBDocumentClient;
+  calls: string[];
+  afterRead: { hook: (() => Promise<void>) | null };
+} {
+  const doc = documentClient(dynamoClient(endpoint));
+  const calls: string[] = [];
+  const afterRead: { hook: (() => Promise<void>) | null } = { hook: null };
+  doc.middlewareStack.add(
+    (next, context) => async (args) => {
+      // GetItemCommand -> Get, UpdateItemCommand -> Update, ...; a refused write is recorded as such.
+      const operation = String(context.commandName).replace(/(Item)?Command$/, "");
+      let out: Awaited<ReturnType<typeof next>>;
+      try {
+        out = await next(args);
+      } catch (error) {
+        calls.push(`${operation} refused`);
+        throw error;
+      }
+      calls.push(operation);
+      const hook = afterRead.hook;
+      if (hook !== null && operation === "Get") {
+        afterRead.hook = null;
+        await hook();
+      }
+      return out;
+    },
+    { step: "initialize", name: "countCalls" },
+  );
+  return { doc, calls, afterRead };
+}
+
+class FakeClock {
+  #now = 1_700_000_000_000;
+  now(): number {
+    return this.#now;
+  }
+  advance(ms: number): void {
+    this.#now += ms;
+  }
+}
+
+let table = "";
+beforeAll(async () => {
+  table = uniqueName("rate");
+  await createTable(raw, table);
+});
+afterAll(async () => {
+  await raw.send(new DeleteTableCommand({ TableName: table }));
+});
+
+/** A governor on its own model (so tests do not share an item) with a pinned jitter. */
+function governor(
+  model: string,
+  clock: FakeClock,
+  options: Partial<DynamoRateGovernorOptions> = {},
+): DynamoRateGovernor {
+  return new DynamoRateGovernor({
+    client: options.client ?? countingClient().doc,
+    table,
+    model,
+    clock,
+    random: () => 0,
+    ...options,
+  });
+}
+
+async function rejection(promise: Promise<unknown>): Promise<LlmCallError> {
+  const error = await promise.then(
+    () => null,
+    (e: unknown) => e,
+  );
+  if (!(error instanceof LlmCallError)) throw new Error(`expected an LlmCallError, got ${String(error)}`);
+  return error;
+}
+
+async function storedItem(model: string): Promise<Record<string, unknown> | undefined> {
+  const out = await documentClient(raw).send(
+    new GetCommand({ TableName: table, Key: { pk: `RATE#${model}`, sk: "RATE" }, ConsistentRead: true }),
+  );
+  return out.Item;
+}
+
+describe("DynamoRateGovernor", () => {
+  it("grants while the budget lasts, then throws an in-flight error with the refill wait", async () => {
+    const clock = new FakeClock();
+    const model = uniqueName("m");
+    const { doc, calls } = countingClient();
+    const g = governor(model, clock, { client: doc, tokensPerMinute: 60_000, requestsPerMinute: 1000 });
+    const first = await g.acquire({ tokens: 30_000 });
+    expect(first).toMatchObject({ tokens: 30_000, admittedAt: clock.now() });
+    // First use: one read finds nothing, one conditional put creates the item with this call taken.
+    expect(calls).toEqual(["Get", "Put"]);
+    calls.length = 0;
+    await g.acquire({ tokens: 30_000 });
+    // The common case: one consistent read and one conditional update.
+    expect(calls).toEqual(["Get", "Update"]);
+
+    const error = await rejection(g.acquire({ tokens: 6000 }));
+    // 6000 tokens at 60 000 a minute: 6 s of refill. The jitter is pinned to 0 here.
+    expect(error).toMatchObject({ retryable: true, inFlight: true, retryAfterMs: 6000, status: null });
+    expect(error.message).toBe(`no rate budget for ${model} for 6000 ms`);
+
+    // With jitter: a little more, never less.
+    const jittery = governor(model, clock, {
+      tokensPerMinute: 60_000,
+      requestsPerMinute: 1000,
+      random: () => 0.999,
+    });
+    const later = await rejection(jittery.acquire({ tokens: 6000 }));
+    expect(later.retryAfterMs).toBeGreaterThan(6000);
+    expect(later.retryAfterMs).toBeLessThanOrEqual(6000 + 250 + 600);
+
+    expect(await storedItem(model)).toEqual({
+      pk: `RATE#${model}`,
+      sk: "RATE",
+      version: 2,
+      tokenLevel: 0,
+      tokenLimit: 60_000,
+      requestLevel: 998,
+      requestLimit: 1000,
+      refilledAt: clock.now(),
+      factor: 1,
+      cutAt: 0,
+      grownAt: clock.now(),
+      pausedUntil: 0,
+      expiresAt: Math.floor(clock.now() / 1000) + 86_400,
+    });
+  });
+
+  it("refills continuously, per token and per request", async () => {
+    const clock = new FakeClock();
+    const g = governor(uniqueName("m"), clock, { tokensPerMinute: 60_000, requestsPerMinute: 4 });
+    await g.acquire({ tokens: 60_000 });
+    clock.advance(3000);
+    // 3 s refill 3000 tokens: exactly enough; one more token is 1 ms away.
+    await g.acquire({ tokens: 3000 });
+    expect((await rejection(g.acquire({ tokens: 1 }))).retryAfterMs).toBe(1);
+    clock.advance(60_000);
+    await g.acquire({ tokens: 1 });
+    await g.acquire({ tokens: 1 });
+    await g.acquire({ tokens: 1 });
+    // 4 requests a minute: the full bucket is spent; the next request is 15 s away.
+    await g.acquire({ tokens: 1 });
+    expect((await rejection(g.acquire({ tokens: 1 }))).retryAfterMs).toBe(15_000);
+    clock.advance(15_000);
+    await g.acquire({ tokens: 1 });
+    // A cost above the whole bucket waits for a full bucket, then goes into debt.
+    clock.advance(120_000);
+    await g.acquire({ tokens: 100_000 });
+    expect((await g.state())?.tokensAvailable).toBe(-40_000);
+  });
+
+  it("settle gives back the difference once, and the request when not charged", async () => {
+    const clock = new FakeClock();
+    const { doc, calls } = countingClient();
+    const g = governor(uniqueName("m"), clock, {
+      client: doc,
+      tokensPerMinute: 10_000,
+      requestsPerMinute: 10,
+    });
+    const reservation = await g.acquire({ tokens: 10_000 });
+    calls.length = 0;
+    await reservation.settle(4000);
+    // One read-free atomic ADD.
+    expect(calls).toEqual(["Update"]);
+    expect(await g.state()).toMatchObject({ tokensAvailable: 6000, requestsAvailable: 9 });
+    await reservation.settle(0, false);
+    expect(await g.state()).toMatchObject({ tokensAvailable: 6000, requestsAvailable: 9 });
+
+    const refused = await g.acquire({ tokens: 1000 });
+    await refused.settle(0, false);
+    expect(await g.state()).toMatchObject({ tokensAvailable: 6000, requestsAvailable: 9 });
+    // Charged more than reserved: the extra comes out of the budget.
+    const over = await g.acquire({ tokens: 1000 });
+    await over.settle(3000);
+    expect(await g.state()).toMatchObject({ tokensAvailable: 3000, requestsAvailable: 8 });
+    // Nothing to give back: no call at all.
+    const exact = await g.acquire({ tokens: 1000 });
+    calls.length = 0;
+    await exact.settle(1000);
+    expect(calls).toEqual([]);
+  });
+
+  it("keeps a settle that lands between another governor's read and write", async () => {
+    const clock = new FakeClock();
+    const model = uniqueName("m");
+    const a = countingClient();
+    const governorA = governor(model, clock, { client: a.doc, tokensPerMinute: 10_000 });
+    const governorB = governor(model, clock, { tokensPerMinute: 10_000 });
+    const held = await governorB.acquire({ tokens: 8000 });
+    // A reads 2000 left; B gives 5000 back before A writes.
+    a.afterRead.hook = () => Promise.resolve(held.settle(3000));
+    await governorA.acquire({ tokens: 1500 });
+    expect((await governorA.state())?.tokensAvailable).toBe(5500);
+  });
+
+  it("never over-admits when several governors (Lambdas) race for one bucket", async () => {
+    const clock = new FakeClock();
+    const model = uniqueName("m");
+    const clients = Array.from({ length: 5 }, () => countingClient());
+    const governors = clients.map(({ doc }) =>
+      governor(model, clock, { client: doc, tokensPerMinute: 100_000, random: Math.random }),
+    );
+    // 20 calls of 10% each, on a fresh item (so the first-use puts race too).
+    const outcomes = await Promise.allSettled(
+      Array.from({ length: 20 }, (_, i) => governors[i % governors.length]?.acquire({ tokens: 10_000 })),
+    );
+    const admitted = outcomes.filter((o) => o.status === "fulfilled");
+    const refused = outcomes.flatMap((o) => (o.status === "rejected" ? [o.reason] : []));
+    expect(admitted).toHaveLength(10);
+    expect(refused).toHaveLength(10);
+    for (const reason of refused) {
+      expect(reason).toBeInstanceOf(LlmCallError);
+      expect(reason).toMatchObject({ inFlight: true, retryable: true });
+      expect(String(reason.message)).toMatch(/^no rate budget/);
+    }
+    const calls = clients.flatMap((c) => c.calls);
+    const count = (operation: string) => calls.filter((c) => c === operation).length;
+    console.info(
+      `20 racing acquires from 5 governors: ${calls.length} DynamoDB calls: ${count("Get")} reads, ` +
+        `${count("Put")} put + ${count("Put refused")} refused, ` +
+        `${count("Update")} updates + ${count("Update refused")} refused`,
+    );
+    const state = await governors[0]?.state();
+    // One version per admission: no write was lost or doubled.
+    expect(state).toMatchObject({ tokensAvailable: 0, version: 10 });
+  });
+
+  it("a 429 cuts the factor once per burst and pauses every governor", async () => {
+    const clock = new FakeClock();
+    const model = uniqueName("m");
+    const g = governor(model, clock, { tokensPerMinute: 60_000 });
+    const other = governor(model, clock, { tokensPerMinute: 60_000 });
+    const early = await g.acquire({ tokens: 1000 });
+    const sameBurst = await other.acquire({ tokens: 1000 });
+    clock.advance(100);
+    await g.rateLimited(early, 2000);
+    // Refunded (58 000 + 100 ms of refill + 1000), then capped at the new capacity of 42 000.
+    expect(await g.state()).toMatchObject({ factor: 0.7, tokensAvailable: 42_000 });
+    const paused = await rejection(other.acquire({ tokens: 1 }));
+    expect(paused).toMatchObject({ inFlight: true, retryAfterMs: 2000 });
+    // Another 429 of the same burst (admitted before the cut) does not cut again, nor shorten the pause.
+    await other.rateLimited(sameBurst, 500);
+    expect(await g.state()).toMatchObject({ factor: 0.7, pausedUntil: clock.now() + 2000 });
+    clock.advance(2000);
+    const after = await other.acquire({ tokens: 1 });
+    clock.advance(1);
+    // Admitted after the cut: a new burst, cut again, with the default 1 s pause.
+    await other.rateLimited(after, null);
+    const state = await g.state();
+    expect(state?.factor).toBeCloseTo(0.49, 10);
+    expect(state?.pausedUntil).toBe(clock.now() + 1000);
+    for (let i = 0; i < 20; i++) {
+      clock.advance(1);
+      await g.rateLimited(null, 0);
+    }
+    expect((await g.state())?.factor).toBeCloseTo(0.1, 10);
+  });
+
+  it("success grows the factor back slowly, and costs no call at full rate", async () => {
+    const clock = new FakeClock();
+    const model = uniqueName("m");
+    const { doc, calls } = countingClient();
+    const g = governor(model, clock, { client: doc, tokensPerMinute: 60_000 });
+    await g.rateLimited(await g.acquire({ tokens: 100 }), 0);
+    expect((await g.state())?.factor).toBeCloseTo(0.7, 10);
+    calls.length = 0;
+    for (let i = 0; i < 10; i++) {
+      clock.advance(1000);
+      await g.succeeded();
+    }
+    // +1% of the limit per second of success; one conditional write each, no read.
+    expect(calls).toEqual(Array(10).fill("Update"));
+    expect((await g.state())?.factor).toBeCloseTo(0.8, 10);
+    // One success after a long idle spell grows by 5 s at most.
+    clock.advance(60_000);
+    await g.succeeded();
+    expect((await g.state())?.factor).toBeCloseTo(0.85, 10);
+    // Two governors succeeding for the same second grow it once.
+    const other = governor(model, clock, { tokensPerMinute: 60_000 });
+    await other.state();
+    clock.advance(1000);
+    await g.succeeded();
+    await other.succeeded();
+    expect((await g.state())?.factor).toBeCloseTo(0.86, 10);
+    for (let i = 0; i < 30; i++) {
+      clock.advance(5000);
+      await g.succeeded();
+    }
+    expect((await g.state())?.factor).toBe(1);
+    calls.length = 0;
+    await g.succeeded();
+    expect(calls).toEqual([]);
+  });
+
+  it("believes headers that report a lower limit or less remaining, never more", async () => {
+    const clock = new FakeClock();
+    const { doc, calls } = countingClient();
+    const g = governor(uniqueName("m"), clock, {
+      client: doc,
+      tokensPerMinute: 10_000,
+      requestsPerMinute: 100,
+    });
+    await g.acquire({ tokens: 120 });
+    calls.length = 0;
+    await g.observeHeaders({ remainingTokens: 20_000, remainingRequests: 500, limitTokens: 20_000 });
+    // Nothing lower than this governor last saw: no call.
+    expect(calls).toEqual([]);
+    expect(await g.state()).toMatchObject({
+      tokensAvailable: 9880,
+      requestsAvailable: 99,
+      tokenLimit: 10_000,
+    });
+    await g.observeHeaders({ remainingTokens: 9000, remainingRequests: 3 });
+    expect(await g.state()).toMatchObject({ tokensAvailable: 9000, requestsAvailable: 3 });
+    await g.observeHeaders({ remainingTokens: null, remainingRequests: null, limitTokens: 6000 });
+    expect(await g.state()).toMatchObject({ tokensAvailable: 6000, tokenLimit: 6000 });
+    await g.acquire({ tokens: 6000 });
+    clock.advance(30_000);
+    // Refilled at the provider's 6000 a minute, not the 10 000 configured.
+    expect((await g.state())?.tokensAvailable).toBeCloseTo(3000, 5);
+  });
+
+  it("paces GovernedLlm: the answered call costs a read and two writes", async () => {
+    const clock = new FakeClock();
+    const { doc, calls } = countingClient();
+    const g = governor(uniqueName("m"), clock, { client: doc, tokensPerMinute: 10_000 });
+    const answer: LlmResponse = {
+      content: "{}",
+      usage: { promptTokens: 20, cachedTokens: 0, completionTokens: 5 },
+      model: "gpt-4o-mini",
+      finishReason: "stop",
+      refusal: null,
+    };
+    const inner: Llm & { lastRateLimit: () => null } = {
+      complete: async () => answer,
+      lastRateLimit: () => null,
+    };
+    const request: LlmRequest = {
+      model: "gpt-4o-mini",
+      messages: [{ role: "user", content: "hello there" }],
+      schemaName: "answer",
+      schema: { type: "object" },
+      temperature: 0,
+      maxTokens: 100,
+      seed: 1,
+    };
+    const llm = new GovernedLlm(inner, g);
+    await llm.complete(request);
+    calls.length = 0;
+    await llm.complete(request);
+    // acquire: Get + Update; settle (the estimate differs from the real prompt): Update; succeeded: none.
+    expect(calls).toEqual(["Get", "Update", "Update"]);
+    expect((await g.state())?.tokensAvailable).toBe(10_000 - 2 * 120);
+  });
+});
