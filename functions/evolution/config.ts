@@ -65,6 +65,11 @@ export const RunConfig = z.strictObject({
    * small file that would decode to gigabytes); the sample passes through. 50 million pixels.
    */
   maxImagePixels: z.number().int().positive().default(50_000_000),
+  /**
+   * Rule pre-filters (METHOD.md §4: empty or copied answers, refusals, leaked scaffolding, invented boxes,
+   * unchanged items) drop candidates before the judge is paid for them. Off only to measure what they save.
+   */
+  preFilter: z.boolean().default(true),
   /** How many times a schema-invalid answer is asked again before the sample round fails. */
   maxAnswerRetries: z.number().int().min(0).max(10).default(2),
   /** How many deliveries of a stage message before the sample is FAILED. */

@@ -30,9 +30,13 @@ export interface TokenCounts {
 
 export function costOf(price: ModelPrice, usage: TokenCounts, mode: "online" | "batch" = "online"): number {
   const uncached = Math.max(0, usage.promptTokens - usage.cachedTokens);
+  // The Batch API discounts every token by the same factor, cached prompt tokens included.
+  const batchFactor = price.input > 0 ? price.batchInput / price.input : 0;
   const dollars =
     mode === "batch"
-      ? usage.promptTokens * price.batchInput + usage.completionTokens * price.batchOutput
+      ? uncached * price.batchInput +
+        usage.cachedTokens * price.cachedInput * batchFactor +
+        usage.completionTokens * price.batchOutput
       : uncached * price.input +
         usage.cachedTokens * price.cachedInput +
         usage.completionTokens * price.output;

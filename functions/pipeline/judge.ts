@@ -33,7 +33,7 @@ export async function judgeSample(input: StageInput<JudgeMessage>, deps: StageDe
   const survivors: Item[] = [];
   for (const candidate of pending.items) {
     const parent = candidate.parent === null ? null : (parents.get(candidate.parent) ?? null);
-    const failure = ruleFailure(candidate, parent, record.sample?.boxes ?? []);
+    const failure = config.preFilter ? ruleFailure(candidate, parent, record.sample?.boxes ?? []) : null;
     if (failure === null) survivors.push(candidate);
     else
       verdicts.push({

@@ -68,10 +68,12 @@ describe("costOf", () => {
     expect(costOf(MINI, { ...usage, cachedTokens: 0 })).toBeCloseTo(0.45 + 0.3, 12);
   });
 
-  it("bills batch requests at the batch rates", () => {
-    // 3M in * 0.075 + 0.5M out * 0.3
-    expect(costOf(MINI, usage, "batch")).toBeCloseTo(0.225 + 0.15, 12);
-    expect(costOf(CUSTOM, usage, "batch")).toBeCloseTo(0.75 + 0.375, 12);
+  it("bills batch requests at the batch rates, cached prompt tokens at the batch share of the cached rate", () => {
+    // 2M uncached * 0.075 + 1M cached * 0.075 * (0.075 / 0.15) + 0.5M out * 0.3
+    expect(costOf(MINI, usage, "batch")).toBeCloseTo(0.15 + 0.0375 + 0.15, 12);
+    // 2M * 0.25 + 1M * 0.5 * 0.25 + 0.5M * 0.75
+    expect(costOf(CUSTOM, usage, "batch")).toBeCloseTo(0.5 + 0.125 + 0.375, 12);
+    expect(costOf(MINI, { ...usage, cachedTokens: 0 }, "batch")).toBeCloseTo(0.225 + 0.15, 12);
   });
 
   it("never bills a negative uncached count when the cached count exceeds the prompt", () => {

@@ -1,0 +1,237 @@
+// `npm run bench`: every benchmark once, each in its own process, then one table of ratios (absolute times
+// vary between machines) with the targets, written as JSON too. `--update-readme` puts the table, with the
+// date, between the README's benchmark markers. `--quick` uses smaller sizes (a smoke run, not the figures).
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import { repoRoot } from "../helpers/files.ts";
+
+const { values } = parseArgs({
+  options: {
+    json: { type: "string", default: "bench-results.json" },
+    "update-readme": { type: "boolean", default: false },
+    quick: { type: "boolean", default: false },
+    only: { type: "string", multiple: true },
+  },
+});
+const quick = values.quick === true;
+
+interface Bench {
+  readonly name: string;
+  readonly script: string;
+  readonly args: readonly string[];
+}
+
+const BENCHES: readonly Bench[] = [
+  { name: "overhead", script: "local.ts", args: quick ? ["--samples", "200"] : [] },
+  { name: "rate", script: "rate-limit.ts", args: quick ? ["--samples", "60"] : [] },
+  { name: "cost", script: "cost.ts", args: quick ? ["--samples", "16"] : [] },
+  {
+    name: "cost-4.1-mini",
+    script: "cost.ts",
+    args: ["--model", "gpt-4.1-mini", ...(quick ? ["--samples", "16"] : [])],
+  },
+  { name: "ingest", script: "ingest-rss.ts", args: quick ? ["--large", "20000"] : [] },
+  {
+    name: "aws-online",
+    script: "aws-cost.ts",
+    args: ["--mode", "online", ...(quick ? ["--samples", "20"] : [])],
+  },
+  {
+    name: "aws-batch",
+    script: "aws-cost.ts",
+    args: ["--mode", "batch", ...(quick ? ["--samples", "20"] : [])],
+  },
+];
+
+type Figures = Record<string, unknown>;
+const num = (figures: Figures | undefined, ...path: string[]): number | null => {
+  let value: unknown = figures;
+  for (const key of path)
+    value = typeof value === "object" && value !== null ? (value as Figures)[key] : undefined;
+  return typeof value === "number" && Number.isFinite(value) ? value : null;
+};
+
+const dir = mkdtempSync(join(tmpdir(), "mmevol-bench-"));
+const results: Record<string, Figures> = {};
+const failures: string[] = [];
+const started = Date.now();
+try {
+  for (const bench of BENCHES) {
+    if (values.only && !values.only.includes(bench.name)) continue;
+    const out = join(dir, `${bench.name}.json`);
+    process.stderr.write(`\n=== ${bench.name}: node test/bench/${bench.script} ${bench.args.join(" ")}\n`);
+    const t0 = Date.now();
+    const child = spawnSync(
+      process.execPath,
+      [join(repoRoot, "test/bench", bench.script), ...bench.args, "--json", out],
+      {
+        cwd: repoRoot,
+        stdio: ["ignore", "inherit", "inherit"],
+      },
+    );
+    if (child.status !== 0) {
+      failures.push(`${bench.name} exited with ${child.status ?? child.signal}`);
+      continue;
+    }
+    results[bench.name] = {
+      ...JSON.parse(readFileSync(out, "utf8")),
+      seconds: Math.round((Date.now() - t0) / 1000),
+    };
+  }
+} finally {
+  rmSync(dir, { recursive: true, force: true });
+}
+
+interface Row {
+  readonly measure: string;
+  readonly value: number | null;
+  readonly target: string;
+  readonly ok: boolean | null;
+  readonly note: string;
+}
+const at = (value: number | null, digits: number) => (value === null ? "n/a" : value.toFixed(digits));
+const atMost = (value: number | null, limit: number) => (value === null ? null : value <= limit);
+const atLeast = (value: number | null, limit: number) => (value === null ? null : value >= limit);
+const r = results;
+const rows: Row[] = [
+  (() => {
+    const v = num(r.overhead, "overheadRatio");
+    return {
+      measure: "pipeline overhead (total / bare LLM calls, zero latency)",
+      value: v,
+      target: "<= 1.1",
+      ok: atMost(v, 1.1),
+      note: `${num(r.overhead, "samples") ?? "?"} samples x ${num(r.overhead, "rounds") ?? "?"} rounds, ${num(r.overhead, "llmCalls") ?? "?"} calls`,
+    };
+  })(),
+  (() => {
+    const v = num(r.rate, "useOfLimit");
+    return {
+      measure: "rate limit used (tokens/min achieved / limit)",
+      value: v,
+      target: ">= 0.95",
+      ok: atLeast(v, 0.95),
+      note: `limit ${num(r.rate, "tokensPerMinute") ?? "?"} TPM, latency 1-3 s`,
+    };
+  })(),
+  (() => {
+    const v = num(r.rate, "share429");
+    return {
+      measure: "requests answered 429",
+      value: v === null ? null : v * 100,
+      target: "<= 1 %",
+      ok: atMost(v, 0.01),
+      note: `${num(r.rate, "rateLimited") ?? "?"} of ${num(r.rate, "requests") ?? "?"}`,
+    };
+  })(),
+  (() => {
+    const v = num(r.cost, "onlineRatio");
+    return {
+      measure: "$/kept item, ours online / reference (gpt-4o-mini)",
+      value: v,
+      target: "<= 0.7",
+      ok: atMost(v, 0.7),
+      note: `vs the reference with a cold cache between rounds: ${at(num(r.cost, "onlineRatioToCold"), 3)}`,
+    };
+  })(),
+  (() => {
+    const v = num(r.cost, "batchRatio");
+    return {
+      measure: "$/kept item, ours batch / reference (gpt-4o-mini)",
+      value: v,
+      target: "<= 0.35",
+      ok: atMost(v, 0.35),
+      note: `vs cold reference: ${at(num(r.cost, "batchRatioToCold"), 3)}`,
+    };
+  })(),
+  (() => {
+    const v = num(r["cost-4.1-mini"], "onlineRatio");
+    return {
+      measure: "$/kept item, ours online / reference (gpt-4.1-mini)",
+      value: v,
+      target: "<= 0.7",
+      ok: atMost(v, 0.7),
+      note: `evolve prompt cached: ${at((num(r["cost-4.1-mini"], "online", "evolveCachedShare") ?? Number.NaN) * 100, 0)} % vs ${at((num(r["cost-4.1-mini"], "reference", "evolveCachedShare") ?? Number.NaN) * 100, 0)} %`,
+    };
+  })(),
+  (() => {
+    const v = num(r["cost-4.1-mini"], "batchRatio");
+    return {
+      measure: "$/kept item, ours batch / reference (gpt-4.1-mini)",
+      value: v,
+      target: "<= 0.35",
+      ok: atMost(v, 0.35),
+      note: "",
+    };
+  })(),
+  (() => {
+    const v = num(r.ingest, "ratio");
+    return {
+      measure: "ingest peak RSS, 200,000 / 2,000 lines",
+      value: v,
+      target: "<= 1.2",
+      ok: atMost(v, 1.2),
+      note: `${num(r.ingest, "smallPeakMiB") ?? "?"} MiB vs ${num(r.ingest, "largePeakMiB") ?? "?"} MiB`,
+    };
+  })(),
+  (() => {
+    const v = num(r["aws-online"], "ratio");
+    return {
+      measure: "AWS cost / LLM cost, online (emulated stack)",
+      value: v === null ? null : v * 100,
+      target: "<= 2 %",
+      ok: atMost(v, 0.02),
+      note: `$${at(num(r["aws-online"], "awsUsdPer1000"), 4)} AWS vs $${at(num(r["aws-online"], "llmUsdPer1000"), 3)} LLM per 1,000 samples`,
+    };
+  })(),
+  (() => {
+    const v = num(r["aws-batch"], "ratio");
+    return {
+      measure: "AWS cost / LLM cost, batch (emulated stack)",
+      value: v === null ? null : v * 100,
+      target: "<= 2 %",
+      ok: atMost(v, 0.02),
+      note: `$${at(num(r["aws-batch"], "awsUsdPer1000"), 4)} AWS vs $${at(num(r["aws-batch"], "llmUsdPer1000"), 3)} LLM per 1,000 samples`,
+    };
+  })(),
+];
+
+const date = new Date().toISOString().slice(0, 10);
+const mark = (ok: boolean | null) => (ok === null ? "not measured" : ok ? "met" : "missed");
+const table = [
+  `Measured ${date}${quick ? " (quick sizes)" : ""} with \`npm run bench\`; ratios, since absolute times vary between machines.`,
+  "",
+  "| Measure | Value | Target | Result | Notes |",
+  "|---|---|---|---|---|",
+  ...rows.map(
+    (row) =>
+      `| ${row.measure} | ${at(row.value, row.measure.includes("429") || row.measure.includes("AWS") ? 2 : 3)} | ${row.target} | ${mark(row.ok)} | ${row.note} |`,
+  ),
+].join("\n");
+process.stdout.write(`\n${table}\n`);
+writeFileSync(
+  values.json,
+  `${JSON.stringify({ date, quick, rows, results, failures, seconds: Math.round((Date.now() - started) / 1000) }, null, 2)}\n`,
+);
+process.stdout.write(`\nwritten: ${values.json}\n`);
+if (values["update-readme"]) {
+  const readme = join(repoRoot, "README.md");
+  const text = readFileSync(readme, "utf8");
+  const begin = "<!-- bench:begin -->";
+  const end = "<!-- bench:end -->";
+  const from = text.indexOf(begin);
+  const to = text.indexOf(end);
+  if (from < 0 || to < from) {
+    failures.push(`README.md has no ${begin} ... ${end} markers`);
+  } else {
+    writeFileSync(readme, `${text.slice(0, from + begin.length)}\n${table}\n${text.slice(to)}`);
+    process.stdout.write("README.md benchmark table updated\n");
+  }
+}
+if (failures.length > 0) {
+  process.stderr.write(`\nbenchmarks that did not finish: ${failures.join("; ")}\n`);
+  process.exitCode = 1;
+}
