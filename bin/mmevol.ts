@@ -186,6 +186,8 @@ async function runCommand(shards: string[], flags: RunFlags): Promise<void> {
         apiKey: apiKey ?? "no-key",
         ...(baseURL ? { baseURL } : {}),
         timeoutMs: flags.timeout * 1000,
+        // With a rate limit given, a 429 must reach the governor (to cut the rate), not be retried around it.
+        ...(flags.tpm !== undefined || flags.rpm !== undefined ? { maxRetries: 0 } : {}),
       });
   // Always available, so a run.json asking for batch mode works without the flag.
   const batch = {

@@ -77,7 +77,8 @@ class SecretKeyLlm implements Llm {
       apiKey,
       ...(baseURL ? { baseURL } : {}),
       timeoutMs: this.#env[ENV.llmTimeoutMs],
-      maxRetries: this.#env[ENV.llmMaxRetries],
+      // Under the shared rate governor, a 429 must reach it (to cut the rate), not be retried around it.
+      maxRetries: rateLimited(this.#env) ? 0 : this.#env[ENV.llmMaxRetries],
       logger: this.#logger,
     });
   }
@@ -123,11 +124,14 @@ class SecretKeyBatchApi implements BatchApi {
   }
 }
 
+const rateLimited = (env: LambdaEnv): boolean =>
+  env[ENV.tokensPerMinute] !== undefined || env[ENV.requestsPerMinute] !== undefined;
+
 /** One rate budget per model, shared by every function through the table; none when no limit is set. */
 function governedByTable(inner: Llm, env: LambdaEnv, client: DynamoDBDocumentClient): Llm {
   const tokensPerMinute = env[ENV.tokensPerMinute];
   const requestsPerMinute = env[ENV.requestsPerMinute];
-  if (tokensPerMinute === undefined && requestsPerMinute === undefined) return inner;
+  if (!rateLimited(env)) return inner;
   const byModel = new Map<string, GovernedLlm>();
   return {
     complete: (request) => {
@@ -149,6 +153,9 @@ function governedByTable(inner: Llm, env: LambdaEnv, client: DynamoDBDocumentCli
     },
   };
 }
+
+/** The longest a message waits for rate budget before it looks again. */
+const BUDGET_RECHECK_MAX_SECONDS = 30;
 
 /** Blob store stand-in for functions that were given no bucket: any use is a wiring error. */
 const noBucket: BlobStore = new Proxy({} as BlobStore, {
@@ -217,7 +224,6 @@ export function makeSqsHandler<S extends z.ZodType<Message>>(
   toMessages: (record: SQSRecord) => readonly z.infer<S>[],
 ): (event: SQSEvent, context: Context) => Promise<SQSBatchResponse> {
   const runtime = createLambdaRuntime(stage);
-  const processor = new BatchProcessor(EventType.SQS);
   const { deps, sqs, llm, logger, metrics } = runtime;
   const queueUrls = new Map<string, Promise<string>>();
   const queueUrlOf = (arn: string): Promise<string> => {
@@ -256,7 +262,11 @@ export function makeSqsHandler<S extends z.ZodType<Message>>(
   };
 
   const requeueDelayed = async (record: SQSRecord, error: NoRateBudgetError): Promise<boolean> => {
-    const seconds = Math.min(900, Math.max(1, Math.ceil((error.retryAfterMs ?? 1_000) / 1000)));
+    // Capped: a wait computed while the rate was cut is pessimistic; looking again soon costs one receive.
+    const seconds = Math.min(
+      BUDGET_RECHECK_MAX_SECONDS,
+      Math.max(1, Math.ceil((error.retryAfterMs ?? 1_000) / 1000)),
+    );
     try {
       await sqs.send(
         new SendMessageCommand({
@@ -308,10 +318,13 @@ export function makeSqsHandler<S extends z.ZodType<Message>>(
     logger.addContext(context);
     const before = { ...llm.totals };
     try {
+      // One processor per invocation: it keeps the batch's successes and failures as state, and invocations
+      // that overlap in one process (the emulator's pollers; any future in-process concurrency) must not share
+      // it, or one invocation's failures are wiped by another's and their messages deleted as done.
       return await processPartialResponse(
         event,
         (record: SQSRecord) => recordHandler(record, context),
-        processor,
+        new BatchProcessor(EventType.SQS),
         {
           context,
           throwOnFullBatchFailure: false,

@@ -184,7 +184,7 @@ const rows: Row[] = [
       value: v === null ? null : v * 100,
       target: "<= 2 %",
       ok: atMost(v, 0.02),
-      note: `$${at(num(r["aws-online"], "awsUsdPer1000"), 4)} AWS vs $${at(num(r["aws-online"], "llmUsdPer1000"), 3)} LLM per 1,000 samples`,
+      note: `$${at(num(r["aws-online"], "awsPer1000", "total"), 4)} AWS vs $${at(num(r["aws-online"], "llmPer1000"), 3)} LLM per 1,000 samples`,
     };
   })(),
   (() => {
@@ -194,7 +194,7 @@ const rows: Row[] = [
       value: v === null ? null : v * 100,
       target: "<= 2 %",
       ok: atMost(v, 0.02),
-      note: `$${at(num(r["aws-batch"], "awsUsdPer1000"), 4)} AWS vs $${at(num(r["aws-batch"], "llmUsdPer1000"), 3)} LLM per 1,000 samples`,
+      note: `$${at(num(r["aws-batch"], "awsPer1000", "total"), 4)} AWS vs $${at(num(r["aws-batch"], "llmPer1000"), 3)} LLM per 1,000 samples`,
     };
   })(),
 ];

@@ -10,6 +10,7 @@ import { startSimulator } from "../../functions/adapters/simulated/server.ts";
 import type { Llm, LlmRequest, LlmResponse } from "../../functions/ports/llm.ts";
 import { runLocal } from "../../functions/runtime/local.ts";
 import { writeBenchShard } from "../helpers/bench-shard.ts";
+import { steadyUse } from "../helpers/rate-window.ts";
 
 const { values } = parseArgs({
   options: {
@@ -82,23 +83,14 @@ try {
   const stats = sim.stats();
   const calls = [...meter.calls].sort((a, b) => a.startedAt - b.startedAt);
   const charged = calls.filter((c) => c.status === "ok");
-  // Steady part: after the first 15 s (the limiter starts with a full minute of budget, spent at once) and
-  // up to the call by which 90% of the tokens had gone out (the tail runs out of work, not of budget).
-  const total = charged.reduce((sum, c) => sum + c.charged, 0);
-  let cumulative = 0;
-  let tailAt = started;
-  for (const call of charged) {
-    cumulative += call.charged;
-    if (cumulative >= 0.9 * total) {
-      tailAt = call.startedAt;
-      break;
-    }
-  }
-  const from = started + 15_000;
-  const inWindow = charged.filter((c) => c.startedAt > from && c.startedAt <= tailAt);
-  const windowTokens = inWindow.reduce((sum, c) => sum + c.charged, 0);
-  const windowMinutes = (tailAt - from) / 60_000;
-  const useOfLimit = windowMinutes > 0 ? windowTokens / (tpm * windowMinutes) : Number.NaN;
+  const steady = steadyUse(
+    charged.map((c) => ({ at: c.startedAt, charged: c.charged })),
+    started,
+    tpm,
+  );
+  const useOfLimit = steady.useOfLimit;
+  const windowMinutes = steady.windowSeconds / 60;
+  const windowTokens = steady.tokensPerMinute * windowMinutes;
   const share429 = stats.requests > 0 ? stats.rateLimited / stats.requests : 0;
   const figures = {
     date: new Date().toISOString().slice(0, 10),
@@ -113,7 +105,9 @@ try {
     steadyWindowSeconds: +(windowMinutes * 60).toFixed(1),
     steadyTokensPerMinute: Math.round(windowTokens / windowMinutes),
     useOfLimit: +useOfLimit.toFixed(3),
-    meanChargePerCall: Math.round(total / Math.max(1, charged.length)),
+    meanChargePerCall: Math.round(
+      charged.reduce((sum, c) => sum + c.charged, 0) / Math.max(1, charged.length),
+    ),
     totalSeconds: +(result.elapsedMs / 1000).toFixed(1),
     deadLetters: result.deadLetters,
     counts: result.reports[0]?.counts ?? null,

@@ -1,0 +1,219 @@
+// Rate-limit benchmark on the emulated stack: the synthesized stack on moto, its functions run in-process as
+// Lambda would, every evolve and judge container sharing one rate budget through the table (DynamoDB rate
+// governor). A metering proxy in front of the simulator (1-3 s latency, a tokens-per-minute limit) notes
+// what its limiter charged each call. Prints the share of the limit used over the steady part of the run
+// (target >= 0.95) and the share of requests answered 429 (target <= 1%).
+// Run: node test/bench/rate-emulated.ts [--samples 60] [--rounds 1] [--tpm 200000] [--json out.json]
+import { appendFileSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { createServer, request as httpRequest } from "node:http";
+import type { AddressInfo } from "node:net";
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import { S3Client } from "@aws-sdk/client-s3";
+import { startSimulator } from "../../functions/adapters/simulated/server.ts";
+import { startEmulatedStack } from "../../functions/runtime/emulated-stack.ts";
+import { ENV } from "../../functions/runtime/env.ts";
+import { writeBenchShard } from "../helpers/bench-shard.ts";
+import { testBucket } from "../helpers/bucket.ts";
+import { ensureDynamoLocal } from "../helpers/dynamodb-local.ts";
+import { tempDir } from "../helpers/files.ts";
+import { ensureMoto, motoClientConfig } from "../helpers/moto.ts";
+import { steadyUse } from "../helpers/rate-window.ts";
+import { synthOnce } from "../helpers/synth-once.ts";
+
+interface Call {
+  readonly at: number;
+  readonly status: number;
+  /** What the limiter charged: prompt + max_tokens; 0 unless answered. */
+  readonly charged: number;
+}
+
+/** An HTTP proxy that forwards everything to `target` and notes each chat completion's status and charge. */
+async function startMeteringProxy(
+  target: string,
+): Promise<{ url: string; calls: Call[]; close: () => void }> {
+  const calls: Call[] = [];
+  const upstream = new URL(target);
+  const server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on("data", (c: Buffer) => chunks.push(c));
+    req.on("end", () => {
+      const body = Buffer.concat(chunks);
+      const at = performance.now();
+      const forward = httpRequest(
+        {
+          host: upstream.hostname,
+          port: upstream.port,
+          method: req.method,
+          path: req.url,
+          headers: req.headers,
+        },
+        (up) => {
+          const out: Buffer[] = [];
+          up.on("data", (c: Buffer) => out.push(c));
+          up.on("end", () => {
+            const text = Buffer.concat(out);
+            if (req.url?.endsWith("/chat/completions")) {
+              let charged = 0;
+              if (up.statusCode === 200) {
+                try {
+                  const sent = JSON.parse(body.toString()) as { max_tokens?: number };
+                  const got = JSON.parse(text.toString()) as { usage?: { prompt_tokens?: number } };
+                  charged = (got.usage?.prompt_tokens ?? 0) + (sent.max_tokens ?? 0);
+                } catch {
+                  charged = 0;
+                }
+              }
+              calls.push({ at, status: up.statusCode ?? 0, charged });
+            }
+            res.writeHead(up.statusCode ?? 502, up.headers);
+            res.end(text);
+          });
+        },
+      );
+      forward.on("error", () => {
+        res.writeHead(502);
+        res.end();
+      });
+      forward.end(body);
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as AddressInfo;
+  return { url: `http://127.0.0.1:${port}/v1`, calls, close: () => server.close() };
+}
+
+export interface RateFigures {
+  readonly date: string;
+  readonly runtime: "emulated-stack";
+  readonly samples: number;
+  readonly rounds: number;
+  readonly tokensPerMinute: number;
+  readonly requests: number;
+  readonly rateLimited: number;
+  readonly share429: number;
+  readonly steadyWindowSeconds: number;
+  readonly steadyTokensPerMinute: number;
+  readonly useOfLimit: number;
+  readonly totalSeconds: number;
+  /** The functions' warnings and errors, by message. */
+  readonly warnings: Record<string, number>;
+}
+
+function summarize(lines: readonly string[]): Record<string, number> {
+  const counts: Record<string, number> = {};
+  for (const line of lines) {
+    const message = /"message":"([^"]*)"/.exec(line)?.[1] ?? "unparsed";
+    counts[message] = (counts[message] ?? 0) + 1;
+  }
+  return counts;
+}
+
+export async function measureEmulatedRate(
+  options: { samples?: number; rounds?: number; tpm?: number } = {},
+): Promise<RateFigures> {
+  const samples = options.samples ?? 60;
+  const rounds = options.rounds ?? 1;
+  const tpm = options.tpm ?? 200_000;
+  const { endpoint } = await ensureMoto();
+  // The shared governor's conditional writes must be atomic under concurrency, which moto's are not.
+  const { endpoint: dynamodbEndpoint } = await ensureDynamoLocal();
+  const cdkOut = await synthOnce();
+  const sim = await startSimulator({ latencyMs: [1000, 3000], tokensPerMinute: tpm });
+  const proxy = await startMeteringProxy(sim.url.replace(/\/v1$/, ""));
+  const dir = tempDir("mmevol-rate-emulated-");
+  const warnings: string[] = [];
+  /** Every line the functions print, for a closer look (RATE_LINES=<file>). */
+  const linesFile = process.env.RATE_LINES;
+  const stack = await startEmulatedStack({
+    cdkOut,
+    endpoint,
+    dynamodbEndpoint,
+    apiKey: "sk-bench-rate",
+    // As deployed with `-c tokensPerMinute=<limit>`: the shared governor's budget.
+    functionEnv: { [ENV.openaiBaseUrl]: proxy.url, [ENV.tokensPerMinute]: String(tpm) },
+    onLine: (line) => {
+      if (linesFile) appendFileSync(linesFile, `${line}\n`);
+      if (line.startsWith("{") && /"level":"(WARN|ERROR)"/.test(line)) warnings.push(line);
+    },
+  });
+  try {
+    const s3 = new S3Client({ ...motoClientConfig(endpoint), forcePathStyle: true });
+    const bucket = testBucket(s3, stack.bucket);
+    const run = `rate${Date.now().toString(36)}`;
+    const shard = writeBenchShard(dir.path, { samples, name: "rate" });
+    for (const name of readdirSync(join(dir.path, "images")))
+      await bucket.put(`seeds/${run}/images/${name}`, readFileSync(join(dir.path, "images", name)));
+    await bucket.put(`seeds/${run}/run.json`, JSON.stringify({ rounds }));
+    const started = performance.now();
+    await bucket.put(`seeds/${run}/rate.jsonl`, readFileSync(shard));
+    const progress = setInterval(() => {
+      const ok = proxy.calls.filter((c) => c.status === 200).length;
+      process.stderr.write(`  ${Math.round((performance.now() - started) / 1000)} s: ${ok} calls answered\n`);
+    }, 30_000);
+    try {
+      await bucket.waitFor(`reports/${run}/rate.json`, 60 * 60_000);
+    } finally {
+      clearInterval(progress);
+    }
+    const totalSeconds = (performance.now() - started) / 1000;
+    const calls = [...proxy.calls].sort((a, b) => a.at - b.at);
+    const charged = calls.filter((c) => c.status === 200);
+    const steady = steadyUse(
+      charged.map((c) => ({ at: c.at, charged: c.charged })),
+      started,
+      tpm,
+    );
+    const rateLimited = calls.filter((c) => c.status === 429).length;
+    return {
+      date: new Date().toISOString().slice(0, 10),
+      runtime: "emulated-stack",
+      samples,
+      rounds,
+      tokensPerMinute: tpm,
+      requests: calls.length,
+      rateLimited,
+      share429: calls.length > 0 ? +(rateLimited / calls.length).toFixed(4) : 0,
+      steadyWindowSeconds: steady.windowSeconds,
+      steadyTokensPerMinute: steady.tokensPerMinute,
+      useOfLimit: steady.useOfLimit,
+      totalSeconds: +totalSeconds.toFixed(1),
+      warnings: summarize(warnings),
+    };
+  } finally {
+    await stack.stop();
+    proxy.close();
+    await sim.close();
+    dir.cleanup();
+  }
+}
+
+if (import.meta.main) {
+  const { values } = parseArgs({
+    options: {
+      samples: { type: "string", default: "60" },
+      rounds: { type: "string", default: "1" },
+      tpm: { type: "string", default: "200000" },
+      json: { type: "string" },
+    },
+  });
+  const figures = await measureEmulatedRate({
+    samples: Number(values.samples),
+    rounds: Number(values.rounds),
+    tpm: Number(values.tpm),
+  });
+  console.log("mmevol rate-limit benchmark on the emulated stack (shared DynamoDB governor, latency 1-3 s)");
+  console.table({
+    "requests to the simulator": figures.requests,
+    "answered 429": figures.rateLimited,
+    "429 share (target <= 1%)": `${(figures.share429 * 100).toFixed(2)}%`,
+    "steady window (s)": figures.steadyWindowSeconds,
+    "tokens/min charged in the window": figures.steadyTokensPerMinute,
+    "use of the limit (target >= 0.95)": figures.useOfLimit,
+    "total time (s)": figures.totalSeconds,
+  });
+  console.log("function warnings:", JSON.stringify(figures.warnings));
+  if (values.json) writeFileSync(values.json, `${JSON.stringify(figures, null, 2)}\n`);
+  console.log(JSON.stringify({ useOfLimit: figures.useOfLimit, share429: figures.share429 }));
+  process.exit(0);
+}
