@@ -22,7 +22,7 @@ import { GovernedLlm } from "../adapters/governor/governed-llm.ts";
 import { SharpImagePreparer } from "../adapters/images/sharp-image-preparer.ts";
 import { OpenAiBatchCodec } from "../adapters/openai/batch-codec.ts";
 import { OpenAiBatchApi } from "../adapters/openai/openai-batch-api.ts";
-import { OpenAiLlm } from "../adapters/openai/openai-llm.ts";
+import { OpenAiLlm, type RateLimitSnapshot } from "../adapters/openai/openai-llm.ts";
 import type { RunConfigInput } from "../evolution/config.ts";
 import { runStage, type StageDeps } from "../pipeline/index.ts";
 import type { BatchApi, BatchInfo } from "../ports/batch-api.ts";
@@ -54,7 +54,8 @@ function portLogger(logger: PowertoolsLogger): Logger {
 
 /** Fetches the key from Secrets Manager on first use (cached by Powertools), so functions without it still start. */
 class SecretKeyLlm implements Llm {
-  #inner: Promise<Llm> | null = null;
+  #inner: Promise<OpenAiLlm> | null = null;
+  #built: OpenAiLlm | null = null;
   readonly #env: LambdaEnv;
   readonly #logger: Logger;
   constructor(env: LambdaEnv, logger: Logger) {
@@ -68,12 +69,16 @@ class SecretKeyLlm implements Llm {
     });
     return this.#inner.then((llm) => llm.complete(request));
   }
-  async #build(): Promise<Llm> {
+  /** The provider's x-ratelimit-* headers of the last answer, for the rate governor; null before one. */
+  lastRateLimit(): RateLimitSnapshot | null {
+    return this.#built?.lastRateLimit() ?? null;
+  }
+  async #build(): Promise<OpenAiLlm> {
     const secret = this.#env[ENV.openaiSecret];
     if (!secret) throw new InvalidInputError("this function was not granted the OpenAI key secret");
     const apiKey = await readApiKey(secret);
     const baseURL = this.#env[ENV.openaiBaseUrl];
-    return new OpenAiLlm({
+    this.#built = new OpenAiLlm({
       apiKey,
       ...(baseURL ? { baseURL } : {}),
       timeoutMs: this.#env[ENV.llmTimeoutMs],
@@ -81,6 +86,7 @@ class SecretKeyLlm implements Llm {
       maxRetries: rateLimited(this.#env) ? 0 : this.#env[ENV.llmMaxRetries],
       logger: this.#logger,
     });
+    return this.#built;
   }
 }
 
