@@ -27,6 +27,20 @@ const program = new Command()
   .option("--drop <shard>", "after start, upload this shard (and the images beside it) to seeds/<run>/")
   .option("--run <name>", "run name for --drop", "demo")
   .option("--exit-when-done", "with --drop: stop once the shard's report is written")
+  .option(
+    "--batch",
+    "with --drop: a run.json with mode batch goes along (Batch API; the batcher runs every 5 s)",
+  )
+  .option("--config <run.json>", "with --drop: upload this file as the run's run.json")
+  .option(
+    "--tpm <n>",
+    "the provider's tokens-per-minute limit: the shared rate governor's budget (as `cdk deploy -c tokensPerMinute=`)",
+  )
+  .option("--rpm <n>", "the provider's requests-per-minute limit (as `-c requestsPerMinute=`)")
+  .option(
+    "--schedule-seconds <n>",
+    "how often the scheduled functions (sweeper, batcher) run (default 30, 5 with --batch)",
+  )
   .parse();
 const opts = program.opts<{
   endpoint?: string;
@@ -35,7 +49,24 @@ const opts = program.opts<{
   drop?: string;
   run: string;
   exitWhenDone?: boolean;
+  batch?: boolean;
+  config?: string;
+  tpm?: string;
+  rpm?: string;
+  scheduleSeconds?: string;
 }>();
+const positive = (name: string, value: string | undefined): number | undefined => {
+  if (value === undefined) return undefined;
+  const n = Number(value);
+  if (!Number.isInteger(n) || n <= 0) {
+    process.stderr.write(`emulate: ${name} must be a positive integer, got "${value}"\n`);
+    process.exit(2);
+  }
+  return n;
+};
+const tpm = positive("--tpm", opts.tpm);
+const rpm = positive("--rpm", opts.rpm);
+const scheduleSeconds = positive("--schedule-seconds", opts.scheduleSeconds) ?? (opts.batch ? 5 : 30);
 
 const cleanups: (() => Promise<void> | void)[] = [];
 async function shutdown(code: number): Promise<never> {
@@ -93,6 +124,8 @@ if (opts.synth) {
 }
 
 const functionEnv: Record<string, string> = {};
+if (tpm !== undefined) functionEnv[ENV.tokensPerMinute] = String(tpm);
+if (rpm !== undefined) functionEnv[ENV.requestsPerMinute] = String(rpm);
 let apiKey = process.env.OPENAI_API_KEY ?? "";
 const baseUrl = process.env.OPENAI_BASE_URL;
 if (baseUrl) functionEnv[ENV.openaiBaseUrl] = baseUrl;
@@ -111,6 +144,7 @@ const stack = await startEmulatedStack({
   endpoint,
   apiKey: apiKey || "sk-none",
   functionEnv,
+  scheduleEverySeconds: scheduleSeconds,
   onLine: (line) => process.stdout.write(`${line}\n`),
 });
 cleanups.push(() => stack.stop());
@@ -141,6 +175,16 @@ if (opts.drop) {
         Key: `seeds/${opts.run}/${relative(dir, file)}`,
         Body: readFileSync(file),
       }),
+    );
+  }
+  const runJson = opts.config
+    ? readFileSync(opts.config, "utf8")
+    : opts.batch
+      ? JSON.stringify({ mode: "batch" })
+      : null;
+  if (runJson !== null) {
+    await s3.send(
+      new PutObjectCommand({ Bucket: stack.bucket, Key: `seeds/${opts.run}/run.json`, Body: runJson }),
     );
   }
   const shardKey = `seeds/${opts.run}/${basename(opts.drop)}`;
