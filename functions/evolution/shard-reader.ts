@@ -17,6 +17,20 @@ export interface ReadShardOptions {
   maxLineBytes?: number;
 }
 
+/**
+ * A record cut out of the shard but not decoded yet: records are decoded and parsed one at a time, as the
+ * consumer asks for them, so a chunk's worth of parsed records never sits in memory at once.
+ */
+interface CutRecord {
+  line: number;
+  index?: number;
+  /** The record's bytes, whitespace trimmed: our own copy, never the stream's buffer. */
+  bytes: Uint8Array;
+}
+
+/** What one chunk completed: records still to decode, or entries already known to be errors. */
+type Cut = CutRecord | ShardEntry;
+
 export const DEFAULT_MAX_LINE_BYTES = 8 * 1024 * 1024;
 
 /** How much of an over-long line is kept as `raw`, so the error record says what the line was. */
@@ -53,11 +67,37 @@ export async function* readShard(
   }
   const parser = new ShardParser(maxLineBytes);
   for await (const chunk of chunks) {
-    yield* parser.push(chunk);
+    for (const cut of parser.push(chunk)) yield settle(cut);
     // Leaving the loop early closes the source, so a broken array does not make us download the rest.
     if (parser.finished) return;
   }
-  yield* parser.end();
+  for (const cut of parser.end()) yield settle(cut);
+}
+
+/**
+ * Decodes a cut record (a line, or an element with its index) and parses it as JSON, or says why it cannot;
+ * an error entry is already settled. The place is only spelled out for an error.
+ */
+function settle(cut: Cut): ShardEntry {
+  if (!("bytes" in cut)) return cut;
+  const { line, index, bytes } = cut;
+  let raw: string;
+  try {
+    raw = strictUtf8.decode(bytes);
+  } catch {
+    return failed(line, index, lenientUtf8.decode(bytes), "not valid UTF-8");
+  }
+  try {
+    const value: unknown = JSON.parse(raw);
+    return index === undefined ? { line, raw, value } : { line, index, raw, value };
+  } catch (err) {
+    return failed(line, index, raw, `invalid JSON: ${err instanceof Error ? err.message : String(err)}`);
+  }
+}
+
+function failed(line: number, index: number | undefined, raw: string, reason: string): ShardEntry {
+  if (index === undefined) return { line, raw, error: `line ${line}: ${reason}` };
+  return { line, index, raw, error: `element ${index} (line ${line}): ${reason}` };
 }
 
 /** Pieces of one line or element, kept until its end is seen. */
@@ -93,25 +133,6 @@ function concat(parts: Uint8Array[], length: number): Uint8Array {
     at += part.length;
   }
   return out;
-}
-
-/** Decodes one record's bytes and parses it as JSON, or says why it cannot. */
-function parseBytes(
-  bytes: Uint8Array,
-  where: string,
-): { raw: string; value: unknown } | { raw: string; error: string } {
-  let raw: string;
-  try {
-    raw = strictUtf8.decode(bytes);
-  } catch {
-    return { raw: lenientUtf8.decode(bytes), error: `${where}: not valid UTF-8` };
-  }
-  try {
-    return { raw, value: JSON.parse(raw) };
-  } catch (err) {
-    const reason = err instanceof Error ? err.message : String(err);
-    return { raw, error: `${where}: invalid JSON: ${reason}` };
-  }
 }
 
 function trimWhitespace(bytes: Uint8Array): Uint8Array {
@@ -157,14 +178,14 @@ class ShardParser {
     return this.mode === "done";
   }
 
-  push(chunk: Uint8Array): ShardEntry[] {
-    const out: ShardEntry[] = [];
+  push(chunk: Uint8Array): Cut[] {
+    const out: Cut[] = [];
     this.feed(chunk, out);
     return out;
   }
 
-  end(): ShardEntry[] {
-    const out: ShardEntry[] = [];
+  end(): Cut[] {
+    const out: Cut[] = [];
     if (this.mode === "bom") {
       // Fewer than three bytes in the whole shard: they cannot be a BOM.
       const head = Uint8Array.from(this.head);
@@ -178,7 +199,7 @@ class ShardParser {
     return out;
   }
 
-  private feed(chunk: Uint8Array, out: ShardEntry[]): void {
+  private feed(chunk: Uint8Array, out: Cut[]): void {
     let bytes = chunk;
     if (this.mode === "bom") {
       let used = 0;
@@ -212,7 +233,7 @@ class ShardParser {
 
   // ---- JSON Lines ----
 
-  private feedLines(bytes: Uint8Array, out: ShardEntry[]): void {
+  private feedLines(bytes: Uint8Array, out: Cut[]): void {
     let start = 0;
     while (start < bytes.length) {
       const newline = bytes.indexOf(LF, start);
@@ -254,7 +275,7 @@ class ShardParser {
     this.current.append(segment);
   }
 
-  private finishLine(out: ShardEntry[]): void {
+  private finishLine(out: Cut[]): void {
     const line = this.newlines + 1;
     const crlf = this.lastByteCR ? 1 : 0;
     this.lastByteCR = false;
@@ -274,7 +295,7 @@ class ShardParser {
     }
     const text = trimWhitespace(body);
     if (text.length === 0) return;
-    out.push({ line, ...parseBytes(text, `line ${line}`) });
+    out.push({ line, bytes: text });
   }
 
   private tooLong(where: string, size: number, what: "line" | "element"): string {
@@ -283,7 +304,7 @@ class ShardParser {
 
   // ---- JSON array ----
 
-  private feedArray(bytes: Uint8Array, out: ShardEntry[]): void {
+  private feedArray(bytes: Uint8Array, out: Cut[]): void {
     /** Where the part of the current element that lies in this chunk starts. */
     let segmentStart = 0;
     for (let at = 0; at < bytes.length; at++) {
@@ -354,10 +375,10 @@ class ShardParser {
     if (this.phase === "element") this.addBounded(bytes.subarray(segmentStart), this.maxBytes);
   }
 
-  private finishElement(out: ShardEntry[]): void {
-    const where = `element ${this.index} (line ${this.elementLine})`;
+  private finishElement(out: Cut[]): void {
     const base = { line: this.elementLine, index: this.index };
     if (this.overflowBytes > 0) {
+      const where = `element ${this.index} (line ${this.elementLine})`;
       out.push({
         ...base,
         raw: this.overflowPreview,
@@ -368,10 +389,10 @@ class ShardParser {
       return;
     }
     const text = trimWhitespace(this.current.take());
-    out.push({ ...base, ...parseBytes(text, where) });
+    out.push({ ...base, bytes: text });
   }
 
-  private finishArray(out: ShardEntry[]): void {
+  private finishArray(out: Cut[]): void {
     if (this.phase === "closed") return;
     const what =
       this.phase === "element"
@@ -381,7 +402,7 @@ class ShardParser {
   }
 
   /** The array's structure is broken: nothing after this point can be cut reliably. */
-  private stop(out: ShardEntry[], error: string): void {
+  private stop(out: Cut[], error: string): void {
     out.push({ line: this.newlines + 1, raw: "", error });
     this.current.clear();
     this.overflowBytes = 0;

@@ -3,9 +3,11 @@ import { resolveImageKey } from "../evolution/image-path.ts";
 import { itemId } from "../evolution/rounds.ts";
 import type { Sample } from "../evolution/schemas.ts";
 import { readShard, type ShardEntry } from "../evolution/shard-reader.ts";
+import { MmevolError } from "../ports/errors.ts";
 import type { EvolveMessage, IngestMessage, WorkQueue } from "../ports/messages.ts";
 import { type SampleRecord, type ShardRecord, zeroUsage } from "../ports/state-store.ts";
 import type { StageDeps, StageInput, StageResult } from "./deps.ts";
+import { type IdHash, IdIndex } from "./id-index.ts";
 import { layout, resolveRunConfig, sampleKey, samplePrefix, shardConfig } from "./shard-config.ts";
 
 const RAW_LIMIT = 2_000;
@@ -25,17 +27,23 @@ async function readRunJson(deps: StageDeps, run: string): Promise<unknown> {
   }
 }
 
+export interface IngestOptions {
+  /** How ids are hashed for duplicate detection; tests give a colliding one to prove matches are confirmed. */
+  readonly idHash?: IdHash;
+}
+
+/** Time kept in hand when a continuation is sent: the batch in progress and the sends must still fit. */
+const CONTINUATION_MARGIN_MS = 90_000;
+
 /**
  * Registers a shard and its samples, rejecting invalid lines with their reason. Ingest streams the shard and
  * fans samples out in batches (written first, then sent) rather than returning them, so memory stays bounded
  * whatever the shard size. Rerunning it resumes: existing samples are left as they are.
  */
-/** Time kept in hand when a continuation is sent: the batch in progress and the sends must still fit. */
-const CONTINUATION_MARGIN_MS = 90_000;
-
 export async function ingestShard(
   input: StageInput<IngestMessage>,
   deps: StageDeps & { readonly queue: WorkQueue },
+  options: IngestOptions = {},
 ): Promise<StageResult> {
   const { run, key } = input.message;
   const size = await deps.blobs.size(key);
@@ -59,7 +67,6 @@ export async function ingestShard(
 
   const batchSize = deps.ingestBatchSize ?? 100;
   const from = input.message.from ?? 1;
-  const seenIds = new Map<string, number>();
   let batch: SampleRecord[] = [];
   let ordinal = 0;
   const flush = async () => {
@@ -72,10 +79,33 @@ export async function ingestShard(
     await deps.queue.send(evolve);
     batch = [];
   };
+  /** The record of an earlier line: still in the batch (the lines just before this one), else written. */
+  const earlierRecord = async (earlier: number): Promise<SampleRecord> => {
+    const key = sampleKey(earlier);
+    const held = batch[earlier - (ordinal - batch.length)];
+    if (held?.key === key) return held;
+    const stored = await deps.state.getSample(run, shard, key);
+    if (stored === null) throw new EarlierSampleMissingError(run, shard, key);
+    return stored;
+  };
+  const cutIds = new Map<number, string>();
+  /** The line of an earlier record whose id hashes like `id`, when its id really is `id`. */
+  const firstLine = async (earlier: number, id: string): Promise<number | undefined> => {
+    const record = await earlierRecord(earlier);
+    return registeredId(record, cutIds.get(earlier)) === id ? record.line : undefined;
+  };
+  const context: LineContext = {
+    run,
+    shard,
+    imageRoot,
+    ids: new IdIndex(options.idHash === undefined ? {} : { hash: options.idHash }),
+    cutIds,
+    firstLine,
+  };
 
   for await (const entry of readShard(deps.blobs.stream(key), { maxLineBytes: config.maxLineBytes })) {
     ordinal += 1;
-    const record = toRecord(entry, ordinal, run, shard, imageRoot, seenIds, deps.clock.now());
+    const record = await toRecord(entry, ordinal, context, deps.clock.now());
     // Records before `from` were written by an earlier invocation; they are read again only to know their ids.
     if (ordinal < from) continue;
     batch.push(record);
@@ -139,65 +169,123 @@ async function registerShard(
   return { shard, record };
 }
 
-function toRecord(
+/** What the records of one shard share while it is read. */
+interface LineContext {
+  readonly run: string;
+  readonly shard: string;
+  readonly imageRoot: string;
+  /**
+   * The id of every record that got past parsing, as a hash and the record's ordinal: a few bytes an id
+   * whatever the shard's size, where a map of the id strings grew with it. A hash match is confirmed against
+   * the earlier record, so a distinct id that happens to share a hash is never rejected.
+   */
+  readonly ids: IdIndex;
+  /**
+   * Ids of the few registered records the store cannot give their id back for: rejected for their image (so no
+   * sample is stored) with a line longer than the `raw` kept. Keyed by ordinal.
+   */
+  readonly cutIds: Map<number, string>;
+  readonly firstLine: (earlier: number, id: string) => Promise<number | undefined>;
+}
+
+async function toRecord(
   entry: ShardEntry,
   ordinal: number,
-  run: string,
-  shard: string,
-  imageRoot: string,
-  seenIds: Map<string, number>,
+  context: LineContext,
   now: number,
+): Promise<SampleRecord> {
+  // The reader's errors already say where (line N, or element N (line L)).
+  if ("error" in entry) return makeRecord(context, entry, ordinal, now, null, entry.error);
+  const parsed = parseRecord(entry.value, entry.line);
+  if (!parsed.ok) return makeRecord(context, entry, ordinal, now, null, `${locate(entry)}: ${parsed.error}`);
+  const { sample } = parsed;
+  const first = await context.ids.findOrAdd(sample.id, ordinal, context.firstLine);
+  if (first !== undefined) {
+    const error = `${locate(entry)}: duplicate id "${sample.id}" (first at ${first})`;
+    return makeRecord(context, entry, ordinal, now, null, error);
+  }
+  for (const path of sample.images) {
+    const resolved = resolveImageKey(context.imageRoot, path);
+    if (!resolved.ok) {
+      // The id stays registered (a later line with it is a duplicate of this one), so it must be readable back.
+      if (entry.raw.length > RAW_LIMIT) context.cutIds.set(ordinal, sample.id);
+      return makeRecord(context, entry, ordinal, now, null, `${locate(entry)}: image: ${resolved.error}`);
+    }
+  }
+  giveItemIds(sample, samplePrefix(ordinal));
+  return makeRecord(context, entry, ordinal, now, sample, null);
+}
+
+/** A rejected record (no sample: its raw line and the reason), or an accepted one with its seed version. */
+function makeRecord(
+  context: LineContext,
+  entry: ShardEntry,
+  ordinal: number,
+  now: number,
+  sample: Sample | null,
+  error: string | null,
 ): SampleRecord {
-  const base: SampleRecord = {
-    run,
-    shard,
+  // Text-only rows are not evolved (METHOD.md §1): they pass through unchanged.
+  const status = sample === null ? "REJECTED" : sample.images.length === 0 ? "PASSED_THROUGH" : "INGESTED";
+  return {
+    run: context.run,
+    shard: context.shard,
     key: sampleKey(ordinal),
-    status: "REJECTED",
+    status,
     round: 0,
     version: 0,
     line: entry.line,
-    sample: null,
-    versions: [],
+    sample,
+    versions: sample === null ? [] : [{ round: 0, direction: null, from: null, items: sample.items }],
     rounds: [],
     pending: null,
     attempts: 0,
-    error: null,
-    raw: entry.raw.length > RAW_LIMIT ? `${entry.raw.slice(0, RAW_LIMIT)}…` : entry.raw,
+    error,
+    raw:
+      sample !== null ? null : entry.raw.length > RAW_LIMIT ? `${entry.raw.slice(0, RAW_LIMIT)}…` : entry.raw,
     usage: zeroUsage(),
     updatedAt: now,
   };
-  const where = locate(entry);
-  if ("error" in entry)
-    // The reader's errors already say where (line N, or element N (line L)).
-    return { ...base, error: entry.error };
-  const parsed = parseRecord(entry.value, entry.line);
-  if (!parsed.ok) return { ...base, error: `${where}: ${parsed.error}` };
-  const first = seenIds.get(parsed.sample.id);
-  if (first !== undefined)
-    return { ...base, error: `${where}: duplicate id "${parsed.sample.id}" (first at ${first})` };
-  seenIds.set(parsed.sample.id, entry.line);
-  for (const path of parsed.sample.images) {
-    const resolved = resolveImageKey(imageRoot, path);
-    if (!resolved.ok) return { ...base, error: `${where}: image: ${resolved.error}` };
-  }
-  const sample = withItemIds(parsed.sample, samplePrefix(ordinal));
-  const seed = { round: 0, direction: null, from: null, items: sample.items };
-  // Text-only rows are not evolved (METHOD.md §1): they pass through unchanged.
-  const textOnly = sample.images.length === 0;
-  return {
-    ...base,
-    status: textOnly ? "PASSED_THROUGH" : "INGESTED",
-    sample,
-    versions: [seed],
-    raw: null,
-    error: null,
-  };
 }
 
-/** Seed items get ids that are safe as JSON schema keys, whatever the input ids look like. */
-function withItemIds(sample: Sample, prefix: string): Sample {
-  return {
-    ...sample,
-    items: sample.items.map((item, index) => ({ ...item, id: itemId(prefix, 0, index), parent: null })),
-  };
+/**
+ * The id a registered record was read with: its sample's, or for one rejected for its image, the id in its raw
+ * line (read again as it was the first time) or in `cut`.
+ */
+function registeredId(record: SampleRecord, cut: string | undefined): string {
+  if (record.sample !== null) return record.sample.id;
+  if (cut !== undefined) return cut;
+  if (record.raw !== null) {
+    try {
+      const parsed = parseRecord(JSON.parse(record.raw), record.line);
+      if (parsed.ok) return parsed.sample.id;
+    } catch {
+      // Not JSON: not a registered record; reported below.
+    }
+  }
+  throw new EarlierSampleMissingError(record.run, record.shard, record.key, "holds no readable id");
+}
+
+/**
+ * An earlier record that duplicate detection needs is missing or unreadable: the state is not what ingest wrote.
+ * Retryable, so a redelivery reads the state again; if it stays so, the message ends in the dead-letter queue.
+ */
+export class EarlierSampleMissingError extends MmevolError {
+  constructor(run: string, shard: string, key: string, what = "is missing") {
+    super(`ingest of ${run}/${shard}: the earlier sample ${key} ${what}`, { retryable: true });
+  }
+}
+
+/**
+ * Seed items get ids that are safe as JSON schema keys, whatever the input ids look like. In place: the sample
+ * was just built by `parseRecord` and nothing else holds it, so a copy of every item would only be garbage.
+ */
+function giveItemIds(sample: Sample, prefix: string): void {
+  const { items } = sample;
+  for (let index = 0; index < items.length; index++) {
+    const item = items[index];
+    if (item === undefined) continue;
+    item.id = itemId(prefix, 0, index);
+    item.parent = null;
+  }
 }
