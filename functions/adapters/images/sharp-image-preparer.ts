@@ -1,6 +1,6 @@
 import { createHash } from "node:crypto";
 import sharp from "sharp";
-import type { BlobStore } from "../../ports/blob-store.ts";
+import { BlobNotFoundError, type BlobStore } from "../../ports/blob-store.ts";
 import { InvalidInputError } from "../../ports/errors.ts";
 import type { ImagePreparer, PreparedImage } from "../../ports/images.ts";
 
@@ -12,6 +12,12 @@ export interface SharpImagePreparerOptions {
   readonly maxInputBytes?: number;
   /** Larger decoded images (decompression bombs) are refused. Default 50 000 000 pixels. */
   readonly maxInputPixels?: number;
+  /**
+   * Prepared images kept in memory, by the length of their data URLs (0 turns it off). Default 32 MiB, a
+   * thousand to a few thousand images at the default size: the rounds after the first reuse the data URL and
+   * digest instead of reading the stored JPEG back and decoding its header. Least recently used out first.
+   */
+  readonly memoryCacheBytes?: number;
 }
 
 /** Raster formats a vision model can use; SVG and friends are refused rather than rendered. */
@@ -41,18 +47,24 @@ export const assertSafeBlobKey = (key: string): void => {
   }
 };
 
-/** Shrinks each image once to a JPEG under `cachePrefix`; later rounds read the stored result. */
+/**
+ * Shrinks each image once to a JPEG under `cachePrefix`; later rounds read the stored result, or, in the same
+ * process, take it from memory. Concurrent requests for the same image share one preparation.
+ */
 export class SharpImagePreparer implements ImagePreparer {
   readonly #blobs: BlobStore;
   readonly #cachePrefix: string;
   readonly #maxInputBytes: number;
   readonly #maxInputPixels: number;
+  readonly #memory: PreparedLru;
+  readonly #inFlight = new Map<string, Promise<PreparedImage>>();
 
   constructor(options: SharpImagePreparerOptions) {
     this.#blobs = options.blobs;
     this.#cachePrefix = options.cachePrefix;
     this.#maxInputBytes = options.maxInputBytes ?? 20 * 1024 * 1024;
     this.#maxInputPixels = options.maxInputPixels ?? 50_000_000;
+    this.#memory = new PreparedLru(options.memoryCacheBytes ?? 32 * 1024 * 1024);
   }
 
   /**
@@ -68,8 +80,34 @@ export class SharpImagePreparer implements ImagePreparer {
     const maxBytes = options.maxInputBytes ?? this.#maxInputBytes;
     const maxPixels = options.maxInputPixels ?? this.#maxInputPixels;
     // The newline keeps "a.png" + "12" apart from "a.png1" + "2".
-    const cacheKey = `${this.#cachePrefix}${sha256(`${imagePath}\n${maxSide}`)}.jpg`;
+    const id = `${imagePath}\n${maxSide}`;
+    // Like the stored JPEG, a prepared image is used whatever the limits of the caller that finds it.
+    const remembered = this.#memory.get(id);
+    if (remembered !== undefined) return remembered;
+    // A preparation under way is shared only by callers with the same limits, which would all get its result.
+    const flight = `${id}\n${maxBytes}\n${maxPixels}`;
+    const running = this.#inFlight.get(flight);
+    if (running !== undefined) return running;
 
+    const work = this.#prepare(imagePath, id, maxSide, maxBytes, maxPixels);
+    this.#inFlight.set(flight, work);
+    try {
+      const prepared = await work;
+      this.#memory.set(id, prepared);
+      return prepared;
+    } finally {
+      this.#inFlight.delete(flight);
+    }
+  }
+
+  async #prepare(
+    imagePath: string,
+    id: string,
+    maxSide: number,
+    maxBytes: number,
+    maxPixels: number,
+  ): Promise<PreparedImage> {
+    const cacheKey = `${this.#cachePrefix}${sha256(id)}.jpg`;
     const cached = await this.#readCached(cacheKey);
     if (cached !== null) return cached;
 
@@ -80,9 +118,16 @@ export class SharpImagePreparer implements ImagePreparer {
   }
 
   async #readCached(cacheKey: string): Promise<PreparedImage | null> {
-    const size = await this.#blobs.size(cacheKey);
-    if (size === null || size === 0) return null;
-    const data = await this.#blobs.get(cacheKey);
+    // One read, no separate size check: a miss is the store's not-found error (in S3, one GET instead of a
+    // HEAD and a GET on every hit).
+    let data: Uint8Array;
+    try {
+      data = await this.#blobs.get(cacheKey);
+    } catch (error) {
+      if (error instanceof BlobNotFoundError) return null;
+      throw error;
+    }
+    if (data.byteLength === 0) return null;
     try {
       // Header only: our JPEG carries no EXIF rotation, so these are the sent dimensions.
       const { width, height } = await sharp(data).metadata();
@@ -144,9 +189,48 @@ export class SharpImagePreparer implements ImagePreparer {
   }
 }
 
-const toPrepared = (jpeg: Uint8Array, width: number, height: number): PreparedImage => ({
-  dataUrl: `data:image/jpeg;base64,${Buffer.from(jpeg).toString("base64")}`,
-  digest: sha256(jpeg),
-  width,
-  height,
-});
+/** Prepared images by id, least recently used first, bounded by the total length of their data URLs. */
+class PreparedLru {
+  readonly #entries = new Map<string, PreparedImage>();
+  readonly #maxChars: number;
+  #chars = 0;
+
+  constructor(maxChars: number) {
+    this.#maxChars = maxChars;
+  }
+
+  get(id: string): PreparedImage | undefined {
+    const entry = this.#entries.get(id);
+    if (entry !== undefined) {
+      this.#entries.delete(id);
+      this.#entries.set(id, entry);
+    }
+    return entry;
+  }
+
+  set(id: string, prepared: PreparedImage): void {
+    const size = prepared.dataUrl.length;
+    if (size > this.#maxChars) return;
+    const old = this.#entries.get(id);
+    if (old !== undefined) {
+      this.#entries.delete(id);
+      this.#chars -= old.dataUrl.length;
+    }
+    this.#entries.set(id, prepared);
+    this.#chars += size;
+    for (const [oldest, entry] of this.#entries) {
+      if (this.#chars <= this.#maxChars) break;
+      this.#entries.delete(oldest);
+      this.#chars -= entry.dataUrl.length;
+    }
+  }
+}
+
+/** Frozen: one prepared image may be handed to many callers. */
+const toPrepared = (jpeg: Uint8Array, width: number, height: number): PreparedImage =>
+  Object.freeze({
+    dataUrl: `data:image/jpeg;base64,${Buffer.from(jpeg).toString("base64")}`,
+    digest: sha256(jpeg),
+    width,
+    height,
+  });
