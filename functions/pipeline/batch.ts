@@ -127,7 +127,6 @@ export async function batchTick(deps: TickDeps, options: BatchTickOptions): Prom
 
   // Jobs first: a job left "submitting" by a crash is adopted or undone before anything new is submitted.
   for (const job of await deps.state.listOpenBatchJobs(options.run)) {
-    const shard = await deps.state.getShard(job.run, job.shard);
     if (job.status === "submitting") {
       await recoverSubmitting(deps, batch, job, options.now);
       due(options.now);
@@ -157,7 +156,7 @@ export async function batchTick(deps: TickDeps, options: BatchTickOptions): Prom
       due(nextPollAt);
       continue;
     }
-    const resent = await applyJob(deps, batch, job, info, shard);
+    const resent = await applyJob(deps, batch, job, info, await deps.state.getShard(job.run, job.shard));
     messages.push(...resent);
     applied += 1;
     await deps.state.putBatchJob({
@@ -203,7 +202,11 @@ async function submitShard(
   minPoll: number,
 ): Promise<number> {
   const byModel = new Map<string, BatchItem[]>();
-  for (const item of queued) byModel.set(item.model, [...(byModel.get(item.model) ?? []), item]);
+  for (const item of queued) {
+    const group = byModel.get(item.model);
+    if (group) group.push(item);
+    else byModel.set(item.model, [item]);
+  }
   let jobs = 0;
   for (const [model, items] of byModel) {
     let chunk: { item: BatchItem; line: string }[] = [];

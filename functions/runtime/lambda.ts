@@ -52,66 +52,62 @@ function portLogger(logger: PowertoolsLogger): Logger {
   };
 }
 
-/** Fetches the key from Secrets Manager on first use (cached by Powertools), so functions without it still start. */
-class SecretKeyLlm implements Llm {
-  #inner: Promise<OpenAiLlm> | null = null;
-  #built: OpenAiLlm | null = null;
-  readonly #env: LambdaEnv;
-  readonly #logger: Logger;
-  constructor(env: LambdaEnv, logger: Logger) {
-    this.#env = env;
-    this.#logger = logger;
-  }
-  complete(request: LlmRequest): Promise<LlmResponse> {
-    this.#inner ??= this.#build().catch((error: unknown) => {
-      this.#inner = null;
+/** `build` on first use; a failure is not kept, so the next use tries again. */
+function lazily<T>(build: () => Promise<T>): () => Promise<T> {
+  let value: Promise<T> | null = null;
+  return () => {
+    value ??= build().catch((error: unknown) => {
+      value = null;
       throw error;
     });
-    return this.#inner.then((llm) => llm.complete(request));
+    return value;
+  };
+}
+
+/**
+ * The key (from Secrets Manager, on first use, so functions without it still start) and the endpoint: read
+ * once per container for both the Llm and the Batch API.
+ */
+function endpointOf(env: LambdaEnv): () => Promise<{ apiKey: string; baseURL?: string }> {
+  return lazily(async () => {
+    const secret = env[ENV.openaiSecret];
+    if (!secret) throw new InvalidInputError("this function was not granted the OpenAI key secret");
+    const apiKey = await readApiKey(secret);
+    const baseURL = env[ENV.openaiBaseUrl];
+    return { apiKey, ...(baseURL ? { baseURL } : {}) };
+  });
+}
+
+/** The Llm over the endpoint, built on first use; passes the provider's rate-limit headers on. */
+class SecretKeyLlm implements Llm {
+  #built: OpenAiLlm | null = null;
+  readonly #llm: () => Promise<OpenAiLlm>;
+  constructor(endpoint: () => Promise<{ apiKey: string; baseURL?: string }>, env: LambdaEnv, logger: Logger) {
+    this.#llm = lazily(async () => {
+      this.#built = new OpenAiLlm({
+        ...(await endpoint()),
+        timeoutMs: env[ENV.llmTimeoutMs],
+        // Under the shared rate governor, a 429 must reach it (to cut the rate), not be retried around it.
+        maxRetries: rateLimited(env) ? 0 : env[ENV.llmMaxRetries],
+        logger,
+      });
+      return this.#built;
+    });
+  }
+  complete(request: LlmRequest): Promise<LlmResponse> {
+    return this.#llm().then((llm) => llm.complete(request));
   }
   /** The provider's x-ratelimit-* headers of the last answer, for the rate governor; null before one. */
   lastRateLimit(): RateLimitSnapshot | null {
     return this.#built?.lastRateLimit() ?? null;
   }
-  async #build(): Promise<OpenAiLlm> {
-    const secret = this.#env[ENV.openaiSecret];
-    if (!secret) throw new InvalidInputError("this function was not granted the OpenAI key secret");
-    const apiKey = await readApiKey(secret);
-    const baseURL = this.#env[ENV.openaiBaseUrl];
-    this.#built = new OpenAiLlm({
-      apiKey,
-      ...(baseURL ? { baseURL } : {}),
-      timeoutMs: this.#env[ENV.llmTimeoutMs],
-      // Under the shared rate governor, a 429 must reach it (to cut the rate), not be retried around it.
-      maxRetries: rateLimited(this.#env) ? 0 : this.#env[ENV.llmMaxRetries],
-      logger: this.#logger,
-    });
-    return this.#built;
-  }
 }
 
-/** The Batch API behind the same secret, fetched on first use: only the batcher ever calls it. */
+/** The Batch API over the same endpoint, built on first use: only the batcher ever calls it. */
 class SecretKeyBatchApi implements BatchApi {
-  #inner: Promise<BatchApi> | null = null;
-  readonly #env: LambdaEnv;
-  readonly #logger: Logger;
-  constructor(env: LambdaEnv, logger: Logger) {
-    this.#env = env;
-    this.#logger = logger;
-  }
-  #api(): Promise<BatchApi> {
-    this.#inner ??= this.#build().catch((error: unknown) => {
-      this.#inner = null;
-      throw error;
-    });
-    return this.#inner;
-  }
-  async #build(): Promise<BatchApi> {
-    const secret = this.#env[ENV.openaiSecret];
-    if (!secret) throw new InvalidInputError("this function was not granted the OpenAI key secret");
-    const apiKey = await readApiKey(secret);
-    const baseURL = this.#env[ENV.openaiBaseUrl];
-    return new OpenAiBatchApi({ apiKey, ...(baseURL ? { baseURL } : {}), logger: this.#logger });
+  readonly #api: () => Promise<BatchApi>;
+  constructor(endpoint: () => Promise<{ apiKey: string; baseURL?: string }>, logger: Logger) {
+    this.#api = lazily(async () => new OpenAiBatchApi({ ...(await endpoint()), logger }));
   }
   uploadFile(name: string, content: Uint8Array): Promise<string> {
     return this.#api().then((api) => api.uploadFile(name, content));
@@ -202,7 +198,8 @@ export function createLambdaRuntime(stage: Stage, env: NodeJS.ProcessEnv = proce
   const faults = faultsFromEnv(env);
   const sqsQueue = new SqsWorkQueue({ client: sqs, queueUrls: urls });
   const queue: WorkQueue = faults === noFaults ? sqsQueue : new FaultyQueue(sqsQueue, faults);
-  const llm = new CountingLlm(governedByTable(new SecretKeyLlm(config, log), config, documents));
+  const endpoint = endpointOf(config);
+  const llm = new CountingLlm(governedByTable(new SecretKeyLlm(endpoint, config, log), config, documents));
   const defaults: RunConfigInput = { ...(config[ENV.runDefaults] ?? {}) };
   const deps = {
     blobs,
@@ -215,7 +212,7 @@ export function createLambdaRuntime(stage: Stage, env: NodeJS.ProcessEnv = proce
     queue,
     faults,
     // Batch mode: evolve and judge queue requests (encoding them); the batcher also calls the API.
-    batch: { api: new SecretKeyBatchApi(config, log), codec: new OpenAiBatchCodec() },
+    batch: { api: new SecretKeyBatchApi(endpoint, log), codec: new OpenAiBatchCodec() },
     ...claimOf(config),
   };
   return { deps, sqs, llm, logger, metrics };

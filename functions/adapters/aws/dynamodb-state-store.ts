@@ -171,28 +171,7 @@ export class DynamoStateStore implements StateStore {
    * a shard created a moment ago may be missing; callers use this for listings, never for decisions.
    */
   async listShards(run?: string): Promise<ShardRecord[]> {
-    const shards: ShardRecord[] = [];
-    let start: Record<string, unknown> | undefined;
-    do {
-      const out = await this.client.send(
-        new QueryCommand({
-          TableName: this.table,
-          IndexName: TABLE_SCHEMA.gsi1.indexName,
-          KeyConditionExpression:
-            run === undefined ? "#gpk = :gpk" : "#gpk = :gpk AND begins_with(#gsk, :prefix)",
-          ExpressionAttributeNames:
-            run === undefined
-              ? { "#gpk": TABLE_SCHEMA.gsi1.partitionKey }
-              : { "#gpk": TABLE_SCHEMA.gsi1.partitionKey, "#gsk": TABLE_SCHEMA.gsi1.sortKey },
-          ExpressionAttributeValues:
-            run === undefined ? { ":gpk": SHARDS_GSI_PK } : { ":gpk": SHARDS_GSI_PK, ":prefix": `${run}#` },
-          ...this.limit,
-          ...(start === undefined ? {} : { ExclusiveStartKey: start }),
-        }),
-      );
-      for (const item of out.Items ?? []) shards.push(parseShard(item));
-      start = out.LastEvaluatedKey;
-    } while (start !== undefined);
+    const shards = (await this.queryIndex(SHARDS_GSI_PK, run)).map(parseShard);
     // A run name containing `#` could match another run's prefix: keep only exact matches.
     const wanted = run === undefined ? shards : shards.filter((s) => s.run === run);
     return wanted.sort((a, b) => compare(a.run, b.run) || compare(a.shard, b.shard));
@@ -503,32 +482,14 @@ export class DynamoStateStore implements StateStore {
   }
 
   async listOpenBatchJobs(run?: string): Promise<BatchJob[]> {
-    const jobs: BatchJob[] = [];
-    let start: Record<string, unknown> | undefined;
-    do {
-      const out = await this.client.send(
-        new QueryCommand({
-          TableName: this.table,
-          IndexName: TABLE_SCHEMA.gsi1.indexName,
-          KeyConditionExpression:
-            run === undefined ? "#gpk = :gpk" : "#gpk = :gpk AND begins_with(#gsk, :prefix)",
-          ExpressionAttributeNames:
-            run === undefined
-              ? { "#gpk": TABLE_SCHEMA.gsi1.partitionKey }
-              : { "#gpk": TABLE_SCHEMA.gsi1.partitionKey, "#gsk": TABLE_SCHEMA.gsi1.sortKey },
-          ExpressionAttributeValues:
-            run === undefined
-              ? { ":gpk": OPEN_JOBS_GSI_PK }
-              : { ":gpk": OPEN_JOBS_GSI_PK, ":prefix": `${run}#` },
-          ExclusiveStartKey: start,
-        }),
-      );
-      for (const item of out.Items ?? [])
-        jobs.push(BatchJob.parse(JSON.parse(RecordItem.parse(item).record)));
-      start = out.LastEvaluatedKey;
-    } while (start !== undefined);
+    const jobs = (await this.queryIndex(OPEN_JOBS_GSI_PK, run)).map((item) =>
+      BatchJob.parse(JSON.parse(RecordItem.parse(item).record)),
+    );
     // The index is eventually consistent: a job closed a moment ago may still be listed; its record says so.
-    return jobs.filter((job) => job.status === "submitting" || job.status === "submitted");
+    return jobs.filter(
+      (job) =>
+        (run === undefined || job.run === run) && (job.status === "submitting" || job.status === "submitted"),
+    );
   }
 
   async claimRequest(hash: string, owner: string, holdMs: number): Promise<ClaimResult> {
@@ -588,6 +549,33 @@ export class DynamoStateStore implements StateStore {
    * already exist (a redelivered ingest) cancel it; they are dropped and the rest is tried again, so
    * exactly the new ones are written and counted. Returns how many were created.
    */
+  /** Every item of one gsi1 partition (of one run when given: sort keys start with `<run>#`), all pages. */
+  private async queryIndex(partition: string, run?: string): Promise<Record<string, unknown>[]> {
+    const items: Record<string, unknown>[] = [];
+    let start: Record<string, unknown> | undefined;
+    do {
+      const out = await this.client.send(
+        new QueryCommand({
+          TableName: this.table,
+          IndexName: TABLE_SCHEMA.gsi1.indexName,
+          KeyConditionExpression:
+            run === undefined ? "#gpk = :gpk" : "#gpk = :gpk AND begins_with(#gsk, :prefix)",
+          ExpressionAttributeNames:
+            run === undefined
+              ? { "#gpk": TABLE_SCHEMA.gsi1.partitionKey }
+              : { "#gpk": TABLE_SCHEMA.gsi1.partitionKey, "#gsk": TABLE_SCHEMA.gsi1.sortKey },
+          ExpressionAttributeValues:
+            run === undefined ? { ":gpk": partition } : { ":gpk": partition, ":prefix": `${run}#` },
+          ...this.limit,
+          ...(start === undefined ? {} : { ExclusiveStartKey: start }),
+        }),
+      );
+      items.push(...(out.Items ?? []));
+      start = out.LastEvaluatedKey;
+    } while (start !== undefined);
+    return items;
+  }
+
   private async putChunk(run: string, shard: string, chunk: readonly SampleRecord[]): Promise<number> {
     let remaining = chunk;
     while (remaining.length > 0) {

@@ -3,19 +3,11 @@ import { z } from "zod";
 import type { BatchApi, BatchInfo } from "../../ports/batch-api.ts";
 import { InvalidInputError, LlmCallError } from "../../ports/errors.ts";
 import { type Logger, silentLogger } from "../../ports/runtime.ts";
-import { classifyFailure, scrubSecrets } from "./classify.ts";
+import { classifyFailure } from "./classify.ts";
+import { createOpenAiClient, type OpenAiClientOptions } from "./client.ts";
 
-export interface OpenAiBatchApiOptions {
-  readonly apiKey: string;
-  /** Any OpenAI-compatible endpoint; the OpenAI API when absent. */
-  readonly baseURL?: string;
-  /** Per attempt. Default 120 000 ms: uploads and output files can be large. */
-  readonly timeoutMs?: number;
-  /** The client's own retries of 408/409/429/5xx and dropped connections, with backoff. Default 2. */
-  readonly maxRetries?: number;
-  readonly fetch?: typeof fetch;
-  readonly logger?: Logger;
-}
+/** Timeout default 120 000 ms per attempt: uploads and output files can be large. */
+export type OpenAiBatchApiOptions = OpenAiClientOptions;
 
 /** OpenAI's limit for a batch input file; checked here so a doomed upload is never sent. */
 export const MAX_BATCH_INPUT_BYTES = 200 * 1024 * 1024;
@@ -105,23 +97,7 @@ export class OpenAiBatchApi implements BatchApi {
   constructor(options: OpenAiBatchApiOptions) {
     this.#secrets = [options.apiKey];
     this.#logger = options.logger ?? silentLogger;
-    const logger = this.#logger;
-    const scrub = (message: string): string => scrubSecrets(message, this.#secrets);
-    this.#client = new OpenAI({
-      apiKey: options.apiKey,
-      baseURL: options.baseURL,
-      timeout: options.timeoutMs ?? 120_000,
-      maxRetries: options.maxRetries ?? 2,
-      fetch: options.fetch,
-      // Only the message is forwarded: the client's extra arguments carry request details.
-      logLevel: "warn",
-      logger: {
-        error: (message) => logger.error(scrub(message)),
-        warn: (message) => logger.warn(scrub(message)),
-        info: (message) => logger.debug(scrub(message)),
-        debug: (message) => logger.debug(scrub(message)),
-      },
-    });
+    this.#client = createOpenAiClient(options, this.#logger, 120_000);
   }
 
   async uploadFile(name: string, content: Uint8Array): Promise<string> {

@@ -9,18 +9,10 @@ import { LlmAnswerError, LlmCallError } from "../../ports/errors.ts";
 import type { ChatMessage, ContentPart, Llm, LlmRequest, LlmResponse } from "../../ports/llm.ts";
 import { type Logger, silentLogger } from "../../ports/runtime.ts";
 import { classifyFailure, scrubSecrets } from "./classify.ts";
+import { createOpenAiClient, type OpenAiClientOptions } from "./client.ts";
 
-export interface OpenAiLlmOptions {
-  readonly apiKey: string;
-  /** Any OpenAI-compatible endpoint; the OpenAI API when absent. */
-  readonly baseURL?: string;
-  /** Per attempt. Default 60 000 ms. */
-  readonly timeoutMs?: number;
-  /** The client's own retries of 408/409/429/5xx and dropped connections, with backoff. Default 2. */
-  readonly maxRetries?: number;
-  readonly fetch?: typeof fetch;
-  readonly logger?: Logger;
-}
+/** Timeout default 60 000 ms per attempt. */
+export type OpenAiLlmOptions = OpenAiClientOptions;
 
 /** The `x-ratelimit-*` headers of the last answer; a field is null when the server did not send it. */
 export interface RateLimitSnapshot {
@@ -117,23 +109,7 @@ export class OpenAiLlm implements Llm {
   constructor(options: OpenAiLlmOptions) {
     this.#secrets = [options.apiKey];
     this.#logger = options.logger ?? silentLogger;
-    const logger = this.#logger;
-    const scrub = (message: string): string => scrubSecrets(message, this.#secrets);
-    this.#client = new OpenAI({
-      apiKey: options.apiKey,
-      baseURL: options.baseURL,
-      timeout: options.timeoutMs ?? 60_000,
-      maxRetries: options.maxRetries ?? 2,
-      fetch: options.fetch,
-      // Only the message is forwarded: the client's extra arguments carry request details.
-      logLevel: "warn",
-      logger: {
-        error: (message) => logger.error(scrub(message)),
-        warn: (message) => logger.warn(scrub(message)),
-        info: (message) => logger.debug(scrub(message)),
-        debug: (message) => logger.debug(scrub(message)),
-      },
-    });
+    this.#client = createOpenAiClient(options, this.#logger, 60_000);
   }
 
   /** Rate-limit headers of the last successful answer, for pacing; null before the first. */

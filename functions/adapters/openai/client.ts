@@ -1,0 +1,40 @@
+import { OpenAI } from "openai";
+import type { Logger } from "../../ports/runtime.ts";
+import { scrubSecrets } from "./classify.ts";
+
+/** How both OpenAI adapters reach an endpoint: the key, where, and the client's own timeout and retries. */
+export interface OpenAiClientOptions {
+  readonly apiKey: string;
+  /** Any OpenAI-compatible endpoint; the OpenAI API when absent. */
+  readonly baseURL?: string;
+  /** Per attempt. */
+  readonly timeoutMs?: number;
+  /** The client's own retries of 408/409/429/5xx and dropped connections, with backoff. Default 2. */
+  readonly maxRetries?: number;
+  readonly fetch?: typeof fetch;
+  readonly logger?: Logger;
+}
+
+/** The `openai` client with our defaults; its log lines reach `logger` with the key scrubbed out. */
+export function createOpenAiClient(
+  options: OpenAiClientOptions,
+  logger: Logger,
+  defaultTimeoutMs: number,
+): OpenAI {
+  const scrub = (message: string): string => scrubSecrets(message, [options.apiKey]);
+  return new OpenAI({
+    apiKey: options.apiKey,
+    baseURL: options.baseURL,
+    timeout: options.timeoutMs ?? defaultTimeoutMs,
+    maxRetries: options.maxRetries ?? 2,
+    fetch: options.fetch,
+    // Only the message is forwarded: the client's extra arguments carry request details.
+    logLevel: "warn",
+    logger: {
+      error: (message) => logger.error(scrub(message)),
+      warn: (message) => logger.warn(scrub(message)),
+      info: (message) => logger.debug(scrub(message)),
+      debug: (message) => logger.debug(scrub(message)),
+    },
+  });
+}
