@@ -65,7 +65,7 @@ export async function ingestShard(
     return { next: pending === 0 ? [{ kind: "finalize", run, shard }] : [], outcome: "refused" };
   }
 
-  const batchSize = deps.ingestBatchSize ?? 100;
+  const batchSize = deps.ingestBatchSize ?? 25;
   const from = input.message.from ?? 1;
   let batch: SampleRecord[] = [];
   let ordinal = 0;

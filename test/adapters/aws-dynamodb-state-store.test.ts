@@ -1,5 +1,5 @@
 import { DeleteTableCommand } from "@aws-sdk/client-dynamodb";
-import { DeleteCommand, PutCommand, QueryCommand } from "@aws-sdk/lib-dynamodb";
+import { DeleteCommand, GetCommand, PutCommand, QueryCommand } from "@aws-sdk/lib-dynamodb";
 import { describe, expect, it } from "vitest";
 import { createTable } from "../../functions/adapters/aws/create-table.ts";
 import { DynamoStateStore } from "../../functions/adapters/aws/dynamodb-state-store.ts";
@@ -88,6 +88,46 @@ describe("DynamoStateStore specifics", () => {
         store.transition("r1", "s1", "a", { status: "INGESTED", round: 0, version: 0 }, { status: "DONE" }),
       ).rejects.toBeInstanceOf(ShardNotFoundError);
       expect(await store.getSample("r1", "s1", "a")).toMatchObject({ status: "INGESTED", version: 0 });
+    } finally {
+      await dropTable(table)();
+    }
+  });
+
+  it("stores a sample's record compressed, and still reads one stored as a JSON string", async () => {
+    const table = await freshTable();
+    try {
+      const store = new DynamoStateStore({ client: doc, table });
+      await store.createShard(shardRecord());
+      // A long error repeats like real records do (every version of every item): it must come back whole.
+      const error = "line 1: the image could not be read. ".repeat(200);
+      await store.putSamples([sampleRecord("a", { status: "FAILED", error })]);
+      const stored = await doc.send(
+        new GetCommand({ TableName: table, Key: { pk: "SHARD#r1#s1", sk: "SAMPLE#a" } }),
+      );
+      const body = stored.Item?.body;
+      expect(body).toBeInstanceOf(Uint8Array);
+      expect(stored.Item?.record).toBeUndefined();
+      expect((body as Uint8Array).byteLength).toBeLessThan(error.length / 4);
+      expect((await store.getSample("r1", "s1", "a"))?.error).toBe(error);
+
+      const legacy = sampleRecord("b", { status: "REJECTED", raw: "{not json" });
+      await doc.send(
+        new PutCommand({
+          TableName: table,
+          Item: {
+            pk: "SHARD#r1#s1",
+            sk: "SAMPLE#b",
+            status: "REJECTED",
+            round: 0,
+            version: 0,
+            record: JSON.stringify(legacy),
+          },
+        }),
+      );
+      expect(await store.getSample("r1", "s1", "b")).toEqual(legacy);
+      const listed = [];
+      for await (const record of store.listSamples("r1", "s1")) listed.push(record.key);
+      expect(listed).toEqual(["a", "b"]);
     } finally {
       await dropTable(table)();
     }

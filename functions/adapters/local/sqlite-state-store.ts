@@ -9,6 +9,7 @@ import {
   type ClaimResult,
   type Expected,
   emptyStatusCounts,
+  NewSampleRecord,
   SampleRecord,
   SampleStatus,
   type SampleUpdate,
@@ -99,13 +100,24 @@ export class SqliteStateStore implements StateStore {
     countByStatus: StatementSync;
     getAnswer: StatementSync;
     insertAnswer: StatementSync;
+    claim: StatementSync;
+    getClaim: StatementSync;
+    releaseClaim: StatementSync;
+    begin: StatementSync;
+    commit: StatementSync;
+    rollback: StatementSync;
   };
 
   constructor(path: string, options: { readonly clock?: Clock } = {}) {
     this.clock = options.clock ?? systemClock;
     // The busy timeout lets a second process (e.g. a progress viewer) wait for a write instead of failing.
     this.db = new DatabaseSync(path, { timeout: 5_000 });
-    this.db.exec("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;");
+    // A checkpoint runs inside the commit that crosses the mark, on the event loop, and fsyncs the WAL and the
+    // database: at SQLite's default (1,000 pages, about 4 MB) a 1,000-sample run made about 55 of them, each
+    // stalling every worker. Most pages are rewritten again and again (a sample's record, the shard's counter),
+    // so a longer WAL also copies fewer pages in all. Crash safety is unchanged: the WAL is written at every
+    // commit; closing the store checkpoints the rest.
+    this.db.exec("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = 8192;");
     this.db.exec(SCHEMA);
     const db = this.db;
     this.stmt = {
@@ -129,6 +141,14 @@ export class SqliteStateStore implements StateStore {
       ),
       getAnswer: db.prepare("SELECT record FROM answers WHERE hash = ?"),
       insertAnswer: db.prepare("INSERT OR IGNORE INTO answers (hash, record) VALUES (?, ?)"),
+      claim: db.prepare(
+        "INSERT INTO claims (hash, owner, until) VALUES (?, ?, ?) ON CONFLICT (hash) DO UPDATE SET owner = excluded.owner, until = excluded.until WHERE claims.until <= ? OR claims.owner = excluded.owner",
+      ),
+      getClaim: db.prepare("SELECT owner, until FROM claims WHERE hash = ?"),
+      releaseClaim: db.prepare("DELETE FROM claims WHERE hash = ? AND owner = ?"),
+      begin: db.prepare("BEGIN IMMEDIATE"),
+      commit: db.prepare("COMMIT"),
+      rollback: db.prepare("ROLLBACK"),
     };
   }
 
@@ -156,7 +176,7 @@ export class SqliteStateStore implements StateStore {
   }
 
   async putSamples(records: readonly SampleRecord[]): Promise<number> {
-    const parsed = records.map((record) => SampleRecord.parse(record));
+    const parsed = records.map((record) => NewSampleRecord.parse(record));
     return this.inTransaction(() => {
       let inserted = 0;
       // Pending increments per shard, applied once each after the inserts.
@@ -271,18 +291,14 @@ export class SqliteStateStore implements StateStore {
 
   async claimRequest(hash: string, owner: string, holdMs: number): Promise<ClaimResult> {
     const now = this.clock.now();
-    const result = this.db
-      .prepare(
-        "INSERT INTO claims (hash, owner, until) VALUES (?, ?, ?) ON CONFLICT (hash) DO UPDATE SET owner = excluded.owner, until = excluded.until WHERE claims.until <= ? OR claims.owner = excluded.owner",
-      )
-      .run(hash, owner, now + holdMs, now);
+    const result = this.stmt.claim.run(hash, owner, now + holdMs, now);
     if (Number(result.changes) > 0) return { granted: true };
-    const held = ClaimRow.parse(this.db.prepare("SELECT owner, until FROM claims WHERE hash = ?").get(hash));
+    const held = ClaimRow.parse(this.stmt.getClaim.get(hash));
     return { granted: false, holder: held.owner, until: held.until };
   }
 
   async releaseClaim(hash: string, owner: string): Promise<void> {
-    this.db.prepare("DELETE FROM claims WHERE hash = ? AND owner = ?").run(hash, owner);
+    this.stmt.releaseClaim.run(hash, owner);
   }
 
   async queueBatchItem(item: BatchItem): Promise<{ queued: boolean; item: BatchItem }> {
@@ -406,13 +422,13 @@ export class SqliteStateStore implements StateStore {
 
   /** Runs `work` in one write transaction; any throw rolls the whole of it back. */
   private inTransaction<T>(work: () => T): T {
-    this.db.exec("BEGIN IMMEDIATE");
+    this.stmt.begin.run();
     try {
       const result = work();
-      this.db.exec("COMMIT");
+      this.stmt.commit.run();
       return result;
     } catch (error) {
-      this.db.exec("ROLLBACK");
+      this.stmt.rollback.run();
       throw error;
     }
   }
