@@ -31,7 +31,7 @@ export const StackContext = z.strictObject({
   mode: z.enum(["online", "batch"]).optional(),
   tokensPerMinute: positiveInteger.optional(),
   requestsPerMinute: positiveInteger.optional(),
-  evolveBatchSize: z.coerce.number().int().min(1).max(5).optional(),
+  evolveBatchSize: z.coerce.number().int().min(1).max(10).optional(),
   judgeBatchSize: z.coerce.number().int().min(1).max(10).optional(),
 });
 export type StackContext = z.infer<typeof StackContext>;

@@ -54,6 +54,8 @@ export interface BucketAccess {
 export interface ConsumeOptions {
   readonly batchSize: number;
   readonly maxConcurrency: number;
+  /** How long Lambda gathers records to fill a batch before it invokes. @default none: invoke at once */
+  readonly maxBatchingWindow?: Duration;
 }
 
 /**
@@ -203,6 +205,7 @@ export class StageFunction extends NodejsFunction {
       new SqsEventSource(queue, {
         batchSize: options.batchSize,
         maxConcurrency: options.maxConcurrency,
+        ...(options.maxBatchingWindow === undefined ? {} : { maxBatchingWindow: options.maxBatchingWindow }),
         reportBatchItemFailures: true,
       }),
     );

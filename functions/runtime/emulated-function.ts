@@ -20,6 +20,8 @@ const Settings = z.object({
   EMU_QUEUE_URL: z.string(),
   EMU_QUEUE_ARN: z.string(),
   EMU_BATCH_SIZE: z.coerce.number().int().min(1).max(10),
+  /** The mapping's MaximumBatchingWindowInSeconds: how long to gather records before invoking. */
+  EMU_BATCH_WINDOW_SECONDS: z.coerce.number().min(0).max(300).default(0),
   EMU_CONCURRENCY: z.coerce.number().int().min(1),
   EMU_TIMEOUT_SECONDS: z.coerce.number().int().min(1),
   AWS_REGION: z.string().default("us-east-1"),
@@ -83,17 +85,39 @@ function contextFor(deadline: number): Context {
   };
 }
 
+const receive = async (max: number, waitSeconds: number): Promise<Message[]> => {
+  const received = await sqs.send(
+    new ReceiveMessageCommand({
+      QueueUrl: settings.EMU_QUEUE_URL,
+      MaxNumberOfMessages: max,
+      WaitTimeSeconds: waitSeconds,
+      MessageSystemAttributeNames: ["All"],
+    }),
+  );
+  return received.Messages ?? [];
+};
+
+/**
+ * Like Lambda's poller with a batching window: from the first record, keep gathering until the batch is full
+ * or the window has passed, then invoke once.
+ */
+async function gather(): Promise<Message[]> {
+  const messages = await receive(settings.EMU_BATCH_SIZE, 1);
+  if (messages.length === 0) return messages;
+  const closes = Date.now() + settings.EMU_BATCH_WINDOW_SECONDS * 1000;
+  while (!stopping && messages.length < settings.EMU_BATCH_SIZE && Date.now() < closes) {
+    // Long polls of a whole second while one fits in the window; then one look at its close.
+    const lastLook = closes - Date.now() < 1000;
+    if (lastLook) await new Promise((resolve) => setTimeout(resolve, Math.max(0, closes - Date.now())));
+    messages.push(...(await receive(settings.EMU_BATCH_SIZE - messages.length, lastLook ? 0 : 1)));
+    if (lastLook) break;
+  }
+  return messages;
+}
+
 async function poll(): Promise<void> {
   while (!stopping) {
-    const received = await sqs.send(
-      new ReceiveMessageCommand({
-        QueueUrl: settings.EMU_QUEUE_URL,
-        MaxNumberOfMessages: settings.EMU_BATCH_SIZE,
-        WaitTimeSeconds: 1,
-        MessageSystemAttributeNames: ["All"],
-      }),
-    );
-    const messages = received.Messages ?? [];
+    const messages = await gather();
     if (messages.length === 0) continue;
     const started = Date.now();
     let failed = new Set<string>();

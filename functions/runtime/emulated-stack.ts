@@ -300,6 +300,7 @@ export async function startEmulatedStack(options: EmulatedStackOptions): Promise
         FunctionName: z.object({ Ref: z.string() }),
         EventSourceArn: z.unknown(),
         BatchSize: z.number().optional(),
+        MaximumBatchingWindowInSeconds: z.number().optional(),
         ScalingConfig: z.object({ MaximumConcurrency: z.number() }).optional(),
       })
       .parse(mapping.Properties);
@@ -315,6 +316,7 @@ export async function startEmulatedStack(options: EmulatedStackOptions): Promise
       EMU_QUEUE_URL: queue.url,
       EMU_QUEUE_ARN: queue.arn,
       EMU_BATCH_SIZE: String(props.BatchSize ?? 10),
+      EMU_BATCH_WINDOW_SECONDS: String(props.MaximumBatchingWindowInSeconds ?? 0),
       EMU_CONCURRENCY: String(
         Math.min(props.ScalingConfig?.MaximumConcurrency ?? 2, options.maxPollers ?? 8),
       ),

@@ -117,6 +117,36 @@ describe("SharpImagePreparer", () => {
     expect(blobs.reads.get("images/wide.png")).toBe(2);
   });
 
+  it("decodes no more than shrinksAtOnce images at the same time, and prepares them all", async () => {
+    /** Counts source reads in progress: a read is where a shrink starts holding its source in memory. */
+    class SlowBlobs extends MemoryBlobs {
+      inProgress = 0;
+      most = 0;
+      override async get(key: string): Promise<Uint8Array> {
+        if (key.startsWith(CACHE)) return super.get(key);
+        this.inProgress += 1;
+        this.most = Math.max(this.most, this.inProgress);
+        await new Promise((resolve) => setTimeout(resolve, 20));
+        this.inProgress -= 1;
+        return super.get(key);
+      }
+    }
+    const prepareAll = async (shrinksAtOnce: number) => {
+      const blobs = new SlowBlobs();
+      const png = await solidPng(800, 600);
+      for (let i = 0; i < 6; i++) await blobs.put(`images/${i}.png`, png);
+      const preparer = new SharpImagePreparer({ blobs, cachePrefix: CACHE, shrinksAtOnce });
+      const prepared = await Promise.all(
+        Array.from({ length: 6 }, (_, i) => preparer.prepare(`images/${i}.png`, options)),
+      );
+      expect(prepared.map((p) => [p.width, p.height])).toEqual(Array.from({ length: 6 }, () => [512, 384]));
+      return blobs.most;
+    };
+    expect(await prepareAll(1)).toBe(1);
+    expect(await prepareAll(2)).toBe(2);
+    expect(await prepareAll(6)).toBe(6);
+  });
+
   it("never enlarges a small image", async () => {
     const blobs = new MemoryBlobs();
     await blobs.put("tiny.png", await solidPng(100, 40));

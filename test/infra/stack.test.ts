@@ -38,6 +38,7 @@ const LambdaFunction = z.object({
 const Mapping = z.object({
   Properties: z.object({
     BatchSize: z.number(),
+    MaximumBatchingWindowInSeconds: z.number().optional(),
     EventSourceArn: GetAtt,
     FunctionName: Ref,
     FunctionResponseTypes: z.array(z.string()),
@@ -298,8 +299,8 @@ describe("MmevolStack template (defaults)", () => {
     it("sizes timeouts and memory per stage", () => {
       const expected: Record<StageName, [number, number]> = {
         ingest: [900, 1024],
-        evolve: [LLM_FUNCTION_TIMEOUT_SECONDS, 1024],
-        judge: [LLM_FUNCTION_TIMEOUT_SECONDS, 512],
+        evolve: [LLM_FUNCTION_TIMEOUT_SECONDS, 512],
+        judge: [LLM_FUNCTION_TIMEOUT_SECONDS, 256],
         finalize: [900, 2048],
       };
       for (const stage of STAGES) {
@@ -389,20 +390,20 @@ describe("MmevolStack template (defaults)", () => {
       const expected: Record<StageName, [number, number]> = {
         ingest: [1, 10],
         evolve: [
-          2,
+          10,
           stageConcurrency(limits, {
             tokensPerCall: EVOLVE_TOKENS_PER_CALL,
             secondsPerCall: SECONDS_PER_CALL,
-            batchSize: 2,
+            batchSize: 10,
             share: EVOLVE_TOKENS_PER_CALL / round,
           }),
         ],
         judge: [
-          5,
+          10,
           stageConcurrency(limits, {
             tokensPerCall: JUDGE_TOKENS_PER_CALL,
             secondsPerCall: SECONDS_PER_CALL,
-            batchSize: 5,
+            batchSize: 10,
             share: JUDGE_TOKENS_PER_CALL / round,
           }),
         ],
@@ -412,10 +413,13 @@ describe("MmevolStack template (defaults)", () => {
         const p = stages[stage].mapping.Properties;
         expect(p.FunctionResponseTypes).toEqual(["ReportBatchItemFailures"]);
         expect([p.BatchSize, p.ScalingConfig.MaximumConcurrency], stage).toEqual(expected[stage]);
+        // The model stages gather a full batch for up to 2 s: one billed wait for ten records.
+        const window = stage === "evolve" || stage === "judge" ? 2 : undefined;
+        expect(p.MaximumBatchingWindowInSeconds, stage).toBe(window);
       }
-      // The numbers the defaults give, so a formula change is a visible diff.
-      expect(stages.evolve.mapping.Properties.ScalingConfig.MaximumConcurrency).toBe(15);
-      expect(stages.judge.mapping.Properties.ScalingConfig.MaximumConcurrency).toBe(6);
+      // The numbers the defaults give, so a formula change is a visible diff: 31.7 calls in flight per stage.
+      expect(stages.evolve.mapping.Properties.ScalingConfig.MaximumConcurrency).toBe(3);
+      expect(stages.judge.mapping.Properties.ScalingConfig.MaximumConcurrency).toBe(3);
     });
   });
 
@@ -617,7 +621,7 @@ describe("MmevolStack settings", () => {
   it("rejects invalid settings at synth time", () => {
     expect(() => synthesize({ rounds: 0 })).toThrow(StackSettingsError);
     expect(() => synthesize({ rounds: 0 })).toThrow(/invalid run defaults: rounds/);
-    expect(() => synthesize({ evolveBatchSize: 6 })).toThrow(/evolveBatchSize/);
+    expect(() => synthesize({ evolveBatchSize: 11 })).toThrow(/evolveBatchSize/);
     expect(() => synthesize({ weights: { perception: 0, reasoning: 0, interaction: 0 } })).toThrow(/weights/);
   });
 });

@@ -1,4 +1,5 @@
 import { createHash } from "node:crypto";
+import { availableParallelism } from "node:os";
 import sharp from "sharp";
 import { BlobNotFoundError, type BlobStore } from "../../ports/blob-store.ts";
 import { InvalidInputError } from "../../ports/errors.ts";
@@ -18,6 +19,33 @@ export interface SharpImagePreparerOptions {
    * digest instead of reading the stored JPEG back and decoding its header. Least recently used out first.
    */
   readonly memoryCacheBytes?: number;
+  /**
+   * Sources read and shrunk at the same time; the others wait their turn. A decoded source may take up to
+   * `maxInputPixels` x 4 bytes (200 MB at the default), so a Lambda that evolves a batch of records in
+   * parallel must not decode them all at once. Default: the machine's available parallelism.
+   */
+  readonly shrinksAtOnce?: number;
+}
+
+/** A counting semaphore: at most `size` holders at once, the rest served in arrival order. */
+class Gate {
+  #free: number;
+  readonly #waiting: (() => void)[] = [];
+  constructor(size: number) {
+    this.#free = Math.max(1, Math.floor(size));
+  }
+  async run<T>(work: () => Promise<T>): Promise<T> {
+    if (this.#free > 0) this.#free -= 1;
+    else await new Promise<void>((resolve) => this.#waiting.push(resolve));
+    try {
+      return await work();
+    } finally {
+      // The slot passes straight to the next in line, or back to the pool.
+      const next = this.#waiting.shift();
+      if (next === undefined) this.#free += 1;
+      else next();
+    }
+  }
 }
 
 /** Raster formats a vision model can use; SVG and friends are refused rather than rendered. */
@@ -58,6 +86,7 @@ export class SharpImagePreparer implements ImagePreparer {
   readonly #maxInputPixels: number;
   readonly #memory: PreparedLru;
   readonly #inFlight = new Map<string, Promise<PreparedImage>>();
+  readonly #shrinks: Gate;
 
   constructor(options: SharpImagePreparerOptions) {
     this.#blobs = options.blobs;
@@ -65,6 +94,7 @@ export class SharpImagePreparer implements ImagePreparer {
     this.#maxInputBytes = options.maxInputBytes ?? 20 * 1024 * 1024;
     this.#maxInputPixels = options.maxInputPixels ?? 50_000_000;
     this.#memory = new PreparedLru(options.memoryCacheBytes ?? 32 * 1024 * 1024);
+    this.#shrinks = new Gate(options.shrinksAtOnce ?? availableParallelism());
   }
 
   /**
@@ -111,8 +141,9 @@ export class SharpImagePreparer implements ImagePreparer {
     const cached = await this.#readCached(cacheKey);
     if (cached !== null) return cached;
 
-    const source = await this.#readSource(imagePath, maxBytes);
-    const jpeg = await this.#shrink(imagePath, source, maxSide, maxPixels);
+    const jpeg = await this.#shrinks.run(async () =>
+      this.#shrink(imagePath, await this.#readSource(imagePath, maxBytes), maxSide, maxPixels),
+    );
     await this.#blobs.put(cacheKey, jpeg.data, "image/jpeg");
     return toPrepared(jpeg.data, jpeg.width, jpeg.height);
   }
