@@ -83,6 +83,8 @@ export async function askStructured<S extends z.ZodType>(
     let answer = await deps.state.getAnswer(hash);
     if (!answer && options.batch) await deferToBatch(deps, options.batch, request, hash);
     if (!answer) {
+      // No rate budget now: step aside before claiming (a claim taken and given back is two writes for nothing).
+      await deps.llm.checkAdmission?.(request);
       const claim = await deps.state.claimRequest(hash, options.delivery, deps.claimMs ?? CLAIM_MS);
       if (!claim.granted) {
         // Another receive of this same message (a redelivery while it still runs, or after a crash): try again

@@ -37,4 +37,10 @@ export interface LlmResponse {
 /** The LLM behind any OpenAI-compatible endpoint (or a simulation of one). */
 export interface Llm {
   complete(request: LlmRequest): Promise<LlmResponse>;
+  /**
+   * When a rate budget shared with other processes cannot admit `request` now: a NoRateBudgetError saying for
+   * how long, so the caller steps aside before it claims the request (a claim taken and given back costs two
+   * writes). A hint: `complete` still decides. Absent, or resolving, when there is no such budget.
+   */
+  checkAdmission?(request: LlmRequest): Promise<void>;
 }

@@ -32,6 +32,10 @@ export class CountingLlm implements Llm {
     this.#prices = prices;
   }
 
+  async checkAdmission(request: LlmRequest): Promise<void> {
+    await this.#inner.checkAdmission?.(request);
+  }
+
   async complete(request: LlmRequest): Promise<LlmResponse> {
     const started = performance.now();
     try {

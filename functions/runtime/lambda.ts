@@ -135,24 +135,26 @@ function governedByTable(inner: Llm, env: LambdaEnv, client: DynamoDBDocumentCli
   const requestsPerMinute = env[ENV.requestsPerMinute];
   if (!rateLimited(env)) return inner;
   const byModel = new Map<string, GovernedLlm>();
+  const governedFor = (request: LlmRequest): GovernedLlm => {
+    let governed = byModel.get(request.model);
+    if (governed === undefined) {
+      governed = new GovernedLlm(
+        inner,
+        new DynamoRateGovernor({
+          client,
+          table: env[ENV.table],
+          model: request.model,
+          ...(tokensPerMinute === undefined ? {} : { tokensPerMinute }),
+          ...(requestsPerMinute === undefined ? {} : { requestsPerMinute }),
+        }),
+      );
+      byModel.set(request.model, governed);
+    }
+    return governed;
+  };
   return {
-    complete: (request) => {
-      let governed = byModel.get(request.model);
-      if (governed === undefined) {
-        governed = new GovernedLlm(
-          inner,
-          new DynamoRateGovernor({
-            client,
-            table: env[ENV.table],
-            model: request.model,
-            ...(tokensPerMinute === undefined ? {} : { tokensPerMinute }),
-            ...(requestsPerMinute === undefined ? {} : { requestsPerMinute }),
-          }),
-        );
-        byModel.set(request.model, governed);
-      }
-      return governed.complete(request);
-    },
+    complete: (request) => governedFor(request).complete(request),
+    checkAdmission: (request) => governedFor(request).checkAdmission(request),
   };
 }
 
@@ -205,7 +207,8 @@ export function createLambdaRuntime(stage: Stage, env: NodeJS.ProcessEnv = proce
     blobs,
     state,
     llm,
-    images: new SharpImagePreparer({ blobs, cachePrefix: "work/images/" }),
+    // One image decoded at a time: a batch of ten records must fit in the function's memory whatever the images.
+    images: new SharpImagePreparer({ blobs, cachePrefix: "work/images/", shrinksAtOnce: 1 }),
     clock: systemClock,
     logger: log,
     defaults,

@@ -7,7 +7,7 @@ import {
   type DynamoRateGovernorOptions,
 } from "../../functions/adapters/aws/dynamodb-rate-governor.ts";
 import { GovernedLlm } from "../../functions/adapters/governor/governed-llm.ts";
-import { LlmCallError } from "../../functions/ports/errors.ts";
+import { LlmCallError, NoRateBudgetError } from "../../functions/ports/errors.ts";
 import type { Llm, LlmRequest, LlmResponse } from "../../functions/ports/llm.ts";
 import { ensureDynamoLocal } from "../helpers/dynamodb-local.ts";
 import { documentClient, dynamoClient, uniqueName } from "../helpers/moto.ts";
@@ -112,10 +112,13 @@ describe("DynamoRateGovernor", () => {
     expect(calls).toEqual(["Get", "Put"]);
     calls.length = 0;
     await g.acquire({ tokens: 30_000 });
-    // The common case: one consistent read and one conditional update.
-    expect(calls).toEqual(["Get", "Update"]);
+    // The common case: this governor's view of the item is current, so one conditional update and no read.
+    expect(calls).toEqual(["Update"]);
 
+    calls.length = 0;
     const error = await rejection(g.acquire({ tokens: 6000 }));
+    // No budget in its view: it reads the item before it says so (others may have refunded).
+    expect(calls).toEqual(["Get"]);
     // 6000 tokens at 60 000 a minute: 6 s of refill. The jitter is pinned to 0 here.
     expect(error).toMatchObject({ retryable: true, inFlight: true, retryAfterMs: 6000, status: null });
     expect(error.message).toBe(`no rate budget for ${model} for 6000 ms`);
@@ -246,6 +249,51 @@ describe("DynamoRateGovernor", () => {
     expect(state).toMatchObject({ tokensAvailable: 0, version: 10 });
   });
 
+  it("takes the calls of one governor (a batch in one Lambda) in turn, and reads again when its view is stale", async () => {
+    const clock = new FakeClock();
+    const model = uniqueName("m");
+    const a = countingClient();
+    const governorA = governor(model, clock, { client: a.doc, tokensPerMinute: 100_000 });
+    const governorB = governor(model, clock, { tokensPerMinute: 100_000 });
+    await governorA.acquire({ tokens: 1000 });
+    a.calls.length = 0;
+    // Ten records of one invocation at once: in turn, each on the view the one before it wrote.
+    await Promise.all(Array.from({ length: 10 }, () => governorA.acquire({ tokens: 1000 })));
+    expect(a.calls).toEqual(Array.from({ length: 10 }, () => "Update"));
+    // Another Lambda takes some: A's view is stale, its write is refused, it reads and writes again.
+    await governorB.acquire({ tokens: 5000 });
+    a.calls.length = 0;
+    await governorA.acquire({ tokens: 1000 });
+    expect(a.calls).toEqual(["Update refused", "Get", "Update"]);
+    expect((await governorA.state())?.tokensAvailable).toBe(100_000 - 12 * 1000 - 5000);
+  });
+
+  it("checkAdmission says no budget without taking any, and reads the item only when its view shows too little", async () => {
+    const clock = new FakeClock();
+    const model = uniqueName("m");
+    const a = countingClient();
+    const governorA = governor(model, clock, { client: a.doc, tokensPerMinute: 60_000 });
+    const governorB = governor(model, clock, { tokensPerMinute: 60_000 });
+    await governorA.acquire({ tokens: 30_000 });
+    a.calls.length = 0;
+    // Enough in its view: no call at all, and nothing taken.
+    await governorA.checkAdmission({ tokens: 20_000 });
+    expect(a.calls).toEqual([]);
+    expect((await governorB.state())?.tokensAvailable).toBe(30_000);
+    // Too little in its view, but B has given back meanwhile: one read, and it may go.
+    const held = await governorB.acquire({ tokens: 25_000 });
+    await governorA.acquire({ tokens: 5_000 });
+    await held.settle(0);
+    a.calls.length = 0;
+    await governorA.checkAdmission({ tokens: 20_000 });
+    expect(a.calls).toEqual(["Get"]);
+    // Really too little: the same error acquire would throw, and the item is unchanged.
+    const error = await rejection(governorA.checkAdmission({ tokens: 40_000 }));
+    expect(error).toBeInstanceOf(NoRateBudgetError);
+    expect(error).toMatchObject({ retryable: true, inFlight: true, retryAfterMs: 15_000 });
+    expect((await governorB.state())?.tokensAvailable).toBe(25_000);
+  });
+
   it("a 429 cuts the factor once per burst and pauses every governor", async () => {
     const clock = new FakeClock();
     const model = uniqueName("m");
@@ -341,7 +389,7 @@ describe("DynamoRateGovernor", () => {
     expect((await g.state())?.tokensAvailable).toBeCloseTo(3000, 5);
   });
 
-  it("paces GovernedLlm: the answered call costs a read and two writes", async () => {
+  it("paces GovernedLlm: the answered call costs two writes and no read", async () => {
     const clock = new FakeClock();
     const { doc, calls } = countingClient();
     const g = governor(uniqueName("m"), clock, { client: doc, tokensPerMinute: 10_000 });
@@ -369,8 +417,9 @@ describe("DynamoRateGovernor", () => {
     await llm.complete(request);
     calls.length = 0;
     await llm.complete(request);
-    // acquire: Get + Update; settle (the estimate differs from the real prompt): Update; succeeded: none.
-    expect(calls).toEqual(["Get", "Update", "Update"]);
+    // acquire: Update (its view is current); settle (the estimate differs from the real prompt): Update;
+    // succeeded: none.
+    expect(calls).toEqual(["Update", "Update"]);
     expect((await g.state())?.tokensAvailable).toBe(10_000 - 2 * 120);
   });
 });

@@ -114,6 +114,8 @@ export class DynamoRateGovernor implements Governor {
   readonly #random: () => number;
   /** The item as last read or written by this governor; lets succeeded/observeHeaders skip needless calls. */
   #known: RateState | null = null;
+  /** The tail of this governor's serialized read-modify-writes (see #serially). */
+  #queue: Promise<void> = Promise.resolve();
 
   constructor(options: DynamoRateGovernorOptions) {
     this.#client = options.client;
@@ -138,25 +140,59 @@ export class DynamoRateGovernor implements Governor {
    * Takes `estimate.tokens` and one request from the shared budget, or throws a retryable, in-flight
    * LlmCallError with the ms until they would fit (never waits). Common case: one read and one write.
    */
-  async acquire(estimate: { readonly tokens: number }): Promise<Reservation> {
+  acquire(estimate: { readonly tokens: number }): Promise<Reservation> {
+    return this.#serially(() => this.#acquire(Math.max(0, Math.ceil(estimate.tokens))));
+  }
+
+  /**
+   * Throws the NoRateBudgetError that `acquire` would, without taking anything. Looks at this governor's last
+   * view of the item first; only a view that shows too little is checked against the item (one read).
+   */
+  checkAdmission(estimate: { readonly tokens: number }): Promise<void> {
     const tokens = Math.max(0, Math.ceil(estimate.tokens));
-    for (let attempt = 1; ; attempt++) {
+    return this.#serially(async () => {
+      const known = this.#known;
+      if (known === null || this.#waitMs(known, tokens) <= 0) return;
       const read = await this.#read();
+      const wait = read === null ? 0 : this.#waitMs(read, tokens);
+      if (wait > 0) throw this.#noBudget(wait);
+    });
+  }
+
+  /** How long until `state`, refilled to now, has `tokens` and a request to spare (0: now). */
+  #waitMs(read: RateState, tokens: number): number {
+    const now = this.#clock.now();
+    const state = advance(read, now);
+    return Math.max(
+      state.pausedUntil - now,
+      state.tokens === null ? 0 : refillWaitMs(tokens, state.tokens.level, capacity(state, state.tokens)),
+      state.requests === null ? 0 : refillWaitMs(1, state.requests.level, capacity(state, state.requests)),
+    );
+  }
+
+  async #acquire(tokens: number): Promise<Reservation> {
+    // The item as this governor last wrote or read it is tried first: the write is conditional on its version,
+    // so a stale view costs one failed write and a read, and a current one saves the read.
+    let cached = this.#known !== null;
+    for (let attempt = 1; ; attempt++) {
+      const read = cached ? this.#known : await this.#read();
       const now = this.#clock.now();
       if (read === null) {
         // First use: the buckets start full, so the call fits (one larger than a full bucket goes into debt).
         if (await this.#create(take(this.#fresh(now), tokens))) return this.#reservation(tokens, now);
       } else {
         const state = advance(read, now);
-        const wait = Math.max(
-          state.pausedUntil - now,
-          state.tokens === null ? 0 : refillWaitMs(tokens, state.tokens.level, capacity(state, state.tokens)),
-          state.requests === null
-            ? 0
-            : refillWaitMs(1, state.requests.level, capacity(state, state.requests)),
-        );
-        if (wait > 0) throw this.#noBudget(wait);
-        if (await this.#replace(read, take(state, tokens))) return this.#reservation(tokens, now);
+        const wait = this.#waitMs(read, tokens);
+        // From the cached view, no budget is only a hint (others may have refunded): the item has the say.
+        if (wait > 0 && !cached) throw this.#noBudget(wait);
+        if (wait <= 0 && (await this.#replace(read, take(state, tokens))))
+          return this.#reservation(tokens, now);
+      }
+      if (cached) {
+        // The cached view was stale or short of budget: read the item now, without counting or backing off.
+        cached = false;
+        attempt -= 1;
+        continue;
       }
       if (attempt >= this.#maxAttempts) throw this.#contended(attempt);
       await this.#backoff(attempt);
@@ -169,6 +205,10 @@ export class DynamoRateGovernor implements Governor {
    */
   async rateLimited(reservation: Reservation | null, retryAfterMs: number | null): Promise<void> {
     await reservation?.settle(0, false);
+    await this.#serially(() => this.#rateLimited(reservation, retryAfterMs));
+  }
+
+  async #rateLimited(reservation: Reservation | null, retryAfterMs: number | null): Promise<void> {
     const pause = retryAfterMs !== null && retryAfterMs >= 0 ? retryAfterMs : this.#defaultRetryAfterMs;
     const done = await this.#modify((state, now) => {
       const cut = reservation === null || reservation.admittedAt > state.cutAt;
@@ -190,7 +230,11 @@ export class DynamoRateGovernor implements Governor {
    * A call succeeded: the factor grows by `increasePerSecond` of the limit per second since the last growth
    * (at most 5 s per call). At full rate it costs no call at all; otherwise one conditional write.
    */
-  async succeeded(): Promise<void> {
+  succeeded(): Promise<void> {
+    return this.#serially(() => this.#succeeded());
+  }
+
+  async #succeeded(): Promise<void> {
     const known = this.#known ?? (await this.#read());
     if (known === null || known.factor >= 1) return;
     const now = this.#clock.now();
@@ -222,12 +266,28 @@ export class DynamoRateGovernor implements Governor {
    * The provider knows best: when it reports a lower limit or less left than the item says, the item takes
    * it. Skipped without a call when this governor's last view of the item already shows as little.
    */
-  async observeHeaders(snapshot: RemainingSnapshot): Promise<void> {
+  observeHeaders(snapshot: RemainingSnapshot): Promise<void> {
     const lower = (state: RateState): RateState | null => lowerToHeaders(state, snapshot);
-    const known = this.#known;
-    if (known !== null && lower(advance(known, this.#clock.now())) === null) return;
-    // Advisory: when other governors keep the item busy, the next response brings fresh headers anyway.
-    await this.#modify((state) => lower(state));
+    return this.#serially(async () => {
+      const known = this.#known;
+      if (known !== null && lower(advance(known, this.#clock.now())) === null) return;
+      // Advisory: when other governors keep the item busy, the next response brings fresh headers anyway.
+      await this.#modify((state) => lower(state));
+    });
+  }
+
+  /**
+   * Runs read-modify-writes of this governor one at a time. The calls of one container (a batch of records
+   * in parallel) would otherwise race each other for the same item version: all but one write fails and
+   * reads again, several requests per call on the hottest item of the table.
+   */
+  #serially<T>(work: () => Promise<T>): Promise<T> {
+    const result = this.#queue.then(work);
+    this.#queue = result.then(
+      () => undefined,
+      () => undefined,
+    );
+    return result;
   }
 
   /** The shared state, refilled to now; null before the first acquire. For tests and reports. */

@@ -37,6 +37,10 @@ export class GovernedLlm implements Llm {
     this.#governor = governor;
   }
 
+  async checkAdmission(request: LlmRequest): Promise<void> {
+    await this.#governor.checkAdmission?.({ tokens: estimateRequestTokens(request) });
+  }
+
   async complete(request: LlmRequest): Promise<LlmResponse> {
     const reservation = await this.#governor.acquire({ tokens: estimateRequestTokens(request) });
     let response: LlmResponse;

@@ -1,0 +1,85 @@
+import { join } from "node:path";
+import { afterEach, describe, expect, it } from "vitest";
+import { z } from "zod";
+import { SqliteStateStore } from "../../functions/adapters/local/sqlite-state-store.ts";
+import { priceOf } from "../../functions/evolution/pricing.ts";
+import { answerHash, askStructured } from "../../functions/pipeline/ask.ts";
+import type { BlobStore } from "../../functions/ports/blob-store.ts";
+import { NoRateBudgetError } from "../../functions/ports/errors.ts";
+import type { Llm, LlmRequest, LlmResponse } from "../../functions/ports/llm.ts";
+import { silentLogger, systemClock } from "../../functions/ports/runtime.ts";
+import { tempDir } from "../helpers/files.ts";
+
+const request: LlmRequest = {
+  model: "gpt-4o-mini",
+  messages: [{ role: "user", content: "judge this" }],
+  schemaName: "verdict",
+  schema: { type: "object" },
+  temperature: 0,
+  maxTokens: 100,
+  seed: 1,
+};
+
+/** An Llm behind a shared rate budget that has none left, or some, as the test says. */
+class BudgetedLlm implements Llm {
+  budget = false;
+  calls = 0;
+  async checkAdmission(): Promise<void> {
+    if (!this.budget) throw new NoRateBudgetError("no rate budget for gpt-4o-mini for 4000 ms", 4000);
+  }
+  async complete(): Promise<LlmResponse> {
+    this.calls += 1;
+    return {
+      content: '{"ok":true}',
+      usage: { promptTokens: 12, cachedTokens: 0, completionTokens: 3 },
+      model: "gpt-4o-mini",
+      finishReason: "stop",
+      refusal: null,
+    };
+  }
+}
+
+describe("askStructured and a shared rate budget", () => {
+  const cleanups: (() => void)[] = [];
+  afterEach(() => {
+    for (const cleanup of cleanups.splice(0).reverse()) cleanup();
+  });
+
+  it("steps aside before claiming when the budget cannot admit the call, and asks once it can", async () => {
+    const dir = tempDir();
+    const state = new SqliteStateStore(join(dir.path, "state.sqlite"));
+    cleanups.push(dir.cleanup, () => state.close());
+    const llm = new BudgetedLlm();
+    const deps = {
+      llm,
+      state,
+      logger: silentLogger,
+      clock: systemClock,
+      blobs: {} as BlobStore,
+    };
+    const options = {
+      imageDigest: null,
+      schema: z.object({ ok: z.boolean() }),
+      maxRetries: 0,
+      price: priceOf("gpt-4o-mini"),
+      delivery: "message-1#receive-1",
+    };
+
+    const refused = await askStructured(deps, request, options).then(
+      () => null,
+      (error: unknown) => error,
+    );
+    expect(refused).toBeInstanceOf(NoRateBudgetError);
+    expect(refused).toMatchObject({ retryAfterMs: 4000, retryable: true });
+    expect(llm.calls).toBe(0);
+    // No claim was taken: another message may claim the same request at once.
+    const hash = answerHash(request, null, 0);
+    expect(await state.claimRequest(hash, "message-2#receive-1", 60_000)).toEqual({ granted: true });
+    await state.releaseClaim(hash, "message-2#receive-1");
+
+    llm.budget = true;
+    const asked = await askStructured(deps, request, options);
+    expect(asked.value).toEqual({ ok: true });
+    expect(llm.calls).toBe(1);
+  });
+});
