@@ -11,8 +11,9 @@ import { LlmAnswerError, MmevolError } from "../ports/errors.ts";
 import type { LlmRequest } from "../ports/llm.ts";
 import { Message } from "../ports/messages.ts";
 import type { BatchItem, BatchJob, ShardRecord, StoredAnswer } from "../ports/state-store.ts";
+import { BatchBodyReader, BatchBodyWriter } from "./batch-bodies.ts";
 import type { StageDeps } from "./deps.ts";
-import { layout, shardConfig } from "./shard-config.ts";
+import { shardConfig } from "./shard-config.ts";
 
 /** The provider's limits on one batch input file (OpenAI: 50,000 requests, 200 MB). */
 export const BATCH_MAX_REQUESTS = 50_000;
@@ -37,7 +38,7 @@ export class DeferredToBatchError extends MmevolError {
  * failed in `maxTries` batches. Returns "online" in that case; otherwise throws DeferredToBatchError.
  */
 export async function deferToBatch(
-  deps: Pick<StageDeps, "state" | "blobs" | "batch">,
+  deps: Pick<StageDeps, "state" | "blobs" | "batch" | "batchBodies">,
   target: {
     readonly run: string;
     readonly shard: string;
@@ -56,10 +57,16 @@ export async function deferToBatch(
   // Failed in too many batches, or answered but the answer is gone (expired): ask online.
   if (existing !== null && (existing.status === "answered" || existing.tries >= target.maxTries))
     return "online";
-  const body = layout.batchRequest(run, shard, hash);
-  // The body first: an item is never queued without the request it stands for.
-  if (existing === null)
-    await deps.blobs.put(body, JSON.stringify(deps.batch.codec.encode(request)), "application/json");
+  // The body first: an item is never queued without the request it stands for. A failed item goes into the
+  // next batch with the body it was queued with.
+  const body =
+    existing?.body ??
+    (await (deps.batchBodies ?? new BatchBodyWriter(deps.blobs, { windowMs: 0 })).write(
+      run,
+      shard,
+      hash,
+      deps.batch.codec.encode(request),
+    ));
   const { queued } = await deps.state.queueBatchItem({
     run,
     shard,
@@ -201,6 +208,7 @@ async function submitShard(
   now: number,
   minPoll: number,
 ): Promise<number> {
+  const bodies = new BatchBodyReader(deps.blobs);
   const byModel = new Map<string, BatchItem[]>();
   for (const item of queued) {
     const group = byModel.get(item.model);
@@ -219,7 +227,7 @@ async function submitShard(
       bytes = 0;
     };
     for (const item of items) {
-      const body: unknown = JSON.parse(new TextDecoder().decode(await deps.blobs.get(item.body)));
+      const body = await bodies.take(item.body, item.hash);
       const line = `${JSON.stringify({ custom_id: item.hash, method: "POST", url: "/v1/chat/completions", body })}\n`;
       const size = Buffer.byteLength(line);
       if (chunk.length >= BATCH_MAX_REQUESTS || (chunk.length > 0 && bytes + size > BATCH_MAX_BYTES))

@@ -7,6 +7,7 @@ import type { Llm } from "../ports/llm.ts";
 import type { Message, WorkQueue } from "../ports/messages.ts";
 import type { Clock, Logger } from "../ports/runtime.ts";
 import type { StateStore } from "../ports/state-store.ts";
+import type { BatchBodyWriter } from "./batch-bodies.ts";
 
 /** What every stage may use: ports only, built once by a composition root. */
 export interface StageDeps {
@@ -29,6 +30,8 @@ export interface StageDeps {
   readonly claimMs?: number;
   /** Batch mode's Batch API and wire format; absent when the runtime offers online calls only. */
   readonly batch?: BatchPorts;
+  /** Batch mode: writes queued requests' bodies, those queued together in one object (shared per process). */
+  readonly batchBodies?: BatchBodyWriter;
   /** Test-only fault injection at step boundaries; absent in production. */
   readonly faults?: Faults;
 }

@@ -32,9 +32,12 @@ export const layout = {
   report: (run: string, shard: string) => `reports/${run}/${shard}.json`,
   reportHtml: (run: string, shard: string) => `reports/${run}/${shard}.html`,
   imageCache: (run: string) => `work/${run}/images/`,
-  /** Batch mode: one request's body, written when it is queued, read when its batch input is built. */
-  batchRequest: (run: string, shard: string, hash: string) =>
-    `work/${run}/batches/${shard}/requests/${hash}.json`,
+  /**
+   * Batch mode: the bodies of requests queued together (JSON Lines, one `{custom_id, body}` each), written
+   * when they are queued, read when their batch input is built.
+   */
+  batchBodies: (run: string, shard: string, id: string) =>
+    `work/${run}/batches/${shard}/requests/${id}.jsonl`,
 };
 
 /** `seeds/<run>/<name>.json[l]` → run and shard names, or null for any other key. */

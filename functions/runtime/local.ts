@@ -11,6 +11,7 @@ import { type Mount, MountedBlobStore } from "../adapters/local/mounted-blob-sto
 import { SqliteStateStore } from "../adapters/local/sqlite-state-store.ts";
 import type { RunConfigInput } from "../evolution/config.ts";
 import type { ShardReport } from "../evolution/report.ts";
+import { BatchBodyWriter } from "../pipeline/batch-bodies.ts";
 import {
   type BatchTickResult,
   batchTick,
@@ -153,7 +154,7 @@ export async function runLocal(options: LocalRunOptions): Promise<LocalRunResult
     defaults: config,
     queue,
     faults,
-    ...(options.batch ? { batch: options.batch } : {}),
+    ...(options.batch ? { batch: options.batch, batchBodies: new BatchBodyWriter(blobs) } : {}),
   };
 
   try {
