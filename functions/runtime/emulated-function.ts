@@ -59,7 +59,18 @@ function toEvent(messages: readonly Message[]): SQSEvent {
         ApproximateFirstReceiveTimestamp:
           m.Attributes?.ApproximateFirstReceiveTimestamp ?? String(Date.now()),
       },
-      messageAttributes: {},
+      // As Lambda's poller hands them over: string attributes only (the stack sends no binary ones).
+      messageAttributes: Object.fromEntries(
+        Object.entries(m.MessageAttributes ?? {}).map(([name, value]) => [
+          name,
+          {
+            dataType: value.DataType ?? "String",
+            ...(value.StringValue === undefined ? {} : { stringValue: value.StringValue }),
+            stringListValues: [],
+            binaryListValues: [],
+          },
+        ]),
+      ),
       md5OfBody: m.MD5OfBody ?? "",
       eventSource: "aws:sqs",
       eventSourceARN: settings.EMU_QUEUE_ARN,
@@ -92,6 +103,7 @@ const receive = async (max: number, waitSeconds: number): Promise<Message[]> => 
       MaxNumberOfMessages: max,
       WaitTimeSeconds: waitSeconds,
       MessageSystemAttributeNames: ["All"],
+      MessageAttributeNames: ["All"],
     }),
   );
   return received.Messages ?? [];

@@ -24,6 +24,7 @@ import { OpenAiBatchCodec } from "../adapters/openai/batch-codec.ts";
 import { OpenAiBatchApi } from "../adapters/openai/openai-batch-api.ts";
 import { OpenAiLlm, type RateLimitSnapshot } from "../adapters/openai/openai-llm.ts";
 import type { RunConfigInput } from "../evolution/config.ts";
+import { BatchBodyWriter } from "../pipeline/batch-bodies.ts";
 import { runStage, type StageDeps } from "../pipeline/index.ts";
 import type { BatchApi, BatchInfo } from "../ports/batch-api.ts";
 import type { BlobStore } from "../ports/blob-store.ts";
@@ -160,6 +161,22 @@ function governedByTable(inner: Llm, env: LambdaEnv, client: DynamoDBDocumentCli
 
 /** The longest a message waits for rate budget before it looks again. */
 const BUDGET_RECHECK_MAX_SECONDS = 30;
+/** Message attribute of a delayed copy: how many times in a row the message found no rate budget. */
+const BUDGET_WAITS_ATTRIBUTE = "mmevol-budget-waits";
+
+/**
+ * The delay of a message's copy after it found no rate budget for the `waits`+1-th time in a row. The
+ * budget's own wait (`retryAfterMs`) is for this call alone, while every message that found the budget empty
+ * is waiting too: each look that finds none doubles the delay (1, 2, 4 ... s, jittered to between half and
+ * all of it), so a crowd of waiters thins out instead of coming back every second. Whole seconds (SQS
+ * DelaySeconds), at least 1, at most 30: a wait computed while the rate was cut is pessimistic, and looking
+ * again costs only a receive.
+ */
+export function budgetDelaySeconds(waits: number, retryAfterMs: number | null, random = Math.random): number {
+  const backoff = Math.min(2 ** Math.max(0, waits), BUDGET_RECHECK_MAX_SECONDS) * (0.5 + random() / 2);
+  const budget = Math.ceil((retryAfterMs ?? 1_000) / 1000);
+  return Math.min(BUDGET_RECHECK_MAX_SECONDS, Math.max(1, budget, Math.round(backoff)));
+}
 
 /** Blob store stand-in for functions that were given no bucket: any use is a wiring error. */
 const noBucket: BlobStore = new Proxy({} as BlobStore, {
@@ -216,6 +233,8 @@ export function createLambdaRuntime(stage: Stage, env: NodeJS.ProcessEnv = proce
     faults,
     // Batch mode: evolve and judge queue requests (encoding them); the batcher also calls the API.
     batch: { api: new SecretKeyBatchApi(endpoint, log), codec: new OpenAiBatchCodec() },
+    // The records of one invocation queue their bodies in one object.
+    batchBodies: new BatchBodyWriter(blobs),
     ...claimOf(config),
   };
   return { deps, sqs, llm, logger, metrics };
@@ -268,17 +287,17 @@ export function makeSqsHandler<S extends z.ZodType<Message>>(
   };
 
   const requeueDelayed = async (record: SQSRecord, error: NoRateBudgetError): Promise<boolean> => {
-    // Capped: a wait computed while the rate was cut is pessimistic; looking again soon costs one receive.
-    const seconds = Math.min(
-      BUDGET_RECHECK_MAX_SECONDS,
-      Math.max(1, Math.ceil((error.retryAfterMs ?? 1_000) / 1000)),
-    );
+    const waits = Number(record.messageAttributes?.[BUDGET_WAITS_ATTRIBUTE]?.stringValue) || 0;
+    const seconds = budgetDelaySeconds(waits, error.retryAfterMs);
     try {
       await sqs.send(
         new SendMessageCommand({
           QueueUrl: await queueUrlOf(record.eventSourceARN),
           MessageBody: record.body,
           DelaySeconds: seconds,
+          MessageAttributes: {
+            [BUDGET_WAITS_ATTRIBUTE]: { DataType: "Number", StringValue: String(waits + 1) },
+          },
         }),
       );
       metrics.addMetric("rate_budget_waits", MetricUnit.Count, 1);
