@@ -25,7 +25,7 @@ interface Bench {
 }
 
 const BENCHES: readonly Bench[] = [
-  { name: "overhead", script: "local.ts", args: quick ? ["--samples", "200"] : [] },
+  { name: "overhead", script: "local.ts", args: quick ? ["--samples", "200", "--repeat", "1"] : [] },
   { name: "rate", script: "rate-limit.ts", args: quick ? ["--samples", "60"] : [] },
   { name: "rate-stack", script: "rate-emulated.ts", args: quick ? ["--samples", "30"] : [] },
   { name: "cost", script: "cost.ts", args: quick ? ["--samples", "16"] : [] },
