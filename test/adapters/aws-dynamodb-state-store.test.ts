@@ -72,6 +72,16 @@ describe("DynamoStateStore specifics", () => {
       );
       // 30 days after the clock's now, in epoch seconds.
       expect(answers.Items?.[0]?.expiresAt).toBe(1_700_000_000 + 30 * 86_400);
+      // Compressed like sample records; an answer stored as a JSON string by an earlier version is still read.
+      expect(answers.Items?.[0]?.body).toBeInstanceOf(Uint8Array);
+      expect(await store.getAnswer("h1")).toEqual(answer("x"));
+      await doc.send(
+        new PutCommand({
+          TableName: table,
+          Item: { pk: "ANSWER#h2", sk: "ANSWER", record: JSON.stringify(answer("old")) },
+        }),
+      );
+      expect(await store.getAnswer("h2")).toEqual(answer("old"));
     } finally {
       await dropTable(table)();
     }

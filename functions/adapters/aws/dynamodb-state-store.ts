@@ -338,7 +338,7 @@ export class DynamoStateStore implements StateStore {
       }),
     );
     if (out.Item === undefined) return null;
-    return StoredAnswer.parse(JSON.parse(RecordItem.parse(out.Item).record));
+    return StoredAnswer.parse(JSON.parse(storedJson(out.Item)));
   }
 
   /** The first answer stored under a hash wins; later ones are ignored. Answers expire through TTL. */
@@ -351,7 +351,7 @@ export class DynamoStateStore implements StateStore {
           Item: {
             [PK]: `ANSWER#${hash}`,
             [SK]: ANSWER_SK,
-            record: JSON.stringify(record),
+            body: compressedJson(record),
             [TABLE_SCHEMA.ttlAttribute]: Math.floor(this.clock.now() / 1000) + this.answerTtlSeconds,
           },
           ConditionExpression: "attribute_not_exists(#pk)",
@@ -693,12 +693,12 @@ function parseShard(item: Record<string, unknown>): ShardRecord {
 }
 
 /**
- * A sample's record is stored brotli-compressed, as the binary attribute `body`: DynamoDB bills a write per KB
- * and a read per 4 KB of the whole item, and a sample's JSON (every version of every item, rewritten on each
- * transition) shrinks about 3x. An item written by an earlier version keeps its JSON string `record` and is
- * still read.
+ * The large records, a sample's (every version of every item, rewritten on each transition) and a model's
+ * answer, are stored brotli-compressed as the binary attribute `body`: DynamoDB bills a write per KB and a
+ * read per 4 KB of the whole item, and their JSON shrinks about 3x. An item written by an earlier version
+ * keeps its JSON string `record` and is still read.
  */
-const SampleBody = z.union([
+const StoredBody = z.union([
   z.object({ body: z.instanceof(Uint8Array) }),
   RecordItem.transform(({ record }) => ({ body: null, record })),
 ]);
@@ -710,18 +710,23 @@ const BROTLI = {
   },
 };
 
-function parseSample(item: Record<string, unknown>): SampleRecord {
-  const stored = SampleBody.parse(item);
-  const json = stored.body === null ? stored.record : zlib.brotliDecompressSync(stored.body).toString("utf8");
-  return SampleRecord.parse(JSON.parse(json));
+/** The JSON an item holds, compressed (`body`) or not (`record`). */
+function storedJson(item: Record<string, unknown>): string {
+  const stored = StoredBody.parse(item);
+  return stored.body === null ? stored.record : zlib.brotliDecompressSync(stored.body).toString("utf8");
 }
+
+const compressedJson = (value: unknown): Uint8Array => zlib.brotliCompressSync(JSON.stringify(value), BROTLI);
+
+const parseSample = (item: Record<string, unknown>): SampleRecord =>
+  SampleRecord.parse(JSON.parse(storedJson(item)));
 
 const sampleItem = (record: SampleRecord): Record<string, unknown> => ({
   ...sampleKey(record.run, record.shard, record.key),
   status: record.status,
   round: record.round,
   version: record.version,
-  body: zlib.brotliCompressSync(JSON.stringify(record), BROTLI),
+  body: compressedJson(record),
 });
 
 /** Splits samples into transactions: at most 99 each, and well under the 4 MB transaction size. */
