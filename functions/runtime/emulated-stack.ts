@@ -53,6 +53,11 @@ export interface EmulatedStackOptions {
   readonly maxPollers?: number;
   /** Scheduled functions (EventBridge rules, not emulated) are invoked this often instead (default 30 s). */
   readonly scheduleEverySeconds?: number;
+  /**
+   * Event source mappings' batching windows are capped at this (default: as the stack sets them). Tests that
+   * drive many short runs through the stack set 0 so every hop does not wait for a fuller batch.
+   */
+  readonly maxBatchingWindowSeconds?: number;
 }
 
 export interface EmulatedStack {
@@ -316,7 +321,12 @@ export async function startEmulatedStack(options: EmulatedStackOptions): Promise
       EMU_QUEUE_URL: queue.url,
       EMU_QUEUE_ARN: queue.arn,
       EMU_BATCH_SIZE: String(props.BatchSize ?? 10),
-      EMU_BATCH_WINDOW_SECONDS: String(props.MaximumBatchingWindowInSeconds ?? 0),
+      EMU_BATCH_WINDOW_SECONDS: String(
+        Math.min(
+          props.MaximumBatchingWindowInSeconds ?? 0,
+          options.maxBatchingWindowSeconds ?? Number.POSITIVE_INFINITY,
+        ),
+      ),
       EMU_CONCURRENCY: String(
         Math.min(props.ScalingConfig?.MaximumConcurrency ?? 2, options.maxPollers ?? 8),
       ),

@@ -49,6 +49,8 @@ describe("the emulated stack under crashes and duplicate deliveries", () => {
       endpoint,
       apiKey: "sk-faults",
       maxVisibilityTimeoutSeconds: 4,
+      // Small runs: a hop that waits to fill a batch only makes the test slower (emulated-stack.test.ts keeps it).
+      maxBatchingWindowSeconds: 0,
       maxPollers: EMULATED_POLLERS,
       functionEnv: {
         [ENV.openaiBaseUrl]: sim.url,
