@@ -268,6 +268,32 @@ describe("DynamoRateGovernor", () => {
     expect((await governorA.state())?.tokensAvailable).toBe(100_000 - 12 * 1000 - 5000);
   });
 
+  it("a call that used more than it reserved makes other views stale; a refund does not", async () => {
+    const clock = new FakeClock();
+    const model = uniqueName("m");
+    const a = countingClient();
+    const governorA = governor(model, clock, { client: a.doc, tokensPerMinute: 100_000 });
+    const governorB = governor(model, clock, { tokensPerMinute: 100_000 });
+    await governorA.acquire({ tokens: 1000 });
+    const refunded = await governorB.acquire({ tokens: 5000 });
+    await governorA.acquire({ tokens: 1000 });
+    // B gives 2000 back: A's view (2000 short) errs on the safe side and stays usable.
+    await refunded.settle(3000);
+    a.calls.length = 0;
+    await governorA.acquire({ tokens: 1000 });
+    expect(a.calls).toEqual(["Update"]);
+    // B used 4000 more than it reserved: A must not admit on a view that thinks it has 4000 more.
+    const overrun = await governorB.acquire({ tokens: 1000 });
+    await governorA.acquire({ tokens: 1000 });
+    await overrun.settle(5000);
+    a.calls.length = 0;
+    await governorA.acquire({ tokens: 1000 });
+    expect(a.calls).toEqual(["Update refused", "Get", "Update"]);
+    expect((await governorA.state())?.tokensAvailable).toBe(100_000 - 5 * 1000 - 3000 - 5000);
+    // Every charge and refund landed exactly once.
+    expect((await governorB.state())?.tokensAvailable).toBe(87_000);
+  });
+
   it("checkAdmission says no budget without taking any, and reads the item only when its view shows too little", async () => {
     const clock = new FakeClock();
     const model = uniqueName("m");

@@ -319,30 +319,54 @@ export class DynamoRateGovernor implements Governor {
           deltas.push(["token", tokens - actualTokens]);
         if (this.#requestsPerMinute !== null && !requestCharged) deltas.push(["request", 1]);
         if (deltas.length === 0) return;
-        // No read and no version: an ADD commutes with every other write (see the class comment).
-        await this.#conditional(
-          new UpdateCommand({
-            TableName: this.#table,
-            Key: this.#key,
-            UpdateExpression: `ADD ${deltas.map(([name]) => `#${name}Level :${name}`).join(", ")}`,
-            // An item deleted by TTL meanwhile is not re-created as a stub holding only the refund.
-            ConditionExpression: "attribute_exists(#pk)",
-            ExpressionAttributeNames: {
-              "#pk": PK,
-              ...Object.fromEntries(deltas.map(([name]) => [`#${name}Level`, `${name}Level`])),
-            },
-            ExpressionAttributeValues: Object.fromEntries(deltas.map(([name, delta]) => [`:${name}`, delta])),
-          }),
-        );
+        // No read: an ADD commutes with every other write (see the class comment). A refund leaves the version
+        // alone: a governor whose view misses it only thinks it has less. A charge beyond the reservation
+        // bumps it, so no governor admits a call on a view that thinks it has more than the item.
+        const charged = deltas.some(([, delta]) => delta < 0);
+        const adds = deltas.map(([name]) => `#${name}Level :${name}`);
+        if (charged) adds.push("#version :one");
+        const out = await this.#call(async () => {
+          try {
+            return await this.#client.send(
+              new UpdateCommand({
+                TableName: this.#table,
+                Key: this.#key,
+                UpdateExpression: `ADD ${adds.join(", ")}`,
+                // An item deleted by TTL meanwhile is not re-created as a stub holding only the refund.
+                ConditionExpression: "attribute_exists(#pk)",
+                ExpressionAttributeNames: {
+                  "#pk": PK,
+                  ...(charged ? { "#version": "version" } : {}),
+                  ...Object.fromEntries(deltas.map(([name]) => [`#${name}Level`, `${name}Level`])),
+                },
+                ExpressionAttributeValues: {
+                  ...(charged ? { ":one": 1 } : {}),
+                  ...Object.fromEntries(deltas.map(([name, delta]) => [`:${name}`, delta])),
+                },
+                ...(charged ? { ReturnValues: "UPDATED_NEW" as const } : {}),
+              }),
+            );
+          } catch (error) {
+            if (isConditionFailed(error)) return null;
+            throw error;
+          }
+        });
         const known = this.#known;
-        if (known !== null) {
+        if (charged && known !== null) {
+          // Still current only if nobody else wrote in between.
+          const version = out?.Attributes?.version;
+          this.#known =
+            typeof version === "number" && version === known.version + 1 ? { ...known, version } : null;
+        }
+        const current = this.#known;
+        if (current !== null) {
           const refund = (level: Level | null, delta: number | undefined): Level | null =>
             level === null || delta === undefined ? level : { ...level, level: level.level + delta };
           const byName = new Map(deltas);
           this.#known = {
-            ...known,
-            tokens: refund(known.tokens, byName.get("token")),
-            requests: refund(known.requests, byName.get("request")),
+            ...current,
+            tokens: refund(current.tokens, byName.get("token")),
+            requests: refund(current.requests, byName.get("request")),
           };
         }
       },
