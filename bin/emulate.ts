@@ -10,6 +10,7 @@ import { Command } from "commander";
 import { startSimulator } from "../functions/adapters/simulated/server.ts";
 import { startEmulatedStack } from "../functions/runtime/emulated-stack.ts";
 import { ENV } from "../functions/runtime/env.ts";
+import { positiveInt } from "./commands/arguments.ts";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
 
@@ -35,11 +36,13 @@ const program = new Command()
   .option(
     "--tpm <n>",
     "the provider's tokens-per-minute limit: the shared rate governor's budget (as `cdk deploy -c tokensPerMinute=`)",
+    positiveInt,
   )
-  .option("--rpm <n>", "the provider's requests-per-minute limit (as `-c requestsPerMinute=`)")
+  .option("--rpm <n>", "the provider's requests-per-minute limit (as `-c requestsPerMinute=`)", positiveInt)
   .option(
     "--schedule-seconds <n>",
     "how often the scheduled functions (sweeper, batcher) run (default 30, 5 with --batch)",
+    positiveInt,
   )
   .parse();
 const opts = program.opts<{
@@ -51,22 +54,12 @@ const opts = program.opts<{
   exitWhenDone?: boolean;
   batch?: boolean;
   config?: string;
-  tpm?: string;
-  rpm?: string;
-  scheduleSeconds?: string;
+  tpm?: number;
+  rpm?: number;
+  scheduleSeconds?: number;
 }>();
-const positive = (name: string, value: string | undefined): number | undefined => {
-  if (value === undefined) return undefined;
-  const n = Number(value);
-  if (!Number.isInteger(n) || n <= 0) {
-    process.stderr.write(`emulate: ${name} must be a positive integer, got "${value}"\n`);
-    process.exit(2);
-  }
-  return n;
-};
-const tpm = positive("--tpm", opts.tpm);
-const rpm = positive("--rpm", opts.rpm);
-const scheduleSeconds = positive("--schedule-seconds", opts.scheduleSeconds) ?? (opts.batch ? 5 : 30);
+const { tpm, rpm } = opts;
+const scheduleSeconds = opts.scheduleSeconds ?? (opts.batch ? 5 : 30);
 
 const cleanups: (() => Promise<void> | void)[] = [];
 async function shutdown(code: number): Promise<never> {

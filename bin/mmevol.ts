@@ -12,13 +12,9 @@ import { RunConfig, type RunConfigInput } from "../functions/evolution/config.ts
 import type { Llm } from "../functions/ports/llm.ts";
 import type { Logger } from "../functions/ports/runtime.ts";
 import { type Progress, runLocal } from "../functions/runtime/local.ts";
+import { positiveInt } from "./commands/arguments.ts";
 import { registerStatusCommands } from "./commands/register.ts";
 
-const positiveInt = (value: string): number => {
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError("expected a whole number of at least 1");
-  return n;
-};
 const anyInt = (value: string): number => {
   const n = Number(value);
   if (!Number.isInteger(n)) throw new InvalidArgumentError("expected a whole number");

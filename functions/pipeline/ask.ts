@@ -63,7 +63,7 @@ export interface Asked<T> {
  * up to `maxRetries` times, then fails with the reason.
  */
 export async function askStructured<S extends z.ZodType>(
-  deps: Pick<StageDeps, "llm" | "state" | "logger" | "clock" | "claimMs" | "blobs" | "batch" | "batchBodies">,
+  deps: Pick<StageDeps, "llm" | "state" | "logger" | "clock" | "claimMs" | "blobs" | "batch">,
   request: LlmRequest,
   options: {
     imageDigest: string | null;

@@ -11,7 +11,7 @@ import { LlmAnswerError, MmevolError } from "../ports/errors.ts";
 import type { LlmRequest } from "../ports/llm.ts";
 import { Message } from "../ports/messages.ts";
 import type { BatchItem, BatchJob, ShardRecord, StoredAnswer } from "../ports/state-store.ts";
-import { BatchBodyReader, BatchBodyWriter } from "./batch-bodies.ts";
+import { BatchBodyReader } from "./batch-bodies.ts";
 import type { StageDeps } from "./deps.ts";
 import { shardConfig } from "./shard-config.ts";
 
@@ -38,7 +38,7 @@ export class DeferredToBatchError extends MmevolError {
  * failed in `maxTries` batches. Returns "online" in that case; otherwise throws DeferredToBatchError.
  */
 export async function deferToBatch(
-  deps: Pick<StageDeps, "state" | "blobs" | "batch" | "batchBodies">,
+  deps: Pick<StageDeps, "state" | "batch">,
   target: {
     readonly run: string;
     readonly shard: string;
@@ -60,13 +60,7 @@ export async function deferToBatch(
   // The body first: an item is never queued without the request it stands for. A failed item goes into the
   // next batch with the body it was queued with.
   const body =
-    existing?.body ??
-    (await (deps.batchBodies ?? new BatchBodyWriter(deps.blobs, { windowMs: 0 })).write(
-      run,
-      shard,
-      hash,
-      deps.batch.codec.encode(request),
-    ));
+    existing?.body ?? (await deps.batch.bodies.write(run, shard, hash, deps.batch.codec.encode(request)));
   const { queued } = await deps.state.queueBatchItem({
     run,
     shard,

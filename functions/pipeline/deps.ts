@@ -9,6 +9,14 @@ import type { Clock, Logger } from "../ports/runtime.ts";
 import type { StateStore } from "../ports/state-store.ts";
 import type { BatchBodyWriter } from "./batch-bodies.ts";
 
+/**
+ * Batch mode: the Batch API and wire format, and the writer of queued requests' bodies (one per process, so
+ * bodies queued together share one object).
+ */
+export interface BatchDeps extends BatchPorts {
+  readonly bodies: BatchBodyWriter;
+}
+
 /** What every stage may use: ports only, built once by a composition root. */
 export interface StageDeps {
   readonly blobs: BlobStore;
@@ -29,9 +37,7 @@ export interface StageDeps {
   /** How long a receive may hold a request it pays for (below the queue's visibility timeout). */
   readonly claimMs?: number;
   /** Batch mode's Batch API and wire format; absent when the runtime offers online calls only. */
-  readonly batch?: BatchPorts;
-  /** Batch mode: writes queued requests' bodies, those queued together in one object (shared per process). */
-  readonly batchBodies?: BatchBodyWriter;
+  readonly batch?: BatchDeps;
   /** Test-only fault injection at step boundaries; absent in production. */
   readonly faults?: Faults;
 }

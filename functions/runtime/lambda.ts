@@ -21,6 +21,7 @@ import { SqsWorkQueue } from "../adapters/aws/sqs-work-queue.ts";
 import { GovernedLlm } from "../adapters/governor/governed-llm.ts";
 import { SharpImagePreparer } from "../adapters/images/sharp-image-preparer.ts";
 import { OpenAiBatchCodec } from "../adapters/openai/batch-codec.ts";
+import type { OpenAiClientOptions } from "../adapters/openai/client.ts";
 import { OpenAiBatchApi } from "../adapters/openai/openai-batch-api.ts";
 import { OpenAiLlm, type RateLimitSnapshot } from "../adapters/openai/openai-llm.ts";
 import type { RunConfigInput } from "../evolution/config.ts";
@@ -65,11 +66,14 @@ function lazily<T>(build: () => Promise<T>): () => Promise<T> {
   };
 }
 
+/** Where both OpenAI adapters go, and with which key. */
+type Endpoint = Pick<OpenAiClientOptions, "apiKey" | "baseURL">;
+
 /**
  * The key (from Secrets Manager, on first use, so functions without it still start) and the endpoint: read
  * once per container for both the Llm and the Batch API.
  */
-function endpointOf(env: LambdaEnv): () => Promise<{ apiKey: string; baseURL?: string }> {
+function endpointOf(env: LambdaEnv): () => Promise<Endpoint> {
   return lazily(async () => {
     const secret = env[ENV.openaiSecret];
     if (!secret) throw new InvalidInputError("this function was not granted the OpenAI key secret");
@@ -83,7 +87,7 @@ function endpointOf(env: LambdaEnv): () => Promise<{ apiKey: string; baseURL?: s
 class SecretKeyLlm implements Llm {
   #built: OpenAiLlm | null = null;
   readonly #llm: () => Promise<OpenAiLlm>;
-  constructor(endpoint: () => Promise<{ apiKey: string; baseURL?: string }>, env: LambdaEnv, logger: Logger) {
+  constructor(endpoint: () => Promise<Endpoint>, env: LambdaEnv, logger: Logger) {
     this.#llm = lazily(async () => {
       this.#built = new OpenAiLlm({
         ...(await endpoint()),
@@ -107,7 +111,7 @@ class SecretKeyLlm implements Llm {
 /** The Batch API over the same endpoint, built on first use: only the batcher ever calls it. */
 class SecretKeyBatchApi implements BatchApi {
   readonly #api: () => Promise<BatchApi>;
-  constructor(endpoint: () => Promise<{ apiKey: string; baseURL?: string }>, logger: Logger) {
+  constructor(endpoint: () => Promise<Endpoint>, logger: Logger) {
     this.#api = lazily(async () => new OpenAiBatchApi({ ...(await endpoint()), logger }));
   }
   uploadFile(name: string, content: Uint8Array): Promise<string> {
@@ -232,9 +236,12 @@ export function createLambdaRuntime(stage: Stage, env: NodeJS.ProcessEnv = proce
     queue,
     faults,
     // Batch mode: evolve and judge queue requests (encoding them); the batcher also calls the API.
-    batch: { api: new SecretKeyBatchApi(endpoint, log), codec: new OpenAiBatchCodec() },
     // The records of one invocation queue their bodies in one object.
-    batchBodies: new BatchBodyWriter(blobs),
+    batch: {
+      api: new SecretKeyBatchApi(endpoint, log),
+      codec: new OpenAiBatchCodec(),
+      bodies: new BatchBodyWriter(blobs),
+    },
     ...claimOf(config),
   };
   return { deps, sqs, llm, logger, metrics };

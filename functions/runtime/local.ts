@@ -154,7 +154,7 @@ export async function runLocal(options: LocalRunOptions): Promise<LocalRunResult
     defaults: config,
     queue,
     faults,
-    ...(options.batch ? { batch: options.batch, batchBodies: new BatchBodyWriter(blobs) } : {}),
+    ...(options.batch ? { batch: { ...options.batch, bodies: new BatchBodyWriter(blobs) } } : {}),
   };
 
   try {

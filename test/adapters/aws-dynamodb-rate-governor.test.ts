@@ -10,6 +10,7 @@ import { GovernedLlm } from "../../functions/adapters/governor/governed-llm.ts";
 import { LlmCallError, NoRateBudgetError } from "../../functions/ports/errors.ts";
 import type { Llm, LlmRequest, LlmResponse } from "../../functions/ports/llm.ts";
 import { ensureDynamoLocal } from "../helpers/dynamodb-local.ts";
+import { answerOf, textRequest } from "../helpers/llm.ts";
 import { documentClient, dynamoClient, uniqueName } from "../helpers/moto.ts";
 
 // AWS's DynamoDB Local, not moto: conditional writes under real concurrency are the point of these tests.
@@ -69,6 +70,18 @@ afterAll(async () => {
 });
 
 /** A governor on its own model (so tests do not share an item) with a pinned jitter. */
+/** Two governors (two Lambdas) of one model, on a fresh item: A's DynamoDB calls are recorded, B's are not. */
+function twoGovernors(tokensPerMinute: number) {
+  const clock = new FakeClock();
+  const model = uniqueName("m");
+  const a = countingClient();
+  return {
+    a,
+    governorA: governor(model, clock, { client: a.doc, tokensPerMinute }),
+    governorB: governor(model, clock, { tokensPerMinute }),
+  };
+}
+
 function governor(
   model: string,
   clock: FakeClock,
@@ -205,11 +218,7 @@ describe("DynamoRateGovernor", () => {
   });
 
   it("keeps a settle that lands between another governor's read and write", async () => {
-    const clock = new FakeClock();
-    const model = uniqueName("m");
-    const a = countingClient();
-    const governorA = governor(model, clock, { client: a.doc, tokensPerMinute: 10_000 });
-    const governorB = governor(model, clock, { tokensPerMinute: 10_000 });
+    const { a, governorA, governorB } = twoGovernors(10_000);
     const held = await governorB.acquire({ tokens: 8000 });
     // A reads 2000 left; B gives 5000 back before A writes.
     a.afterRead.hook = () => Promise.resolve(held.settle(3000));
@@ -250,11 +259,7 @@ describe("DynamoRateGovernor", () => {
   });
 
   it("takes the calls of one governor (a batch in one Lambda) in turn, and reads again when its view is stale", async () => {
-    const clock = new FakeClock();
-    const model = uniqueName("m");
-    const a = countingClient();
-    const governorA = governor(model, clock, { client: a.doc, tokensPerMinute: 100_000 });
-    const governorB = governor(model, clock, { tokensPerMinute: 100_000 });
+    const { a, governorA, governorB } = twoGovernors(100_000);
     await governorA.acquire({ tokens: 1000 });
     a.calls.length = 0;
     // Ten records of one invocation at once: in turn, each on the view the one before it wrote.
@@ -269,11 +274,7 @@ describe("DynamoRateGovernor", () => {
   });
 
   it("a call that used more than it reserved makes other views stale; a refund does not", async () => {
-    const clock = new FakeClock();
-    const model = uniqueName("m");
-    const a = countingClient();
-    const governorA = governor(model, clock, { client: a.doc, tokensPerMinute: 100_000 });
-    const governorB = governor(model, clock, { tokensPerMinute: 100_000 });
+    const { a, governorA, governorB } = twoGovernors(100_000);
     await governorA.acquire({ tokens: 1000 });
     const refunded = await governorB.acquire({ tokens: 5000 });
     await governorA.acquire({ tokens: 1000 });
@@ -295,11 +296,7 @@ describe("DynamoRateGovernor", () => {
   });
 
   it("checkAdmission says no budget without taking any, and reads the item only when its view shows too little", async () => {
-    const clock = new FakeClock();
-    const model = uniqueName("m");
-    const a = countingClient();
-    const governorA = governor(model, clock, { client: a.doc, tokensPerMinute: 60_000 });
-    const governorB = governor(model, clock, { tokensPerMinute: 60_000 });
+    const { a, governorA, governorB } = twoGovernors(60_000);
     await governorA.acquire({ tokens: 30_000 });
     a.calls.length = 0;
     // Enough in its view: no call at all, and nothing taken.
@@ -419,26 +416,12 @@ describe("DynamoRateGovernor", () => {
     const clock = new FakeClock();
     const { doc, calls } = countingClient();
     const g = governor(uniqueName("m"), clock, { client: doc, tokensPerMinute: 10_000 });
-    const answer: LlmResponse = {
-      content: "{}",
-      usage: { promptTokens: 20, cachedTokens: 0, completionTokens: 5 },
-      model: "gpt-4o-mini",
-      finishReason: "stop",
-      refusal: null,
-    };
+    const answer: LlmResponse = answerOf(20);
     const inner: Llm & { lastRateLimit: () => null } = {
       complete: async () => answer,
       lastRateLimit: () => null,
     };
-    const request: LlmRequest = {
-      model: "gpt-4o-mini",
-      messages: [{ role: "user", content: "hello there" }],
-      schemaName: "answer",
-      schema: { type: "object" },
-      temperature: 0,
-      maxTokens: 100,
-      seed: 1,
-    };
+    const request: LlmRequest = textRequest;
     const llm = new GovernedLlm(inner, g);
     await llm.complete(request);
     calls.length = 0;

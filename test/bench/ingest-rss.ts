@@ -3,7 +3,6 @@
 // adapters (SQLite state, directory blobs, a queue that only counts evolve messages). Ingest streams the shard
 // and writes in batches, so the peak should not grow with the shard: target ratio large/small <= 1.2.
 // Run: node test/bench/ingest-rss.ts [--small 2000] [--large 200000] [--json out.json]
-import { spawn } from "node:child_process";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -11,6 +10,7 @@ import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { z } from "zod";
 import { writeLlavaBenchShard } from "../helpers/bench-shard.ts";
+import { runNode } from "../helpers/cli.ts";
 
 export interface IngestRssFigures {
   readonly smallLines: number;
@@ -42,30 +42,19 @@ const childScript = fileURLToPath(new URL("./ingest-rss-child.ts", import.meta.u
 const say = (line: string) => process.stderr.write(`[ingest-rss] ${line}\n`);
 const mib = (kib: number) => +(kib / 1024).toFixed(1);
 
-function measureOnce(shardPath: string, workDir: string, execArgv: readonly string[]): Promise<ChildResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [...execArgv, childScript, shardPath, workDir], {
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.on("data", (chunk: Buffer) => {
-      stdout += chunk.toString();
-    });
-    child.stderr.on("data", (chunk: Buffer) => {
-      stderr += chunk.toString();
-    });
-    child.once("error", reject);
-    child.once("exit", (code) => {
-      if (code !== 0) return reject(new Error(`ingest child exited with ${code}: ${stderr}`));
-      const last = stdout.trim().split("\n").at(-1) ?? "";
-      try {
-        resolve(ChildResult.parse(JSON.parse(last)));
-      } catch (error) {
-        reject(new Error(`unreadable child output ${JSON.stringify(last)}: ${String(error)}`));
-      }
-    });
-  });
+async function measureOnce(
+  shardPath: string,
+  workDir: string,
+  execArgv: readonly string[],
+): Promise<ChildResult> {
+  const { code, stdout, stderr } = await runNode([...execArgv, childScript, shardPath, workDir]);
+  if (code !== 0) throw new Error(`ingest child exited with ${code}: ${stderr}`);
+  const last = stdout.trim().split("\n").at(-1) ?? "";
+  try {
+    return ChildResult.parse(JSON.parse(last));
+  } catch (error) {
+    throw new Error(`unreadable child output ${JSON.stringify(last)}: ${String(error)}`);
+  }
 }
 
 /** Generates both shards, ingests each in a fresh process and returns the peaks. */

@@ -11,7 +11,15 @@ export interface CliRun {
 
 /** Runs `mmevol <args>` on this Node (24) in a child process. */
 export function runCli(args: readonly string[], env: Readonly<Record<string, string>> = {}): Promise<CliRun> {
-  const child = spawn(process.execPath, [join(repoRoot, "bin/mmevol.ts"), ...args], {
+  return runNode([join(repoRoot, "bin/mmevol.ts"), ...args], env);
+}
+
+/** Runs `node <args>` on this Node (24) in a child process from the repository root; collects its output. */
+export function runNode(
+  args: readonly string[],
+  env: Readonly<Record<string, string>> = {},
+): Promise<CliRun> {
+  const child = spawn(process.execPath, [...args], {
     cwd: repoRoot,
     env: { ...process.env, ...env },
     stdio: ["ignore", "pipe", "pipe"],

@@ -6,19 +6,10 @@ import { priceOf } from "../../functions/evolution/pricing.ts";
 import { answerHash, askStructured } from "../../functions/pipeline/ask.ts";
 import type { BlobStore } from "../../functions/ports/blob-store.ts";
 import { NoRateBudgetError } from "../../functions/ports/errors.ts";
-import type { Llm, LlmRequest, LlmResponse } from "../../functions/ports/llm.ts";
+import type { Llm, LlmResponse } from "../../functions/ports/llm.ts";
 import { silentLogger, systemClock } from "../../functions/ports/runtime.ts";
 import { tempDir } from "../helpers/files.ts";
-
-const request: LlmRequest = {
-  model: "gpt-4o-mini",
-  messages: [{ role: "user", content: "judge this" }],
-  schemaName: "verdict",
-  schema: { type: "object" },
-  temperature: 0,
-  maxTokens: 100,
-  seed: 1,
-};
+import { answerOf, textRequest } from "../helpers/llm.ts";
 
 /** An Llm behind a shared rate budget that has none left, or some, as the test says. */
 class BudgetedLlm implements Llm {
@@ -29,13 +20,7 @@ class BudgetedLlm implements Llm {
   }
   async complete(): Promise<LlmResponse> {
     this.calls += 1;
-    return {
-      content: '{"ok":true}',
-      usage: { promptTokens: 12, cachedTokens: 0, completionTokens: 3 },
-      model: "gpt-4o-mini",
-      finishReason: "stop",
-      refusal: null,
-    };
+    return answerOf(12, '{"ok":true}');
   }
 }
 
@@ -65,7 +50,7 @@ describe("askStructured and a shared rate budget", () => {
       delivery: "message-1#receive-1",
     };
 
-    const refused = await askStructured(deps, request, options).then(
+    const refused = await askStructured(deps, textRequest, options).then(
       () => null,
       (error: unknown) => error,
     );
@@ -73,12 +58,12 @@ describe("askStructured and a shared rate budget", () => {
     expect(refused).toMatchObject({ retryAfterMs: 4000, retryable: true });
     expect(llm.calls).toBe(0);
     // No claim was taken: another message may claim the same request at once.
-    const hash = answerHash(request, null, 0);
+    const hash = answerHash(textRequest, null, 0);
     expect(await state.claimRequest(hash, "message-2#receive-1", 60_000)).toEqual({ granted: true });
     await state.releaseClaim(hash, "message-2#receive-1");
 
     llm.budget = true;
-    const asked = await askStructured(deps, request, options);
+    const asked = await askStructured(deps, textRequest, options);
     expect(asked.value).toEqual({ ok: true });
     expect(llm.calls).toBe(1);
   });

@@ -3,6 +3,7 @@ import { estimateRequestTokens, GovernedLlm } from "../../functions/adapters/gov
 import type { Governor, RemainingSnapshot, Reservation } from "../../functions/adapters/governor/governor.ts";
 import { LlmCallError } from "../../functions/ports/errors.ts";
 import type { Llm, LlmRequest, LlmResponse } from "../../functions/ports/llm.ts";
+import { answerOf, textRequest } from "../helpers/llm.ts";
 
 /** Finishes after `ms`: anything GovernedLlm does not await is still pending (or out of order) at its end. */
 const later = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
@@ -44,23 +45,9 @@ class AsyncGovernor implements Governor {
   }
 }
 
-const request: LlmRequest = {
-  model: "gpt-4o-mini",
-  messages: [{ role: "user", content: "hello there" }],
-  schemaName: "answer",
-  schema: { type: "object" },
-  temperature: 0,
-  maxTokens: 100,
-  seed: 1,
-};
+const request: LlmRequest = textRequest;
 
-const answer: LlmResponse = {
-  content: "{}",
-  usage: { promptTokens: 20, cachedTokens: 0, completionTokens: 5 },
-  model: "gpt-4o-mini",
-  finishReason: "stop",
-  refusal: null,
-};
+const answer: LlmResponse = answerOf(20);
 
 describe("GovernedLlm with an asynchronous governor", () => {
   it("awaits settle, succeeded and the headers before answering", async () => {

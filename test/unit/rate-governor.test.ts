@@ -9,6 +9,7 @@ import { OpenAiLlm } from "../../functions/adapters/openai/openai-llm.ts";
 import { startSimulator } from "../../functions/adapters/simulated/server.ts";
 import { LlmCallError } from "../../functions/ports/errors.ts";
 import type { Llm, LlmRequest, LlmResponse } from "../../functions/ports/llm.ts";
+import { answerOf, textRequest } from "../helpers/llm.ts";
 
 /** A clock whose timers fire only when the test advances time. */
 class FakeClock implements GovernorClock {
@@ -189,23 +190,9 @@ describe("RateGovernor", () => {
   });
 });
 
-const request: LlmRequest = {
-  model: "gpt-4o-mini",
-  messages: [{ role: "user", content: "hello there" }],
-  schemaName: "answer",
-  schema: { type: "object" },
-  temperature: 0,
-  maxTokens: 100,
-  seed: 1,
-};
+const request: LlmRequest = textRequest;
 
-const answer = (promptTokens: number): LlmResponse => ({
-  content: "{}",
-  usage: { promptTokens, cachedTokens: 0, completionTokens: 5 },
-  model: "gpt-4o-mini",
-  finishReason: "stop",
-  refusal: null,
-});
+const answer = (promptTokens: number): LlmResponse => answerOf(promptTokens);
 
 describe("GovernedLlm", () => {
   it("reserves prompt + max_tokens, settles with the real prompt, reads headers", async () => {

@@ -138,7 +138,8 @@ export class DynamoRateGovernor implements Governor {
 
   /**
    * Takes `estimate.tokens` and one request from the shared budget, or throws a retryable, in-flight
-   * LlmCallError with the ms until they would fit (never waits). Common case: one read and one write.
+   * LlmCallError with the ms until they would fit (never waits). Common case: one write, on this governor's
+   * last view of the item; a read first only when that view is stale or shows too little.
    */
   acquire(estimate: { readonly tokens: number }): Promise<Reservation> {
     return this.#serially(() => this.#acquire(Math.max(0, Math.ceil(estimate.tokens))));
@@ -152,47 +153,34 @@ export class DynamoRateGovernor implements Governor {
     const tokens = Math.max(0, Math.ceil(estimate.tokens));
     return this.#serially(async () => {
       const known = this.#known;
-      if (known === null || this.#waitMs(known, tokens) <= 0) return;
+      if (known === null || waitMs(known, this.#clock.now(), tokens) <= 0) return;
       const read = await this.#read();
-      const wait = read === null ? 0 : this.#waitMs(read, tokens);
+      const wait = read === null ? 0 : waitMs(read, this.#clock.now(), tokens);
       if (wait > 0) throw this.#noBudget(wait);
     });
   }
 
-  /** How long until `state`, refilled to now, has `tokens` and a request to spare (0: now). */
-  #waitMs(read: RateState, tokens: number): number {
-    const now = this.#clock.now();
-    const state = advance(read, now);
-    return Math.max(
-      state.pausedUntil - now,
-      state.tokens === null ? 0 : refillWaitMs(tokens, state.tokens.level, capacity(state, state.tokens)),
-      state.requests === null ? 0 : refillWaitMs(1, state.requests.level, capacity(state, state.requests)),
-    );
-  }
-
   async #acquire(tokens: number): Promise<Reservation> {
     // The item as this governor last wrote or read it is tried first: the write is conditional on its version,
-    // so a stale view costs one failed write and a read, and a current one saves the read.
-    let cached = this.#known !== null;
+    // so a stale view costs one refused write and then the reads below. From that view, too little budget is
+    // only a hint (others may have refunded): the item has the say.
+    const known = this.#known;
+    if (known !== null) {
+      const now = this.#clock.now();
+      if (waitMs(known, now, tokens) <= 0 && (await this.#replace(known, take(advance(known, now), tokens))))
+        return this.#reservation(tokens, now);
+    }
     for (let attempt = 1; ; attempt++) {
-      const read = cached ? this.#known : await this.#read();
+      const read = await this.#read();
       const now = this.#clock.now();
       if (read === null) {
         // First use: the buckets start full, so the call fits (one larger than a full bucket goes into debt).
         if (await this.#create(take(this.#fresh(now), tokens))) return this.#reservation(tokens, now);
       } else {
-        const state = advance(read, now);
-        const wait = this.#waitMs(read, tokens);
-        // From the cached view, no budget is only a hint (others may have refunded): the item has the say.
-        if (wait > 0 && !cached) throw this.#noBudget(wait);
-        if (wait <= 0 && (await this.#replace(read, take(state, tokens))))
+        const wait = waitMs(read, now, tokens);
+        if (wait > 0) throw this.#noBudget(wait);
+        if (await this.#replace(read, take(advance(read, now), tokens)))
           return this.#reservation(tokens, now);
-      }
-      if (cached) {
-        // The cached view was stale or short of budget: read the item now, without counting or backing off.
-        cached = false;
-        attempt -= 1;
-        continue;
       }
       if (attempt >= this.#maxAttempts) throw this.#contended(attempt);
       await this.#backoff(attempt);
@@ -243,21 +231,22 @@ export class DynamoRateGovernor implements Governor {
     if (seconds <= 0) return;
     const factor = Math.min(1, known.factor + this.#increasePerSecond * seconds);
     const grownAt = Math.max(known.grownAt, now);
-    const applied = await this.#conditional(
-      new UpdateCommand({
-        TableName: this.#table,
-        Key: this.#key,
-        UpdateExpression: "SET #factor = :factor, #grownAt = :grownAt",
-        ConditionExpression: "#factor = :knownFactor AND #grownAt = :knownGrownAt",
-        ExpressionAttributeNames: { "#factor": "factor", "#grownAt": "grownAt" },
-        ExpressionAttributeValues: {
-          ":factor": factor,
-          ":grownAt": grownAt,
-          ":knownFactor": known.factor,
-          ":knownGrownAt": known.grownAt,
-        },
-      }),
-    );
+    const applied =
+      (await this.#conditional(
+        new UpdateCommand({
+          TableName: this.#table,
+          Key: this.#key,
+          UpdateExpression: "SET #factor = :factor, #grownAt = :grownAt",
+          ConditionExpression: "#factor = :knownFactor AND #grownAt = :knownGrownAt",
+          ExpressionAttributeNames: { "#factor": "factor", "#grownAt": "grownAt" },
+          ExpressionAttributeValues: {
+            ":factor": factor,
+            ":grownAt": grownAt,
+            ":knownFactor": known.factor,
+            ":knownGrownAt": known.grownAt,
+          },
+        }),
+      )) !== null;
     // Lost to another governor: it grew the factor for the same time (or cut it). Nothing left to do.
     this.#known = applied ? { ...known, factor, grownAt } : null;
   }
@@ -325,36 +314,29 @@ export class DynamoRateGovernor implements Governor {
         const charged = deltas.some(([, delta]) => delta < 0);
         const adds = deltas.map(([name]) => `#${name}Level :${name}`);
         if (charged) adds.push("#version :one");
-        const out = await this.#call(async () => {
-          try {
-            return await this.#client.send(
-              new UpdateCommand({
-                TableName: this.#table,
-                Key: this.#key,
-                UpdateExpression: `ADD ${adds.join(", ")}`,
-                // An item deleted by TTL meanwhile is not re-created as a stub holding only the refund.
-                ConditionExpression: "attribute_exists(#pk)",
-                ExpressionAttributeNames: {
-                  "#pk": PK,
-                  ...(charged ? { "#version": "version" } : {}),
-                  ...Object.fromEntries(deltas.map(([name]) => [`#${name}Level`, `${name}Level`])),
-                },
-                ExpressionAttributeValues: {
-                  ...(charged ? { ":one": 1 } : {}),
-                  ...Object.fromEntries(deltas.map(([name, delta]) => [`:${name}`, delta])),
-                },
-                ...(charged ? { ReturnValues: "UPDATED_NEW" as const } : {}),
-              }),
-            );
-          } catch (error) {
-            if (isConditionFailed(error)) return null;
-            throw error;
-          }
-        });
+        const written = await this.#conditional(
+          new UpdateCommand({
+            TableName: this.#table,
+            Key: this.#key,
+            UpdateExpression: `ADD ${adds.join(", ")}`,
+            // An item deleted by TTL meanwhile is not re-created as a stub holding only the refund.
+            ConditionExpression: "attribute_exists(#pk)",
+            ExpressionAttributeNames: {
+              "#pk": PK,
+              ...(charged ? { "#version": "version" } : {}),
+              ...Object.fromEntries(deltas.map(([name]) => [`#${name}Level`, `${name}Level`])),
+            },
+            ExpressionAttributeValues: {
+              ...(charged ? { ":one": 1 } : {}),
+              ...Object.fromEntries(deltas.map(([name, delta]) => [`:${name}`, delta])),
+            },
+            ...(charged ? { ReturnValues: "UPDATED_NEW" as const } : {}),
+          }),
+        );
         const known = this.#known;
         if (charged && known !== null) {
           // Still current only if nobody else wrote in between.
-          const version = out?.Attributes?.version;
+          const version = written?.version;
           this.#known =
             typeof version === "number" && version === known.version + 1 ? { ...known, version } : null;
         }
@@ -447,14 +429,15 @@ export class DynamoRateGovernor implements Governor {
       item[`${name}Level`] = bucket.level;
       item[`${name}Limit`] = bucket.limit;
     }
-    const created = await this.#conditional(
-      new PutCommand({
-        TableName: this.#table,
-        Item: item,
-        ConditionExpression: "attribute_not_exists(#pk)",
-        ExpressionAttributeNames: { "#pk": PK },
-      }),
-    );
+    const created =
+      (await this.#conditional(
+        new PutCommand({
+          TableName: this.#table,
+          Item: item,
+          ConditionExpression: "attribute_not_exists(#pk)",
+          ExpressionAttributeNames: { "#pk": PK },
+        }),
+      )) !== null;
     if (created) this.#known = { ...state, version: 1 };
     return created;
   }
@@ -495,16 +478,17 @@ export class DynamoRateGovernor implements Governor {
       }
       if (after.limit !== before.limit) set(`${name}Limit`, after.limit);
     }
-    const applied = await this.#conditional(
-      new UpdateCommand({
-        TableName: this.#table,
-        Key: this.#key,
-        UpdateExpression: `SET ${sets.join(", ")}`,
-        ConditionExpression: "#version = :version",
-        ExpressionAttributeNames: names,
-        ExpressionAttributeValues: values,
-      }),
-    );
+    const applied =
+      (await this.#conditional(
+        new UpdateCommand({
+          TableName: this.#table,
+          Key: this.#key,
+          UpdateExpression: `SET ${sets.join(", ")}`,
+          ConditionExpression: "#version = :version",
+          ExpressionAttributeNames: names,
+          ExpressionAttributeValues: values,
+        }),
+      )) !== null;
     if (applied) this.#known = { ...next, version: read.version + 1 };
     return applied;
   }
@@ -513,16 +497,16 @@ export class DynamoRateGovernor implements Governor {
     return Math.floor(now / 1000) + IDLE_TTL_SECONDS;
   }
 
-  /** Sends a conditional write: false when its condition failed. */
-  async #conditional(command: PutCommand | UpdateCommand): Promise<boolean> {
+  /** Sends a conditional write: the attributes it returned ({} unless asked for), or null when its condition failed. */
+  async #conditional(command: PutCommand | UpdateCommand): Promise<Record<string, unknown> | null> {
     try {
       // The client's send is overloaded per command type: narrow the union first.
-      await this.#call(() =>
+      const out = await this.#call(() =>
         command instanceof PutCommand ? this.#client.send(command) : this.#client.send(command),
       );
-      return true;
+      return out.Attributes ?? {};
     } catch (error) {
-      if (isConditionFailed(error)) return false;
+      if (isConditionFailed(error)) return null;
       throw error;
     }
   }
@@ -564,6 +548,16 @@ export class DynamoRateGovernor implements Governor {
     const ms = this.#random() * Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** attempt);
     return new Promise((resolve) => setTimeout(resolve, ms));
   }
+}
+
+/** How long until `read`, refilled to `now`, has `tokens` and a request to spare (0: now). */
+function waitMs(read: RateState, now: number, tokens: number): number {
+  const state = advance(read, now);
+  return Math.max(
+    state.pausedUntil - now,
+    state.tokens === null ? 0 : refillWaitMs(tokens, state.tokens.level, capacity(state, state.tokens)),
+    state.requests === null ? 0 : refillWaitMs(1, state.requests.level, capacity(state, state.requests)),
+  );
 }
 
 function capacity(state: RateState, bucket: Level): number {

@@ -546,11 +546,6 @@ export class DynamoStateStore implements StateStore {
     }
   }
 
-  /**
-   * Writes one chunk of samples of one shard with its pending increment in one transaction. Samples that
-   * already exist (a redelivered ingest) cancel it; they are dropped and the rest is tried again, so
-   * exactly the new ones are written and counted. Returns how many were created.
-   */
   /** Every item of one gsi1 partition (of one run when given: sort keys start with `<run>#`), all pages. */
   private async queryIndex(partition: string, run?: string): Promise<Record<string, unknown>[]> {
     const items: Record<string, unknown>[] = [];
@@ -578,6 +573,11 @@ export class DynamoStateStore implements StateStore {
     return items;
   }
 
+  /**
+   * Writes one chunk of samples of one shard with its pending increment in one transaction. Samples that
+   * already exist (a redelivered ingest) cancel it; they are dropped and the rest is tried again, so
+   * exactly the new ones are written and counted. Returns how many were created.
+   */
   private async putChunk(run: string, shard: string, chunk: readonly SampleRecord[]): Promise<number> {
     let remaining = chunk;
     while (remaining.length > 0) {
