@@ -15,7 +15,8 @@ if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
   exit 1
 fi
 log="/tmp/moto-$port.log"
-PYTHONPATH="$PP" nohup /usr/bin/python3 -m moto.server -H 127.0.0.1 -p "$port" >"$log" 2>&1 </dev/null &
+# moto.server, with DynamoDB's writes made atomic (see moto-server.py).
+PYTHONPATH="$PP" nohup /usr/bin/python3 "$(dirname "$0")/moto-server.py" -H 127.0.0.1 -p "$port" >"$log" 2>&1 </dev/null &
 pid=$!
 for _ in $(seq 1 150); do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then

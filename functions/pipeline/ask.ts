@@ -85,7 +85,9 @@ export async function askStructured<S extends z.ZodType>(
     if (!answer) {
       // No rate budget now: step aside before claiming (a claim taken and given back is two writes for nothing).
       await deps.llm.checkAdmission?.(request);
-      const claim = await deps.state.claimRequest(hash, options.delivery, deps.claimMs ?? CLAIM_MS);
+      const claimMs = deps.claimMs ?? CLAIM_MS;
+      const claimedAt = deps.clock.now();
+      const claim = await deps.state.claimRequest(hash, options.delivery, claimMs);
       if (!claim.granted) {
         // Another receive of this same message (a redelivery while it still runs, or after a crash): try again
         // once that claim ends. Another message (a duplicate send): this one has nothing to do.
@@ -121,6 +123,15 @@ export async function askStructured<S extends z.ZodType>(
         lastReason = error.message;
         deps.logger.warn("unusable answer", { schema: request.schemaName, attempt, reason: lastReason });
         continue;
+      }
+      const heldMs = deps.clock.now() - claimedAt;
+      if (heldMs > claimMs) {
+        // Past the claim, another delivery may have claimed and paid for this same request.
+        deps.logger.warn("answer arrived after its claim ended", {
+          schema: request.schemaName,
+          heldMs,
+          claimMs,
+        });
       }
       answer = {
         content: response.content,

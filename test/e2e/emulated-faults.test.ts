@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { z } from "zod";
 import { type Simulator, startSimulator } from "../../functions/adapters/simulated/server.ts";
 import { CRASH_POINTS, type CrashPoint } from "../../functions/ports/faults.ts";
-import { startEmulatedStack } from "../../functions/runtime/emulated-stack.ts";
+import { readStackTemplate, startEmulatedStack } from "../../functions/runtime/emulated-stack.ts";
 import { ENV } from "../../functions/runtime/env.ts";
 import { FAULTS_ENV } from "../../functions/runtime/faults.ts";
 import { testBucket } from "../helpers/bucket.ts";
@@ -14,10 +14,21 @@ import { ensureMoto } from "../helpers/moto.ts";
 import { ReportCounts } from "../helpers/report.ts";
 import { synthOnce } from "../helpers/synth-once.ts";
 
-/** Pollers per function process in this test, and the stack's default batch sizes (lib/context.ts). */
+/** Pollers per function process in this test. */
 const EMULATED_POLLERS = 2;
-const EVOLVE_BATCH = 2;
-const JUDGE_BATCH = 5;
+
+/** The largest batch the synthesized stack hands one invocation of a function (logical id `<label>…`). */
+function batchSizeOf(cdkOut: string, label: string): number {
+  const sizes = Object.values(readStackTemplate(cdkOut))
+    .filter((r) => r.Type === "AWS::Lambda::EventSourceMapping")
+    .map((r) =>
+      z.object({ FunctionName: z.object({ Ref: z.string() }), BatchSize: z.number() }).parse(r.Properties),
+    )
+    .filter((p) => p.FunctionName.Ref.startsWith(label))
+    .map((p) => p.BatchSize);
+  if (sizes.length === 0) throw new Error(`no event source mapping for ${label}`);
+  return Math.max(...sizes);
+}
 
 const Counts = ReportCounts.extend({ addsUp: z.literal(true) });
 
@@ -64,7 +75,7 @@ describe("the emulated stack under crashes and duplicate deliveries", () => {
     try {
       await bucket.uploadDemoImages(`seeds/${run}/`);
       await bucket.put(`seeds/${run}/demo.jsonl`, readFileSync(demoShard));
-      await bucket.waitFor(`reports/${run}/demo.json`, 120_000, () => lines.slice(-30).join("\n"));
+      await bucket.waitFor(`reports/${run}/demo.json`, 120_000, () => notable(lines));
       // Let any duplicate finalize land before reading: outputs must not change.
       await new Promise((r) => setTimeout(r, 1_500));
       return {
@@ -76,6 +87,16 @@ describe("the emulated stack under crashes and duplicate deliveries", () => {
       await stack.stop();
     }
   }
+
+  /** What to print when a run times out: every warning and failure, then the last lines. */
+  const notable = (lines: readonly string[]) =>
+    [
+      ...lines.filter((l) =>
+        /"level":"(WARN|ERROR)"|[1-9]\d* failed|process ended|invocation failed/.test(l),
+      ),
+      "--- last lines:",
+      ...lines.slice(-20),
+    ].join("\n");
 
   beforeAll(async () => {
     ({ endpoint } = await ensureMoto());
@@ -120,7 +141,8 @@ describe("the emulated stack under crashes and duplicate deliveries", () => {
       expect(new Set(ids).size).toBe(ids.length);
       // Only calls in flight in the killed process may be paid again: at most its pollers x its batch size
       // (records of a batch run in parallel), less the dying call itself when its answer was stored.
-      const inFlight = EMULATED_POLLERS * (point.startsWith("evolve") ? EVOLVE_BATCH : JUDGE_BATCH);
+      const inFlight =
+        EMULATED_POLLERS * batchSizeOf(cdkOut, point.startsWith("evolve") ? "Evolve" : "Judge");
       expect(replaysSince(before)).toBeLessThanOrEqual(
         point.endsWith("after-answer-stored") ? inFlight - 1 : inFlight,
       );
@@ -132,6 +154,6 @@ describe("the emulated stack under crashes and duplicate deliveries", () => {
     const result = await evolveOnStack("duplicates", { duplicateRate: 0.2, seed: 3 }, 0.2);
     expect(result.counts).toEqual(referenceCounts);
     expect(result.evolved).toBe(referenceEvolved);
-    expect(replaysSince(before)).toBe(0);
+    expect(replaysSince(before), notable(result.lines)).toBe(0);
   }, 150_000);
 });

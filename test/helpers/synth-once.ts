@@ -1,6 +1,15 @@
 import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync } from "node:fs";
+import {
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
 import { join } from "node:path";
 import { repoRoot } from "./files.ts";
 
@@ -19,6 +28,23 @@ function sourceDigest(): string {
   return hash.digest("hex").slice(0, 16);
 }
 
+/** The lock's builder has exited. A lock without a pid yet is being taken right now: not gone. */
+function lockOwnerGone(lock: string): boolean {
+  let pid: number;
+  try {
+    pid = Number.parseInt(readFileSync(join(lock, "pid"), "utf8"), 10);
+  } catch {
+    return false;
+  }
+  if (!Number.isInteger(pid) || pid <= 0) return false;
+  try {
+    process.kill(pid, 0);
+    return false;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === "ESRCH";
+  }
+}
+
 /**
  * Synthesizes the stack with bundled assets once per source version, shared by every end-to-end test file
  * (they run in parallel: the first to take the lock builds, the others wait). The assembly sits inside the
@@ -33,9 +59,12 @@ export async function synthOnce(): Promise<string> {
     if (existsSync(join(target, "manifest.json"))) return target;
     try {
       mkdirSync(lock);
+      writeFileSync(join(lock, "pid"), String(process.pid));
       break;
     } catch {
-      await new Promise((r) => setTimeout(r, 500));
+      // A lock left by a test process that was killed (Ctrl-C) would make every later run wait forever.
+      if (lockOwnerGone(lock)) rmSync(lock, { recursive: true, force: true });
+      else await new Promise((r) => setTimeout(r, 500));
     }
   }
   try {

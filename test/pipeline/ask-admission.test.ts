@@ -67,4 +67,48 @@ describe("askStructured and a shared rate budget", () => {
     expect(asked.value).toEqual({ ok: true });
     expect(llm.calls).toBe(1);
   });
+
+  it("warns when the answer arrives after its claim ended (another delivery may have paid for it too)", async () => {
+    const dir = tempDir();
+    const state = new SqliteStateStore(join(dir.path, "state.sqlite"));
+    cleanups.push(dir.cleanup, () => state.close());
+    let now = 1_000_000;
+    const warnings: { message: string; fields: unknown }[] = [];
+    const slowLlm: Llm = {
+      complete: async () => {
+        now += 5_000;
+        return answerOf(12, '{"ok":true}');
+      },
+    };
+    const deps = {
+      llm: slowLlm,
+      state,
+      logger: {
+        ...silentLogger,
+        warn: (message: string, fields?: unknown) => warnings.push({ message, fields }),
+      },
+      clock: { now: () => now },
+      blobs: {} as BlobStore,
+      claimMs: 4_000,
+    };
+    const options = {
+      imageDigest: null,
+      schema: z.object({ ok: z.boolean() }),
+      maxRetries: 0,
+      price: priceOf("gpt-4o-mini"),
+      delivery: "message-1#receive-1",
+    };
+    expect((await askStructured(deps, textRequest, options)).value).toEqual({ ok: true });
+    expect(warnings).toEqual([
+      {
+        message: "answer arrived after its claim ended",
+        fields: { schema: "answer", heldMs: 5_000, claimMs: 4_000 },
+      },
+    ]);
+    // Within its claim, nothing is said.
+    warnings.length = 0;
+    deps.claimMs = 6_000;
+    await askStructured(deps, { ...textRequest, seed: 2 }, options);
+    expect(warnings).toEqual([]);
+  });
 });
