@@ -83,12 +83,19 @@ export async function askStructured<S extends z.ZodType>(
     let answer = await deps.state.getAnswer(hash);
     if (!answer && options.batch) await deferToBatch(deps, options.batch, request, hash);
     if (!answer) {
-      // No rate budget now: step aside before claiming (a claim taken and given back is two writes for nothing).
-      await deps.llm.checkAdmission?.(request);
+      // The rate budget first, then the claim: a message with no budget steps aside before it claims (a claim
+      // taken and given back is two writes for nothing), and the claim is held only while the call runs.
+      const admitted = deps.llm.admit ? await deps.llm.admit(request) : null;
       const claimMs = deps.claimMs ?? CLAIM_MS;
       const claimedAt = deps.clock.now();
-      const claim = await deps.state.claimRequest(hash, options.delivery, claimMs);
+      const claim = await deps.state
+        .claimRequest(hash, options.delivery, claimMs)
+        .catch(async (error: unknown) => {
+          await admitted?.cancel();
+          throw error;
+        });
       if (!claim.granted) {
+        await admitted?.cancel();
         // Another receive of this same message (a redelivery while it still runs, or after a crash): try again
         // once that claim ends. Another message (a duplicate send): this one has nothing to do.
         if (messageOf(claim.holder) === messageOf(options.delivery)) {
@@ -102,7 +109,7 @@ export async function askStructured<S extends z.ZodType>(
       }
       let response: Awaited<ReturnType<typeof deps.llm.complete>>;
       try {
-        response = await deps.llm.complete(request);
+        response = await (admitted ? admitted.complete() : deps.llm.complete(request));
       } catch (error) {
         if (!(error instanceof LlmAnswerError)) {
           // No answer: give the claim up so a redelivery or a duplicate may try at once.

@@ -34,13 +34,21 @@ export interface LlmResponse {
   readonly refusal: string | null;
 }
 
+/** A call whose share of a rate budget is already taken (see `Llm.admit`); used once. */
+export interface AdmittedCall {
+  /** Sends the request; the budget is then settled with what the call was charged. */
+  complete(): Promise<LlmResponse>;
+  /** Gives the share back without sending anything. */
+  cancel(): Promise<void>;
+}
+
 /** The LLM behind any OpenAI-compatible endpoint (or a simulation of one). */
 export interface Llm {
   complete(request: LlmRequest): Promise<LlmResponse>;
   /**
-   * When a rate budget shared with other processes cannot admit `request` now: a NoRateBudgetError saying for
-   * how long, so the caller steps aside before it claims the request (a claim taken and given back costs two
-   * writes). A hint: `complete` still decides. Absent, or resolving, when there is no such budget.
+   * Where calls share a rate budget: takes `request`'s share now (waiting, or throwing NoRateBudgetError, as
+   * the budget does) and returns the call to make with it. The caller claims the request in between, so a
+   * message with no budget never claims, and a claim is held only while its call runs. Absent without a budget.
    */
-  checkAdmission?(request: LlmRequest): Promise<void>;
+  admit?(request: LlmRequest): Promise<AdmittedCall>;
 }

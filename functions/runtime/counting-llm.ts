@@ -1,6 +1,6 @@
 import type { ModelPrice } from "../evolution/config.ts";
 import { costOf, priceOf } from "../evolution/pricing.ts";
-import type { Llm, LlmRequest, LlmResponse } from "../ports/llm.ts";
+import type { AdmittedCall, Llm, LlmRequest, LlmResponse } from "../ports/llm.ts";
 
 export interface LlmTotals {
   calls: number;
@@ -32,14 +32,26 @@ export class CountingLlm implements Llm {
     this.#prices = prices;
   }
 
-  async checkAdmission(request: LlmRequest): Promise<void> {
-    await this.#inner.checkAdmission?.(request);
+  /** The inner Llm's admission, counted like `complete`; without one, a call admitted at once. */
+  async admit(request: LlmRequest): Promise<AdmittedCall> {
+    const admitted = this.#inner.admit ? await this.#inner.admit(request) : null;
+    return {
+      complete: () =>
+        this.#count(request, () => (admitted ? admitted.complete() : this.#inner.complete(request))),
+      cancel: async () => {
+        await admitted?.cancel();
+      },
+    };
   }
 
-  async complete(request: LlmRequest): Promise<LlmResponse> {
+  complete(request: LlmRequest): Promise<LlmResponse> {
+    return this.#count(request, () => this.#inner.complete(request));
+  }
+
+  async #count(request: LlmRequest, send: () => Promise<LlmResponse>): Promise<LlmResponse> {
     const started = performance.now();
     try {
-      const response = await this.#inner.complete(request);
+      const response = await send();
       this.totals.calls += 1;
       this.totals.promptTokens += response.usage.promptTokens;
       this.totals.cachedTokens += response.usage.cachedTokens;

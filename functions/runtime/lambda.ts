@@ -135,10 +135,14 @@ const rateLimited = (env: LambdaEnv): boolean =>
   env[ENV.tokensPerMinute] !== undefined || env[ENV.requestsPerMinute] !== undefined;
 
 /** One rate budget per model, shared by every function through the table; none when no limit is set. */
-function governedByTable(inner: Llm, env: LambdaEnv, client: DynamoDBDocumentClient): Llm {
+function governedByTable(
+  inner: Llm,
+  env: LambdaEnv,
+  client: DynamoDBDocumentClient,
+): Llm & { flush(): Promise<void> } {
   const tokensPerMinute = env[ENV.tokensPerMinute];
   const requestsPerMinute = env[ENV.requestsPerMinute];
-  if (!rateLimited(env)) return inner;
+  if (!rateLimited(env)) return { complete: (request) => inner.complete(request), flush: async () => {} };
   const byModel = new Map<string, GovernedLlm>();
   const governedFor = (request: LlmRequest): GovernedLlm => {
     let governed = byModel.get(request.model);
@@ -159,7 +163,10 @@ function governedByTable(inner: Llm, env: LambdaEnv, client: DynamoDBDocumentCli
   };
   return {
     complete: (request) => governedFor(request).complete(request),
-    checkAdmission: (request) => governedFor(request).checkAdmission(request),
+    admit: (request) => governedFor(request).admit(request),
+    flush: async () => {
+      await Promise.all([...byModel.values()].map((governed) => governed.flush()));
+    },
   };
 }
 
@@ -193,6 +200,8 @@ export interface LambdaRuntime {
   readonly deps: StageDeps & { readonly queue: WorkQueue; readonly faults: Faults };
   readonly sqs: SQSClient;
   readonly llm: CountingLlm;
+  /** Writes the refunds the shared rate governors held back; at the end of every invocation. */
+  flushGovernors(): Promise<void>;
   readonly logger: PowertoolsLogger;
   readonly metrics: Metrics;
 }
@@ -222,7 +231,8 @@ export function createLambdaRuntime(stage: Stage, env: NodeJS.ProcessEnv = proce
   const sqsQueue = new SqsWorkQueue({ client: sqs, queueUrls: urls });
   const queue: WorkQueue = faults === noFaults ? sqsQueue : new FaultyQueue(sqsQueue, faults);
   const endpoint = endpointOf(config);
-  const llm = new CountingLlm(governedByTable(new SecretKeyLlm(endpoint, config, log), config, documents));
+  const governed = governedByTable(new SecretKeyLlm(endpoint, config, log), config, documents);
+  const llm = new CountingLlm(governed);
   const defaults: RunConfigInput = { ...(config[ENV.runDefaults] ?? {}) };
   const deps = {
     blobs,
@@ -244,7 +254,7 @@ export function createLambdaRuntime(stage: Stage, env: NodeJS.ProcessEnv = proce
     },
     ...claimOf(config),
   };
-  return { deps, sqs, llm, logger, metrics };
+  return { deps, sqs, llm, flushGovernors: () => governed.flush(), logger, metrics };
 }
 
 /**
@@ -363,6 +373,12 @@ export function makeSqsHandler<S extends z.ZodType<Message>>(
         },
       );
     } finally {
+      try {
+        await runtime.flushGovernors();
+      } catch (error) {
+        // Budget held back until this container's next call: the others see a little less, never more.
+        logger.warn("could not write the rate budget's refunds", { error: String(error) });
+      }
       const t = llm.totals;
       if (t.calls > before.calls) {
         metrics.addMetric("llm_calls", MetricUnit.Count, t.calls - before.calls);

@@ -7,7 +7,7 @@ import {
   type DynamoRateGovernorOptions,
 } from "../../functions/adapters/aws/dynamodb-rate-governor.ts";
 import { GovernedLlm } from "../../functions/adapters/governor/governed-llm.ts";
-import { LlmCallError, NoRateBudgetError } from "../../functions/ports/errors.ts";
+import { LlmCallError } from "../../functions/ports/errors.ts";
 import type { Llm, LlmRequest, LlmResponse } from "../../functions/ports/llm.ts";
 import { ensureDynamoLocal } from "../helpers/dynamodb-local.ts";
 import { answerOf, textRequest } from "../helpers/llm.ts";
@@ -197,18 +197,32 @@ describe("DynamoRateGovernor", () => {
     const reservation = await g.acquire({ tokens: 10_000 });
     calls.length = 0;
     await reservation.settle(4000);
-    // One read-free atomic ADD.
+    // A refund is held back: no call, and the item does not have it yet.
+    expect(calls).toEqual([]);
+    expect(await g.state()).toMatchObject({ tokensAvailable: 0, requestsAvailable: 9 });
+    calls.length = 0;
+    await g.flush();
+    // Flushed: one read-free atomic ADD.
     expect(calls).toEqual(["Update"]);
     expect(await g.state()).toMatchObject({ tokensAvailable: 6000, requestsAvailable: 9 });
     await reservation.settle(0, false);
+    calls.length = 0;
+    await g.flush();
+    expect(calls).toEqual([]);
     expect(await g.state()).toMatchObject({ tokensAvailable: 6000, requestsAvailable: 9 });
 
     const refused = await g.acquire({ tokens: 1000 });
     await refused.settle(0, false);
-    expect(await g.state()).toMatchObject({ tokensAvailable: 6000, requestsAvailable: 9 });
-    // Charged more than reserved: the extra comes out of the budget.
+    expect(await g.state()).toMatchObject({ tokensAvailable: 5000, requestsAvailable: 8 });
+    // Charged more than reserved: the extra comes out of the budget at once. The refund above rode on this
+    // acquire's own write.
+    calls.length = 0;
     const over = await g.acquire({ tokens: 1000 });
+    expect(calls).toEqual(["Update"]);
+    expect(await g.state()).toMatchObject({ tokensAvailable: 5000, requestsAvailable: 8 });
+    calls.length = 0;
     await over.settle(3000);
+    expect(calls).toEqual(["Update"]);
     expect(await g.state()).toMatchObject({ tokensAvailable: 3000, requestsAvailable: 8 });
     // Nothing to give back: no call at all.
     const exact = await g.acquire({ tokens: 1000 });
@@ -217,11 +231,28 @@ describe("DynamoRateGovernor", () => {
     expect(calls).toEqual([]);
   });
 
+  it("counts its own held-back refunds when it admits, and writes them with its next take", async () => {
+    const clock = new FakeClock();
+    const { doc, calls } = countingClient();
+    const g = governor(uniqueName("m"), clock, { client: doc, tokensPerMinute: 10_000 });
+    const first = await g.acquire({ tokens: 10_000 });
+    await first.settle(4000);
+    calls.length = 0;
+    // The item shows 0 left; with the 6000 held back, 5000 fit: one write, no read.
+    await g.acquire({ tokens: 5000 });
+    expect(calls).toEqual(["Update"]);
+    expect((await g.state())?.tokensAvailable).toBe(1000);
+    calls.length = 0;
+    await g.flush();
+    expect(calls).toEqual([]);
+  });
+
   it("keeps a settle that lands between another governor's read and write", async () => {
     const { a, governorA, governorB } = twoGovernors(10_000);
     const held = await governorB.acquire({ tokens: 8000 });
-    // A reads 2000 left; B gives 5000 back before A writes.
-    a.afterRead.hook = () => Promise.resolve(held.settle(3000));
+    await held.settle(3000);
+    // A reads 2000 left; B writes its refund of 5000 before A writes.
+    a.afterRead.hook = () => governorB.flush();
     await governorA.acquire({ tokens: 1500 });
     expect((await governorA.state())?.tokensAvailable).toBe(5500);
   });
@@ -293,28 +324,6 @@ describe("DynamoRateGovernor", () => {
     expect((await governorA.state())?.tokensAvailable).toBe(100_000 - 5 * 1000 - 3000 - 5000);
     // Every charge and refund landed exactly once.
     expect((await governorB.state())?.tokensAvailable).toBe(87_000);
-  });
-
-  it("checkAdmission says no budget without taking any, and reads the item only when its view shows too little", async () => {
-    const { a, governorA, governorB } = twoGovernors(60_000);
-    await governorA.acquire({ tokens: 30_000 });
-    a.calls.length = 0;
-    // Enough in its view: no call at all, and nothing taken.
-    await governorA.checkAdmission({ tokens: 20_000 });
-    expect(a.calls).toEqual([]);
-    expect((await governorB.state())?.tokensAvailable).toBe(30_000);
-    // Too little in its view, but B has given back meanwhile: one read, and it may go.
-    const held = await governorB.acquire({ tokens: 25_000 });
-    await governorA.acquire({ tokens: 5_000 });
-    await held.settle(0);
-    a.calls.length = 0;
-    await governorA.checkAdmission({ tokens: 20_000 });
-    expect(a.calls).toEqual(["Get"]);
-    // Really too little: the same error acquire would throw, and the item is unchanged.
-    const error = await rejection(governorA.checkAdmission({ tokens: 40_000 }));
-    expect(error).toBeInstanceOf(NoRateBudgetError);
-    expect(error).toMatchObject({ retryable: true, inFlight: true, retryAfterMs: 15_000 });
-    expect((await governorB.state())?.tokensAvailable).toBe(25_000);
   });
 
   it("a 429 cuts the factor once per burst and pauses every governor", async () => {

@@ -3,10 +3,10 @@ import { afterEach, describe, expect, it } from "vitest";
 import { z } from "zod";
 import { SqliteStateStore } from "../../functions/adapters/local/sqlite-state-store.ts";
 import { priceOf } from "../../functions/evolution/pricing.ts";
-import { answerHash, askStructured } from "../../functions/pipeline/ask.ts";
+import { answerHash, askStructured, RequestInFlightError } from "../../functions/pipeline/ask.ts";
 import type { BlobStore } from "../../functions/ports/blob-store.ts";
 import { NoRateBudgetError } from "../../functions/ports/errors.ts";
-import type { Llm, LlmResponse } from "../../functions/ports/llm.ts";
+import type { AdmittedCall, Llm, LlmResponse } from "../../functions/ports/llm.ts";
 import { silentLogger, systemClock } from "../../functions/ports/runtime.ts";
 import { tempDir } from "../helpers/files.ts";
 import { answerOf, textRequest } from "../helpers/llm.ts";
@@ -15,8 +15,17 @@ import { answerOf, textRequest } from "../helpers/llm.ts";
 class BudgetedLlm implements Llm {
   budget = false;
   calls = 0;
-  async checkAdmission(): Promise<void> {
+  /** Shares taken and not given back. */
+  taken = 0;
+  async admit(): Promise<AdmittedCall> {
     if (!this.budget) throw new NoRateBudgetError("no rate budget for gpt-4o-mini for 4000 ms", 4000);
+    this.taken += 1;
+    return {
+      complete: () => this.complete(),
+      cancel: async () => {
+        this.taken -= 1;
+      },
+    };
   }
   async complete(): Promise<LlmResponse> {
     this.calls += 1;
@@ -30,7 +39,7 @@ describe("askStructured and a shared rate budget", () => {
     for (const cleanup of cleanups.splice(0).reverse()) cleanup();
   });
 
-  it("steps aside before claiming when the budget cannot admit the call, and asks once it can", async () => {
+  it("takes the budget before the claim: steps aside without claiming, and asks once admitted", async () => {
     const dir = tempDir();
     const state = new SqliteStateStore(join(dir.path, "state.sqlite"));
     cleanups.push(dir.cleanup, () => state.close());
@@ -66,6 +75,31 @@ describe("askStructured and a shared rate budget", () => {
     const asked = await askStructured(deps, textRequest, options);
     expect(asked.value).toEqual({ ok: true });
     expect(llm.calls).toBe(1);
+    expect(llm.taken).toBe(1);
+  });
+
+  it("gives the budget back when another message holds the claim", async () => {
+    const dir = tempDir();
+    const state = new SqliteStateStore(join(dir.path, "state.sqlite"));
+    cleanups.push(dir.cleanup, () => state.close());
+    const llm = new BudgetedLlm();
+    llm.budget = true;
+    const deps = { llm, state, logger: silentLogger, clock: systemClock, blobs: {} as BlobStore };
+    const hash = answerHash(textRequest, null, 0);
+    expect(await state.claimRequest(hash, "message-2#receive-1", 60_000)).toEqual({ granted: true });
+    const duplicate = await askStructured(deps, textRequest, {
+      imageDigest: null,
+      schema: z.object({ ok: z.boolean() }),
+      maxRetries: 0,
+      price: priceOf("gpt-4o-mini"),
+      delivery: "message-1#receive-1",
+    }).then(
+      () => null,
+      (error: unknown) => error,
+    );
+    expect(duplicate).toBeInstanceOf(RequestInFlightError);
+    expect(llm.calls).toBe(0);
+    expect(llm.taken).toBe(0);
   });
 
   it("warns when the answer arrives after its claim ended (another delivery may have paid for it too)", async () => {

@@ -65,6 +65,27 @@ describe("GovernedLlm with an asynchronous governor", () => {
     expect(governor.log).toEqual(["acquired", "called", "settled 120", "succeeded", "headers 9000"]);
   });
 
+  it("admits before sending: a cancelled admission sends nothing and gives the whole share back", async () => {
+    const governor = new AsyncGovernor();
+    const inner = {
+      complete: async () => {
+        governor.log.push("called");
+        return answer;
+      },
+    } satisfies Llm;
+    const governed = new GovernedLlm(inner, governor);
+    const cancelled = await governed.admit(request);
+    await cancelled.cancel();
+    expect(governor.log).toEqual(["acquired", "settled 0 uncharged"]);
+    await expect(cancelled.complete()).rejects.toThrow("used once");
+
+    governor.log.length = 0;
+    const admitted = await governed.admit(request);
+    expect(governor.log).toEqual(["acquired"]);
+    expect(await admitted.complete()).toBe(answer);
+    expect(governor.log).toEqual(["acquired", "called", "settled 120", "succeeded"]);
+  });
+
   it("awaits the refund and the cut of a 429 before rethrowing it", async () => {
     const governor = new AsyncGovernor();
     const limited = new LlmCallError("rate limited", { retryable: true, status: 429, retryAfterMs: 500 });

@@ -93,9 +93,11 @@ const BUCKETS = [
  * retryAfterMs says when it will, and the message goes back to its queue for that long.
  *
  * Concurrency: read-modify-writes (acquire, rateLimited, observeHeaders) are conditional on the item's
- * version and write the levels as deltas (`level = level + :delta`); `settle` is a bare atomic ADD that
- * does not bump the version. So a settle landing between another governor's read and write is kept, and the
- * result is the same as if it had come just after. Growth (`succeeded`) only moves the factor, conditional
+ * version and write the levels as deltas (`level = level + :delta`); a settle that charges more than was
+ * reserved is a bare atomic ADD at once. So a settle landing between another governor's read and write is
+ * kept, and the result is the same as if it had come just after. A refund is not written on its own: it
+ * rides on this governor's next write of the item (the next acquire, usually), or on `flush`, at the end of
+ * an invocation. Until then only this governor counts it, so others see a little less budget, never more. Growth (`succeeded`) only moves the factor, conditional
  * on the factor and growth time it read: when another governor grew it first, that one covered the time.
  */
 export class DynamoRateGovernor implements Governor {
@@ -114,6 +116,8 @@ export class DynamoRateGovernor implements Governor {
   readonly #random: () => number;
   /** The item as last read or written by this governor; lets succeeded/observeHeaders skip needless calls. */
   #known: RateState | null = null;
+  /** Refunds of this governor's reservations not written yet, by bucket (see the class comment). */
+  readonly #unwritten: Record<BucketName, number> = { token: 0, request: 0 };
   /** The tail of this governor's serialized read-modify-writes (see #serially). */
   #queue: Promise<void> = Promise.resolve();
 
@@ -145,21 +149,6 @@ export class DynamoRateGovernor implements Governor {
     return this.#serially(() => this.#acquire(Math.max(0, Math.ceil(estimate.tokens))));
   }
 
-  /**
-   * Throws the NoRateBudgetError that `acquire` would, without taking anything. Looks at this governor's last
-   * view of the item first; only a view that shows too little is checked against the item (one read).
-   */
-  checkAdmission(estimate: { readonly tokens: number }): Promise<void> {
-    const tokens = Math.max(0, Math.ceil(estimate.tokens));
-    return this.#serially(async () => {
-      const known = this.#known;
-      if (known === null || waitMs(known, this.#clock.now(), tokens) <= 0) return;
-      const read = await this.#read();
-      const wait = read === null ? 0 : waitMs(read, this.#clock.now(), tokens);
-      if (wait > 0) throw this.#noBudget(wait);
-    });
-  }
-
   async #acquire(tokens: number): Promise<Reservation> {
     // The item as this governor last wrote or read it is tried first: the write is conditional on its version,
     // so a stale view costs one refused write and then the reads below. From that view, too little budget is
@@ -167,7 +156,10 @@ export class DynamoRateGovernor implements Governor {
     const known = this.#known;
     if (known !== null) {
       const now = this.#clock.now();
-      if (waitMs(known, now, tokens) <= 0 && (await this.#replace(known, take(advance(known, now), tokens))))
+      if (
+        waitMs(this.#withUnwritten(known), now, tokens) <= 0 &&
+        (await this.#replace(known, take(advance(known, now), tokens)))
+      )
         return this.#reservation(tokens, now);
     }
     for (let attempt = 1; ; attempt++) {
@@ -177,7 +169,7 @@ export class DynamoRateGovernor implements Governor {
         // First use: the buckets start full, so the call fits (one larger than a full bucket goes into debt).
         if (await this.#create(take(this.#fresh(now), tokens))) return this.#reservation(tokens, now);
       } else {
-        const wait = waitMs(read, now, tokens);
+        const wait = waitMs(this.#withUnwritten(read), now, tokens);
         if (wait > 0) throw this.#noBudget(wait);
         if (await this.#replace(read, take(advance(read, now), tokens)))
           return this.#reservation(tokens, now);
@@ -308,51 +300,89 @@ export class DynamoRateGovernor implements Governor {
           deltas.push(["token", tokens - actualTokens]);
         if (this.#requestsPerMinute !== null && !requestCharged) deltas.push(["request", 1]);
         if (deltas.length === 0) return;
-        // No read: an ADD commutes with every other write (see the class comment). A refund leaves the version
-        // alone: a governor whose view misses it only thinks it has less. A charge beyond the reservation
-        // bumps it, so no governor admits a call on a view that thinks it has more than the item.
         const charged = deltas.some(([, delta]) => delta < 0);
-        const adds = deltas.map(([name]) => `#${name}Level :${name}`);
-        if (charged) adds.push("#version :one");
-        const written = await this.#conditional(
-          new UpdateCommand({
-            TableName: this.#table,
-            Key: this.#key,
-            UpdateExpression: `ADD ${adds.join(", ")}`,
-            // An item deleted by TTL meanwhile is not re-created as a stub holding only the refund.
-            ConditionExpression: "attribute_exists(#pk)",
-            ExpressionAttributeNames: {
-              "#pk": PK,
-              ...(charged ? { "#version": "version" } : {}),
-              ...Object.fromEntries(deltas.map(([name]) => [`#${name}Level`, `${name}Level`])),
-            },
-            ExpressionAttributeValues: {
-              ...(charged ? { ":one": 1 } : {}),
-              ...Object.fromEntries(deltas.map(([name, delta]) => [`:${name}`, delta])),
-            },
-            ...(charged ? { ReturnValues: "UPDATED_NEW" as const } : {}),
-          }),
-        );
-        const known = this.#known;
-        if (charged && known !== null) {
-          // Still current only if nobody else wrote in between.
-          const version = written?.version;
-          this.#known =
-            typeof version === "number" && version === known.version + 1 ? { ...known, version } : null;
+        if (!charged) {
+          // A refund waits for this governor's next write (see the class comment).
+          for (const [name, delta] of deltas) this.#unwritten[name] += delta;
+          return;
         }
-        const current = this.#known;
-        if (current !== null) {
-          const refund = (level: Level | null, delta: number | undefined): Level | null =>
-            level === null || delta === undefined ? level : { ...level, level: level.level + delta };
-          const byName = new Map(deltas);
-          this.#known = {
-            ...current,
-            tokens: refund(current.tokens, byName.get("token")),
-            requests: refund(current.requests, byName.get("request")),
-          };
-        }
+        await this.#add(deltas, true);
       },
     };
+  }
+
+  /**
+   * Writes the refunds not written yet, if any: at the end of an invocation, so a container that then idles
+   * does not keep budget from the others.
+   */
+  flush(): Promise<void> {
+    return this.#serially(async () => {
+      const deltas = BUCKETS.map(([name]) => [name, this.#unwritten[name]] as [BucketName, number]).filter(
+        ([, delta]) => delta !== 0,
+      );
+      if (deltas.length === 0) return;
+      await this.#add(deltas, false);
+      for (const [name, delta] of deltas) this.#unwritten[name] -= delta;
+    });
+  }
+
+  /** The state with this governor's unwritten refunds in it, as it will be once they are written. */
+  #withUnwritten(state: RateState): RateState {
+    const plus = (bucket: Level | null, refund: number): Level | null =>
+      bucket === null || refund === 0 ? bucket : { ...bucket, level: bucket.level + refund };
+    return capLevels({
+      ...state,
+      tokens: plus(state.tokens, this.#unwritten.token),
+      requests: plus(state.requests, this.#unwritten.request),
+    });
+  }
+
+  /**
+   * One atomic ADD of `deltas` to the levels, without a read: an ADD commutes with every other write (see the
+   * class comment). A refund leaves the version alone: a governor whose view misses it only thinks it has
+   * less. A charge beyond the reservation bumps it, so no governor admits a call on a view that thinks it has
+   * more than the item.
+   */
+  async #add(deltas: readonly [BucketName, number][], charged: boolean): Promise<void> {
+    const adds = deltas.map(([name]) => `#${name}Level :${name}`);
+    if (charged) adds.push("#version :one");
+    const written = await this.#conditional(
+      new UpdateCommand({
+        TableName: this.#table,
+        Key: this.#key,
+        UpdateExpression: `ADD ${adds.join(", ")}`,
+        // An item deleted by TTL meanwhile is not re-created as a stub holding only the refund.
+        ConditionExpression: "attribute_exists(#pk)",
+        ExpressionAttributeNames: {
+          "#pk": PK,
+          ...(charged ? { "#version": "version" } : {}),
+          ...Object.fromEntries(deltas.map(([name]) => [`#${name}Level`, `${name}Level`])),
+        },
+        ExpressionAttributeValues: {
+          ...(charged ? { ":one": 1 } : {}),
+          ...Object.fromEntries(deltas.map(([name, delta]) => [`:${name}`, delta])),
+        },
+        ...(charged ? { ReturnValues: "UPDATED_NEW" as const } : {}),
+      }),
+    );
+    const known = this.#known;
+    if (charged && known !== null) {
+      // Still current only if nobody else wrote in between.
+      const version = written?.version;
+      this.#known =
+        typeof version === "number" && version === known.version + 1 ? { ...known, version } : null;
+    }
+    const current = this.#known;
+    if (current !== null) {
+      const refund = (level: Level | null, delta: number | undefined): Level | null =>
+        level === null || delta === undefined ? level : { ...level, level: level.level + delta };
+      const byName = new Map(deltas);
+      this.#known = {
+        ...current,
+        tokens: refund(current.tokens, byName.get("token")),
+        requests: refund(current.requests, byName.get("request")),
+      };
+    }
   }
 
   /** Reads the item (strongly consistent), applies `change`, writes it back if it changed; retries on conflict. */
@@ -446,7 +476,10 @@ export class DynamoRateGovernor implements Governor {
    * Writes `next` over `read` if the item's version is still `read`'s. Levels go as deltas against what is
    * stored (so a concurrent settle's ADD survives); other fields only when they changed.
    */
-  async #replace(read: RateState, next: RateState): Promise<boolean> {
+  async #replace(read: RateState, computed: RateState): Promise<boolean> {
+    // This governor's unwritten refunds ride along (as they stand now: one settled meanwhile waits its turn).
+    const riding = { ...this.#unwritten };
+    const next = this.#withUnwritten(computed);
     const sets = ["#version = :nextVersion", "#expiresAt = :expiresAt"];
     const names: Record<string, string> = {
       "#version": "version",
@@ -489,7 +522,10 @@ export class DynamoRateGovernor implements Governor {
           ExpressionAttributeValues: values,
         }),
       )) !== null;
-    if (applied) this.#known = { ...next, version: read.version + 1 };
+    if (applied) {
+      this.#known = { ...next, version: read.version + 1 };
+      for (const [name] of BUCKETS) this.#unwritten[name] -= riding[name];
+    }
     return applied;
   }
 

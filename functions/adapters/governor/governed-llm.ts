@@ -1,7 +1,7 @@
 import { LlmCallError } from "../../ports/errors.ts";
-import type { Llm, LlmRequest, LlmResponse } from "../../ports/llm.ts";
+import type { AdmittedCall, Llm, LlmRequest, LlmResponse } from "../../ports/llm.ts";
 import { countRequestTokens, countSchemaTokens } from "../simulated/tokens.ts";
-import type { Governor, RemainingSnapshot } from "./governor.ts";
+import type { Governor, RemainingSnapshot, Reservation } from "./governor.ts";
 
 /**
  * What the provider's tokens-per-minute limiter charges a request at admission: its prompt (text, images
@@ -37,12 +37,36 @@ export class GovernedLlm implements Llm {
     this.#governor = governor;
   }
 
-  async checkAdmission(request: LlmRequest): Promise<void> {
-    await this.#governor.checkAdmission?.({ tokens: estimateRequestTokens(request) });
+  async admit(request: LlmRequest): Promise<AdmittedCall> {
+    const reservation = await this.#governor.acquire({ tokens: estimateRequestTokens(request) });
+    let used = false;
+    const use = () => {
+      if (used) throw new Error("an admitted call is used once");
+      used = true;
+    };
+    return {
+      complete: async () => {
+        use();
+        return this.#send(request, reservation);
+      },
+      cancel: async () => {
+        use();
+        // Neither tokens nor the request were charged.
+        await reservation.settle(0, false);
+      },
+    };
   }
 
   async complete(request: LlmRequest): Promise<LlmResponse> {
-    const reservation = await this.#governor.acquire({ tokens: estimateRequestTokens(request) });
+    return (await this.admit(request)).complete();
+  }
+
+  /** See `Governor.flush`. */
+  async flush(): Promise<void> {
+    await this.#governor.flush?.();
+  }
+
+  async #send(request: LlmRequest, reservation: Reservation): Promise<LlmResponse> {
     let response: LlmResponse;
     try {
       response = await this.#inner.complete(request);

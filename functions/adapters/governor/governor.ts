@@ -27,11 +27,8 @@ export interface Reservation {
 export interface Governor {
   /** The budget for `estimate.tokens` and one request, taken; how long it may take depends on the governor. */
   acquire(estimate: { readonly tokens: number }): Promise<Reservation>;
-  /**
-   * Throws the error `acquire` would throw if the budget cannot take `estimate` now, without taking it (a
-   * governor that waits instead of throwing has none).
-   */
-  checkAdmission?(estimate: { readonly tokens: number }): Promise<void>;
+  /** Writes what the governor holds back (a shared one's refunds), e.g. at the end of an invocation. */
+  flush?(): Promise<void>;
   /** The call behind `reservation` was answered 429: refund it, cut the rate once per burst, pause. */
   rateLimited(reservation: Reservation | null, retryAfterMs: number | null): void | Promise<void>;
   /** A call succeeded: the effective rate may grow back. */
