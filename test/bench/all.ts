@@ -222,14 +222,25 @@ const rows: Row[] = [
 
 const date = new Date().toISOString().slice(0, 10);
 const mark = (ok: boolean | null) => (ok === null ? "not measured" : ok ? "met" : "missed");
+/** A Markdown table with padded columns, as the README's formatter (Biome) writes it. */
+function markdownTable(header: readonly string[], body: readonly (readonly string[])[]): string[] {
+  const widths = header.map((h, i) => Math.max(h.length, ...body.map((cells) => (cells[i] ?? "").length)));
+  const line = (cells: readonly string[]) =>
+    `| ${widths.map((w, i) => (cells[i] ?? "").padEnd(w)).join(" | ")} |`;
+  return [line(header), line(widths.map((w) => "-".repeat(w))), ...body.map(line)];
+}
 const table = [
   `Measured ${date}${quick ? " (quick sizes)" : ""} with \`npm run bench\`; ratios, since absolute times vary between machines.`,
   "",
-  "| Measure | Value | Target | Result | Notes |",
-  "|---|---|---|---|---|",
-  ...rows.map(
-    (row) =>
-      `| ${row.measure} | ${at(row.value, row.measure.includes("429") || row.measure.includes("AWS") ? 2 : 3)} | ${row.target} | ${mark(row.ok)} | ${row.note} |`,
+  ...markdownTable(
+    ["Measure", "Value", "Target", "Result", "Notes"],
+    rows.map((row) => [
+      row.measure,
+      at(row.value, row.measure.includes("429") || row.measure.includes("AWS") ? 2 : 3),
+      row.target,
+      mark(row.ok),
+      row.note,
+    ]),
   ),
 ].join("\n");
 process.stdout.write(`\n${table}\n`);
