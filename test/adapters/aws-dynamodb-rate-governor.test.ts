@@ -7,7 +7,7 @@ import {
   type DynamoRateGovernorOptions,
 } from "../../functions/adapters/aws/dynamodb-rate-governor.ts";
 import { GovernedLlm } from "../../functions/adapters/governor/governed-llm.ts";
-import { LlmCallError } from "../../functions/ports/errors.ts";
+import { LlmCallError, NoRateBudgetError } from "../../functions/ports/errors.ts";
 import type { Llm, LlmRequest, LlmResponse } from "../../functions/ports/llm.ts";
 import { ensureDynamoLocal } from "../helpers/dynamodb-local.ts";
 import { answerOf, textRequest } from "../helpers/llm.ts";
@@ -93,6 +93,8 @@ function governor(
     model,
     clock,
     random: () => 0,
+    // The exact bucket arithmetic below has no headroom; the test of the headroom sets it.
+    arrivalLeadMs: 0,
     ...options,
   });
 }
@@ -245,6 +247,25 @@ describe("DynamoRateGovernor", () => {
     calls.length = 0;
     await g.flush();
     expect(calls).toEqual([]);
+  });
+
+  it("keeps its buckets the refill of the arrival lead short of full, at the full rate", async () => {
+    const clock = new FakeClock();
+    // 3 s of a 60 000 TPM bucket: 3000 tokens short of full.
+    const g = governor(uniqueName("m"), clock, { tokensPerMinute: 60_000, arrivalLeadMs: 3_000 });
+    await g.acquire({ tokens: 1000 });
+    expect((await g.state())?.tokensAvailable).toBe(56_000);
+    // Idle: it refills to the ceiling, not to the capacity.
+    clock.advance(60_000);
+    expect((await g.state())?.tokensAvailable).toBe(57_000);
+    // Drained, it refills at the limit's rate: 1000 tokens a second.
+    await g.acquire({ tokens: 57_000 });
+    const refused = await rejection(g.acquire({ tokens: 5000 }));
+    expect(refused).toBeInstanceOf(NoRateBudgetError);
+    expect(refused.retryAfterMs).toBe(5000);
+    clock.advance(5000);
+    await g.acquire({ tokens: 5000 });
+    expect((await g.state())?.tokensAvailable).toBe(0);
   });
 
   it("keeps a settle that lands between another governor's read and write", async () => {

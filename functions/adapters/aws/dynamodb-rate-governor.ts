@@ -2,7 +2,7 @@ import { type DynamoDBDocumentClient, GetCommand, PutCommand, UpdateCommand } fr
 import { z } from "zod";
 import { LlmCallError, NoRateBudgetError } from "../../ports/errors.ts";
 import { type Clock, systemClock } from "../../ports/runtime.ts";
-import { bucketCapacity, refilledLevel, refillWaitMs } from "../governor/bucket-math.ts";
+import { bucketCapacity, MS_PER_MINUTE, refilledLevel, refillWaitMs } from "../governor/bucket-math.ts";
 import type { Governor, RemainingSnapshot, Reservation } from "../governor/governor.ts";
 import { RATE_GOVERNOR_KEY, TABLE_SCHEMA } from "./table-schema.ts";
 
@@ -27,6 +27,8 @@ export interface DynamoRateGovernorOptions {
   readonly maxAttempts?: number;
   /** Jitter source in [0, 1) (default Math.random); tests pin it. */
   readonly random?: () => number;
+  /** See ARRIVAL_LEAD_MS (the default); 0 lets a bucket fill to its whole capacity. */
+  readonly arrivalLeadMs?: number;
 }
 
 /** The item's state as this governor sees it: a bucket not configured here is null. */
@@ -71,6 +73,8 @@ interface Level {
 }
 
 interface RateState {
+  /** The share of a bucket's capacity it never holds (see ARRIVAL_LEAD_MS); configuration, not stored. */
+  readonly headroom: number;
   readonly version: number;
   readonly refilledAt: number;
   readonly factor: number;
@@ -80,6 +84,16 @@ interface RateState {
   readonly tokens: Level | null;
   readonly requests: Level | null;
 }
+
+/**
+ * How much later than the governor the provider may charge a call. The governor charges when it admits the
+ * call; the provider when the request arrives: after the claim is written and, in a new container, after the
+ * key is read and the first connection made (about 1.5 s on the emulated stack). While a bucket is full, the
+ * provider's refills nothing in that time, yet the governor counts refill from its own charge. So buckets
+ * stay this much refill short of full: the rate is the limit's, only the burst is smaller. (Without it, the
+ * first burst of a run met a 429 about once in 120 calls.)
+ */
+const ARRIVAL_LEAD_MS = 3_000;
 
 type BucketName = "token" | "request";
 const BUCKETS = [
@@ -114,6 +128,7 @@ export class DynamoRateGovernor implements Governor {
   readonly #defaultRetryAfterMs: number;
   readonly #maxAttempts: number;
   readonly #random: () => number;
+  readonly #headroom: number;
   /** The item as last read or written by this governor; lets succeeded/observeHeaders skip needless calls. */
   #known: RateState | null = null;
   /** Refunds of this governor's reservations not written yet, by bucket (see the class comment). */
@@ -138,6 +153,7 @@ export class DynamoRateGovernor implements Governor {
     this.#defaultRetryAfterMs = options.defaultRetryAfterMs ?? 1000;
     this.#maxAttempts = Math.max(1, options.maxAttempts ?? 10);
     this.#random = options.random ?? Math.random;
+    this.#headroom = Math.min(1, Math.max(0, options.arrivalLeadMs ?? ARRIVAL_LEAD_MS) / MS_PER_MINUTE);
   }
 
   /**
@@ -413,9 +429,13 @@ export class DynamoRateGovernor implements Governor {
       if (configured === null) return null;
       const effective = Math.min(configured, limit ?? configured);
       // A bucket this governor has but the item lacks (another configuration made it) starts full.
-      return { limit: effective, level: stored ?? bucketCapacity(effective, item.factor) };
+      return {
+        limit: effective,
+        level: stored ?? bucketCapacity(effective, item.factor) * (1 - this.#headroom),
+      };
     };
     return {
+      headroom: this.#headroom,
       version: item.version,
       refilledAt: item.refilledAt,
       factor: item.factor,
@@ -428,8 +448,10 @@ export class DynamoRateGovernor implements Governor {
   }
 
   #fresh(now: number): RateState {
-    const full = (limit: number | null): Level | null => (limit === null ? null : { limit, level: limit });
+    const full = (limit: number | null): Level | null =>
+      limit === null ? null : { limit, level: limit * (1 - this.#headroom) };
     return {
+      headroom: this.#headroom,
       version: 0,
       refilledAt: now,
       factor: 1,
@@ -591,13 +613,31 @@ function waitMs(read: RateState, now: number, tokens: number): number {
   const state = advance(read, now);
   return Math.max(
     state.pausedUntil - now,
-    state.tokens === null ? 0 : refillWaitMs(tokens, state.tokens.level, capacity(state, state.tokens)),
-    state.requests === null ? 0 : refillWaitMs(1, state.requests.level, capacity(state, state.requests)),
+    state.tokens === null
+      ? 0
+      : refillWaitMs(
+          Math.min(tokens, ceiling(state, state.tokens)),
+          state.tokens.level,
+          capacity(state, state.tokens),
+        ),
+    state.requests === null
+      ? 0
+      : refillWaitMs(
+          Math.min(1, ceiling(state, state.requests)),
+          state.requests.level,
+          capacity(state, state.requests),
+        ),
   );
 }
 
+/** The bucket's refill per minute (and its size, but for the headroom). */
 function capacity(state: RateState, bucket: Level): number {
   return bucketCapacity(bucket.limit, state.factor);
+}
+
+/** The most the bucket holds: its capacity less the headroom (see ARRIVAL_LEAD_MS). */
+function ceiling(state: RateState, bucket: Level): number {
+  return capacity(state, bucket) * (1 - state.headroom);
 }
 
 /** The state refilled to `now` (never backwards, should another Lambda's clock run ahead). */
@@ -605,7 +645,13 @@ function advance(state: RateState, now: number): RateState {
   const refill = (bucket: Level | null): Level | null =>
     bucket === null
       ? null
-      : { ...bucket, level: refilledLevel(bucket.level, capacity(state, bucket), now - state.refilledAt) };
+      : {
+          ...bucket,
+          level: Math.min(
+            ceiling(state, bucket),
+            refilledLevel(bucket.level, capacity(state, bucket), now - state.refilledAt),
+          ),
+        };
   return {
     ...state,
     refilledAt: Math.max(state.refilledAt, now),
@@ -614,10 +660,10 @@ function advance(state: RateState, now: number): RateState {
   };
 }
 
-/** Levels no higher than the capacity at the state's factor and limits. */
+/** Levels no higher than the ceiling at the state's factor and limits. */
 function capLevels(state: RateState): RateState {
   const cap = (bucket: Level | null): Level | null =>
-    bucket === null ? null : { ...bucket, level: Math.min(bucket.level, capacity(state, bucket)) };
+    bucket === null ? null : { ...bucket, level: Math.min(bucket.level, ceiling(state, bucket)) };
   return { ...state, tokens: cap(state.tokens), requests: cap(state.requests) };
 }
 
