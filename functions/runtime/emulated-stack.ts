@@ -91,6 +91,23 @@ export function readStackTemplate(cdkOut: string): Record<string, Resource> {
 }
 
 /** The template's Outputs: each one's Value, unresolved. */
+const EventSourceMapping = z.object({
+  FunctionName: z.object({ Ref: z.string() }),
+  EventSourceArn: z.unknown(),
+  BatchSize: z.number().optional(),
+  MaximumBatchingWindowInSeconds: z.number().optional(),
+  ScalingConfig: z.object({ MaximumConcurrency: z.number() }).optional(),
+});
+
+/** The template's SQS event source mappings: which function (`FunctionName.Ref`) reads which queue, how. */
+export function eventSourceMappings(
+  resources: Readonly<Record<string, Resource>>,
+): z.infer<typeof EventSourceMapping>[] {
+  return Object.values(resources)
+    .filter((r) => r.Type === "AWS::Lambda::EventSourceMapping")
+    .map((r) => EventSourceMapping.parse(r.Properties));
+}
+
 export function readStackOutputs(cdkOut: string): Record<string, unknown> {
   const manifest = Manifest.parse(JSON.parse(readFileSync(join(cdkOut, "manifest.json"), "utf8")));
   const stack = Object.values(manifest.artifacts).find((a) => a.type === "aws:cloudformation:stack");
@@ -299,16 +316,7 @@ export async function startEmulatedStack(options: EmulatedStackOptions): Promise
     };
     start();
   };
-  for (const [, mapping] of ofType("AWS::Lambda::EventSourceMapping")) {
-    const props = z
-      .object({
-        FunctionName: z.object({ Ref: z.string() }),
-        EventSourceArn: z.unknown(),
-        BatchSize: z.number().optional(),
-        MaximumBatchingWindowInSeconds: z.number().optional(),
-        ScalingConfig: z.object({ MaximumConcurrency: z.number() }).optional(),
-      })
-      .parse(mapping.Properties);
+  for (const props of eventSourceMappings(resources)) {
     const fnId = props.FunctionName.Ref;
     const fn = resources[fnId];
     if (!fn) throw new Error(`event source mapping names a missing function ${fnId}`);

@@ -5,7 +5,11 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { z } from "zod";
 import { type Simulator, startSimulator } from "../../functions/adapters/simulated/server.ts";
 import { CRASH_POINTS, type CrashPoint } from "../../functions/ports/faults.ts";
-import { readStackTemplate, startEmulatedStack } from "../../functions/runtime/emulated-stack.ts";
+import {
+  eventSourceMappings,
+  readStackTemplate,
+  startEmulatedStack,
+} from "../../functions/runtime/emulated-stack.ts";
 import { ENV } from "../../functions/runtime/env.ts";
 import { FAULTS_ENV } from "../../functions/runtime/faults.ts";
 import { testBucket } from "../helpers/bucket.ts";
@@ -19,13 +23,9 @@ const EMULATED_POLLERS = 2;
 
 /** The largest batch the synthesized stack hands one invocation of a function (logical id `<label>…`). */
 function batchSizeOf(cdkOut: string, label: string): number {
-  const sizes = Object.values(readStackTemplate(cdkOut))
-    .filter((r) => r.Type === "AWS::Lambda::EventSourceMapping")
-    .map((r) =>
-      z.object({ FunctionName: z.object({ Ref: z.string() }), BatchSize: z.number() }).parse(r.Properties),
-    )
-    .filter((p) => p.FunctionName.Ref.startsWith(label))
-    .map((p) => p.BatchSize);
+  const sizes = eventSourceMappings(readStackTemplate(cdkOut))
+    .filter((m) => m.FunctionName.Ref.startsWith(label))
+    .map((m) => m.BatchSize ?? 10);
   if (sizes.length === 0) throw new Error(`no event source mapping for ${label}`);
   return Math.max(...sizes);
 }

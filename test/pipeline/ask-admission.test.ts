@@ -33,16 +33,36 @@ class BudgetedLlm implements Llm {
   }
 }
 
+/** One structured ask of `textRequest`, paid by the first receive of message 1. */
+const options = {
+  imageDigest: null,
+  schema: z.object({ ok: z.boolean() }),
+  maxRetries: 0,
+  price: priceOf("gpt-4o-mini"),
+  delivery: "message-1#receive-1",
+};
+
+/** What the promise was rejected with; null when it resolved. */
+const failureOf = (promise: Promise<unknown>): Promise<unknown> =>
+  promise.then(
+    () => null,
+    (error: unknown) => error,
+  );
+
 describe("askStructured and a shared rate budget", () => {
   const cleanups: (() => void)[] = [];
   afterEach(() => {
     for (const cleanup of cleanups.splice(0).reverse()) cleanup();
   });
-
-  it("takes the budget before the claim: steps aside without claiming, and asks once admitted", async () => {
+  const freshStore = () => {
     const dir = tempDir();
     const state = new SqliteStateStore(join(dir.path, "state.sqlite"));
     cleanups.push(dir.cleanup, () => state.close());
+    return state;
+  };
+
+  it("takes the budget before the claim: steps aside without claiming, and asks once admitted", async () => {
+    const state = freshStore();
     const llm = new BudgetedLlm();
     const deps = {
       llm,
@@ -51,18 +71,8 @@ describe("askStructured and a shared rate budget", () => {
       clock: systemClock,
       blobs: {} as BlobStore,
     };
-    const options = {
-      imageDigest: null,
-      schema: z.object({ ok: z.boolean() }),
-      maxRetries: 0,
-      price: priceOf("gpt-4o-mini"),
-      delivery: "message-1#receive-1",
-    };
 
-    const refused = await askStructured(deps, textRequest, options).then(
-      () => null,
-      (error: unknown) => error,
-    );
+    const refused = await failureOf(askStructured(deps, textRequest, options));
     expect(refused).toBeInstanceOf(NoRateBudgetError);
     expect(refused).toMatchObject({ retryAfterMs: 4000, retryable: true });
     expect(llm.calls).toBe(0);
@@ -79,33 +89,20 @@ describe("askStructured and a shared rate budget", () => {
   });
 
   it("gives the budget back when another message holds the claim", async () => {
-    const dir = tempDir();
-    const state = new SqliteStateStore(join(dir.path, "state.sqlite"));
-    cleanups.push(dir.cleanup, () => state.close());
+    const state = freshStore();
     const llm = new BudgetedLlm();
     llm.budget = true;
     const deps = { llm, state, logger: silentLogger, clock: systemClock, blobs: {} as BlobStore };
     const hash = answerHash(textRequest, null, 0);
     expect(await state.claimRequest(hash, "message-2#receive-1", 60_000)).toEqual({ granted: true });
-    const duplicate = await askStructured(deps, textRequest, {
-      imageDigest: null,
-      schema: z.object({ ok: z.boolean() }),
-      maxRetries: 0,
-      price: priceOf("gpt-4o-mini"),
-      delivery: "message-1#receive-1",
-    }).then(
-      () => null,
-      (error: unknown) => error,
-    );
+    const duplicate = await failureOf(askStructured(deps, textRequest, options));
     expect(duplicate).toBeInstanceOf(RequestInFlightError);
     expect(llm.calls).toBe(0);
     expect(llm.taken).toBe(0);
   });
 
   it("warns when the answer arrives after its claim ended (another delivery may have paid for it too)", async () => {
-    const dir = tempDir();
-    const state = new SqliteStateStore(join(dir.path, "state.sqlite"));
-    cleanups.push(dir.cleanup, () => state.close());
+    const state = freshStore();
     let now = 1_000_000;
     const warnings: { message: string; fields: unknown }[] = [];
     const slowLlm: Llm = {
@@ -124,13 +121,6 @@ describe("askStructured and a shared rate budget", () => {
       clock: { now: () => now },
       blobs: {} as BlobStore,
       claimMs: 4_000,
-    };
-    const options = {
-      imageDigest: null,
-      schema: z.object({ ok: z.boolean() }),
-      maxRetries: 0,
-      price: priceOf("gpt-4o-mini"),
-      delivery: "message-1#receive-1",
     };
     expect((await askStructured(deps, textRequest, options)).value).toEqual({ ok: true });
     expect(warnings).toEqual([
