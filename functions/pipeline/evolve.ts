@@ -8,7 +8,7 @@ import type { PreparedImage } from "../ports/images.ts";
 import type { EvolveMessage } from "../ports/messages.ts";
 import { addUsageTotals, askStructured } from "./ask.ts";
 import type { StageDeps, StageInput, StageResult } from "./deps.ts";
-import { endSample, expectedOf, failOrRetry } from "./outcome.ts";
+import { endSample, failOrRetry } from "./outcome.ts";
 import { samplePrefix, shardConfig } from "./shard-config.ts";
 
 /** One evolve call: the sample's latest non-empty version, one direction, the image last. */
@@ -73,7 +73,7 @@ export async function evolveSample(input: StageInput<EvolveMessage>, deps: Stage
     );
     deps.faults?.point("evolve:after-answer-stored");
     const items = candidatesFrom(asked.value, from, samplePrefix(record.line), round, direction);
-    const result = await deps.state.transition(run, shard, key, expectedOf(record), {
+    const result = await deps.state.transition(record, {
       status: "JUDGING",
       round,
       pending: { round, direction, from: from.round, items },

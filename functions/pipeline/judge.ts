@@ -7,7 +7,7 @@ import type { JudgeMessage } from "../ports/messages.ts";
 import { zeroUsage } from "../ports/state-store.ts";
 import { addUsageTotals, askStructured } from "./ask.ts";
 import type { StageDeps, StageInput, StageResult } from "./deps.ts";
-import { endSample, expectedOf, failOrRetry } from "./outcome.ts";
+import { endSample, failOrRetry } from "./outcome.ts";
 import { shardConfig } from "./shard-config.ts";
 
 /** Instruction elimination: rule filters, then one text-only judge call; only improved items are kept. */
@@ -102,7 +102,7 @@ export async function judgeSample(input: StageInput<JudgeMessage>, deps: StageDe
     usage: addUsageTotals(record.usage, usage),
   };
   if (round < config.rounds) {
-    const result = await deps.state.transition(run, shard, key, expectedOf(record), {
+    const result = await deps.state.transition(record, {
       ...update,
       status: "EVOLVING",
       round: round + 1,

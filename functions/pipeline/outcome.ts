@@ -1,16 +1,10 @@
 import type { RunConfig } from "../evolution/config.ts";
 import { LlmCallError } from "../ports/errors.ts";
 import type { Message } from "../ports/messages.ts";
-import { type Expected, type SampleRecord, type SampleUpdate, zeroUsage } from "../ports/state-store.ts";
+import { type SampleRecord, type SampleUpdate, zeroUsage } from "../ports/state-store.ts";
 import { AnswerRejectedError, addUsageTotals, RequestInFlightError } from "./ask.ts";
 import { DeferredToBatchError } from "./batch.ts";
 import type { StageDeps, StageResult } from "./deps.ts";
-
-export const expectedOf = (record: SampleRecord): Expected => ({
-  status: record.status,
-  round: record.round,
-  version: record.version,
-});
 
 export const finalizeIfDone = (run: string, shard: string, pending: number | null): Message[] =>
   pending === 0 ? [{ kind: "finalize", run, shard }] : [];
@@ -22,13 +16,7 @@ export async function endSample(
   update: SampleUpdate & { status: "DONE" | "PASSED_THROUGH" | "FAILED" },
   outcome: string,
 ): Promise<StageResult> {
-  const result = await deps.state.transition(
-    record.run,
-    record.shard,
-    record.key,
-    expectedOf(record),
-    update,
-  );
+  const result = await deps.state.transition(record, update);
   if (!result.applied) return { next: [], outcome: "duplicate" };
   return { next: finalizeIfDone(record.run, record.shard, result.shardPending), outcome };
 }

@@ -18,9 +18,27 @@ export function resolveRunConfig(defaults: RunConfigInput, runJson: unknown): Ru
   return result.data;
 }
 
-/** The settings frozen into a shard when it was ingested. */
+/** Parsed settings by their JSON: every stage message parses its shard's, and a run has a few shards. */
+const parsedConfigs = new Map<string, RunConfig>();
+const PARSED_CONFIGS_KEPT = 64;
+
+/** The settings frozen into a shard when it was ingested (frozen: one parse is shared by every caller). */
 export function shardConfig(shard: ShardRecord): RunConfig {
-  return RunConfig.parse(shard.config);
+  const text = JSON.stringify(shard.config);
+  const known = parsedConfigs.get(text);
+  if (known !== undefined) return known;
+  const parsed = deepFreeze(RunConfig.parse(shard.config));
+  if (parsedConfigs.size >= PARSED_CONFIGS_KEPT) parsedConfigs.clear();
+  parsedConfigs.set(text, parsed);
+  return parsed;
+}
+
+function deepFreeze<T>(value: T): T {
+  if (typeof value === "object" && value !== null && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const child of Object.values(value)) deepFreeze(child);
+  }
+  return value;
 }
 
 /** Names in the storage layout (ARCHITECTURE.md). */

@@ -118,8 +118,7 @@ export async function sweepStuck(
       }
       if (skip(message)) continue;
       if (claim) {
-        const expected = { status: sample.status, round: sample.round, version: sample.version };
-        const touched = await deps.state.transition(sample.run, sample.shard, sample.key, expected, {});
+        const touched = await deps.state.transition(sample, {});
         if (!touched.applied) continue;
       }
       add(message);

@@ -172,12 +172,6 @@ export type ClaimResult =
   | { readonly granted: true }
   | { readonly granted: false; readonly holder: string; readonly until: number };
 
-export interface Expected {
-  readonly status: SampleStatus;
-  readonly round: number;
-  readonly version: number;
-}
-
 /** What changes in a transition; `version` and `updatedAt` are set by the store. */
 export type SampleUpdate = Partial<
   Pick<
@@ -209,13 +203,12 @@ export interface StateStore {
   putSamples(records: readonly SampleRecord[]): Promise<number>;
   getSample(run: string, shard: string, key: string): Promise<SampleRecord | null>;
   listSamples(run: string, shard: string): AsyncIterable<SampleRecord>;
-  transition(
-    run: string,
-    shard: string,
-    key: string,
-    expected: Expected,
-    update: SampleUpdate,
-  ): Promise<TransitionResult>;
+  /**
+   * Writes `current` with `update` applied and the version bumped, if the stored sample still has `current`'s
+   * status, round and version. `current` is the record as the caller read it: every write bumps the version,
+   * so a matching version means the stored record is that one, and the store does not read it again.
+   */
+  transition(current: SampleRecord, update: SampleUpdate): Promise<TransitionResult>;
   /** Ends ingest once: sets `lines`, drops the ingest's hold on `pending`. Returns the pending count, or null if already ended. */
   completeIngest(run: string, shard: string, lines: number): Promise<number | null>;
   /** Marks the shard finalized once; false when it already was. */

@@ -94,9 +94,9 @@ describe("DynamoStateStore specifics", () => {
       await store.createShard(shardRecord());
       await store.putSamples([sampleRecord("a")]);
       await doc.send(new DeleteCommand({ TableName: table, Key: { pk: "SHARD#r1#s1", sk: "META" } }));
-      await expect(
-        store.transition("r1", "s1", "a", { status: "INGESTED", round: 0, version: 0 }, { status: "DONE" }),
-      ).rejects.toBeInstanceOf(ShardNotFoundError);
+      await expect(store.transition(sampleRecord("a"), { status: "DONE" })).rejects.toBeInstanceOf(
+        ShardNotFoundError,
+      );
       expect(await store.getSample("r1", "s1", "a")).toMatchObject({ status: "INGESTED", version: 0 });
     } finally {
       await dropTable(table)();

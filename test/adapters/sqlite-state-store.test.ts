@@ -32,9 +32,9 @@ describe("SqliteStateStore specifics", () => {
     const raw = new DatabaseSync(path1);
     raw.exec("DELETE FROM shards");
     raw.close();
-    await expect(
-      store.transition("r1", "s1", "a", { status: "INGESTED", round: 0, version: 0 }, { status: "DONE" }),
-    ).rejects.toBeInstanceOf(ShardNotFoundError);
+    await expect(store.transition(sampleRecord("a"), { status: "DONE" })).rejects.toBeInstanceOf(
+      ShardNotFoundError,
+    );
     expect(await store.getSample("r1", "s1", "a")).toMatchObject({ status: "INGESTED", version: 0 });
     store.close();
   });
@@ -69,7 +69,7 @@ describe("SqliteStateStore on a file", () => {
     const first = new SqliteStateStore(file);
     await first.createShard(shardRecord());
     await first.putSamples([sampleRecord("a"), sampleRecord("b")]);
-    await first.transition("r1", "s1", "a", { status: "INGESTED", round: 0, version: 0 }, { status: "DONE" });
+    await first.transition(sampleRecord("a"), { status: "DONE" });
     await first.putAnswer("h", answer("cached"));
     first.close();
 
@@ -81,6 +81,44 @@ describe("SqliteStateStore on a file", () => {
     expect(await second.completeIngest("r1", "s1", 2)).toBe(1);
     expect(await second.putSamples([sampleRecord("a"), sampleRecord("b")])).toBe(0);
     second.close();
+  });
+
+  it("carries on in a file made with the earlier WITHOUT ROWID tables", async () => {
+    const file = path.join(dir, "earlier.db");
+    const raw = new DatabaseSync(file);
+    raw.exec(`
+      CREATE TABLE samples (run TEXT NOT NULL, shard TEXT NOT NULL, key TEXT NOT NULL, status TEXT NOT NULL,
+        round INTEGER NOT NULL, version INTEGER NOT NULL, record TEXT NOT NULL,
+        PRIMARY KEY (run, shard, key)) WITHOUT ROWID;
+      CREATE TABLE answers (hash TEXT PRIMARY KEY, record TEXT NOT NULL) WITHOUT ROWID;`);
+    raw.close();
+    const store = new SqliteStateStore(file);
+    await store.createShard(shardRecord());
+    await store.putSamples([sampleRecord("a")]);
+    expect(await store.transition(sampleRecord("a"), { status: "DONE" })).toEqual({
+      applied: true,
+      shardPending: 1,
+    });
+    await store.putAnswer("h", answer("kept"));
+    store.close();
+    const check = new DatabaseSync(file);
+    const tables = check.prepare("SELECT sql FROM sqlite_master WHERE name IN ('samples', 'answers')").all();
+    check.close();
+    expect(tables.map((t) => String(t.sql)).every((sql) => sql.includes("WITHOUT ROWID"))).toBe(true);
+    const reopened = new SqliteStateStore(file);
+    expect(await reopened.getSample("r1", "s1", "a")).toMatchObject({ status: "DONE", version: 1 });
+    expect(await reopened.getAnswer("h")).toEqual(answer("kept"));
+    reopened.close();
+  });
+
+  it("makes samples and answers rowid tables in a new file", () => {
+    const file = path.join(dir, "rowid.db");
+    new SqliteStateStore(file).close();
+    const raw = new DatabaseSync(file);
+    const tables = raw.prepare("SELECT sql FROM sqlite_master WHERE name IN ('samples', 'answers')").all();
+    raw.close();
+    expect(tables).toHaveLength(2);
+    expect(tables.some((t) => String(t.sql).includes("WITHOUT ROWID"))).toBe(false);
   });
 
   it("uses WAL journaling", () => {

@@ -62,9 +62,9 @@ export const answer = (content: string): StoredAnswer => ({
   costUsd: 0.001,
 });
 
-const expectState = (record: SampleRecord | null) => {
+const present = (record: SampleRecord | null): SampleRecord => {
   if (record === null) throw new Error("sample missing");
-  return { status: record.status, round: record.round, version: record.version };
+  return record;
 };
 
 /**
@@ -214,13 +214,7 @@ export function describeStateStoreContract(
       await store.createShard(shardRecord());
       await store.putSamples([sampleRecord("a")]);
       now = 2_000;
-      const moved = await store.transition(
-        "r1",
-        "s1",
-        "a",
-        { status: "INGESTED", round: 0, version: 0 },
-        { status: "EVOLVING", round: 1, attempts: 1 },
-      );
+      const moved = await store.transition(sampleRecord("a"), { status: "EVOLVING", round: 1, attempts: 1 });
       expect(moved).toEqual({ applied: true, shardPending: null });
       const after = await store.getSample("r1", "s1", "a");
       expect(after).toMatchObject({
@@ -238,12 +232,13 @@ export function describeStateStoreContract(
         { status: "EVOLVING" as const, round: 2, version: 1 },
         { status: "EVOLVING" as const, round: 1, version: 0 },
       ]) {
-        expect(await store.transition("r1", "s1", "a", stale, { status: "FAILED" })).toEqual({
+        expect(await store.transition({ ...present(after), ...stale }, { status: "FAILED" })).toEqual({
           applied: false,
           shardPending: null,
         });
       }
-      expect(await store.transition("r1", "s1", "missing", expectState(after), { status: "DONE" })).toEqual({
+      const missing = { ...present(after), key: "missing" };
+      expect(await store.transition(missing, { status: "DONE" })).toEqual({
         applied: false,
         shardPending: null,
       });
@@ -254,11 +249,11 @@ export function describeStateStoreContract(
       const store = await open();
       await store.createShard(shardRecord());
       await store.putSamples([sampleRecord("a")]);
-      const expected = { status: "INGESTED" as const, round: 0, version: 0 };
-      const plain = () => store.transition("r1", "s1", "a", expected, { status: "EVOLVING", round: 1 });
+      const read = present(await store.getSample("r1", "s1", "a"));
+      const plain = () => store.transition(read, { status: "EVOLVING", round: 1 });
       const racing = [
-        store.transition("r1", "s1", "a", expected, { status: "FAILED", error: "second" }),
-        store.transition("r1", "s1", "a", expected, { status: "DONE" }),
+        store.transition(read, { status: "FAILED", error: "second" }),
+        store.transition(read, { status: "DONE" }),
       ];
       const isolated = options.isolatesTransactions ?? true;
       const results = isolated
@@ -278,31 +273,32 @@ export function describeStateStoreContract(
       await store.putSamples([sampleRecord("a"), sampleRecord("b")]);
       expect(await store.completeIngest("r1", "s1", 2)).toBe(2);
 
-      const a = await store.getSample("r1", "s1", "a");
-      expect(await store.transition("r1", "s1", "a", expectState(a), { status: "DONE" })).toEqual({
+      const a = present(await store.getSample("r1", "s1", "a"));
+      expect(await store.transition(a, { status: "DONE" })).toEqual({
         applied: true,
         shardPending: 1,
       });
       // Terminal to terminal (e.g. a late correction) does not count again.
-      const aDone = await store.getSample("r1", "s1", "a");
-      expect(await store.transition("r1", "s1", "a", expectState(aDone), { status: "FAILED" })).toEqual({
+      const aDone = present(await store.getSample("r1", "s1", "a"));
+      expect(await store.transition(aDone, { status: "FAILED" })).toEqual({
         applied: true,
         shardPending: null,
       });
       // A duplicate of the terminal write finds the version moved on.
-      expect(await store.transition("r1", "s1", "a", expectState(a), { status: "DONE" })).toEqual({
+      expect(await store.transition(a, { status: "DONE" })).toEqual({
         applied: false,
         shardPending: null,
       });
 
-      const b = await store.getSample("r1", "s1", "b");
-      const bEvolving = { status: "EVOLVING" as const, round: 1, version: 1 };
-      expect(
-        await store.transition("r1", "s1", "b", expectState(b), { status: "EVOLVING", round: 1 }),
-      ).toEqual({ applied: true, shardPending: null });
+      const b = present(await store.getSample("r1", "s1", "b"));
+      expect(await store.transition(b, { status: "EVOLVING", round: 1 })).toEqual({
+        applied: true,
+        shardPending: null,
+      });
+      const bEvolving = present(await store.getSample("r1", "s1", "b"));
       const zeros = await Promise.all([
-        store.transition("r1", "s1", "b", bEvolving, { status: "PASSED_THROUGH" }),
-        store.transition("r1", "s1", "b", bEvolving, { status: "PASSED_THROUGH" }),
+        store.transition(bEvolving, { status: "PASSED_THROUGH" }),
+        store.transition(bEvolving, { status: "PASSED_THROUGH" }),
       ]);
       expect(zeros.map((r) => r.shardPending).filter((p) => p === 0)).toHaveLength(1);
       expect((await store.getShard("r1", "s1"))?.pending).toBe(0);
@@ -315,9 +311,7 @@ export function describeStateStoreContract(
       await store.putSamples(keys.map((key) => sampleRecord(key)));
       expect(await store.completeIngest("r1", "s1", keys.length)).toBe(keys.length);
       const results = await Promise.all(
-        keys.map((key) =>
-          store.transition("r1", "s1", key, { status: "INGESTED", round: 0, version: 0 }, { status: "DONE" }),
-        ),
+        keys.map((key) => store.transition(sampleRecord(key), { status: "DONE" })),
       );
       expect(results.every((r) => r.applied)).toBe(true);
       expect(results.some((r) => r.shardPending === 0)).toBe(true);

@@ -67,7 +67,8 @@ describe("sweepStuck", () => {
   it("a claimed sample that moved on meanwhile is not re-sent", async () => {
     const { state, clock, advance } = fixture();
     await state.createShard(shardRecord({ ingested: true, pending: 0, updatedAt: clock.now() }));
-    await state.putSamples([sampleRecord("a", { status: "JUDGING", round: 1, updatedAt: clock.now() })]);
+    const judging = sampleRecord("a", { status: "JUDGING", round: 1, updatedAt: clock.now() });
+    await state.putSamples([judging]);
     advance(60 * MINUTE);
     // A stage finishes the sample while the sweep would look at it: the skip hook runs just before the claim.
     const swept = await sweepStuck(
@@ -76,13 +77,7 @@ describe("sweepStuck", () => {
         now: clock.now(),
         stuckAfterMs: 30 * MINUTE,
         skip: () => {
-          void state.transition(
-            "r1",
-            "s1",
-            "a",
-            { status: "JUDGING", round: 1, version: 0 },
-            { status: "DONE" },
-          );
+          void state.transition(judging, { status: "DONE" });
           return false;
         },
       },
@@ -94,18 +89,11 @@ describe("sweepStuck", () => {
   it("finalizes a shard whose samples are all terminal though its finalize message died", async () => {
     const { state, clock, advance } = fixture();
     await state.createShard(shardRecord({ shard: "s2", key: "seeds/r1/s2.jsonl", updatedAt: clock.now() }));
-    await state.putSamples([
-      sampleRecord("a", { shard: "s2", status: "EVOLVING", round: 1, updatedAt: clock.now() }),
-    ]);
+    const evolving = sampleRecord("a", { shard: "s2", status: "EVOLVING", round: 1, updatedAt: clock.now() });
+    await state.putSamples([evolving]);
     await state.completeIngest("r1", "s2", 1);
     // The last sample's terminal transition takes pending to 0; its finalize message is then lost.
-    const last = await state.transition(
-      "r1",
-      "s2",
-      "a",
-      { status: "EVOLVING", round: 1, version: 0 },
-      { status: "FAILED", error: "x" },
-    );
+    const last = await state.transition(evolving, { status: "FAILED", error: "x" });
     expect(last.shardPending).toBe(0);
 
     // Right after, a finalize may still be on its way: not yet.

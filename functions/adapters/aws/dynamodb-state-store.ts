@@ -17,7 +17,6 @@ import {
   type BatchItemStatus,
   BatchJob,
   type ClaimResult,
-  type Expected,
   NewSampleRecord,
   SampleRecord,
   type SampleUpdate,
@@ -227,32 +226,19 @@ export class DynamoStateStore implements StateStore {
     } while (start !== undefined);
   }
 
-  async transition(
-    run: string,
-    shard: string,
-    key: string,
-    expected: Expected,
-    update: SampleUpdate,
-  ): Promise<TransitionResult> {
+  async transition(current: SampleRecord, update: SampleUpdate): Promise<TransitionResult> {
+    const { run, shard, key } = current;
     const notApplied = { applied: false, shardPending: null };
-    const current = await this.getSample(run, shard, key);
-    if (
-      current === null ||
-      current.status !== expected.status ||
-      current.round !== expected.round ||
-      current.version !== expected.version
-    ) {
-      return notApplied;
-    }
     const now = this.clock.now();
     const next = SampleRecord.parse({ ...current, ...update, version: current.version + 1, updatedAt: now });
-    // The record was read above; the condition makes the write lose cleanly to any writer in between.
+    // Not read again (see the port): the condition makes the write lose cleanly to any writer since the caller
+    // read `current`, and to a sample that does not exist.
     const put = {
       TableName: this.table,
       Item: sampleItem(next),
       ConditionExpression: "#status = :es AND #round = :er AND #version = :ev",
       ExpressionAttributeNames: names("#status", "#round", "#version"),
-      ExpressionAttributeValues: { ":es": expected.status, ":er": expected.round, ":ev": expected.version },
+      ExpressionAttributeValues: { ":es": current.status, ":er": current.round, ":ev": current.version },
     };
     const becameTerminal = TERMINAL_STATUSES.has(next.status) && !TERMINAL_STATUSES.has(current.status);
     if (!becameTerminal) {

