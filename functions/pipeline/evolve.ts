@@ -9,14 +9,14 @@ import type { EvolveMessage } from "../ports/messages.ts";
 import { addUsageTotals, askStructured } from "./ask.ts";
 import type { StageDeps, StageInput, StageResult } from "./deps.ts";
 import { endSample, failOrRetry } from "./outcome.ts";
-import { samplePrefix, shardConfig } from "./shard-config.ts";
+import { loadShardConfig, samplePrefix } from "./shard-config.ts";
 
 /** One evolve call: the sample's latest non-empty version, one direction, the image last. */
 export async function evolveSample(input: StageInput<EvolveMessage>, deps: StageDeps): Promise<StageResult> {
   const { run, shard, sample: key, round } = input.message;
   const record = await deps.state.getSample(run, shard, key);
-  const shardRecord = await deps.state.getShard(run, shard);
-  if (!record || !shardRecord || !record.sample) return { next: [], outcome: "unknown sample" };
+  const config = await loadShardConfig(deps.state, run, shard);
+  if (!record || !config || !record.sample) return { next: [], outcome: "unknown sample" };
   // A redelivered message whose work was done but whose next message may have been lost: send it again.
   if (record.status === "JUDGING" && record.round === round) {
     return { next: [{ kind: "judge", run, shard, sample: key, round }], outcome: "duplicate" };
@@ -25,7 +25,6 @@ export async function evolveSample(input: StageInput<EvolveMessage>, deps: Stage
     (record.status === "INGESTED" && round === 1) || (record.status === "EVOLVING" && record.round === round);
   if (!expected) return { next: [], outcome: "duplicate" };
 
-  const config = shardConfig(shardRecord);
   const sample = record.sample;
   const direction = chooseDirection(config.seed, sample.id, round, config.weights);
   const from = latestNonEmpty(record.versions);

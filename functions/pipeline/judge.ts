@@ -8,23 +8,23 @@ import { zeroUsage } from "../ports/state-store.ts";
 import { addUsageTotals, askStructured } from "./ask.ts";
 import type { StageDeps, StageInput, StageResult } from "./deps.ts";
 import { endSample, failOrRetry } from "./outcome.ts";
-import { shardConfig } from "./shard-config.ts";
+import { loadShardConfig } from "./shard-config.ts";
 
 /** Instruction elimination: rule filters, then one text-only judge call; only improved items are kept. */
 export async function judgeSample(input: StageInput<JudgeMessage>, deps: StageDeps): Promise<StageResult> {
   const { run, shard, sample: key, round } = input.message;
   const record = await deps.state.getSample(run, shard, key);
-  const shardRecord = await deps.state.getShard(run, shard);
-  if (!record || !shardRecord) return { next: [], outcome: "unknown sample" };
+  const config = await loadShardConfig(deps.state, run, shard);
+  if (!record || !config) return { next: [], outcome: "unknown sample" };
   if (record.status === "EVOLVING" && record.round === round + 1) {
     return { next: [{ kind: "evolve", run, shard, sample: key, round: round + 1 }], outcome: "duplicate" };
   }
   if (record.status !== "JUDGING" || record.round !== round || !record.pending) {
     // The sample already ended; if its shard is complete but the finalize message was lost, send it again.
-    const lost = shardRecord.pending === 0 && !shardRecord.finalized;
+    const shardRecord = await deps.state.getShard(run, shard);
+    const lost = shardRecord !== null && shardRecord.pending === 0 && !shardRecord.finalized;
     return { next: lost ? [{ kind: "finalize", run, shard }] : [], outcome: "duplicate" };
   }
-  const config = shardConfig(shardRecord);
   const pending = record.pending;
   const from = record.versions.find((v) => v.round === pending.from) ?? record.versions[0];
   const parents = new Map((from?.items ?? []).map((item) => [item.id, item]));

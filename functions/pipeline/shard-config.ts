@@ -1,6 +1,6 @@
 import { RunConfig, type RunConfigInput } from "../evolution/config.ts";
 import { InvalidInputError } from "../ports/errors.ts";
-import type { ShardRecord } from "../ports/state-store.ts";
+import type { ShardRecord, StateStore } from "../ports/state-store.ts";
 
 /** Merges run settings: deployment or CLI defaults, then the run's own run.json. */
 export function resolveRunConfig(defaults: RunConfigInput, runJson: unknown): RunConfig {
@@ -31,6 +31,35 @@ export function shardConfig(shard: ShardRecord): RunConfig {
   if (parsedConfigs.size >= PARSED_CONFIGS_KEPT) parsedConfigs.clear();
   parsedConfigs.set(text, parsed);
   return parsed;
+}
+
+/** Settings of the shards a store has served, by `run` and `shard`, per store (a store is one table or file). */
+const settingsByStore = new WeakMap<StateStore, Map<string, RunConfig>>();
+const SHARD_SETTINGS_KEPT = 256;
+
+/**
+ * A shard's settings, or null when the shard does not exist. They are frozen at ingest, so a process reads
+ * the shard record once for them, not on every stage message (a DynamoDB read each, on AWS).
+ */
+export async function loadShardConfig(
+  state: StateStore,
+  run: string,
+  shard: string,
+): Promise<RunConfig | null> {
+  let known = settingsByStore.get(state);
+  if (known === undefined) {
+    known = new Map();
+    settingsByStore.set(state, known);
+  }
+  const id = `${run}\n${shard}`;
+  const cached = known.get(id);
+  if (cached !== undefined) return cached;
+  const record = await state.getShard(run, shard);
+  if (record === null) return null;
+  const config = shardConfig(record);
+  if (known.size >= SHARD_SETTINGS_KEPT) known.clear();
+  known.set(id, config);
+  return config;
 }
 
 function deepFreeze<T>(value: T): T {
