@@ -91,6 +91,8 @@ export interface RateFigures {
   readonly tokensPerMinute: number;
   readonly requests: number;
   readonly rateLimited: number;
+  /** When each 429 arrived, in seconds after the shard was put: a first-burst 429 and a steady one differ. */
+  readonly rateLimitedAtSeconds: readonly number[];
   readonly share429: number;
   readonly steadyWindowSeconds: number;
   readonly steadyTokensPerMinute: number;
@@ -164,7 +166,8 @@ export async function measureEmulatedRate(
       started,
       tpm,
     );
-    const rateLimited = calls.filter((c) => c.status === 429).length;
+    const limited = calls.filter((c) => c.status === 429);
+    const rateLimited = limited.length;
     return {
       date: new Date().toISOString().slice(0, 10),
       runtime: "emulated-stack",
@@ -173,6 +176,7 @@ export async function measureEmulatedRate(
       tokensPerMinute: tpm,
       requests: calls.length,
       rateLimited,
+      rateLimitedAtSeconds: limited.map((c) => +((c.at - started) / 1000).toFixed(1)),
       share429: calls.length > 0 ? +(rateLimited / calls.length).toFixed(4) : 0,
       steadyWindowSeconds: steady.windowSeconds,
       steadyTokensPerMinute: steady.tokensPerMinute,
@@ -206,6 +210,7 @@ if (import.meta.main) {
   console.table({
     "requests to the simulator": figures.requests,
     "answered 429": figures.rateLimited,
+    "429s at (s after the shard was put)": figures.rateLimitedAtSeconds.join(", ") || "-",
     "429 share (target <= 1%)": `${(figures.share429 * 100).toFixed(2)}%`,
     "steady window (s)": figures.steadyWindowSeconds,
     "tokens/min charged in the window": figures.steadyTokensPerMinute,
