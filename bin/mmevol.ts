@@ -12,6 +12,7 @@ import { RunConfig, type RunConfigInput } from "../functions/evolution/config.ts
 import type { Llm } from "../functions/ports/llm.ts";
 import type { Logger } from "../functions/ports/runtime.ts";
 import { type Progress, runLocal } from "../functions/runtime/local.ts";
+import { RunDirectoryBusyError } from "../functions/runtime/run-lock.ts";
 import { positiveInt } from "./commands/arguments.ts";
 import { registerStatusCommands } from "./commands/register.ts";
 
@@ -235,6 +236,10 @@ async function runCommand(shards: string[], flags: RunFlags): Promise<void> {
           },
         }
       : {}),
+  }).catch((error: unknown) => {
+    printer.stop();
+    if (error instanceof RunDirectoryBusyError) fail(error.message);
+    throw error;
   });
   printer.stop();
 

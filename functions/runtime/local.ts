@@ -30,6 +30,7 @@ import { type Clock, type Logger, silentLogger, systemClock } from "../ports/run
 import { emptyStatusCounts, type SampleStatus } from "../ports/state-store.ts";
 import { CountingLlm, type LlmTotals } from "./counting-llm.ts";
 import { FaultyQueue, faultsFromEnv } from "./faults.ts";
+import { takeRunLock } from "./run-lock.ts";
 
 export interface LocalRunOptions {
   /** Shard files (JSON Lines or one JSON array). */
@@ -108,6 +109,22 @@ export async function runLocal(options: LocalRunOptions): Promise<LocalRunResult
   const clock = options.clock ?? systemClock;
   const out = resolve(options.out);
   mkdirSync(join(out, ".mmevol"), { recursive: true });
+  // Before the state is opened: a second run on the same directory would drop this one's claims and pay again.
+  const lock = takeRunLock(join(out, ".mmevol", "run.lock"), out);
+  try {
+    return await runLocked(options, out, logger, clock, started);
+  } finally {
+    lock.release();
+  }
+}
+
+async function runLocked(
+  options: LocalRunOptions,
+  out: string,
+  logger: Logger,
+  clock: Clock,
+  started: number,
+): Promise<LocalRunResult> {
   const imagesDir = resolve(options.images ?? dirname(resolve(options.shards[0] ?? ".")));
   const shardFiles = options.shards.map((path) => ({
     path: resolve(path),
@@ -123,7 +140,7 @@ export async function runLocal(options: LocalRunOptions): Promise<LocalRunResult
   mounts.push({ prefix: "images/", store: new FsBlobStore(imagesDir), target: "" });
   const blobs = new MountedBlobStore(new FsBlobStore(out), mounts);
   const state = new SqliteStateStore(join(out, ".mmevol", "state.sqlite"));
-  // This process is the only one on this state: claims left by a killed run hold nothing any more.
+  // This process is the only one on this state (the lock): claims left by a killed run hold nothing any more.
   state.releaseAllClaims();
   const llm = new CountingLlm(governed(options.llm, options.rateLimit), {});
   const config = { ...options.config, imageRoot: "images" };

@@ -1,0 +1,109 @@
+import { spawn, spawnSync } from "node:child_process";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, utimesSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+import { RunDirectoryBusyError, takeRunLock } from "../../functions/runtime/run-lock.ts";
+import { runCli } from "../helpers/cli.ts";
+import { repoRoot } from "../helpers/files.ts";
+
+const dir = mkdtempSync(path.join(os.tmpdir(), "mmevol-run-lock-"));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+let count = 0;
+const lockPath = () => path.join(dir, `run-${++count}.lock`);
+
+/** The pid of a process that has exited. */
+function deadPid(): number {
+  const child = spawnSync(process.execPath, ["-e", "process.exit(0)"]);
+  if (child.pid === undefined) throw new Error("no pid");
+  return child.pid;
+}
+
+const busyError = (work: () => unknown): RunDirectoryBusyError => {
+  try {
+    work();
+  } catch (error) {
+    if (error instanceof RunDirectoryBusyError) return error;
+    throw error;
+  }
+  throw new Error("the lock was taken");
+};
+
+describe("takeRunLock", () => {
+  it("holds this process's pid until released, and refuses a second taker meanwhile", () => {
+    const file = lockPath();
+    const lock = takeRunLock(file, "out/x");
+    expect(readFileSync(file, "utf8")).toBe(String(process.pid));
+    const error = busyError(() => takeRunLock(file, "out/x"));
+    expect(error.pid).toBe(process.pid);
+    expect(error.message).toContain(`pid ${process.pid}`);
+    expect(error.message).toContain("out/x");
+    lock.release();
+    expect(existsSync(file)).toBe(false);
+    takeRunLock(file, "out/x").release();
+  });
+
+  it("takes over the lock of a process that is gone", () => {
+    const file = lockPath();
+    writeFileSync(file, String(deadPid()));
+    const lock = takeRunLock(file, "out/x");
+    expect(readFileSync(file, "utf8")).toBe(String(process.pid));
+    lock.release();
+  });
+
+  it("waits out a lock being taken right now, but not an empty one left long ago", () => {
+    const file = lockPath();
+    writeFileSync(file, "");
+    expect(busyError(() => takeRunLock(file, "out/x")).message).toContain("starting now");
+    const old = new Date(Date.now() - 60_000);
+    utimesSync(file, old, old);
+    takeRunLock(file, "out/x").release();
+  });
+
+  it("does not remove a lock another process has taken over since", () => {
+    const file = lockPath();
+    const lock = takeRunLock(file, "out/x");
+    writeFileSync(file, "1");
+    lock.release();
+    expect(readFileSync(file, "utf8")).toBe("1");
+  });
+});
+
+describe("mmevol run on a directory another run is using", () => {
+  it("stops with a clear error and exit code 2, and leaves the state alone", async () => {
+    const out = path.join(dir, "busy-out");
+    mkdirSync(path.join(out, ".mmevol"), { recursive: true });
+    const other = spawn(process.execPath, ["-e", "setTimeout(() => {}, 60_000)"], { stdio: "ignore" });
+    try {
+      writeFileSync(path.join(out, ".mmevol", "run.lock"), String(other.pid));
+      const result = await runCli([
+        "run",
+        path.join(repoRoot, "examples/seeds/demo.jsonl"),
+        "--out",
+        out,
+        "--dry-run",
+        "--quiet",
+      ]);
+      expect(result.code).toBe(2);
+      expect(result.stderr).toContain(`another mmevol run (pid ${other.pid}) is working on ${out}`);
+      expect(result.stderr).not.toContain("    at ");
+      expect(existsSync(path.join(out, ".mmevol", "state.sqlite"))).toBe(false);
+    } finally {
+      other.kill();
+    }
+    // Once the other run is gone, the same command runs.
+    await new Promise((resolve) => other.once("exit", resolve));
+    const again = await runCli([
+      "run",
+      path.join(repoRoot, "examples/seeds/demo.jsonl"),
+      "--out",
+      out,
+      "--dry-run",
+      "--quiet",
+    ]);
+    expect(again.code).toBe(0);
+    expect(again.stdout).toContain("shard demo:");
+    expect(existsSync(path.join(out, ".mmevol", "run.lock"))).toBe(false);
+  }, 120_000);
+});
