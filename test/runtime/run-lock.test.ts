@@ -70,6 +70,10 @@ describe("takeRunLock", () => {
   });
 });
 
+/** The README's dry run of the demo shard into `out`. */
+const runDemo = (out: string) =>
+  runCli(["run", path.join(repoRoot, "examples/seeds/demo.jsonl"), "--out", out, "--dry-run", "--quiet"]);
+
 describe("mmevol run on a directory another run is using", () => {
   it("stops with a clear error and exit code 2, and leaves the state alone", async () => {
     const out = path.join(dir, "busy-out");
@@ -77,14 +81,7 @@ describe("mmevol run on a directory another run is using", () => {
     const other = spawn(process.execPath, ["-e", "setTimeout(() => {}, 60_000)"], { stdio: "ignore" });
     try {
       writeFileSync(path.join(out, ".mmevol", "run.lock"), String(other.pid));
-      const result = await runCli([
-        "run",
-        path.join(repoRoot, "examples/seeds/demo.jsonl"),
-        "--out",
-        out,
-        "--dry-run",
-        "--quiet",
-      ]);
+      const result = await runDemo(out);
       expect(result.code).toBe(2);
       expect(result.stderr).toContain(`another mmevol run (pid ${other.pid}) is working on ${out}`);
       expect(result.stderr).not.toContain("    at ");
@@ -94,14 +91,7 @@ describe("mmevol run on a directory another run is using", () => {
     }
     // Once the other run is gone, the same command runs.
     await new Promise((resolve) => other.once("exit", resolve));
-    const again = await runCli([
-      "run",
-      path.join(repoRoot, "examples/seeds/demo.jsonl"),
-      "--out",
-      out,
-      "--dry-run",
-      "--quiet",
-    ]);
+    const again = await runDemo(out);
     expect(again.code).toBe(0);
     expect(again.stdout).toContain("shard demo:");
     expect(existsSync(path.join(out, ".mmevol", "run.lock"))).toBe(false);
