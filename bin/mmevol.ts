@@ -304,8 +304,16 @@ program
   .option("--dry-run", "no network: a simulated model answers; the report estimates the real cost")
   .option("--base-url <url>", "OpenAI-compatible endpoint (default $OPENAI_BASE_URL, else OpenAI)")
   .option("--timeout <seconds>", "timeout of one LLM call", positiveInt, 60)
-  .option("--tpm <n>", "the model's tokens-per-minute limit: calls are paced to stay under it", positiveInt)
-  .option("--rpm <n>", "the model's requests-per-minute limit: calls are paced to stay under it", positiveInt)
+  .option(
+    "--tpm <n>",
+    "the model's tokens-per-minute limit: calls are paced to stay under it (default: the server's x-ratelimit-limit-tokens header, when it sends one)",
+    positiveInt,
+  )
+  .option(
+    "--rpm <n>",
+    "the model's requests-per-minute limit: calls are paced to stay under it (default: the server's x-ratelimit-limit-requests header, when it sends one)",
+    positiveInt,
+  )
   .option(
     "--batch",
     "send each round through the provider's Batch API: half price, answers within 24 h (polls until done; rerun to resume)",

@@ -378,13 +378,17 @@ async function runLocked(
   }
 }
 
+/**
+ * Every call goes through one in-process governor. Limits not given (`--tpm`, `--rpm`) are learned from the
+ * provider's `x-ratelimit-limit-*` headers; a server that sends none is not paced, only paused after a 429.
+ */
 function governed(inner: Llm, rateLimit: LocalRunOptions["rateLimit"]): Llm {
-  if (rateLimit?.tokensPerMinute === undefined && rateLimit?.requestsPerMinute === undefined) return inner;
   return new GovernedLlm(
     inner,
     new RateGovernor({
-      ...(rateLimit.tokensPerMinute === undefined ? {} : { tokensPerMinute: rateLimit.tokensPerMinute }),
-      ...(rateLimit.requestsPerMinute === undefined
+      learnLimits: true,
+      ...(rateLimit?.tokensPerMinute === undefined ? {} : { tokensPerMinute: rateLimit.tokensPerMinute }),
+      ...(rateLimit?.requestsPerMinute === undefined
         ? {}
         : { requestsPerMinute: rateLimit.requestsPerMinute }),
     }),

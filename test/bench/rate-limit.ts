@@ -18,7 +18,8 @@ const { values } = parseArgs({
     rounds: { type: "string", default: "1" },
     concurrency: { type: "string", default: "32" },
     tpm: { type: "string", default: "700000" },
-    // The limit the governor is told, when it differs from the simulator's (shows AIMD and the headers at work).
+    // The limit the governor is told, when it differs from the simulator's (shows AIMD and the headers at work);
+    // 0 tells it none, as `mmevol run` without --tpm: it learns the limit from the x-ratelimit-* headers.
     "assume-tpm": { type: "string" },
     json: { type: "string" },
   },
@@ -78,7 +79,7 @@ try {
     concurrency,
     config: { rounds },
     llm: meter,
-    rateLimit: { tokensPerMinute: assumedTpm },
+    ...(assumedTpm > 0 ? { rateLimit: { tokensPerMinute: assumedTpm } } : {}),
   });
   const stats = sim.stats();
   const calls = [...meter.calls].sort((a, b) => a.startedAt - b.startedAt);
@@ -113,7 +114,7 @@ try {
     counts: result.reports[0]?.counts ?? null,
   };
   console.log(
-    `mmevol rate governor benchmark (simulator: ${tpm} tokens/min, governor told ${assumedTpm}, latency 1-3 s)`,
+    `mmevol rate governor benchmark (simulator: ${tpm} tokens/min, governor ${assumedTpm > 0 ? `told ${assumedTpm}` : "told nothing: limits from the headers"}, latency 1-3 s)`,
   );
   console.table({
     "requests to the simulator": figures.requests,

@@ -190,6 +190,62 @@ describe("RateGovernor", () => {
   });
 });
 
+describe("RateGovernor learning its limits from the headers", () => {
+  it("paces nothing until a limit is reported, then starts from what remains less what is in flight", async () => {
+    const clock = new FakeClock();
+    const governor = new RateGovernor({ learnLimits: true, clock });
+    expect(governor.countsTokens()).toBe(false);
+    const inFlight = await governor.acquire({ tokens: 1500 });
+    const answered = await governor.acquire({ tokens: 800 });
+    expect(governor.state().tokensAvailable).toBeNull();
+    answered.settle(1000);
+    governor.observeHeaders({
+      remainingTokens: 6000,
+      remainingRequests: 40,
+      limitTokens: 10_000,
+      limitRequests: 50,
+    });
+    expect(governor.countsTokens()).toBe(true);
+    // The call still in flight may not have reached the provider: its reservation is not counted as left.
+    expect(governor.state().tokensAvailable).toBe(4500);
+    expect(governor.state().requestsAvailable).toBe(39);
+    let granted = false;
+    void governor.acquire({ tokens: 5500 }).then(() => {
+      granted = true;
+    });
+    await clock.advance(5000);
+    expect(granted).toBe(false);
+    // 1000 tokens short at 10 000 a minute: 6 s.
+    await clock.advance(1000);
+    expect(granted).toBe(true);
+    // The call in flight settles at its real charge: what it used beyond its reservation comes off.
+    inFlight.settle(2500);
+    expect(governor.state().tokensAvailable).toBeCloseTo(-1000, 5);
+  });
+
+  it("keeps a limit it was given, and learns only the one it was not", () => {
+    const governor = new RateGovernor({ learnLimits: true, tokensPerMinute: 10_000, clock: new FakeClock() });
+    governor.observeHeaders({
+      remainingTokens: 9000,
+      remainingRequests: 70,
+      limitTokens: 50_000,
+      limitRequests: 100,
+    });
+    expect(governor.state().tokensAvailable).toBe(9000);
+    expect(governor.state().requestsAvailable).toBe(70);
+  });
+
+  it("learns nothing without learnLimits, or from a server that sends no limits", () => {
+    const told = new RateGovernor({ clock: new FakeClock() });
+    told.observeHeaders({ remainingTokens: 100, remainingRequests: 1, limitTokens: 1000, limitRequests: 10 });
+    expect(told.state().tokensAvailable).toBeNull();
+    const learning = new RateGovernor({ learnLimits: true, clock: new FakeClock() });
+    learning.observeHeaders({ remainingTokens: 100, remainingRequests: 1 });
+    expect(learning.state().tokensAvailable).toBeNull();
+    expect(learning.countsTokens()).toBe(false);
+  });
+});
+
 const request: LlmRequest = textRequest;
 
 const answer = (promptTokens: number): LlmResponse => answerOf(promptTokens);
@@ -225,6 +281,33 @@ describe("GovernedLlm", () => {
     expect(state.factor).toBeCloseTo(0.7, 10);
     expect(state.tokensAvailable).toBeCloseTo(7000, 5);
     expect(state.pausedUntil).toBe(500);
+  });
+});
+
+describe("GovernedLlm with limits learned from the simulator's headers", () => {
+  it("reserves max_tokens only until the limit is known, then paces a burst without 429s", async () => {
+    const tokensPerMinute = 600_000;
+    const sim = await startSimulator({ tokensPerMinute });
+    try {
+      const governor = new RateGovernor({ learnLimits: true });
+      const llm = new GovernedLlm(
+        new OpenAiLlm({ apiKey: "test", baseURL: sim.url, maxRetries: 0 }),
+        governor,
+      );
+      // One call teaches the governor the limit; then 64 calls of ~10 000 tokens, ~40 000 over the bucket.
+      await llm.complete({ ...request, seed: 999 });
+      expect(governor.countsTokens()).toBe(true);
+      const started = performance.now();
+      await Promise.all(
+        Array.from({ length: 64 }, (_, i) => llm.complete({ ...request, maxTokens: 9_950, seed: i })),
+      );
+      const stats = sim.stats();
+      expect(stats.rateLimited).toBe(0);
+      expect(stats.succeeded).toBe(65);
+      expect(performance.now() - started).toBeGreaterThan(3000);
+    } finally {
+      await sim.close();
+    }
   });
 });
 

@@ -38,7 +38,11 @@ export class GovernedLlm implements Llm {
   }
 
   async admit(request: LlmRequest): Promise<AdmittedCall> {
-    const reservation = await this.#governor.acquire({ tokens: estimateRequestTokens(request) });
+    // Counting a request's tokens takes the tokenizer over its whole prompt: skipped while no token budget is
+    // paced, when its max_tokens (a lower bound of the charge) is reserved instead.
+    const tokens =
+      this.#governor.countsTokens?.() === false ? request.maxTokens : estimateRequestTokens(request);
+    const reservation = await this.#governor.acquire({ tokens });
     let used = false;
     const use = () => {
       if (used) throw new Error("an admitted call is used once");

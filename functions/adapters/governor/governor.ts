@@ -35,4 +35,9 @@ export interface Governor {
   succeeded(): void | Promise<void>;
   /** The provider's headers: believe a lower limit or less remaining than the governor thinks. */
   observeHeaders(snapshot: RemainingSnapshot): void | Promise<void>;
+  /**
+   * False while no tokens-per-minute budget is paced (one not yet learned from the headers): callers then
+   * skip counting a request's tokens and reserve its max_tokens only. Absent means true.
+   */
+  countsTokens?(): boolean;
 }

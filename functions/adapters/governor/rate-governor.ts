@@ -28,6 +28,11 @@ export interface RateGovernorOptions {
   readonly minFactor?: number;
   /** Pause after a 429 that carried no retry-after (default 1000 ms). */
   readonly defaultRetryAfterMs?: number;
+  /**
+   * A limit not given here is taken from the provider's `x-ratelimit-limit-*` header when one first arrives
+   * (default false). Until then that budget is not paced, and requests are not counted for it.
+   */
+  readonly learnLimits?: boolean;
 }
 
 /** Budget taken for one call; this governor settles synchronously. */
@@ -100,8 +105,12 @@ interface Waiter {
  */
 export class RateGovernor implements Governor {
   readonly #clock: GovernorClock;
-  readonly #tokens: Bucket | null;
-  readonly #requests: Bucket | null;
+  #tokens: Bucket | null;
+  #requests: Bucket | null;
+  readonly #learnLimits: boolean;
+  /** Tokens and requests reserved and not settled yet: what a learned budget starts without. */
+  #inFlightTokens = 0;
+  #inFlightRequests = 0;
   readonly #decrease: number;
   readonly #increasePerSecond: number;
   readonly #minFactor: number;
@@ -122,7 +131,13 @@ export class RateGovernor implements Governor {
     this.#increasePerSecond = options.increasePerSecond ?? 0.01;
     this.#minFactor = options.minFactor ?? 0.1;
     this.#defaultRetryAfterMs = options.defaultRetryAfterMs ?? 1000;
+    this.#learnLimits = options.learnLimits ?? false;
     this.#lastGrowthAt = now;
+  }
+
+  /** Whether a tokens-per-minute budget is paced, so requests need a token estimate. */
+  countsTokens(): boolean {
+    return this.#tokens !== null;
   }
 
   /** Resolves once both budgets allow `estimate.tokens` and one request, with the budget taken. */
@@ -164,10 +179,26 @@ export class RateGovernor implements Governor {
     }
   }
 
-  /** The provider knows best: when it reports a lower limit or less left than we think, believe it. */
+  /**
+   * The provider knows best: when it reports a lower limit or less left than we think, believe it. With
+   * `learnLimits`, a limit it reports that was not given becomes a budget, holding what it reports remaining
+   * less what this process has in flight (those calls may not have reached it yet).
+   */
   observeHeaders(snapshot: RemainingSnapshot): void {
     const now = this.#clock.now();
     let lowered = false;
+    if (this.#learnLimits) {
+      const learned = (limit: number | null | undefined, remaining: number | null, inFlight: number) => {
+        if (limit === null || limit === undefined || !positive(limit)) return null;
+        const bucket = new Bucket(limit, now);
+        bucket.setFactor(this.#factor, now);
+        bucket.level = Math.min(bucket.capacity, remaining ?? limit) - inFlight;
+        lowered = true;
+        return bucket;
+      };
+      this.#tokens ??= learned(snapshot.limitTokens, snapshot.remainingTokens, this.#inFlightTokens);
+      this.#requests ??= learned(snapshot.limitRequests, snapshot.remainingRequests, this.#inFlightRequests);
+    }
     for (const [bucket, limit] of [
       [this.#tokens, snapshot.limitTokens ?? null],
       [this.#requests, snapshot.limitRequests ?? null],
@@ -236,6 +267,8 @@ export class RateGovernor implements Governor {
   #reserve(tokens: number, now: number): Reservation {
     if (this.#tokens) this.#tokens.level -= tokens;
     if (this.#requests) this.#requests.level -= 1;
+    this.#inFlightTokens += tokens;
+    this.#inFlightRequests += 1;
     let settled = false;
     return {
       tokens,
@@ -243,6 +276,8 @@ export class RateGovernor implements Governor {
       settle: (actualTokens: number, requestCharged = true) => {
         if (settled) return;
         settled = true;
+        this.#inFlightTokens -= tokens;
+        this.#inFlightRequests -= 1;
         const at = this.#clock.now();
         if (this.#tokens !== null) {
           this.#tokens.refill(at);
