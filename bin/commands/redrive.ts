@@ -1,4 +1,4 @@
-import { renameSync } from "node:fs";
+import { existsSync, renameSync } from "node:fs";
 import { join, resolve } from "node:path";
 import {
   DeleteMessageBatchCommand,
@@ -9,6 +9,7 @@ import {
 import type { Message, Stage } from "../../functions/ports/messages.ts";
 import { type StateStore, TERMINAL_STATUSES } from "../../functions/ports/state-store.ts";
 import { DEAD_LETTERS_FILE, type DeadLetterRecord } from "../../functions/runtime/local.ts";
+import { runLockPath, takeRunLock } from "../../functions/runtime/run-lock.ts";
 import { awsClientsFor, QUEUE_STAGES, readStackOutputs } from "./outputs.ts";
 import { describeMessage, openLocalState, readDeadLetters } from "./status.ts";
 
@@ -39,6 +40,20 @@ async function stillOpen(state: StateStore, message: Message): Promise<boolean> 
  * with the same arguments retries what is still open, with a fresh delivery count.
  */
 export async function localRedrive(options: {
+  readonly out: string;
+  readonly now?: number;
+}): Promise<LocalRedrive> {
+  // A run going on rewrites the dead-letter list when it ends: redrive between runs only.
+  const out = resolve(options.out);
+  const lock = existsSync(join(out, ".mmevol")) ? takeRunLock(runLockPath(out), out) : null;
+  try {
+    return await redriveLocked(options);
+  } finally {
+    lock?.release();
+  }
+}
+
+async function redriveLocked(options: {
   readonly out: string;
   readonly now?: number;
 }): Promise<LocalRedrive> {

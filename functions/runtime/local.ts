@@ -30,7 +30,7 @@ import { type Clock, type Logger, silentLogger, systemClock } from "../ports/run
 import { emptyStatusCounts, type SampleStatus } from "../ports/state-store.ts";
 import { CountingLlm, type LlmTotals } from "./counting-llm.ts";
 import { FaultyQueue, faultsFromEnv } from "./faults.ts";
-import { takeRunLock } from "./run-lock.ts";
+import { runLockPath, takeRunLock } from "./run-lock.ts";
 
 export interface LocalRunOptions {
   /** Shard files (JSON Lines or one JSON array). */
@@ -110,7 +110,7 @@ export async function runLocal(options: LocalRunOptions): Promise<LocalRunResult
   const out = resolve(options.out);
   mkdirSync(join(out, ".mmevol"), { recursive: true });
   // Before the state is opened: a second run on the same directory would drop this one's claims and pay again.
-  const lock = takeRunLock(join(out, ".mmevol", "run.lock"), out);
+  const lock = takeRunLock(runLockPath(out), out);
   try {
     return await runLocked(options, out, logger, clock, started);
   } finally {

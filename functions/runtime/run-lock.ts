@@ -1,5 +1,9 @@
 import { closeSync, openSync, readFileSync, rmSync, statSync, writeSync } from "node:fs";
+import { join } from "node:path";
 import { MmevolError } from "../ports/errors.ts";
+
+/** The lock of a local output directory, next to its state. */
+export const runLockPath = (out: string): string => join(out, ".mmevol", "run.lock");
 
 /**
  * Another process is running on this output directory. Two runs on one state would both ask the model for the

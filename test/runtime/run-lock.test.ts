@@ -3,7 +3,8 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, utimesSync, w
 import os from "node:os";
 import path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { RunDirectoryBusyError, takeRunLock } from "../../functions/runtime/run-lock.ts";
+import { localRedrive } from "../../bin/commands/redrive.ts";
+import { RunDirectoryBusyError, runLockPath, takeRunLock } from "../../functions/runtime/run-lock.ts";
 import { runCli } from "../helpers/cli.ts";
 import { repoRoot } from "../helpers/files.ts";
 
@@ -95,5 +96,24 @@ describe("mmevol run on a directory another run is using", () => {
     expect(again.code).toBe(0);
     expect(again.stdout).toContain("shard demo:");
     expect(existsSync(path.join(out, ".mmevol", "run.lock"))).toBe(false);
+  }, 120_000);
+});
+
+describe("mmevol redrive on a directory a run is using", () => {
+  it("refuses while the run holds the lock, and redrives once it is gone", async () => {
+    const out = path.join(dir, "redrive-out");
+    const first = await runDemo(out);
+    expect(first.code).toBe(0);
+    const other = spawn(process.execPath, ["-e", "setTimeout(() => {}, 60_000)"], { stdio: "ignore" });
+    try {
+      writeFileSync(runLockPath(out), String(other.pid));
+      await expect(localRedrive({ out })).rejects.toThrow(`another mmevol run (pid ${other.pid})`);
+    } finally {
+      other.kill();
+    }
+    await new Promise((resolve) => other.once("exit", resolve));
+    const redriven = await localRedrive({ out });
+    expect(redriven.lines[0]).toMatch(/dead letter/);
+    expect(existsSync(runLockPath(out))).toBe(false);
   }, 120_000);
 });
