@@ -18,7 +18,7 @@ import { DynamoStateStore } from "../adapters/aws/dynamodb-state-store.ts";
 import { S3BlobStore } from "../adapters/aws/s3-blob-store.ts";
 import { readApiKey } from "../adapters/aws/secret-api-key.ts";
 import { SqsWorkQueue } from "../adapters/aws/sqs-work-queue.ts";
-import { GovernedLlm } from "../adapters/governor/governed-llm.ts";
+import { GovernedPerModel } from "../adapters/governor/governed-llm.ts";
 import { SharpImagePreparer } from "../adapters/images/sharp-image-preparer.ts";
 import { OpenAiBatchCodec } from "../adapters/openai/batch-codec.ts";
 import type { OpenAiClientOptions } from "../adapters/openai/client.ts";
@@ -103,8 +103,8 @@ class SecretKeyLlm implements Llm {
     return this.#llm().then((llm) => llm.complete(request));
   }
   /** The provider's x-ratelimit-* headers of the last answer, for the rate governor; null before one. */
-  lastRateLimit(): RateLimitSnapshot | null {
-    return this.#built?.lastRateLimit() ?? null;
+  lastRateLimit(model?: string): RateLimitSnapshot | null {
+    return this.#built?.lastRateLimit(model) ?? null;
   }
 }
 
@@ -143,31 +143,17 @@ function governedByTable(
   const tokensPerMinute = env[ENV.tokensPerMinute];
   const requestsPerMinute = env[ENV.requestsPerMinute];
   if (!rateLimited(env)) return { complete: (request) => inner.complete(request), flush: async () => {} };
-  const byModel = new Map<string, GovernedLlm>();
-  const governedFor = (request: LlmRequest): GovernedLlm => {
-    let governed = byModel.get(request.model);
-    if (governed === undefined) {
-      governed = new GovernedLlm(
-        inner,
-        new DynamoRateGovernor({
-          client,
-          table: env[ENV.table],
-          model: request.model,
-          ...(tokensPerMinute === undefined ? {} : { tokensPerMinute }),
-          ...(requestsPerMinute === undefined ? {} : { requestsPerMinute }),
-        }),
-      );
-      byModel.set(request.model, governed);
-    }
-    return governed;
-  };
-  return {
-    complete: (request) => governedFor(request).complete(request),
-    admit: (request) => governedFor(request).admit(request),
-    flush: async () => {
-      await Promise.all([...byModel.values()].map((governed) => governed.flush()));
-    },
-  };
+  return new GovernedPerModel(
+    inner,
+    (model) =>
+      new DynamoRateGovernor({
+        client,
+        table: env[ENV.table],
+        model,
+        ...(tokensPerMinute === undefined ? {} : { tokensPerMinute }),
+        ...(requestsPerMinute === undefined ? {} : { requestsPerMinute }),
+      }),
+  );
 }
 
 /** The longest a message waits for rate budget before it looks again. */

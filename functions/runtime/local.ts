@@ -2,7 +2,7 @@ import { mkdirSync, writeFileSync } from "node:fs";
 import { basename, dirname, extname, join, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { z } from "zod";
-import { GovernedLlm } from "../adapters/governor/governed-llm.ts";
+import { GovernedPerModel } from "../adapters/governor/governed-llm.ts";
 import { RateGovernor } from "../adapters/governor/rate-governor.ts";
 import { SharpImagePreparer } from "../adapters/images/sharp-image-preparer.ts";
 import { FsBlobStore } from "../adapters/local/fs-blob-store.ts";
@@ -379,19 +379,21 @@ async function runLocked(
 }
 
 /**
- * Every call goes through one in-process governor. Limits not given (`--tpm`, `--rpm`) are learned from the
- * provider's `x-ratelimit-limit-*` headers; a server that sends none is not paced, only paused after a 429.
+ * Every call goes through an in-process governor of its model (one budget per model, as providers limit them).
+ * Limits not given (`--tpm`, `--rpm`, each model's) are learned from the provider's `x-ratelimit-limit-*`
+ * headers; a server that sends none is not paced, only paused after a 429.
  */
 function governed(inner: Llm, rateLimit: LocalRunOptions["rateLimit"]): Llm {
-  return new GovernedLlm(
+  return new GovernedPerModel(
     inner,
-    new RateGovernor({
-      learnLimits: true,
-      ...(rateLimit?.tokensPerMinute === undefined ? {} : { tokensPerMinute: rateLimit.tokensPerMinute }),
-      ...(rateLimit?.requestsPerMinute === undefined
-        ? {}
-        : { requestsPerMinute: rateLimit.requestsPerMinute }),
-    }),
+    () =>
+      new RateGovernor({
+        learnLimits: true,
+        ...(rateLimit?.tokensPerMinute === undefined ? {} : { tokensPerMinute: rateLimit.tokensPerMinute }),
+        ...(rateLimit?.requestsPerMinute === undefined
+          ? {}
+          : { requestsPerMinute: rateLimit.requestsPerMinute }),
+      }),
   );
 }
 

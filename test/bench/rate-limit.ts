@@ -44,8 +44,8 @@ class MeteringLlm implements Llm {
   constructor(inner: OpenAiLlm) {
     this.#inner = inner;
   }
-  lastRateLimit(): RateLimitSnapshot | null {
-    return this.#inner.lastRateLimit();
+  lastRateLimit(model?: string): RateLimitSnapshot | null {
+    return this.#inner.lastRateLimit(model);
   }
   async complete(request: LlmRequest): Promise<LlmResponse> {
     const startedAt = performance.now();

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { GovernedLlm } from "../../functions/adapters/governor/governed-llm.ts";
+import { GovernedLlm, GovernedPerModel } from "../../functions/adapters/governor/governed-llm.ts";
 import {
   type GovernorClock,
   RateGovernor,
@@ -305,6 +305,58 @@ describe("GovernedLlm with limits learned from the simulator's headers", () => {
       expect(stats.rateLimited).toBe(0);
       expect(stats.succeeded).toBe(65);
       expect(performance.now() - started).toBeGreaterThan(3000);
+    } finally {
+      await sim.close();
+    }
+  });
+});
+
+describe("GovernedPerModel", () => {
+  it("keeps one budget per model, each learned from that model's own headers", async () => {
+    const clock = new FakeClock();
+    const limits: Record<string, number> = { small: 5000, large: 100_000 };
+    const inner = {
+      complete: async () => answer(20),
+      lastRateLimit: (model?: string) => ({
+        limitRequests: null,
+        remainingRequests: null,
+        limitTokens: limits[model ?? ""] ?? null,
+        remainingTokens: limits[model ?? ""] ?? null,
+      }),
+    } satisfies Llm & { lastRateLimit: (model?: string) => unknown };
+    const governors = new Map<string, RateGovernor>();
+    const llm = new GovernedPerModel(inner, (model) => {
+      const governor = new RateGovernor({ learnLimits: true, clock });
+      governors.set(model, governor);
+      return governor;
+    });
+    await llm.complete({ ...request, model: "small" });
+    await llm.complete({ ...request, model: "large" });
+    expect(governors.get("small")?.state().tokensAvailable).toBe(5000);
+    expect(governors.get("large")?.state().tokensAvailable).toBe(100_000);
+    // The small model's budget is spent: its next call waits, the large model's does not.
+    await llm.complete({ ...request, model: "small", maxTokens: 4000 });
+    let small = false;
+    void llm.complete({ ...request, model: "small", maxTokens: 4000 }).then(() => {
+      small = true;
+    });
+    // Answered with the clock standing still (it would hang here if the budgets were one).
+    await llm.complete({ ...request, model: "large", maxTokens: 2000 });
+    expect(small).toBe(false);
+    await clock.advance(120_000);
+    expect(small).toBe(true);
+  });
+});
+
+describe("OpenAiLlm's rate-limit headers", () => {
+  it("are kept per model", async () => {
+    const sim = await startSimulator({ tokensPerMinute: 600_000 });
+    try {
+      const llm = new OpenAiLlm({ apiKey: "test", baseURL: sim.url, maxRetries: 0 });
+      await llm.complete({ ...request, model: "gpt-4o-mini" });
+      expect(llm.lastRateLimit("gpt-4o-mini")?.limitTokens).toBe(600_000);
+      expect(llm.lastRateLimit("gpt-4.1-mini")).toBeNull();
+      expect(llm.lastRateLimit()?.limitTokens).toBe(600_000);
     } finally {
       await sim.close();
     }

@@ -15,9 +15,9 @@ export function estimateRequestTokens(request: LlmRequest): number {
   );
 }
 
-/** An Llm that reports rate-limit headers, like OpenAiLlm. */
+/** An Llm that reports rate-limit headers, like OpenAiLlm: of its last answer for `model`, when given. */
 interface ReportsRateLimit {
-  lastRateLimit(): RemainingSnapshot | null;
+  lastRateLimit(model?: string): RemainingSnapshot | null;
 }
 
 function reportsRateLimit(llm: Llm): llm is Llm & ReportsRateLimit {
@@ -90,7 +90,7 @@ export class GovernedLlm implements Llm {
       await reservation.settle(prompt === null ? reservation.tokens : prompt + request.maxTokens);
       await this.#governor.succeeded();
       if (reportsRateLimit(this.#inner)) {
-        const snapshot = this.#inner.lastRateLimit();
+        const snapshot = this.#inner.lastRateLimit(request.model);
         if (snapshot !== null) await this.#governor.observeHeaders(snapshot);
       }
     } catch {
@@ -98,5 +98,42 @@ export class GovernedLlm implements Llm {
       // it again. The budget is then a little off until it refills, which the provider's 429s correct.
     }
     return response;
+  }
+}
+
+/**
+ * One budget per model, as providers limit each model on its own: a GovernedLlm per model named in a request,
+ * each with the governor `governorFor` makes for it (in-process, or the model's item in DynamoDB).
+ */
+export class GovernedPerModel implements Llm {
+  readonly #inner: Llm;
+  readonly #governorFor: (model: string) => Governor;
+  readonly #byModel = new Map<string, GovernedLlm>();
+
+  constructor(inner: Llm, governorFor: (model: string) => Governor) {
+    this.#inner = inner;
+    this.#governorFor = governorFor;
+  }
+
+  complete(request: LlmRequest): Promise<LlmResponse> {
+    return this.#for(request.model).complete(request);
+  }
+
+  admit(request: LlmRequest): Promise<AdmittedCall> {
+    return this.#for(request.model).admit(request);
+  }
+
+  /** See `Governor.flush`: every model's. */
+  async flush(): Promise<void> {
+    await Promise.all([...this.#byModel.values()].map((governed) => governed.flush()));
+  }
+
+  #for(model: string): GovernedLlm {
+    let governed = this.#byModel.get(model);
+    if (governed === undefined) {
+      governed = new GovernedLlm(this.#inner, this.#governorFor(model));
+      this.#byModel.set(model, governed);
+    }
+    return governed;
   }
 }

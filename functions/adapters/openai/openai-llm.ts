@@ -105,6 +105,8 @@ export class OpenAiLlm implements Llm {
   readonly #secrets: readonly string[];
   readonly #logger: Logger;
   #rateLimit: RateLimitSnapshot | null = null;
+  /** By model: a provider's limits are per model, and calls to two models interleave. */
+  readonly #rateLimitByModel = new Map<string, RateLimitSnapshot | null>();
 
   constructor(options: OpenAiLlmOptions) {
     this.#secrets = [options.apiKey];
@@ -112,9 +114,9 @@ export class OpenAiLlm implements Llm {
     this.#client = createOpenAiClient(options, this.#logger, 60_000);
   }
 
-  /** Rate-limit headers of the last successful answer, for pacing; null before the first. */
-  lastRateLimit(): RateLimitSnapshot | null {
-    return this.#rateLimit;
+  /** Rate-limit headers of the last successful answer (for `model`, when given), for pacing; null before one. */
+  lastRateLimit(model?: string): RateLimitSnapshot | null {
+    return model === undefined ? this.#rateLimit : (this.#rateLimitByModel.get(model) ?? null);
   }
 
   async complete(request: LlmRequest): Promise<LlmResponse> {
@@ -124,6 +126,7 @@ export class OpenAiLlm implements Llm {
         .create(toChatCompletionParams(request))
         .withResponse();
       this.#rateLimit = readRateLimit(response.headers);
+      this.#rateLimitByModel.set(request.model, this.#rateLimit);
       raw = data;
     } catch (error) {
       const failure = classifyFailure(error, this.#secrets);
