@@ -9,7 +9,7 @@ import {
 import type { Message, Stage } from "../../functions/ports/messages.ts";
 import { type StateStore, TERMINAL_STATUSES } from "../../functions/ports/state-store.ts";
 import { DEAD_LETTERS_FILE, type DeadLetterRecord } from "../../functions/runtime/local.ts";
-import { runLockPath, takeRunLock } from "../../functions/runtime/run-lock.ts";
+import { withRunLock } from "../../functions/runtime/run-lock.ts";
 import { awsClientsFor, QUEUE_STAGES, readStackOutputs } from "./outputs.ts";
 import { describeMessage, openLocalState, readDeadLetters } from "./status.ts";
 
@@ -43,14 +43,12 @@ export async function localRedrive(options: {
   readonly out: string;
   readonly now?: number;
 }): Promise<LocalRedrive> {
-  // A run going on rewrites the dead-letter list when it ends: redrive between runs only.
+  // A run going on rewrites the dead-letter list when it ends: redrive between runs only. Without a state
+  // there is nothing to lock, and openLocalState says so.
   const out = resolve(options.out);
-  const lock = existsSync(join(out, ".mmevol")) ? takeRunLock(runLockPath(out), out) : null;
-  try {
-    return await redriveLocked(options);
-  } finally {
-    lock?.release();
-  }
+  return existsSync(join(out, ".mmevol"))
+    ? withRunLock(out, () => redriveLocked(options))
+    : redriveLocked(options);
 }
 
 async function redriveLocked(options: {

@@ -18,19 +18,9 @@ export function resolveRunConfig(defaults: RunConfigInput, runJson: unknown): Ru
   return result.data;
 }
 
-/** Parsed settings by their JSON: every stage message parses its shard's, and a run has a few shards. */
-const parsedConfigs = new Map<string, RunConfig>();
-const PARSED_CONFIGS_KEPT = 64;
-
-/** The settings frozen into a shard when it was ingested (frozen: one parse is shared by every caller). */
+/** The settings frozen into a shard when it was ingested. */
 export function shardConfig(shard: ShardRecord): RunConfig {
-  const text = JSON.stringify(shard.config);
-  const known = parsedConfigs.get(text);
-  if (known !== undefined) return known;
-  const parsed = deepFreeze(RunConfig.parse(shard.config));
-  if (parsedConfigs.size >= PARSED_CONFIGS_KEPT) parsedConfigs.clear();
-  parsedConfigs.set(text, parsed);
-  return parsed;
+  return RunConfig.parse(shard.config);
 }
 
 /** Settings of the shards a store has served, by `run` and `shard`, per store (a store is one table or file). */
@@ -38,8 +28,9 @@ const settingsByStore = new WeakMap<StateStore, Map<string, RunConfig>>();
 const SHARD_SETTINGS_KEPT = 256;
 
 /**
- * A shard's settings, or null when the shard does not exist. They are frozen at ingest, so a process reads
- * the shard record once for them, not on every stage message (a DynamoDB read each, on AWS).
+ * A shard's settings, or null when the shard does not exist. They are fixed at ingest, so a process reads
+ * the shard record once for them, not on every stage message (a DynamoDB read each, on AWS). Frozen: every
+ * message of the shard shares the one object.
  */
 export async function loadShardConfig(
   state: StateStore,
@@ -56,7 +47,7 @@ export async function loadShardConfig(
   if (cached !== undefined) return cached;
   const record = await state.getShard(run, shard);
   if (record === null) return null;
-  const config = shardConfig(record);
+  const config = deepFreeze(shardConfig(record));
   if (known.size >= SHARD_SETTINGS_KEPT) known.clear();
   known.set(id, config);
   return config;

@@ -90,7 +90,6 @@ export function readStackTemplate(cdkOut: string): Record<string, Resource> {
   return Template.parse(JSON.parse(readFileSync(join(cdkOut, templateFile), "utf8"))).Resources;
 }
 
-/** The template's Outputs: each one's Value, unresolved. */
 const EventSourceMapping = z.object({
   FunctionName: z.object({ Ref: z.string() }),
   EventSourceArn: z.unknown(),
@@ -108,6 +107,7 @@ export function eventSourceMappings(
     .map((r) => EventSourceMapping.parse(r.Properties));
 }
 
+/** The template's Outputs: each one's Value, unresolved. */
 export function readStackOutputs(cdkOut: string): Record<string, unknown> {
   const manifest = Manifest.parse(JSON.parse(readFileSync(join(cdkOut, "manifest.json"), "utf8")));
   const stack = Object.values(manifest.artifacts).find((a) => a.type === "aws:cloudformation:stack");

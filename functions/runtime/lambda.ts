@@ -102,8 +102,8 @@ class SecretKeyLlm implements Llm {
   complete(request: LlmRequest): Promise<LlmResponse> {
     return this.#llm().then((llm) => llm.complete(request));
   }
-  /** The provider's x-ratelimit-* headers of the last answer, for the rate governor; null before one. */
-  lastRateLimit(model?: string): RateLimitSnapshot | null {
+  /** The provider's x-ratelimit-* headers of the last answer for `model`, for the rate governor; null before one. */
+  lastRateLimit(model: string): RateLimitSnapshot | null {
     return this.#built?.lastRateLimit(model) ?? null;
   }
 }

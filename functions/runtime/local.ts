@@ -30,7 +30,7 @@ import { type Clock, type Logger, silentLogger, systemClock } from "../ports/run
 import { emptyStatusCounts, type SampleStatus } from "../ports/state-store.ts";
 import { CountingLlm, type LlmTotals } from "./counting-llm.ts";
 import { FaultyQueue, faultsFromEnv } from "./faults.ts";
-import { runLockPath, takeRunLock } from "./run-lock.ts";
+import { withRunLock } from "./run-lock.ts";
 
 export interface LocalRunOptions {
   /** Shard files (JSON Lines or one JSON array). */
@@ -105,26 +105,15 @@ export function shardNameOf(path: string): string {
 /** Runs the whole pipeline in this process on a directory, SQLite and in-process queues. Resumable. */
 export async function runLocal(options: LocalRunOptions): Promise<LocalRunResult> {
   const started = performance.now();
-  const logger = options.logger ?? silentLogger;
-  const clock = options.clock ?? systemClock;
   const out = resolve(options.out);
   mkdirSync(join(out, ".mmevol"), { recursive: true });
   // Before the state is opened: a second run on the same directory would drop this one's claims and pay again.
-  const lock = takeRunLock(runLockPath(out), out);
-  try {
-    return await runLocked(options, out, logger, clock, started);
-  } finally {
-    lock.release();
-  }
+  return withRunLock(out, () => runLocked(options, out, started));
 }
 
-async function runLocked(
-  options: LocalRunOptions,
-  out: string,
-  logger: Logger,
-  clock: Clock,
-  started: number,
-): Promise<LocalRunResult> {
+async function runLocked(options: LocalRunOptions, out: string, started: number): Promise<LocalRunResult> {
+  const logger = options.logger ?? silentLogger;
+  const clock = options.clock ?? systemClock;
   const imagesDir = resolve(options.images ?? dirname(resolve(options.shards[0] ?? ".")));
   const shardFiles = options.shards.map((path) => ({
     path: resolve(path),

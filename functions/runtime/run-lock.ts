@@ -25,15 +25,26 @@ export interface RunLock {
   release(): void;
 }
 
+/** Runs `work` holding the lock of the output directory `out` (see takeRunLock). */
+export async function withRunLock<T>(out: string, work: () => Promise<T>): Promise<T> {
+  const lock = takeRunLock(out);
+  try {
+    return await work();
+  } finally {
+    lock.release();
+  }
+}
+
 /** A lock file with no pid yet is being taken right now, unless it has been empty this long. */
 const TAKING_MS = 10_000;
 
 /**
- * Takes the output directory's lock (`path`, a file holding this process's pid), or throws
- * RunDirectoryBusyError naming the live process that holds it. A lock whose process is gone (a run killed with
- * `kill -9`, a power loss) is taken over.
+ * Takes the lock of the output directory `out` (`runLockPath(out)`, a file holding this process's pid), or
+ * throws RunDirectoryBusyError naming the live process that holds it. A lock whose process is gone (a run
+ * killed with `kill -9`, a power loss) is taken over.
  */
-export function takeRunLock(path: string, out: string): RunLock {
+export function takeRunLock(out: string): RunLock {
+  const path = runLockPath(out);
   for (let attempt = 0; attempt < 3; attempt++) {
     let fd: number;
     try {
@@ -78,7 +89,7 @@ function holderOf(path: string): number | null | "stale" | "gone" {
   const pid = Number.parseInt(text, 10);
   if (!Number.isInteger(pid) || pid <= 0) return ageMs < TAKING_MS ? null : "stale";
   if (pid === process.pid) return pid;
-  return alive(pid) ? pid : "stale";
+  return processAlive(pid) ? pid : "stale";
 }
 
 function readPid(path: string): number | null {
@@ -90,7 +101,8 @@ function readPid(path: string): number | null {
   }
 }
 
-function alive(pid: number): boolean {
+/** Whether process `pid` exists (on this machine). */
+export function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;

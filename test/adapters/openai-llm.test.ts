@@ -151,7 +151,7 @@ describe("OpenAiLlm", () => {
       },
     ];
     const client = llm();
-    expect(client.lastRateLimit()).toBeNull();
+    expect(client.lastRateLimit(request.model)).toBeNull();
     const response = await client.complete(request);
 
     expect(response).toEqual({
@@ -161,12 +161,14 @@ describe("OpenAiLlm", () => {
       finishReason: "stop",
       refusal: null,
     });
-    expect(client.lastRateLimit()).toEqual({
+    expect(client.lastRateLimit(request.model)).toEqual({
       limitRequests: 5000,
       remainingRequests: 4999,
       limitTokens: 2_000_000,
       remainingTokens: 1_998_720,
     });
+    // Kept per model: a provider limits each model on its own.
+    expect(client.lastRateLimit("gpt-4.1-mini")).toBeNull();
 
     expect(seen).toHaveLength(1);
     const sent = seen[0];

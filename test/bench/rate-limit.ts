@@ -44,7 +44,7 @@ class MeteringLlm implements Llm {
   constructor(inner: OpenAiLlm) {
     this.#inner = inner;
   }
-  lastRateLimit(model?: string): RateLimitSnapshot | null {
+  lastRateLimit(model: string): RateLimitSnapshot | null {
     return this.#inner.lastRateLimit(model);
   }
   async complete(request: LlmRequest): Promise<LlmResponse> {

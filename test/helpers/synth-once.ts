@@ -11,6 +11,7 @@ import {
   writeFileSync,
 } from "node:fs";
 import { join } from "node:path";
+import { processAlive } from "../../functions/runtime/run-lock.ts";
 import { repoRoot } from "./files.ts";
 
 function sourceDigest(): string {
@@ -36,13 +37,7 @@ function lockOwnerGone(lock: string): boolean {
   } catch {
     return false;
   }
-  if (!Number.isInteger(pid) || pid <= 0) return false;
-  try {
-    process.kill(pid, 0);
-    return false;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === "ESRCH";
-  }
+  return Number.isInteger(pid) && pid > 0 && !processAlive(pid);
 }
 
 /**

@@ -12,7 +12,12 @@ const dir = mkdtempSync(path.join(os.tmpdir(), "mmevol-run-lock-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 let count = 0;
-const lockPath = () => path.join(dir, `run-${++count}.lock`);
+/** A fresh output directory with its `.mmevol` folder, and the path of its lock. */
+const outDir = () => {
+  const out = path.join(dir, `out-${++count}`);
+  mkdirSync(path.join(out, ".mmevol"), { recursive: true });
+  return { out, file: runLockPath(out) };
+};
 
 /** The pid of a process that has exited. */
 function deadPid(): number {
@@ -33,38 +38,38 @@ const busyError = (work: () => unknown): RunDirectoryBusyError => {
 
 describe("takeRunLock", () => {
   it("holds this process's pid until released, and refuses a second taker meanwhile", () => {
-    const file = lockPath();
-    const lock = takeRunLock(file, "out/x");
+    const { out, file } = outDir();
+    const lock = takeRunLock(out);
     expect(readFileSync(file, "utf8")).toBe(String(process.pid));
-    const error = busyError(() => takeRunLock(file, "out/x"));
+    const error = busyError(() => takeRunLock(out));
     expect(error.pid).toBe(process.pid);
     expect(error.message).toContain(`pid ${process.pid}`);
-    expect(error.message).toContain("out/x");
+    expect(error.message).toContain(out);
     lock.release();
     expect(existsSync(file)).toBe(false);
-    takeRunLock(file, "out/x").release();
+    takeRunLock(out).release();
   });
 
   it("takes over the lock of a process that is gone", () => {
-    const file = lockPath();
+    const { out, file } = outDir();
     writeFileSync(file, String(deadPid()));
-    const lock = takeRunLock(file, "out/x");
+    const lock = takeRunLock(out);
     expect(readFileSync(file, "utf8")).toBe(String(process.pid));
     lock.release();
   });
 
   it("waits out a lock being taken right now, but not an empty one left long ago", () => {
-    const file = lockPath();
+    const { out, file } = outDir();
     writeFileSync(file, "");
-    expect(busyError(() => takeRunLock(file, "out/x")).message).toContain("starting now");
+    expect(busyError(() => takeRunLock(out)).message).toContain("starting now");
     const old = new Date(Date.now() - 60_000);
     utimesSync(file, old, old);
-    takeRunLock(file, "out/x").release();
+    takeRunLock(out).release();
   });
 
   it("does not remove a lock another process has taken over since", () => {
-    const file = lockPath();
-    const lock = takeRunLock(file, "out/x");
+    const { out, file } = outDir();
+    const lock = takeRunLock(out);
     writeFileSync(file, "1");
     lock.release();
     expect(readFileSync(file, "utf8")).toBe("1");

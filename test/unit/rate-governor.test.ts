@@ -317,13 +317,13 @@ describe("GovernedPerModel", () => {
     const limits: Record<string, number> = { small: 5000, large: 100_000 };
     const inner = {
       complete: async () => answer(20),
-      lastRateLimit: (model?: string) => ({
+      lastRateLimit: (model: string) => ({
         limitRequests: null,
         remainingRequests: null,
-        limitTokens: limits[model ?? ""] ?? null,
-        remainingTokens: limits[model ?? ""] ?? null,
+        limitTokens: limits[model] ?? null,
+        remainingTokens: limits[model] ?? null,
       }),
-    } satisfies Llm & { lastRateLimit: (model?: string) => unknown };
+    } satisfies Llm & { lastRateLimit: (model: string) => unknown };
     const governors = new Map<string, RateGovernor>();
     const llm = new GovernedPerModel(inner, (model) => {
       const governor = new RateGovernor({ learnLimits: true, clock });
@@ -345,21 +345,6 @@ describe("GovernedPerModel", () => {
     expect(small).toBe(false);
     await clock.advance(120_000);
     expect(small).toBe(true);
-  });
-});
-
-describe("OpenAiLlm's rate-limit headers", () => {
-  it("are kept per model", async () => {
-    const sim = await startSimulator({ tokensPerMinute: 600_000 });
-    try {
-      const llm = new OpenAiLlm({ apiKey: "test", baseURL: sim.url, maxRetries: 0 });
-      await llm.complete({ ...request, model: "gpt-4o-mini" });
-      expect(llm.lastRateLimit("gpt-4o-mini")?.limitTokens).toBe(600_000);
-      expect(llm.lastRateLimit("gpt-4.1-mini")).toBeNull();
-      expect(llm.lastRateLimit()?.limitTokens).toBe(600_000);
-    } finally {
-      await sim.close();
-    }
   });
 });
 

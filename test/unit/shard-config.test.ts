@@ -45,22 +45,19 @@ describe("loadShardConfig", () => {
 });
 
 describe("shardConfig", () => {
-  it("shares one frozen parse between shards with the same settings", () => {
-    const a = shardConfig(
+  it("hands out the shared settings frozen, so no message can change another's", async () => {
+    const { store } = countingStore();
+    await store.createShard(
       shardRecord({ config: { rounds: 2, weights: { perception: 1, reasoning: 0, interaction: 0 } } }),
     );
-    const b = shardConfig(
-      shardRecord({
-        shard: "s2",
-        config: { rounds: 2, weights: { perception: 1, reasoning: 0, interaction: 0 } },
-      }),
-    );
-    expect(b).toBe(a);
+    const a = await loadShardConfig(store, "r1", "s1");
+    if (a === null) throw new Error("no settings");
     expect(Object.isFrozen(a.weights)).toBe(true);
     expect(() => {
       (a as { rounds: number }).rounds = 9;
     }).toThrow(TypeError);
     expect(shardConfig(shardRecord({ config: { rounds: 3 } })).rounds).toBe(3);
+    store.close();
   });
 
   it("refuses settings that do not fit the schema", () => {

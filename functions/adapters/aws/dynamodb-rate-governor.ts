@@ -594,23 +594,12 @@ export class DynamoRateGovernor implements Governor {
 /** How long until `read`, refilled to `now`, has `tokens` and a request to spare (0: now). */
 function waitMs(read: RateState, now: number, tokens: number): number {
   const state = advance(read, now);
-  return Math.max(
-    state.pausedUntil - now,
-    state.tokens === null
+  // A cost above what the bucket ever holds waits for a full bucket.
+  const wait = (bucket: Level | null, cost: number): number =>
+    bucket === null
       ? 0
-      : refillWaitMs(
-          Math.min(tokens, ceiling(state, state.tokens)),
-          state.tokens.level,
-          capacity(state, state.tokens),
-        ),
-    state.requests === null
-      ? 0
-      : refillWaitMs(
-          Math.min(1, ceiling(state, state.requests)),
-          state.requests.level,
-          capacity(state, state.requests),
-        ),
-  );
+      : refillWaitMs(Math.min(cost, ceiling(state, bucket)), bucket.level, capacity(state, bucket));
+  return Math.max(state.pausedUntil - now, wait(state.tokens, tokens), wait(state.requests, 1));
 }
 
 /** The bucket's refill per minute (and its size, but for the headroom). */

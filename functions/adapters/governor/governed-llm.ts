@@ -15,9 +15,9 @@ export function estimateRequestTokens(request: LlmRequest): number {
   );
 }
 
-/** An Llm that reports rate-limit headers, like OpenAiLlm: of its last answer for `model`, when given. */
+/** An Llm that reports rate-limit headers, like OpenAiLlm: those of its last answer for `model`. */
 interface ReportsRateLimit {
-  lastRateLimit(model?: string): RemainingSnapshot | null;
+  lastRateLimit(model: string): RemainingSnapshot | null;
 }
 
 function reportsRateLimit(llm: Llm): llm is Llm & ReportsRateLimit {

@@ -104,9 +104,8 @@ export class OpenAiLlm implements Llm {
   readonly #client: OpenAI;
   readonly #secrets: readonly string[];
   readonly #logger: Logger;
-  #rateLimit: RateLimitSnapshot | null = null;
   /** By model: a provider's limits are per model, and calls to two models interleave. */
-  readonly #rateLimitByModel = new Map<string, RateLimitSnapshot | null>();
+  readonly #rateLimits = new Map<string, RateLimitSnapshot | null>();
 
   constructor(options: OpenAiLlmOptions) {
     this.#secrets = [options.apiKey];
@@ -114,9 +113,9 @@ export class OpenAiLlm implements Llm {
     this.#client = createOpenAiClient(options, this.#logger, 60_000);
   }
 
-  /** Rate-limit headers of the last successful answer (for `model`, when given), for pacing; null before one. */
-  lastRateLimit(model?: string): RateLimitSnapshot | null {
-    return model === undefined ? this.#rateLimit : (this.#rateLimitByModel.get(model) ?? null);
+  /** Rate-limit headers of the last successful answer for `model`, for pacing; null before one. */
+  lastRateLimit(model: string): RateLimitSnapshot | null {
+    return this.#rateLimits.get(model) ?? null;
   }
 
   async complete(request: LlmRequest): Promise<LlmResponse> {
@@ -125,8 +124,7 @@ export class OpenAiLlm implements Llm {
       const { data, response } = await this.#client.chat.completions
         .create(toChatCompletionParams(request))
         .withResponse();
-      this.#rateLimit = readRateLimit(response.headers);
-      this.#rateLimitByModel.set(request.model, this.#rateLimit);
+      this.#rateLimits.set(request.model, readRateLimit(response.headers));
       raw = data;
     } catch (error) {
       const failure = classifyFailure(error, this.#secrets);
