@@ -1,6 +1,8 @@
 // `npm run bench`: every benchmark once, each in its own process, then one table of ratios (absolute times
 // vary between machines) with the targets, written as JSON too. `--update-readme` puts the table, with the
 // date, between the README's benchmark markers. `--quick` uses smaller sizes (a smoke run, not the figures).
+// `--base-url <url>` measures the rate-limit and cost figures against another OpenAI-compatible server (key in
+// OPENAI_API_KEY) instead of the simulator; the other benchmarks are about this code and stay as they are.
 import { spawnSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -14,9 +16,16 @@ const { values } = parseArgs({
     "update-readme": { type: "boolean", default: false },
     quick: { type: "boolean", default: false },
     only: { type: "string", multiple: true },
+    "base-url": { type: "string" },
   },
 });
 const quick = values.quick === true;
+const baseUrl = values["base-url"];
+/** Where the rate and cost benchmarks send their requests. */
+const foreign = (args: readonly string[]): string[] =>
+  baseUrl === undefined ? [...args] : [...args, "--base-url", baseUrl];
+const server = baseUrl === undefined ? "simulator" : new URL(baseUrl).host;
+const latency = baseUrl === undefined ? "latency 1-3 s" : `on ${server}`;
 
 interface Bench {
   readonly name: string;
@@ -26,13 +35,13 @@ interface Bench {
 
 const BENCHES: readonly Bench[] = [
   { name: "overhead", script: "local.ts", args: quick ? ["--samples", "200", "--repeat", "1"] : [] },
-  { name: "rate", script: "rate-limit.ts", args: quick ? ["--samples", "60"] : [] },
-  { name: "rate-stack", script: "rate-emulated.ts", args: quick ? ["--samples", "30"] : [] },
-  { name: "cost", script: "cost.ts", args: quick ? ["--samples", "16"] : [] },
+  { name: "rate", script: "rate-limit.ts", args: foreign(quick ? ["--samples", "60"] : []) },
+  { name: "rate-stack", script: "rate-emulated.ts", args: foreign(quick ? ["--samples", "30"] : []) },
+  { name: "cost", script: "cost.ts", args: foreign(quick ? ["--samples", "16"] : []) },
   {
     name: "cost-4.1-mini",
     script: "cost.ts",
-    args: ["--model", "gpt-4.1-mini", ...(quick ? ["--samples", "16"] : [])],
+    args: foreign(["--model", "gpt-4.1-mini", ...(quick ? ["--samples", "16"] : [])]),
   },
   { name: "ingest", script: "ingest-rss.ts", args: quick ? ["--large", "20000"] : [] },
   {
@@ -115,7 +124,7 @@ const rows: Row[] = [
       value: v,
       target: ">= 0.95",
       ok: atLeast(v, 0.95),
-      note: `limit ${num(r.rate, "tokensPerMinute") ?? "?"} TPM, latency 1-3 s`,
+      note: `limit ${num(r.rate, "tokensPerMinute") ?? "?"} TPM, ${latency}`,
     };
   })(),
   (() => {
@@ -135,7 +144,7 @@ const rows: Row[] = [
       value: v,
       target: ">= 0.95",
       ok: atLeast(v, 0.95),
-      note: `limit ${num(r["rate-stack"], "tokensPerMinute") ?? "?"} TPM, latency 1-3 s`,
+      note: `limit ${num(r["rate-stack"], "tokensPerMinute") ?? "?"} TPM, ${latency}`,
     };
   })(),
   (() => {
@@ -155,7 +164,7 @@ const rows: Row[] = [
       value: v,
       target: "<= 0.7",
       ok: atMost(v, 0.7),
-      note: `vs the reference with a cold cache between rounds: ${at(num(r.cost, "onlineRatioToCold"), 3)}`,
+      note: `vs the reference with a cold cache between rounds: ${at(num(r.cost, "onlineRatioToCold"), 3)}${baseUrl === undefined ? "" : `; on ${server}`}`,
     };
   })(),
   (() => {
@@ -230,7 +239,7 @@ function markdownTable(header: readonly string[], body: readonly (readonly strin
   return [line(header), line(widths.map((w) => "-".repeat(w))), ...body.map(line)];
 }
 const table = [
-  `Measured ${date}${quick ? " (quick sizes)" : ""} with \`npm run bench\`; ratios, since absolute times vary between machines.`,
+  `Measured ${date}${quick ? " (quick sizes)" : ""} with \`npm run bench${baseUrl === undefined ? "" : ` -- --base-url ${baseUrl}`}\`; ratios, since absolute times vary between machines.`,
   "",
   ...markdownTable(
     ["Measure", "Value", "Target", "Result", "Notes"],

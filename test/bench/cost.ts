@@ -5,7 +5,12 @@
 //   batch:     ours through the Batch API (the simulator's /v1/files and /v1/batches).
 // Targets: online <= 0.7x and batch <= 0.35x the reference. Also measures the cost levers: the cached share of
 // evolve prompts, how often an image was shrunk, judge calls carrying an image, candidates dropped by rule.
-// Run: node test/bench/cost.ts [--samples 60] [--rounds 3] [--json out.json]
+// Run: node test/bench/cost.ts [--samples 60] [--rounds 3] [--model gpt-4o-mini] [--json out.json]
+// Against another OpenAI-compatible server (its own prefix-cache billing and Batch API): --base-url <url>, the
+// key in OPENAI_API_KEY. Dollars are the model's list prices applied to the usage the server reports. The
+// simulator starts each layout with a cold prefix cache; a foreign server keeps its cache between the three
+// runs (the later runs may find the earlier runs' prefixes still cached), so run those apart
+// with --layouts to keep them independent.
 import { mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -14,12 +19,14 @@ import sharp from "sharp";
 import { OpenAiBatchCodec } from "../../functions/adapters/openai/batch-codec.ts";
 import { OpenAiBatchApi } from "../../functions/adapters/openai/openai-batch-api.ts";
 import { OpenAiLlm } from "../../functions/adapters/openai/openai-llm.ts";
-import { type SimLogEntry, startSimulator } from "../../functions/adapters/simulated/server.ts";
+import { startSimulator } from "../../functions/adapters/simulated/server.ts";
 import { costOf, priceOf } from "../../functions/evolution/pricing.ts";
 import type { ShardReport } from "../../functions/evolution/report.ts";
+import type { BatchApi, BatchInfo } from "../../functions/ports/batch-api.ts";
 import type { ChatMessage, ContentPart, Llm, LlmRequest, LlmResponse } from "../../functions/ports/llm.ts";
 import { runLocal } from "../../functions/runtime/local.ts";
 import { writeBenchShard } from "../helpers/bench-shard.ts";
+import { type ForeignEndpoint, foreignEndpoint, serverName } from "../helpers/endpoint.ts";
 
 const KEY = "sk-bench-cost";
 
@@ -59,6 +66,100 @@ export function referenceLayout(messages: readonly ChatMessage[]): ChatMessage[]
   return [{ role: "user", content: [...images, { type: "text", text: spliced }] }];
 }
 
+/** One answered call as the cost figures need it: which schema, whether it carried an image, its tokens. */
+interface MeteredCall {
+  readonly schemaName: string;
+  readonly hasImage: boolean;
+  readonly promptTokens: number;
+  readonly cachedTokens: number;
+}
+
+const carriesImage = (messages: readonly { readonly content: unknown }[]): boolean =>
+  messages.some((m) => Array.isArray(m.content) && m.content.some((p) => p?.type === "image_url"));
+
+/** Notes every answered online call, as sent (inside any layout change) and as billed. */
+class MeteringLlm implements Llm {
+  readonly calls: MeteredCall[] = [];
+  readonly #inner: Llm;
+  constructor(inner: Llm) {
+    this.#inner = inner;
+  }
+  async complete(request: LlmRequest): Promise<LlmResponse> {
+    const response = await this.#inner.complete(request);
+    this.calls.push({
+      schemaName: request.schemaName,
+      hasImage: carriesImage(request.messages),
+      promptTokens: response.usage.promptTokens,
+      cachedTokens: response.usage.cachedTokens,
+    });
+    return response;
+  }
+}
+
+/**
+ * Notes every answered batch line: the input files tell each custom_id's schema and image, the output files
+ * its usage. Works the same against the simulator and another server.
+ */
+class MeteringBatchApi implements BatchApi {
+  readonly calls: MeteredCall[] = [];
+  readonly #inner: BatchApi;
+  readonly #sent = new Map<string, { schemaName: string; hasImage: boolean }>();
+  readonly #outputs = new Set<string>();
+  constructor(inner: BatchApi) {
+    this.#inner = inner;
+  }
+  uploadFile(name: string, content: Uint8Array): Promise<string> {
+    for (const line of new TextDecoder().decode(content).split("\n")) {
+      if (line.trim() === "") continue;
+      const { custom_id, body } = JSON.parse(line) as {
+        custom_id: string;
+        body: { messages: { content: unknown }[]; response_format?: { json_schema?: { name?: string } } };
+      };
+      this.#sent.set(custom_id, {
+        schemaName: body.response_format?.json_schema?.name ?? "",
+        hasImage: carriesImage(body.messages),
+      });
+    }
+    return this.#inner.uploadFile(name, content);
+  }
+  createBatch(inputFileId: string, metadata: Readonly<Record<string, string>>): Promise<BatchInfo> {
+    return this.#inner.createBatch(inputFileId, metadata);
+  }
+  async getBatch(id: string): Promise<BatchInfo> {
+    const info = await this.#inner.getBatch(id);
+    if (info.outputFileId !== null) this.#outputs.add(info.outputFileId);
+    return info;
+  }
+  listBatches(limit: number): Promise<BatchInfo[]> {
+    return this.#inner.listBatches(limit);
+  }
+  async fileText(fileId: string): Promise<string> {
+    const text = await this.#inner.fileText(fileId);
+    // Each output file is counted once, however often it is read.
+    if (this.#outputs.delete(fileId)) {
+      for (const line of text.split("\n")) {
+        if (line.trim() === "") continue;
+        const parsed = JSON.parse(line) as {
+          custom_id: string;
+          response?: {
+            status_code?: number;
+            body?: { usage?: { prompt_tokens?: number; prompt_tokens_details?: { cached_tokens?: number } } };
+          } | null;
+        };
+        const usage = parsed.response?.status_code === 200 ? parsed.response.body?.usage : undefined;
+        const sent = this.#sent.get(parsed.custom_id);
+        if (usage === undefined || sent === undefined) continue;
+        this.calls.push({
+          ...sent,
+          promptTokens: usage.prompt_tokens ?? 0,
+          cachedTokens: usage.prompt_tokens_details?.cached_tokens ?? 0,
+        });
+      }
+    }
+    return text;
+  }
+}
+
 export interface CostRun {
   readonly costUsd: number;
   readonly kept: number;
@@ -75,17 +176,24 @@ export interface CostRun {
   readonly counts: ShardReport["counts"];
 }
 
+type Layout = "reference" | "online" | "batch";
+const LAYOUTS: readonly Layout[] = ["reference", "online", "batch"];
+
 async function runOne(
-  kind: "reference" | "online" | "batch",
+  kind: Layout,
   shard: string,
   dir: string,
   rounds: number,
   model: string,
+  endpoint: ForeignEndpoint | null,
 ) {
   // A fresh simulator per run: each starts with a cold prefix cache, like a new day at the provider.
-  const sim = await startSimulator({ apiKey: KEY, batch: { completeAfterMs: 50 } });
+  const sim =
+    endpoint === null ? await startSimulator({ apiKey: KEY, batch: { completeAfterMs: 50 } }) : null;
   try {
-    const online = new OpenAiLlm({ apiKey: KEY, baseURL: sim.url });
+    const server = endpoint ?? { apiKey: KEY, baseURL: sim?.url ?? "" };
+    const online = new MeteringLlm(new OpenAiLlm(server));
+    const batchApi = new MeteringBatchApi(new OpenAiBatchApi(server));
     const out = join(dir, kind);
     const result = await runLocal({
       shards: [shard],
@@ -100,18 +208,17 @@ async function runOne(
         ...(kind === "batch" ? { mode: "batch" as const } : {}),
       },
       llm: kind === "reference" ? new ReferenceLayoutLlm(online) : online,
-      batch: { api: new OpenAiBatchApi({ apiKey: KEY, baseURL: sim.url }), codec: new OpenAiBatchCodec() },
-      batchMinPollMs: 20,
-      batchMaxPollMs: 200,
+      batch: { api: batchApi, codec: new OpenAiBatchCodec() },
+      batchMinPollMs: endpoint === null ? 20 : 1_000,
+      batchMaxPollMs: endpoint === null ? 200 : 30_000,
     });
     const report = result.reports[0];
     if (!report) throw new Error(`${kind}: no report`);
     const kept = Object.values(report.keptByRound).reduce((sum, k) => sum + k.kept, 0);
     const ruleDropped = Object.values(report.keptByRound).reduce((sum, k) => sum + k.ruleDropped, 0);
-    // Chat calls are in the simulator's log; batch lines are not, so the evolve figures come from the usage.
-    const log: readonly SimLogEntry[] = sim.stats().log.filter((e) => e.status === 200);
-    const evolve = log.filter((e) => e.schemaName?.startsWith("evolve_"));
-    const batchStats = sim.batches.stats();
+    // Every answered call, online or in a batch, as this process sent it and as the server billed it.
+    const calls = [...online.calls, ...batchApi.calls];
+    const evolve = calls.filter((e) => e.schemaName.startsWith("evolve_"));
     const evolvePrompt = evolve.reduce((s, e) => s + e.promptTokens, 0);
     const evolveCached = evolve.reduce((s, e) => s + e.cachedTokens, 0);
     const imagesDir = join(out, "work", kind, "images");
@@ -123,22 +230,15 @@ async function runOne(
       promptTokens: report.usage.promptTokens,
       cachedTokens: report.usage.cachedTokens,
       completionTokens: report.usage.completionTokens,
-      evolveCachedShare:
-        kind === "batch"
-          ? batchStats.promptTokens > 0
-            ? batchStats.cachedTokens / batchStats.promptTokens
-            : 0
-          : evolvePrompt > 0
-            ? evolveCached / evolvePrompt
-            : 0,
-      judgeCallsWithImage: log.filter((e) => e.schemaName === "judge" && e.hasImage).length,
+      evolveCachedShare: evolvePrompt > 0 ? evolveCached / evolvePrompt : 0,
+      judgeCallsWithImage: calls.filter((e) => e.schemaName === "judge" && e.hasImage).length,
       ruleDropped,
       imagesShrunk: readdirSync(imagesDir).length,
       evolveCallsWithImage: evolve.filter((e) => e.hasImage).length,
       counts: report.counts,
     } satisfies CostRun;
   } finally {
-    await sim.close();
+    await sim?.close();
   }
 }
 
@@ -158,59 +258,94 @@ async function makeImagesDistinct(imagesDir: string): Promise<void> {
   }
 }
 
+/** A layout left out (`--layouts`) has null figures, and so have the ratios that need it. */
 export interface CostFigures {
+  /** The simulator, or the host of the server measured (`--base-url`). */
+  readonly server: string;
+  readonly model: string;
   readonly samples: number;
   readonly rounds: number;
-  readonly reference: CostRun;
-  readonly online: CostRun;
-  readonly batch: CostRun;
+  readonly reference: CostRun | null;
+  readonly online: CostRun | null;
+  readonly batch: CostRun | null;
   /** $/kept item of ours online over the reference (target <= 0.7). */
-  readonly onlineRatio: number;
+  readonly onlineRatio: number | null;
   /** $/kept item of ours in batch mode over the reference (target <= 0.35). */
-  readonly batchRatio: number;
+  readonly batchRatio: number | null;
   /**
    * The reference as the original ran it: round by round over the whole shard, so a sample's next round comes
    * long after the provider's cache (minutes) forgot its image. Its measured tokens, none billed as cached.
    */
-  readonly referenceColdUsdPerKeptItem: number;
-  readonly onlineRatioToCold: number;
-  readonly batchRatioToCold: number;
+  readonly referenceColdUsdPerKeptItem: number | null;
+  readonly onlineRatioToCold: number | null;
+  readonly batchRatioToCold: number | null;
 }
 
+const ratio = (ours: CostRun | null, base: number | null): number | null =>
+  ours === null || base === null ? null : ours.usdPerKeptItem / base;
+
 export async function measureCost(
-  options: { samples?: number; rounds?: number; model?: string } = {},
+  options: {
+    samples?: number;
+    rounds?: number;
+    model?: string;
+    /** Another OpenAI-compatible server instead of a fresh simulator per layout. */
+    endpoint?: ForeignEndpoint | null;
+    /** The layouts to run, in this order (default all three). */
+    layouts?: readonly Layout[];
+  } = {},
 ): Promise<CostFigures> {
   const samples = options.samples ?? 60;
   const rounds = options.rounds ?? 3;
   const model = options.model ?? "gpt-4o-mini";
+  const endpoint = options.endpoint ?? null;
+  const layouts = new Set(options.layouts ?? LAYOUTS);
   const dir = mkdtempSync(join(tmpdir(), "mmevol-bench-cost-"));
   try {
     const shard = writeBenchShard(dir, { samples, name: "cost", withBoxes: true });
     await makeImagesDistinct(join(dir, "images"));
-    const reference = await runOne("reference", shard, dir, rounds, model);
-    const online = await runOne("online", shard, dir, rounds, model);
-    const batch = await runOne("batch", shard, dir, rounds, model);
+    const measured = async (kind: Layout) =>
+      layouts.has(kind) ? await runOne(kind, shard, dir, rounds, model, endpoint) : null;
+    const reference = await measured("reference");
+    const online = await measured("online");
+    const batch = await measured("batch");
     const cold =
-      costOf(priceOf(model), {
-        promptTokens: reference.promptTokens,
-        cachedTokens: 0,
-        completionTokens: reference.completionTokens,
-      }) / reference.kept;
+      reference === null
+        ? null
+        : costOf(priceOf(model), {
+            promptTokens: reference.promptTokens,
+            cachedTokens: 0,
+            completionTokens: reference.completionTokens,
+          }) / reference.kept;
     return {
+      server: serverName(endpoint),
+      model,
       samples,
       rounds,
       reference,
       online,
       batch,
-      onlineRatio: online.usdPerKeptItem / reference.usdPerKeptItem,
-      batchRatio: batch.usdPerKeptItem / reference.usdPerKeptItem,
+      onlineRatio: ratio(online, reference?.usdPerKeptItem ?? null),
+      batchRatio: ratio(batch, reference?.usdPerKeptItem ?? null),
       referenceColdUsdPerKeptItem: cold,
-      onlineRatioToCold: online.usdPerKeptItem / cold,
-      batchRatioToCold: batch.usdPerKeptItem / cold,
+      onlineRatioToCold: ratio(online, cold),
+      batchRatioToCold: ratio(batch, cold),
     };
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/** `--layouts reference,online`: the named layouts, checked. */
+function parseLayouts(text: string | undefined): Layout[] {
+  if (text === undefined) return [...LAYOUTS];
+  const names = text.split(",").map((name) => name.trim());
+  for (const name of names) {
+    if (!LAYOUTS.includes(name as Layout)) {
+      throw new Error(`--layouts takes ${LAYOUTS.join(", ")} (comma-separated), got ${name}`);
+    }
+  }
+  return names as Layout[];
 }
 
 if (import.meta.main) {
@@ -219,6 +354,8 @@ if (import.meta.main) {
       samples: { type: "string", default: "60" },
       rounds: { type: "string", default: "3" },
       model: { type: "string", default: "gpt-4o-mini" },
+      "base-url": { type: "string" },
+      layouts: { type: "string" },
       json: { type: "string" },
     },
   });
@@ -226,24 +363,31 @@ if (import.meta.main) {
     samples: Number(values.samples),
     rounds: Number(values.rounds),
     model: values.model,
+    endpoint: foreignEndpoint(values["base-url"]),
+    layouts: parseLayouts(values.layouts),
   });
-  const row = (name: string, r: CostRun) =>
-    `${name.padEnd(10)} ${r.costUsd.toFixed(4).padStart(8)} ${String(r.kept).padStart(5)} ${(r.usdPerKeptItem * 1000).toFixed(3).padStart(9)} ${String(r.calls).padStart(5)} ${(r.evolveCachedShare * 100).toFixed(0).padStart(6)}% ${String(r.ruleDropped).padStart(5)}`;
+  const row = (name: string, r: CostRun | null) =>
+    r === null
+      ? `${name.padEnd(10)} (not run)`
+      : `${name.padEnd(10)} ${r.costUsd.toFixed(4).padStart(8)} ${String(r.kept).padStart(5)} ${(r.usdPerKeptItem * 1000).toFixed(3).padStart(9)} ${String(r.calls).padStart(5)} ${(r.evolveCachedShare * 100).toFixed(0).padStart(6)}% ${String(r.ruleDropped).padStart(5)}`;
+  const at = (value: number | null) => (value === null ? "n/a" : value.toFixed(3));
   console.log(
-    `mmevol cost benchmark: ${figures.samples} samples x ${figures.rounds} rounds, ${values.model} list prices`,
+    `mmevol cost benchmark: ${figures.samples} samples x ${figures.rounds} rounds on ${figures.server}, ${values.model} list prices`,
   );
   console.log("layout      cost $  kept  m$/kept calls cached  rule-dropped");
   console.log(row("reference", figures.reference));
   console.log(row("online", figures.online));
   console.log(row("batch", figures.batch));
-  console.log(`online / reference: ${figures.onlineRatio.toFixed(3)} (target <= 0.7)`);
-  console.log(`batch  / reference: ${figures.batchRatio.toFixed(3)} (target <= 0.35)`);
+  console.log(`online / reference: ${at(figures.onlineRatio)} (target <= 0.7)`);
+  console.log(`batch  / reference: ${at(figures.batchRatio)} (target <= 0.35)`);
   console.log(
-    `against the reference with a cold cache between rounds (the original's round-by-round order): online ${figures.onlineRatioToCold.toFixed(3)}, batch ${figures.batchRatioToCold.toFixed(3)}`,
+    `against the reference with a cold cache between rounds (the original's round-by-round order): online ${at(figures.onlineRatioToCold)}, batch ${at(figures.batchRatioToCold)}`,
   );
-  console.log(
-    `images shrunk ${figures.online.imagesShrunk} for ${figures.online.evolveCallsWithImage} evolve calls with an image; judge calls with an image: ${figures.online.judgeCallsWithImage}`,
-  );
+  const ours = figures.online ?? figures.batch;
+  if (ours !== null)
+    console.log(
+      `images shrunk ${ours.imagesShrunk} for ${ours.evolveCallsWithImage} evolve calls with an image; judge calls with an image: ${ours.judgeCallsWithImage}`,
+    );
   if (values.json) writeFileSync(values.json, `${JSON.stringify(figures, null, 2)}\n`);
   console.log(JSON.stringify({ onlineRatio: figures.onlineRatio, batchRatio: figures.batchRatio }));
 }

@@ -25,6 +25,7 @@ import { OpenAiLlm } from "../../functions/adapters/openai/openai-llm.ts";
 import type { Llm, LlmRequest, LlmResponse } from "../../functions/ports/llm.ts";
 import { runLocal } from "../../functions/runtime/local.ts";
 import { writeBenchShard } from "../helpers/bench-shard.ts";
+import { tinyRequest } from "../helpers/endpoint.ts";
 
 const { values } = parseArgs({
   options: {
@@ -74,20 +75,7 @@ async function startSimulatorProcess(): Promise<SimulatorProcess> {
 }
 
 /** One small request, the same before each phase: under 1,024 tokens, so it leaves no prefix in the cache. */
-const WARM_UP: LlmRequest = {
-  model: "gpt-4o-mini",
-  messages: [{ role: "user", content: "Warm-up: answer with one word." }],
-  schemaName: "warm_up",
-  schema: {
-    type: "object",
-    properties: { answer: { type: "string" } },
-    required: ["answer"],
-    additionalProperties: false,
-  },
-  temperature: 0,
-  maxTokens: 64,
-  seed: 1,
-};
+const WARM_UP: LlmRequest = tinyRequest("gpt-4o-mini", "Warm-up");
 
 const cpuMs = (usage: NodeJS.CpuUsage): number => (usage.user + usage.system) / 1000;
 

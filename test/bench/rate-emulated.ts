@@ -4,8 +4,11 @@
 // what its limiter charged each call. Prints the share of the limit used over the steady part of the run
 // (target >= 0.95) and the share of requests answered 429 (target <= 1%).
 // Run: node test/bench/rate-emulated.ts [--samples 60] [--rounds 1] [--tpm 200000] [--json out.json]
+// Against another OpenAI-compatible server: --base-url <url> [--model <name>] (key in OPENAI_API_KEY); the
+// proxy meters it the same way, and its limit is read from its headers unless --tpm gives it.
 import { appendFileSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { createServer, request as httpRequest } from "node:http";
+import { request as httpsRequest } from "node:https";
 import type { AddressInfo } from "node:net";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
@@ -16,6 +19,7 @@ import { ENV } from "../../functions/runtime/env.ts";
 import { writeBenchShard } from "../helpers/bench-shard.ts";
 import { testBucket } from "../helpers/bucket.ts";
 import { ensureDynamoLocal } from "../helpers/dynamodb-local.ts";
+import { benchTokenLimit, type ForeignEndpoint, foreignEndpoint, serverName } from "../helpers/endpoint.ts";
 import { tempDir } from "../helpers/files.ts";
 import { ensureMoto, motoClientConfig } from "../helpers/moto.ts";
 import { steadyUse } from "../helpers/rate-window.ts";
@@ -28,25 +32,30 @@ interface Call {
   readonly charged: number;
 }
 
-/** An HTTP proxy that forwards everything to `target` and notes each chat completion's status and charge. */
+/**
+ * An HTTP proxy that forwards everything to the OpenAI base URL `target` (http or https, any path prefix) and
+ * notes each chat completion's status and charge. Its URL has the same path as `target`.
+ */
 async function startMeteringProxy(
   target: string,
 ): Promise<{ url: string; calls: Call[]; close: () => void }> {
   const calls: Call[] = [];
   const upstream = new URL(target);
+  const send = upstream.protocol === "https:" ? httpsRequest : httpRequest;
   const server = createServer((req, res) => {
     const chunks: Buffer[] = [];
     req.on("data", (c: Buffer) => chunks.push(c));
     req.on("end", () => {
       const body = Buffer.concat(chunks);
       const at = performance.now();
-      const forward = httpRequest(
+      const forward = send(
         {
-          host: upstream.hostname,
+          protocol: upstream.protocol,
+          hostname: upstream.hostname,
           port: upstream.port,
           method: req.method,
           path: req.url,
-          headers: req.headers,
+          headers: { ...req.headers, host: upstream.host },
         },
         (up) => {
           const out: Buffer[] = [];
@@ -80,12 +89,16 @@ async function startMeteringProxy(
   });
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
   const { port } = server.address() as AddressInfo;
-  return { url: `http://127.0.0.1:${port}/v1`, calls, close: () => server.close() };
+  const path = upstream.pathname.replace(/\/+$/, "");
+  return { url: `http://127.0.0.1:${port}${path}`, calls, close: () => server.close() };
 }
 
 export interface RateFigures {
   readonly date: string;
   readonly runtime: "emulated-stack";
+  /** The simulator, or the host of the server measured (`--base-url`). */
+  readonly server: string;
+  readonly model: string;
   readonly samples: number;
   readonly rounds: number;
   readonly tokensPerMinute: number;
@@ -112,17 +125,27 @@ function summarize(lines: readonly string[]): Record<string, number> {
 }
 
 export async function measureEmulatedRate(
-  options: { samples?: number; rounds?: number; tpm?: number } = {},
+  options: {
+    samples?: number;
+    rounds?: number;
+    tpm?: number;
+    /** Another OpenAI-compatible server instead of the simulator; `tpm` is then its limit. */
+    endpoint?: ForeignEndpoint | null;
+    model?: string;
+  } = {},
 ): Promise<RateFigures> {
   const samples = options.samples ?? 60;
   const rounds = options.rounds ?? 1;
   const tpm = options.tpm ?? 200_000;
+  const server = options.endpoint ?? null;
+  const model = options.model ?? "gpt-4o-mini";
   const { endpoint } = await ensureMoto();
   // The shared governor's conditional writes must be atomic under concurrency, which moto's are not.
   const { endpoint: dynamodbEndpoint } = await ensureDynamoLocal();
   const cdkOut = await synthOnce();
-  const sim = await startSimulator({ latencyMs: [1000, 3000], tokensPerMinute: tpm });
-  const proxy = await startMeteringProxy(sim.url.replace(/\/v1$/, ""));
+  const sim =
+    server === null ? await startSimulator({ latencyMs: [1000, 3000], tokensPerMinute: tpm }) : null;
+  const proxy = await startMeteringProxy(server?.baseURL ?? sim?.url ?? "");
   const dir = tempDir("mmevol-rate-emulated-");
   const warnings: string[] = [];
   /** Every line the functions print, for a closer look (RATE_LINES=<file>). */
@@ -131,7 +154,7 @@ export async function measureEmulatedRate(
     cdkOut,
     endpoint,
     dynamodbEndpoint,
-    apiKey: "sk-bench-rate",
+    apiKey: server?.apiKey ?? "sk-bench-rate",
     // As deployed with `-c tokensPerMinute=<limit>`: the shared governor's budget.
     functionEnv: { [ENV.openaiBaseUrl]: proxy.url, [ENV.tokensPerMinute]: String(tpm) },
     onLine: (line) => {
@@ -146,7 +169,7 @@ export async function measureEmulatedRate(
     const shard = writeBenchShard(dir.path, { samples, name: "rate" });
     for (const name of readdirSync(join(dir.path, "images")))
       await bucket.put(`seeds/${run}/images/${name}`, readFileSync(join(dir.path, "images", name)));
-    await bucket.put(`seeds/${run}/run.json`, JSON.stringify({ rounds }));
+    await bucket.put(`seeds/${run}/run.json`, JSON.stringify({ rounds, model }));
     const started = performance.now();
     await bucket.put(`seeds/${run}/rate.jsonl`, readFileSync(shard));
     const progress = setInterval(() => {
@@ -171,6 +194,8 @@ export async function measureEmulatedRate(
     return {
       date: new Date().toISOString().slice(0, 10),
       runtime: "emulated-stack",
+      server: serverName(server),
+      model,
       samples,
       rounds,
       tokensPerMinute: tpm,
@@ -187,7 +212,7 @@ export async function measureEmulatedRate(
   } finally {
     await stack.stop();
     proxy.close();
-    await sim.close();
+    await sim?.close();
     dir.cleanup();
   }
 }
@@ -197,18 +222,26 @@ if (import.meta.main) {
     options: {
       samples: { type: "string", default: "60" },
       rounds: { type: "string", default: "1" },
-      tpm: { type: "string", default: "200000" },
+      /** The limit: the simulator's (default 200000), or a foreign server's when its headers do not say. */
+      tpm: { type: "string" },
+      "base-url": { type: "string" },
+      model: { type: "string", default: "gpt-4o-mini" },
       json: { type: "string" },
     },
   });
+  const endpoint = foreignEndpoint(values["base-url"]);
   const figures = await measureEmulatedRate({
     samples: Number(values.samples),
     rounds: Number(values.rounds),
-    tpm: Number(values.tpm),
+    tpm: await benchTokenLimit(values.tpm, endpoint, values.model, 200_000),
+    endpoint,
+    model: values.model,
   });
-  console.log("mmevol rate-limit benchmark on the emulated stack (shared DynamoDB governor, latency 1-3 s)");
+  console.log(
+    `mmevol rate-limit benchmark on the emulated stack (shared DynamoDB governor; ${figures.server}, ${figures.tokensPerMinute} tokens/min, ${endpoint === null ? "latency 1-3 s" : "the server's latency"})`,
+  );
   console.table({
-    "requests to the simulator": figures.requests,
+    [`requests to ${figures.server}`]: figures.requests,
     "answered 429": figures.rateLimited,
     "429s at (s after the shard was put)": figures.rateLimitedAtSeconds.join(", ") || "-",
     "429 share (target <= 1%)": `${(figures.share429 * 100).toFixed(2)}%`,

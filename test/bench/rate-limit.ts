@@ -1,6 +1,8 @@
 // Rate-governor benchmark: a local run against the in-process simulator with a tokens-per-minute limit and
 // 1-3 s latency, paced by the rate governor. Prints the share of the limit used over the steady part of the
 // run (target >= 0.95) and the share of requests answered 429 (target <= 1%). Run: npm run bench:rate
+// Against another OpenAI-compatible server: --base-url <url> [--model <name>] (key in OPENAI_API_KEY); its
+// limit is read from its x-ratelimit-limit-tokens header unless --tpm gives it, and its own latency applies.
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -10,6 +12,7 @@ import { startSimulator } from "../../functions/adapters/simulated/server.ts";
 import type { Llm, LlmRequest, LlmResponse } from "../../functions/ports/llm.ts";
 import { runLocal } from "../../functions/runtime/local.ts";
 import { writeBenchShard } from "../helpers/bench-shard.ts";
+import { benchTokenLimit, foreignEndpoint, serverName } from "../helpers/endpoint.ts";
 import { steadyUse } from "../helpers/rate-window.ts";
 
 const { values } = parseArgs({
@@ -17,17 +20,22 @@ const { values } = parseArgs({
     samples: { type: "string", default: "200" },
     rounds: { type: "string", default: "1" },
     concurrency: { type: "string", default: "32" },
-    tpm: { type: "string", default: "700000" },
+    /** The limit: the simulator's (default 700000), or a foreign server's when its headers do not say. */
+    tpm: { type: "string" },
     // The limit the governor is told, when it differs from the simulator's (shows AIMD and the headers at work);
     // 0 tells it none, as `mmevol run` without --tpm: it learns the limit from the x-ratelimit-* headers.
     "assume-tpm": { type: "string" },
+    "base-url": { type: "string" },
+    model: { type: "string", default: "gpt-4o-mini" },
     json: { type: "string" },
   },
 });
 const samples = Number(values.samples);
 const rounds = Number(values.rounds);
 const concurrency = Number(values.concurrency);
-const tpm = Number(values.tpm);
+const model = values.model;
+const endpoint = foreignEndpoint(values["base-url"]);
+const tpm = await benchTokenLimit(values.tpm, endpoint, model, 700_000);
 const assumedTpm = values["assume-tpm"] === undefined ? tpm : Number(values["assume-tpm"]);
 
 interface Call {
@@ -66,22 +74,29 @@ class MeteringLlm implements Llm {
 }
 
 const dir = mkdtempSync(join(tmpdir(), "mmevol-rate-"));
-const sim = await startSimulator({ latencyMs: [1000, 3000], tokensPerMinute: tpm });
+const sim =
+  endpoint === null ? await startSimulator({ latencyMs: [1000, 3000], tokensPerMinute: tpm }) : null;
 try {
   const shard = writeBenchShard(dir, { samples, name: "rate" });
   // No client retries: every 429 reaches the governor (and the run's own retry), none is hidden.
-  const meter = new MeteringLlm(new OpenAiLlm({ apiKey: "bench", baseURL: sim.url, maxRetries: 0 }));
+  const server = endpoint ?? { apiKey: "bench", baseURL: sim?.url ?? "" };
+  const meter = new MeteringLlm(new OpenAiLlm({ ...server, maxRetries: 0 }));
   const started = performance.now();
   const result = await runLocal({
     shards: [shard],
     out: join(dir, "out"),
     run: "rate",
     concurrency,
-    config: { rounds },
+    config: { rounds, model },
     llm: meter,
     ...(assumedTpm > 0 ? { rateLimit: { tokensPerMinute: assumedTpm } } : {}),
   });
-  const stats = sim.stats();
+  // The simulator counts what it answered; a foreign server's count is the meter's (one request a call: the
+  // client does not retry).
+  const stats = sim?.stats() ?? {
+    requests: meter.calls.length,
+    rateLimited: meter.calls.filter((c) => c.status === "429").length,
+  };
   const calls = [...meter.calls].sort((a, b) => a.startedAt - b.startedAt);
   const charged = calls.filter((c) => c.status === "ok");
   const steady = steadyUse(
@@ -95,6 +110,8 @@ try {
   const share429 = stats.requests > 0 ? stats.rateLimited / stats.requests : 0;
   const figures = {
     date: new Date().toISOString().slice(0, 10),
+    server: serverName(endpoint),
+    model,
     samples,
     rounds,
     concurrency,
@@ -114,10 +131,10 @@ try {
     counts: result.reports[0]?.counts ?? null,
   };
   console.log(
-    `mmevol rate governor benchmark (simulator: ${tpm} tokens/min, governor ${assumedTpm > 0 ? `told ${assumedTpm}` : "told nothing: limits from the headers"}, latency 1-3 s)`,
+    `mmevol rate governor benchmark (${serverName(endpoint)}: ${tpm} tokens/min, governor ${assumedTpm > 0 ? `told ${assumedTpm}` : "told nothing: limits from the headers"}, ${endpoint === null ? "latency 1-3 s" : "the server's latency"})`,
   );
   console.table({
-    "requests to the simulator": figures.requests,
+    [`requests to ${serverName(endpoint)}`]: figures.requests,
     "answered 429": figures.rateLimited,
     "429 share (target <= 1%)": `${(share429 * 100).toFixed(2)}%`,
     "steady window (s)": figures.steadyWindowSeconds,
@@ -128,6 +145,6 @@ try {
   });
   if (values.json) writeFileSync(values.json, `${JSON.stringify(figures, null, 2)}\n`);
 } finally {
-  await sim.close();
+  await sim?.close();
   rmSync(dir, { recursive: true, force: true });
 }
