@@ -19,6 +19,15 @@ whole) on:
    is given away in the question) gets score 0 and is not improved, whatever else it does well.
 An item that is wrong in itself (answer contradicts the question or its own steps) is not improved.
 
+## The items
+Each item is one JSON object: its \`question\` and \`answer\`; \`steps\`, how many solving steps the answer
+shows, and \`stepList\`, the manipulation each step names (Grounding(target)->bbox, Referring(bbox)->target,
+Calculate(expression)->result, OCR(region)->text, None, or a new one); \`objects\`, the image regions it relies
+on; \`skills\`, the atomic skills it exercises (grounding, referencing, calculating, OCR, existence,
+relationship description, context understanding, behaviour prediction, knowledge integration); \`format\`,
+the form of its question. An id names an item within this sample: r2-i1 is the first item written in
+round 2, r0-i1 the first of the seed. A rewritten item names the item it came from; judge it against that one.
+
 ## Score: the difficulty of the rewritten item, 0 to 10
 Ten graded examples anchor the scale:
 1 - "What colour is the sky in the picture?" rephrased as "Which colour does the sky have?"
@@ -32,6 +41,15 @@ Ten graded examples anchor the scale:
 9 - "From the shadows and the shop signs, estimate the time of day and the country, explaining each clue." (several skills chained)
 10 - "Describe the whole scene as a short story: who is where, what each person is doing, and what will probably happen next, citing what you see." (whole-scene narrative with prediction)
 0 - any item answerable without the image.
+
+## A worked example
+Previous items:
+r0-i1: {"question":"What is on the desk?","answer":"A laptop and a mug.","steps":0,"stepList":[],"objects":["desk"],"skills":["existence"],"format":"open question"}
+Rewritten items:
+r1-i1 (rewritten from r0-i1): {"question":"Which object on the desk at [0.20, 0.55, 0.70, 0.90] is nearest to the mug, and what is the person likely to do with it next? A. laptop B. phone C. notebook D. lamp","answer":"A. The laptop: it is open beside the mug, so the person will probably go on typing.","steps":2,"stepList":["Grounding(desk)->bbox","Referring(bbox)->laptop"],"objects":["desk","laptop","mug"],"skills":["grounding","referencing","behaviour prediction"],"format":"multiple choice"}
+r1-i2 (rewritten from none: a new item): {"question":"What is the capital city of France?","answer":"Paris.","steps":0,"stepList":[],"objects":[],"skills":["knowledge integration"],"format":"open question"}
+Verdicts:
+{"verdicts": {"r1-i1": {"improved": true, "score": 7, "reason": "Adds grounding, a choice among four and a prediction, all read from the image."}, "r1-i2": {"improved": false, "score": 0, "reason": "Answerable without the image."}}}
 
 ## Output
 Return JSON with one verdict for every rewritten item id, and no other ids:
@@ -49,13 +67,29 @@ function itemText(item: Item): string {
   });
 }
 
-/** The judge is text only (no image): static criteria first, then the previous and rewritten items. */
+/**
+ * The name the judge knows an item by: its id without the sample's prefix (`s12-r2-i1` is `r2-i1`). One
+ * sample's items share that prefix, so names stay unique within a call, and answers are still matched to
+ * items by id. What it buys: a call's schema, whose required keys are these names, is the same for every
+ * sample with the same candidates in the same round. Providers bill a prompt prefix at the cached rate only
+ * when it is identical from the first token, and OpenAI puts the schema first: with the sample's own ids in
+ * it, no two judge calls shared a prefix at all.
+ */
+export const judgeName = (id: string): string => /^s\d+-(r\d+-i\d+)$/.exec(id)?.[1] ?? id;
+
+/**
+ * The judge is text only (no image): static criteria first (with the schema, over the 1,024 tokens a provider
+ * caches), then the previous and rewritten items, by their judge names.
+ */
 export function buildJudgeMessages(previous: readonly Item[], candidates: readonly Item[]): ChatMessage[] {
-  const parents = previous.map((item) => `${item.id}: ${itemText(item)}`).join("\n");
+  const parents = previous.map((item) => `${judgeName(item.id)}: ${itemText(item)}`).join("\n");
   const rewritten = candidates
-    .map((item) => `${item.id} (rewritten from ${item.parent ?? "none: a new item"}): ${itemText(item)}`)
+    .map(
+      (item) =>
+        `${judgeName(item.id)} (rewritten from ${item.parent === null ? "none: a new item" : judgeName(item.parent)}): ${itemText(item)}`,
+    )
     .join("\n");
-  const user = `## Previous items\n${parents}\n\n## Rewritten items\n${rewritten}\n\nReturn one verdict for each of these ids: ${candidates.map((c) => c.id).join(", ")}.`;
+  const user = `## Previous items\n${parents}\n\n## Rewritten items\n${rewritten}\n\nReturn one verdict for each of these ids: ${candidates.map((c) => judgeName(c.id)).join(", ")}.`;
   return [
     { role: "system", content: JUDGE_SYSTEM },
     { role: "user", content: user },
@@ -115,7 +149,10 @@ export function judgeAnswerSchema(candidateIds: readonly string[]) {
   );
 }
 
-/** Matches verdicts to candidates by id (never by position). Only improved items are kept, with their score. */
+/**
+ * Matches verdicts to candidates by id (never by position), as the judge named them (`judgeName`). Only
+ * improved items are kept, with their score.
+ */
 export function applyVerdicts(
   candidates: readonly Item[],
   answer: JudgeAnswer,
@@ -123,7 +160,7 @@ export function applyVerdicts(
   const kept: Item[] = [];
   const verdicts: Verdict[] = [];
   for (const candidate of candidates) {
-    const verdict = answer.verdicts[candidate.id];
+    const verdict = answer.verdicts[judgeName(candidate.id)];
     if (!verdict) throw new LlmAnswerError(`no verdict for ${candidate.id}`);
     // An item scored 0 is answerable without the image: never kept, whatever the judge's flag says.
     const improved = verdict.improved && verdict.score > 0;

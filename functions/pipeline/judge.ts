@@ -1,6 +1,12 @@
 import { judgeModelOf } from "../evolution/config.ts";
 import { ruleFailure } from "../evolution/filters.ts";
-import { applyVerdicts, buildJudgeMessages, judgeAnswerSchema, judgeSchema } from "../evolution/judge.ts";
+import {
+  applyVerdicts,
+  buildJudgeMessages,
+  judgeAnswerSchema,
+  judgeName,
+  judgeSchema,
+} from "../evolution/judge.ts";
 import { priceOf } from "../evolution/pricing.ts";
 import type { Item, RoundRecord, Verdict, Version } from "../evolution/schemas.ts";
 import type { JudgeMessage } from "../ports/messages.ts";
@@ -49,7 +55,8 @@ export async function judgeSample(input: StageInput<JudgeMessage>, deps: StageDe
   let kept: Item[] = [];
   let usage = zeroUsage();
   if (survivors.length > 0) {
-    const ids = survivors.map((item) => item.id);
+    // The names the judge knows them by: the same for every sample, so the schema is too (see judgeName).
+    const ids = survivors.map((item) => judgeName(item.id));
     const model = judgeModelOf(config);
     try {
       const asked = await askStructured(

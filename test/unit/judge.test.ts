@@ -1,9 +1,11 @@
 import { describe, expect, it } from "vitest";
 import { z } from "zod";
+import { countTextTokens } from "../../functions/adapters/simulated/tokens.ts";
 import {
   applyVerdicts,
   buildJudgeMessages,
   judgeAnswerSchema,
+  judgeName,
   judgeSchema,
 } from "../../functions/evolution/judge.ts";
 import type { Item } from "../../functions/evolution/schemas.ts";
@@ -34,7 +36,18 @@ const candidates = [
   item("s1-r2-i2", "s1-r1-i2", "Which plate holds more food? Let's think step by step.", "The left one..."),
   item("s1-r2-i3", null, "What is written on the napkin?", "Merci."),
 ];
-const ids = candidates.map((c) => c.id);
+/** What the judge calls the candidates: their ids without the sample's prefix. */
+const ids = candidates.map((c) => judgeName(c.id));
+
+describe("judgeName", () => {
+  it("is an item's id without its sample's prefix, and leaves any other id as it is", () => {
+    expect(judgeName("s1-r2-i1")).toBe("r2-i1");
+    expect(judgeName("s123456-r0-i12")).toBe("r0-i12");
+    expect(ids).toEqual(["r2-i1", "r2-i2", "r2-i3"]);
+    for (const other of ["x-r1-i1", "s1-r2", "r2-i1", "s1-r2-i1-extra", "prefix-s1-r2-i1"])
+      expect(judgeName(other)).toBe(other);
+  });
+});
 
 describe("buildJudgeMessages", () => {
   const messages = buildJudgeMessages(previous, candidates);
@@ -54,18 +67,46 @@ describe("buildJudgeMessages", () => {
     expect(String(messages[0]?.content)).toMatch(/visual dependence/i);
   });
 
-  it("includes each candidate id and the id and text of its parent", () => {
-    const text = JSON.stringify(messages.map((m) => m.content));
-    for (const c of candidates) expect(text).toContain(c.id);
-    for (const p of previous) {
-      expect(text).toContain(p.id);
-      expect(text).toContain(p.question);
-    }
+  it("names each candidate and its parent, with the parent's text, by ids without the sample's prefix", () => {
     const user = String(messages[1]?.content);
-    expect(user).toContain("s1-r2-i1 (rewritten from s1-r1-i1)");
-    expect(user).toContain("s1-r2-i2 (rewritten from s1-r1-i2)");
-    expect(user).toMatch(/s1-r2-i3 \(rewritten from none/);
+    for (const c of candidates) expect(user).toContain(judgeName(c.id));
+    for (const p of previous) {
+      expect(user).toContain(`${judgeName(p.id)}: `);
+      expect(user).toContain(p.question);
+    }
+    expect(user).toContain("r2-i1 (rewritten from r1-i1)");
+    expect(user).toContain("r2-i2 (rewritten from r1-i2)");
+    expect(user).toMatch(/r2-i3 \(rewritten from none/);
+    expect(user).toContain("Return one verdict for each of these ids: r2-i1, r2-i2, r2-i3.");
     expect(user).toContain(candidates[1]?.question ?? "missing");
+    // The sample's prefix is nowhere: it would make every sample's call differ.
+    expect(JSON.stringify(messages)).not.toMatch(/s1-r\d/);
+  });
+
+  it("gives two samples' calls with the same candidates one schema and one system message", () => {
+    const renamed = (list: readonly Item[], line: number) =>
+      list.map((i) => ({
+        ...i,
+        id: i.id.replace(/^s1-/, `s${line}-`),
+        parent: i.parent?.replace(/^s1-/, `s${line}-`) ?? null,
+      }));
+    const a = renamed(candidates, 7);
+    const b = renamed(candidates, 90_210);
+    expect(JSON.stringify(judgeSchema(a.map((c) => judgeName(c.id))))).toBe(
+      JSON.stringify(judgeSchema(b.map((c) => judgeName(c.id)))),
+    );
+    expect(buildJudgeMessages(renamed(previous, 7), a)[0]).toEqual(
+      buildJudgeMessages(renamed(previous, 90_210), b)[0],
+    );
+  });
+
+  it("has a static prefix (schema, then system message) over the 1,024 tokens a provider caches", () => {
+    // OpenAI puts the response schema before the messages; it bills a shared prefix as cached from 1,024 tokens.
+    const system = String(messages[0]?.content);
+    const schema = JSON.stringify(judgeSchema(["r1-i1"]));
+    expect(countTextTokens(schema) + countTextTokens(system)).toBeGreaterThanOrEqual(1_100);
+    // With margin under a cruder count too (about 4 characters a token), as another server may count.
+    expect((schema.length + system.length) / 4).toBeGreaterThanOrEqual(1_100);
   });
 });
 
@@ -110,9 +151,9 @@ describe("judgeAnswerSchema", () => {
   it("accepts an answer with a verdict for every id", () => {
     const result = schema.safeParse({
       verdicts: {
-        "s1-r2-i1": verdict(true, 6, "a"),
-        "s1-r2-i2": verdict(true, 7, "b"),
-        "s1-r2-i3": verdict(false, 2, "c"),
+        "r2-i1": verdict(true, 6, "a"),
+        "r2-i2": verdict(true, 7, "b"),
+        "r2-i3": verdict(false, 2, "c"),
       },
     });
     expect(result.success).toBe(true);
@@ -120,39 +161,35 @@ describe("judgeAnswerSchema", () => {
 
   it("rejects an answer missing one id", () => {
     const result = schema.safeParse({
-      verdicts: { "s1-r2-i1": verdict(true, 6, "a"), "s1-r2-i3": verdict(false, 2, "c") },
+      verdicts: { "r2-i1": verdict(true, 6, "a"), "r2-i3": verdict(false, 2, "c") },
     });
     expect(result.success).toBe(false);
-    expect(JSON.stringify(result.error?.issues)).toContain("s1-r2-i2");
+    expect(JSON.stringify(result.error?.issues)).toContain("r2-i2");
   });
 
   it("rejects a malformed verdict and a score out of range", () => {
-    const base = { "s1-r2-i1": verdict(true, 6, "a"), "s1-r2-i2": verdict(true, 7, "b") };
+    const base = { "r2-i1": verdict(true, 6, "a"), "r2-i2": verdict(true, 7, "b") };
     expect(
-      schema.safeParse({ verdicts: { ...base, "s1-r2-i3": { improved: "yes", score: 3, reason: "" } } })
-        .success,
+      schema.safeParse({ verdicts: { ...base, "r2-i3": { improved: "yes", score: 3, reason: "" } } }).success,
     ).toBe(false);
-    expect(schema.safeParse({ verdicts: { ...base, "s1-r2-i3": verdict(true, 11, "x") } }).success).toBe(
-      false,
-    );
-    expect(schema.safeParse({ verdicts: { ...base, "s1-r2-i3": verdict(true, -1, "x") } }).success).toBe(
-      false,
-    );
+    expect(schema.safeParse({ verdicts: { ...base, "r2-i3": verdict(true, 11, "x") } }).success).toBe(false);
+    expect(schema.safeParse({ verdicts: { ...base, "r2-i3": verdict(true, -1, "x") } }).success).toBe(false);
   });
 });
 
 describe("applyVerdicts", () => {
+  // Keyed as the judge answers: by the names it was given.
   const scores: Record<string, ReturnType<typeof verdict>> = {
-    "s1-r2-i1": verdict(true, 6, "adds a second attribute"),
-    "s1-r2-i2": verdict(false, 3, "same difficulty"),
-    "s1-r2-i3": verdict(true, 8, "rare detail read from the image"),
+    "r2-i1": verdict(true, 6, "adds a second attribute"),
+    "r2-i2": verdict(false, 3, "same difficulty"),
+    "r2-i3": verdict(true, 8, "rare detail read from the image"),
   };
 
   // Every order of the verdict keys must give the same, id-matched result.
   const orders = [
-    ["s1-r2-i1", "s1-r2-i2", "s1-r2-i3"],
-    ["s1-r2-i3", "s1-r2-i2", "s1-r2-i1"],
-    ["s1-r2-i2", "s1-r2-i3", "s1-r2-i1"],
+    ["r2-i1", "r2-i2", "r2-i3"],
+    ["r2-i3", "r2-i2", "r2-i1"],
+    ["r2-i2", "r2-i3", "r2-i1"],
   ];
 
   for (const order of orders) {
@@ -166,7 +203,9 @@ describe("applyVerdicts", () => {
       expect(kept[1]).toEqual({ ...candidates[2], score: 8, reason: "rare detail read from the image" });
       expect(verdicts).toHaveLength(3);
       for (const v of verdicts) {
-        const expected = scores[v.id];
+        // Recorded under the item's own id, from the verdict for its name.
+        expect(ids).not.toContain(v.id);
+        const expected = scores[judgeName(v.id)];
         expect(v.score).toBe(expected?.score);
         expect(v.reason).toBe(expected?.reason);
         expect(v.improved).toBe(expected?.improved);
@@ -179,9 +218,9 @@ describe("applyVerdicts", () => {
   it("forces a score-0 item to not improved and does not keep it", () => {
     const answer = judgeAnswerSchema(ids).parse({
       verdicts: {
-        "s1-r2-i1": verdict(true, 0, "answerable without the image"),
-        "s1-r2-i2": verdict(true, 5, "ok"),
-        "s1-r2-i3": verdict(false, 9, "judge said no"),
+        "r2-i1": verdict(true, 0, "answerable without the image"),
+        "r2-i2": verdict(true, 5, "ok"),
+        "r2-i3": verdict(false, 9, "judge said no"),
       },
     });
     const { kept, verdicts } = applyVerdicts(candidates, answer);
@@ -193,17 +232,23 @@ describe("applyVerdicts", () => {
   it("treats a missing verdict as a failed judgement (throws), not a silent drop", () => {
     expect(() =>
       applyVerdicts(candidates, {
-        verdicts: { "s1-r2-i1": verdict(true, 6, "a"), "s1-r2-i3": verdict(true, 6, "c") },
+        verdicts: { "r2-i1": verdict(true, 6, "a"), "r2-i3": verdict(true, 6, "c") },
       }),
     ).toThrow(/s1-r2-i2/);
+    // A verdict under the full id is not the judge's answer for that name: still missing.
+    expect(() =>
+      applyVerdicts(candidates, {
+        verdicts: { ...scores, "r2-i2": undefined, "s1-r2-i2": verdict(true, 6, "b") } as never,
+      }),
+    ).toThrow(/no verdict for s1-r2-i2/);
   });
 
   it("ignores verdicts for ids that are not candidates", () => {
     const answer = {
-      verdicts: { ...scores, "s1-r2-i9": verdict(true, 10, "stray") },
+      verdicts: { ...scores, "r2-i9": verdict(true, 10, "stray") },
     };
     const { kept, verdicts } = applyVerdicts(candidates, answer);
-    expect(verdicts.map((v) => v.id).sort()).toEqual([...ids].sort());
+    expect(verdicts.map((v) => v.id).sort()).toEqual(candidates.map((c) => c.id).sort());
     expect(kept.map((k) => k.id)).not.toContain("s1-r2-i9");
   });
 });
