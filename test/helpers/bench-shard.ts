@@ -43,7 +43,7 @@ const WORDS = (
 ).split(" ");
 
 /** A small deterministic PRNG (mulberry32), so a shard of a given size is the same every time. */
-function prng(seed: number): () => number {
+export function prng(seed: number): () => number {
   let a = seed >>> 0;
   return () => {
     a = (a + 0x6d2b79f5) >>> 0;

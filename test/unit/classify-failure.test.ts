@@ -23,6 +23,26 @@ describe("classifyFailure", () => {
     expect(failure.retryAfterMs).toBeNull();
   });
 
+  it.each(["insufficient_quota", "billing_hard_limit_reached"])(
+    "a 429 for an exhausted quota (%s) is permanent, and says what to do",
+    (code) => {
+      const body = { error: { message: "You exceeded your current quota.", type: code, code } };
+      const failure = classifyFailure(
+        APIError.generate(429, body, undefined, new Headers({ "retry-after": "1" })),
+      );
+      expect(failure.retryable).toBe(false);
+      expect(failure.status).toBe(429);
+      expect(failure.retryAfterMs).toBeNull();
+      expect(failure.message).toContain(`out of quota (${code})`);
+      expect(failure.message).toContain("You exceeded your current quota.");
+      // The same 429 as a rate limit stays retryable.
+      const limited = {
+        error: { message: "Rate limit reached", type: "tokens", code: "rate_limit_exceeded" },
+      };
+      expect(classifyFailure(APIError.generate(429, limited, undefined, new Headers())).retryable).toBe(true);
+    },
+  );
+
   it("reads retry-after in seconds on a 429", () => {
     const failure = classifyFailure(apiError(429, { "retry-after": "7" }, "Rate limit reached"));
     expect(failure.retryable).toBe(true);

@@ -98,6 +98,18 @@ describe("GovernedLlm with an asynchronous governor", () => {
     expect(governor.log).toEqual(["acquired", "settled 0 uncharged", "rate limited 500"]);
   });
 
+  it("gives a 429 that is not a rate limit (an exhausted quota) back without cutting the rate", async () => {
+    const governor = new AsyncGovernor();
+    const refused = new LlmCallError("out of quota", { retryable: false, status: 429 });
+    const failing: Llm = {
+      complete: async () => {
+        throw refused;
+      },
+    };
+    await expect(new GovernedLlm(failing, governor).complete(request)).rejects.toBe(refused);
+    expect(governor.log).toEqual(["acquired", "settled 0 uncharged"]);
+  });
+
   it("awaits keeping the reservation of any other failure before rethrowing it", async () => {
     const governor = new AsyncGovernor();
     const timeout = new LlmCallError("timed out", { retryable: true });

@@ -75,8 +75,11 @@ export class GovernedLlm implements Llm {
     try {
       response = await this.#inner.complete(request);
     } catch (error) {
-      if (error instanceof LlmCallError && error.status === 429) {
+      if (error instanceof LlmCallError && error.status === 429 && error.retryable) {
         await this.#governor.rateLimited(reservation, error.retryAfterMs);
+      } else if (error instanceof LlmCallError && error.status === 429) {
+        // Refused, not limited (an exhausted quota): nothing was charged, and it says nothing about the rate.
+        await reservation.settle(0, false);
       } else {
         // Whether a failed call was charged is unknown (a timeout usually was): keep the reservation.
         await reservation.settle(reservation.tokens);

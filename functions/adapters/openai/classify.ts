@@ -5,6 +5,16 @@ import { LlmCallError, MmevolError } from "../../ports/errors.ts";
 /** Statuses where the same request can succeed later (the openai client's own `shouldRetry` list). */
 const retryableStatuses: ReadonlySet<number> = new Set([408, 409, 429]);
 
+/**
+ * Error codes (the body's `code` or `type`) of a 429 that no wait cures: the account is out of credit or its
+ * billing is off. OpenAI sends them with status 429, like a rate limit.
+ */
+const exhaustedQuotaCodes: ReadonlySet<string> = new Set([
+  "insufficient_quota",
+  "billing_hard_limit_reached",
+  "billing_not_active",
+]);
+
 /** Socket and undici failures: the request never got an answer, so asking again can help. */
 const transientNetworkCodes: ReadonlySet<string> = new Set([
   "ECONNRESET",
@@ -96,8 +106,8 @@ const messageOf = (error: unknown): string => {
 
 /**
  * The one place that decides whether a failed LLM call is worth repeating. Retryable: 408, 409,
- * 429, >= 500, timeouts and dropped connections. Everything else (400, 401, 403, 404, 422,
- * content filter, refusal, anything unknown) is permanent, so a sample fails fast with a reason.
+ * 429 (but not an exhausted quota), >= 500, timeouts and dropped connections. Everything else (400, 401,
+ * 403, 404, 422, content filter, refusal, anything unknown) is permanent, so a sample fails fast with a reason.
  * `secrets` are scrubbed from the message, along with anything shaped like a key.
  */
 export const classifyFailure = (error: unknown, secrets: readonly string[] = []): LlmCallError => {
@@ -117,6 +127,16 @@ export const classifyFailure = (error: unknown, secrets: readonly string[] = [])
   }
   if (error instanceof APIError) {
     const status = typeof error.status === "number" ? error.status : null;
+    const quota = [error.code, error.type].find(
+      (code): code is string => typeof code === "string" && exhaustedQuotaCodes.has(code),
+    );
+    if (quota !== undefined) {
+      // Not a rate limit: asking again (and cutting the rate for it) only repeats the refusal.
+      return new LlmCallError(
+        `LLM call refused: the account is out of quota (${quota}); top it up, then redrive the failed samples: ${scrub(error.message)}`,
+        { retryable: false, status, cause: error },
+      );
+    }
     const shouldRetry = headerOf(error.headers, "x-should-retry");
     const retryable =
       shouldRetry === "true" ||
