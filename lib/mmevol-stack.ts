@@ -331,7 +331,8 @@ export class MmevolStack extends Stack {
       ...(props.logRetention === undefined ? {} : { logRetention: props.logRetention }),
     })
       .bindTable(this.table)
-      .bindBucket(this.bucket, { read: ["work/"] })
+      // Writes: the enqueued-token limits a provider refused a batch for (work/<run>/batches/limits.json).
+      .bindBucket(this.bucket, { read: ["work/"], write: ["work/"] })
       .bindQueue("evolve", this.queues.evolve.queue)
       .bindQueue("judge", this.queues.judge.queue)
       .bindSecret(this.secret);

@@ -1,4 +1,5 @@
 import { createHash } from "node:crypto";
+import { z } from "zod";
 import { costOf, priceOf } from "../evolution/pricing.ts";
 import {
   type BatchCodec,
@@ -7,17 +8,45 @@ import {
   type BatchPorts,
   FINISHED_BATCH_STATUSES,
 } from "../ports/batch-api.ts";
+import { BlobNotFoundError } from "../ports/blob-store.ts";
 import { LlmAnswerError, MmevolError } from "../ports/errors.ts";
 import type { LlmRequest } from "../ports/llm.ts";
 import { Message } from "../ports/messages.ts";
 import type { BatchItem, BatchJob, ShardRecord, StoredAnswer } from "../ports/state-store.ts";
 import { BatchBodyReader } from "./batch-bodies.ts";
 import type { StageDeps } from "./deps.ts";
-import { shardConfig } from "./shard-config.ts";
+import { layout, shardConfig } from "./shard-config.ts";
 
 /** The provider's limits on one batch input file (OpenAI: 50,000 requests, 200 MB). */
 export const BATCH_MAX_REQUESTS = 50_000;
 export const BATCH_MAX_BYTES = 200 * 1024 * 1024;
+
+/**
+ * The share of a learned enqueued-token limit that batch mode fills: our count of a prompt is an estimate,
+ * and the provider's limit is the whole organization's.
+ */
+export const ENQUEUED_SHARE = 0.9;
+
+/**
+ * OpenAI accepts a batch, then fails it at validation with `token_limit_exceeded` when the prompt tokens of
+ * the model's unfinished batches would pass the organization's queue limit: "Enqueued token limit reached for
+ * gpt-4o in organization org-…. Limit: 90,000 enqueued tokens. Please try again once some in_progress batches
+ * have been completed." The requests are fine; the batch came too soon or too big.
+ */
+export function enqueuedTokenRefusal(errors: readonly string[]): { limit: number | null } | null {
+  const refusal = errors.find((error) => /token_limit_exceeded|enqueued token limit/i.test(error));
+  if (refusal === undefined) return null;
+  const limit = /limit:\s*([\d,]+)\s*enqueued tokens/i.exec(refusal)?.[1];
+  const parsed = limit === undefined ? Number.NaN : Number(limit.replaceAll(",", ""));
+  return { limit: Number.isSafeInteger(parsed) && parsed > 0 ? parsed : null };
+}
+
+/** Learned enqueued-token limits by model, kept with the run's batch files (work/<run>/batches/limits.json). */
+const BatchLimits = z.record(
+  z.string(),
+  z.object({ enqueuedTokens: z.number().int().positive(), learnedAt: z.number() }),
+);
+type BatchLimits = z.infer<typeof BatchLimits>;
 
 /**
  * The request went into (or already is in) a batch: the sample waits in its state, and its stage message is
@@ -73,6 +102,7 @@ export async function deferToBatch(
     tries: 0,
     error: null,
     updatedAt: 0,
+    tokens: existing?.tokens ?? deps.batch.codec.promptTokens(request),
   });
   throw new DeferredToBatchError(queued);
 }
@@ -125,6 +155,7 @@ export async function batchTick(deps: TickDeps, options: BatchTickOptions): Prom
   const due = (at: number) => {
     nextAt = nextAt === null ? at : Math.min(nextAt, at);
   };
+  const limits = new RunLimits(deps);
 
   // Jobs first: a job left "submitting" by a crash is adopted or undone before anything new is submitted.
   for (const job of await deps.state.listOpenBatchJobs(options.run)) {
@@ -157,6 +188,13 @@ export async function batchTick(deps: TickDeps, options: BatchTickOptions): Prom
       due(nextPollAt);
       continue;
     }
+    const refusal = info.status === "failed" ? enqueuedTokenRefusal(info.errors) : null;
+    // A batch of one request that does not fit alone is that request's failure, handled as any other.
+    if (refusal !== null && job.items > 1) {
+      await refusedForTokens(deps, job, info, refusal.limit, limits, options.now);
+      due(options.now);
+      continue;
+    }
     const resent = await applyJob(deps, batch, job, info, await deps.state.getShard(job.run, job.shard));
     messages.push(...resent);
     applied += 1;
@@ -171,6 +209,13 @@ export async function batchTick(deps: TickDeps, options: BatchTickOptions): Prom
     deps.logger.info("batch applied", { job: job.id, status: info.status, messages: resent.length });
   }
 
+  // What the open batches hold of each model's enqueued-token limit, by run.
+  const enqueued = new Map<string, number>();
+  const enqueuedKey = (run: string, model: string) => JSON.stringify([run, model]);
+  for (const job of await deps.state.listOpenBatchJobs(options.run)) {
+    const key = enqueuedKey(job.run, job.model);
+    enqueued.set(key, (enqueued.get(key) ?? 0) + (job.tokens ?? 0));
+  }
   for (const shard of await deps.state.listShards(options.run)) {
     if (shard.finalized) continue;
     const config = shardConfig(shard);
@@ -184,8 +229,23 @@ export async function batchTick(deps: TickDeps, options: BatchTickOptions): Prom
       due(newest + options.settleMs);
       continue;
     }
-    const jobs = await submitShard(deps, batch, shard, queued, options.now, minPoll);
+    const runLimits = await limits.of(shard.run);
+    const room: EnqueuedRoom = {
+      left: (model) => {
+        const limit = runLimits[model]?.enqueuedTokens;
+        if (limit === undefined) return Number.POSITIVE_INFINITY;
+        return Math.floor(limit * ENQUEUED_SHARE) - (enqueued.get(enqueuedKey(shard.run, model)) ?? 0);
+      },
+      nothingOpen: (model) => !enqueued.has(enqueuedKey(shard.run, model)),
+      take: (model, tokens) => {
+        const key = enqueuedKey(shard.run, model);
+        enqueued.set(key, (enqueued.get(key) ?? 0) + tokens);
+      },
+    };
+    const { jobs, waiting } = await submitShard(deps, batch, shard, queued, options.now, minPoll, room);
     submitted += jobs;
+    queuedLeft += waiting;
+    // Requests held back for the limit go once a batch of their model finishes: at its next poll.
     due(options.now + minPoll);
   }
 
@@ -193,7 +253,20 @@ export async function batchTick(deps: TickDeps, options: BatchTickOptions): Prom
   return { messages, submitted, applied, open, queued: queuedLeft, nextAt };
 }
 
-/** Splits a shard's queued requests into one file per model of at most 50,000 lines and 200 MB, and submits each. */
+/** How much of each model's enqueued-token limit is left for new batches in this tick. */
+interface EnqueuedRoom {
+  /** Tokens a new batch of `model` may hold (Infinity while no limit was learned). */
+  left(model: string): number;
+  /** No batch of `model` is open: a request alone must then go, however large, or it would wait forever. */
+  nothingOpen(model: string): boolean;
+  take(model: string, tokens: number): void;
+}
+
+/**
+ * Splits a shard's queued requests into one file per model of at most 50,000 lines and 200 MB, and within
+ * what is left of the model's learned enqueued-token limit, and submits each. Requests past the limit stay
+ * queued (`waiting`) until a batch of their model finishes.
+ */
 async function submitShard(
   deps: TickDeps,
   batch: BatchPorts,
@@ -201,7 +274,8 @@ async function submitShard(
   queued: readonly BatchItem[],
   now: number,
   minPoll: number,
-): Promise<number> {
+  room: EnqueuedRoom,
+): Promise<{ jobs: number; waiting: number }> {
   const bodies = new BatchBodyReader(deps.blobs);
   const byModel = new Map<string, BatchItem[]>();
   for (const item of queued) {
@@ -210,28 +284,43 @@ async function submitShard(
     else byModel.set(item.model, [item]);
   }
   let jobs = 0;
+  let waiting = 0;
   for (const [model, items] of byModel) {
     let chunk: { item: BatchItem; line: string }[] = [];
     let bytes = 0;
+    let tokens = 0;
     const flush = async () => {
       if (chunk.length === 0) return;
-      await submitChunk(deps, batch, shard, model, chunk, bytes, now, minPoll);
+      await submitChunk(deps, batch, shard, model, chunk, bytes, tokens, now, minPoll);
+      room.take(model, tokens);
       jobs += 1;
       chunk = [];
       bytes = 0;
+      tokens = 0;
     };
-    for (const item of items) {
+    for (const [index, item] of items.entries()) {
       const body = await bodies.take(item.body, item.hash);
       const line = `${JSON.stringify({ custom_id: item.hash, method: "POST", url: "/v1/chat/completions", body })}\n`;
       const size = Buffer.byteLength(line);
+      // Items queued before their tokens were recorded: about 4 bytes a token, images included (an over-count).
+      const itemTokens = item.tokens ?? Math.ceil(size / 4);
       if (chunk.length >= BATCH_MAX_REQUESTS || (chunk.length > 0 && bytes + size > BATCH_MAX_BYTES))
         await flush();
+      if (tokens + itemTokens > room.left(model) && !(chunk.length === 0 && room.nothingOpen(model))) {
+        await flush();
+        // Still no room once the open batches are counted: the rest waits for one of them to finish.
+        if (itemTokens > room.left(model) && !room.nothingOpen(model)) {
+          waiting += items.length - index;
+          break;
+        }
+      }
       chunk.push({ item, line });
       bytes += size;
+      tokens += itemTokens;
     }
     await flush();
   }
-  return jobs;
+  return { jobs, waiting };
 }
 
 async function submitChunk(
@@ -241,6 +330,7 @@ async function submitChunk(
   model: string,
   chunk: readonly { item: BatchItem; line: string }[],
   bytes: number,
+  tokens: number,
   now: number,
   minPoll: number,
 ): Promise<void> {
@@ -262,6 +352,7 @@ async function submitChunk(
     createdAt: now,
     updatedAt: now,
     error: null,
+    tokens,
   };
   // Order matters for a crash at any point: the job is recorded before its items name it, and the items
   // before the batch exists, so a restart either finds the batch by its metadata or puts the items back.
@@ -326,6 +417,18 @@ async function recoverSubmitting(
     deps.logger.info("batch adopted after a restart", { job: job.id, batch: found.id });
     return;
   }
+  await queueAgain(deps, job);
+  await deps.state.putBatchJob({
+    ...job,
+    status: "failed",
+    error: "never submitted (interrupted); requests queued again",
+    updatedAt: now,
+  });
+  deps.logger.warn("batch was never submitted; its requests are queued again", { job: job.id });
+}
+
+/** Puts a job's requests back in the queue without spending the try its submission counted. */
+async function queueAgain(deps: TickDeps, job: BatchJob): Promise<void> {
   for (const item of await deps.state.listBatchItems(job.run, job.shard, "submitted")) {
     if (item.job === job.id) {
       await deps.state.updateBatchItem(item.run, item.shard, item.hash, "submitted", {
@@ -334,13 +437,96 @@ async function recoverSubmitting(
       });
     }
   }
+}
+
+/**
+ * The provider refused a whole batch for the model's enqueued-token limit: its requests did not fail, so they
+ * go back to the queue without spending a try (past `maxBatchTries` they would be asked online, at twice the
+ * price), and the limit is learned, so the next batches fit in it and wait for earlier ones to finish. The
+ * limit learned is the one the provider names when this batch was over it by our count; when we thought it
+ * fitted (others' batches, or our count, leave less room than we thought), at most half of what it held.
+ */
+async function refusedForTokens(
+  deps: TickDeps,
+  job: BatchJob,
+  info: BatchInfo,
+  named: number | null,
+  limits: RunLimits,
+  now: number,
+): Promise<void> {
+  const held = job.tokens ?? 0;
+  const halved = held > 0 ? Math.max(1, Math.floor(held / 2)) : Number.POSITIVE_INFINITY;
+  const learned =
+    named !== null && held > named * ENQUEUED_SHARE
+      ? named
+      : Math.min(named ?? Number.POSITIVE_INFINITY, halved);
+  if (Number.isFinite(learned)) await limits.learn(job.run, job.model, learned, now);
+  await queueAgain(deps, job);
   await deps.state.putBatchJob({
     ...job,
     status: "failed",
-    error: "never submitted (interrupted); requests queued again",
+    remoteStatus: info.status,
+    polls: job.polls + 1,
     updatedAt: now,
+    error: `refused for the enqueued-token limit; requests queued again: ${info.errors.join("; ")}`.slice(
+      0,
+      1000,
+    ),
   });
-  deps.logger.warn("batch was never submitted; its requests are queued again", { job: job.id });
+  deps.logger.warn("batch refused for the enqueued-token limit; its requests are queued again", {
+    job: job.id,
+    model: job.model,
+    tokens: job.tokens ?? null,
+    limit: Number.isFinite(learned) ? learned : null,
+  });
+}
+
+/** The runs' learned enqueued-token limits (layout.batchLimits), read once per tick and kept up to date. */
+class RunLimits {
+  readonly #deps: TickDeps;
+  readonly #byRun = new Map<string, BatchLimits>();
+  constructor(deps: TickDeps) {
+    this.#deps = deps;
+  }
+
+  async of(run: string): Promise<BatchLimits> {
+    let limits = this.#byRun.get(run);
+    if (limits === undefined) {
+      limits = await this.#read(run);
+      this.#byRun.set(run, limits);
+    }
+    return limits;
+  }
+
+  /** Keeps the lower of the known and the new limit, in memory and in the run's limits file. */
+  async learn(run: string, model: string, enqueuedTokens: number, now: number): Promise<void> {
+    const limits = { ...(await this.of(run)) };
+    const known = limits[model]?.enqueuedTokens;
+    if (known !== undefined && known <= enqueuedTokens) return;
+    limits[model] = { enqueuedTokens, learnedAt: now };
+    this.#byRun.set(run, limits);
+    await this.#deps.blobs.put(layout.batchLimits(run), JSON.stringify(limits, null, 2), "application/json");
+  }
+
+  /** None learned yet: no file. An unreadable file counts as none (the next refusal writes it again). */
+  async #read(run: string): Promise<BatchLimits> {
+    let text: string;
+    try {
+      text = new TextDecoder().decode(await this.#deps.blobs.get(layout.batchLimits(run)));
+    } catch (error) {
+      if (error instanceof BlobNotFoundError) return {};
+      throw error;
+    }
+    let value: unknown;
+    try {
+      value = JSON.parse(text);
+    } catch {
+      value = null;
+    }
+    const parsed = BatchLimits.safeParse(value);
+    if (!parsed.success) this.#deps.logger.warn("unreadable batch limits file, ignored", { run });
+    return parsed.success ? parsed.data : {};
+  }
 }
 
 /**

@@ -76,6 +76,8 @@ export const layout = {
    */
   batchBodies: (run: string, shard: string, id: string) =>
     `work/${run}/batches/${shard}/requests/${id}.jsonl`,
+  /** Batch mode: the enqueued-token limits the provider refused a batch for, by model (JSON). */
+  batchLimits: (run: string) => `work/${run}/batches/limits.json`,
 };
 
 /** `seeds/<run>/<name>.json[l]` → run and shard names, or null for any other key. */

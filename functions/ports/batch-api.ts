@@ -81,6 +81,11 @@ export interface BatchCodec {
    * the token limit, empty) and LlmCallError for a refusal or an unreadable body.
    */
   decode(body: unknown, model: string): LlmResponse;
+  /**
+   * The prompt tokens the provider counts for the request (text, images and schema): what a batch adds to the
+   * organization's enqueued-token limit for the model. An estimate; batch mode keeps a margin below the limit.
+   */
+  promptTokens(request: LlmRequest): number;
 }
 
 /** Batch mode's ports: the provider's Batch API and its wire format. */

@@ -142,6 +142,8 @@ export const BatchItem = z.object({
   tries: z.number().int().nonnegative(),
   error: z.string().nullable(),
   updatedAt: z.number(),
+  /** The request's prompt tokens as the provider counts them (BatchCodec.promptTokens); absent in older items. */
+  tokens: z.number().int().nonnegative().optional(),
 });
 export type BatchItem = z.infer<typeof BatchItem>;
 
@@ -165,6 +167,8 @@ export const BatchJob = z.object({
   createdAt: z.number(),
   updatedAt: z.number(),
   error: z.string().nullable(),
+  /** The prompt tokens of its requests: what it holds of the model's enqueued-token limit while open. */
+  tokens: z.number().int().nonnegative().optional(),
 });
 export type BatchJob = z.infer<typeof BatchJob>;
 

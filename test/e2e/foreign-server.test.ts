@@ -1,3 +1,4 @@
+import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { z } from "zod";
@@ -107,6 +108,10 @@ async function evolve(
     elapsedMs,
     samples,
     evolvedLines: countLines(join(out, `evolved/${RUN}/${RUN}.jsonl`)),
+    /** The enqueued-token limits learned (functions/pipeline/batch.ts), when a batch was refused for one. */
+    batchLimits: existsSync(join(out, `work/${RUN}/batches/limits.json`))
+      ? readJson(join(out, `work/${RUN}/batches/limits.json`))
+      : null,
     errorLines: readJsonl(join(out, `errors/${RUN}/${RUN}.jsonl`)),
   };
 }
@@ -245,13 +250,21 @@ describe("the pipeline against a foreign OpenAI-compatible server", () => {
       expect(run.counts).toMatchObject({ lines: run.samples, failed: 0, addsUp: true });
     });
 
-    // OUR BUG (functions/pipeline/batch.ts, submitShard/applyJob): a batch the provider refused as a whole for
-    // its enqueued-token limit is counted as a failed try of every request in it and resubmitted at once, the
-    // same size; after maxBatchTries (2) every request is asked online at full price. The provider said "later"
-    // (or "smaller"), not "this request failed".
-    it.fails("(e2) answers them through smaller or later batches, not online at full price", async () => {
-      const { server } = await once();
+    // A batch the provider refused as a whole for its enqueued-token limit used to count as a failed try of every
+    // request in it, and was resubmitted at once, the same size; past maxBatchTries (2) every request was asked
+    // online at full price. The provider said "later" (or "smaller"), not "this request failed".
+    it("(e2) answers them through smaller or later batches, not online at full price", async () => {
+      const { server, run } = await once();
       expect(server.stats.chatRequests).toBe(0);
+      // Refused once for the evolve round, then batches that fit; the limit is kept for the run.
+      const refusals = [...server.stats.batchErrors.values()]
+        .flat()
+        .filter((e) => e === "token_limit_exceeded");
+      expect(refusals.length).toBeGreaterThanOrEqual(1);
+      expect(refusals.length).toBeLessThanOrEqual(3);
+      expect(run.usage.calls).toBe(server.stats.batchLinesAnswered);
+      // Learned from the refusal's "Limit: N enqueued tokens", kept with the run for the next batches (and reruns).
+      expect(run.batchLimits).toMatchObject({ "gpt-4o-mini": { enqueuedTokens: ENQUEUED_LIMIT } });
     });
   });
 
