@@ -96,6 +96,20 @@ export function buildJudgeMessages(previous: readonly Item[], candidates: readon
   ];
 }
 
+/** A verdict as written: its id, the flag, the score and a one-sentence reason, about 40 tokens; 4x room. */
+export const JUDGE_TOKENS_PER_VERDICT = 160;
+/** The answer's frame around its verdicts. */
+const JUDGE_TOKENS_FRAME = 100;
+
+/**
+ * The judge's max_tokens for `candidates` items, at most `cap` (the run's `judgeMaxTokens`). A provider's
+ * tokens-per-minute limiter charges a call its whole max_tokens when it is admitted, whatever the answer
+ * uses: a judge call of two items that asked for 2,048 held 1,700 tokens of the limit it never wrote, and
+ * evolve calls waited for them.
+ */
+export const judgeMaxTokens = (candidates: number, cap: number): number =>
+  Math.min(cap, JUDGE_TOKENS_FRAME + JUDGE_TOKENS_PER_VERDICT * Math.max(1, candidates));
+
 const VERDICT_SCHEMA = {
   type: "object",
   properties: {

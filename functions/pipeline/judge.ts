@@ -4,6 +4,7 @@ import {
   applyVerdicts,
   buildJudgeMessages,
   judgeAnswerSchema,
+  judgeMaxTokens,
   judgeName,
   judgeSchema,
 } from "../evolution/judge.ts";
@@ -67,7 +68,7 @@ export async function judgeSample(input: StageInput<JudgeMessage>, deps: StageDe
           schemaName: "judge",
           schema: judgeSchema(ids),
           temperature: config.temperature,
-          maxTokens: config.judgeMaxTokens,
+          maxTokens: judgeMaxTokens(survivors.length, config.judgeMaxTokens),
           seed: config.seed,
         },
         {

@@ -1,10 +1,12 @@
 import { describe, expect, it } from "vitest";
 import { z } from "zod";
+import { fillSchema } from "../../functions/adapters/simulated/schema-fill.ts";
 import { countTextTokens } from "../../functions/adapters/simulated/tokens.ts";
 import {
   applyVerdicts,
   buildJudgeMessages,
   judgeAnswerSchema,
+  judgeMaxTokens,
   judgeName,
   judgeSchema,
 } from "../../functions/evolution/judge.ts";
@@ -119,6 +121,28 @@ const JudgeSchemaShape = StrictObject.extend({
   properties: z.object({
     verdicts: StrictObject.extend({ properties: z.record(z.string(), StrictObject) }),
   }),
+});
+
+describe("judgeMaxTokens", () => {
+  it("grows with the candidates, within the run's cap", () => {
+    expect(judgeMaxTokens(1, 2048)).toBe(260);
+    expect(judgeMaxTokens(3, 2048)).toBe(580);
+    expect(judgeMaxTokens(0, 2048)).toBe(260);
+    expect(judgeMaxTokens(40, 2048)).toBe(2048);
+    expect(judgeMaxTokens(3, 300)).toBe(300);
+  });
+
+  it("leaves room for whole answers: the simulator's longest of 300, for 1 to 8 candidates, fits", () => {
+    for (let n = 1; n <= 8; n++) {
+      const names = Array.from({ length: n }, (_, i) => `r2-i${i + 1}`);
+      let longest = 0;
+      for (let seed = 0; seed < 300; seed++) {
+        const answer = JSON.stringify(fillSchema(judgeSchema(names), `judge-${n}-${seed}`));
+        longest = Math.max(longest, countTextTokens(answer));
+      }
+      expect(longest, `${n} candidates`).toBeLessThan(judgeMaxTokens(n, 4096));
+    }
+  });
 });
 
 describe("judgeSchema", () => {
