@@ -243,6 +243,12 @@ async function runCommand(shards: string[], flags: RunFlags): Promise<void> {
   });
   printer.stop();
 
+  if (result.stoppedFor !== null) {
+    process.stderr.write(
+      `mmevol: stopped: ${result.stoppedFor}\nmmevol: no sample failed for it; answered calls are stored. Top up the account, then run the same command to continue\n`,
+    );
+    process.exit(3);
+  }
   if (result.interrupted) {
     process.stderr.write(
       "mmevol: interrupted; answered calls are stored, run the same command to continue\n",
@@ -324,6 +330,9 @@ program
     "after",
     `
 Environment: OPENAI_API_KEY (never printed), OPENAI_BASE_URL. With neither set, the run is a dry run.
+Exit codes: 0 done; 1 some work gave up after repeated errors (rerun to retry it); 2 bad usage, or another
+run works on the same --out; 3 the provider says the account is out of quota (top it up, rerun to resume);
+130 interrupted (rerun to resume).
 Examples:
   mmevol run examples/seeds/demo.jsonl --out out/demo --dry-run
   OPENAI_BASE_URL=http://127.0.0.1:11434/v1 mmevol run seeds.jsonl --model qwen2.5vl --out out/q`,

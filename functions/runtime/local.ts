@@ -23,6 +23,7 @@ import {
   workKeyOf,
 } from "../pipeline/index.ts";
 import type { BatchPorts } from "../ports/batch-api.ts";
+import { QuotaExhaustedError } from "../ports/errors.ts";
 import { type Faults, noFaults } from "../ports/faults.ts";
 import type { Llm } from "../ports/llm.ts";
 import { Message, type Stage, type WorkQueue } from "../ports/messages.ts";
@@ -88,6 +89,11 @@ export interface Progress {
 
 export interface LocalRunResult {
   readonly interrupted: boolean;
+  /**
+   * Why the run stopped before its work was done, when the provider made it stop (the account is out of
+   * quota); null otherwise. `interrupted` is then true too: the same command resumes the run.
+   */
+  readonly stoppedFor: string | null;
   readonly reports: ShardReport[];
   readonly deadLetters: number;
   readonly llm: LlmTotals;
@@ -181,6 +187,7 @@ async function runLocked(options: LocalRunOptions, out: string, started: number)
 
     let busy = 0;
     let stop = false;
+    let stoppedFor: string | null = null;
     options.signal?.addEventListener("abort", () => {
       stop = true;
     });
@@ -251,6 +258,18 @@ async function runLocked(options: LocalRunOptions, out: string, started: number)
           }
           lastError.delete(received.id);
         } catch (error) {
+          if (error instanceof QuotaExhaustedError) {
+            // Every other call would be refused too: stop, leaving the work unfinished for the next run.
+            if (stoppedFor === null) {
+              stoppedFor = error.message;
+              logger.error("the provider refused: the account is out of quota; stopping the run", {
+                error: error.message,
+              });
+            }
+            stop = true;
+            queues.release(kind, received.id, 0);
+            continue;
+          }
           lastError.set(received.id, error instanceof Error ? error.message : String(error));
           const retryAfter = retryAfterOf(error);
           const backoff = retryAfter ?? Math.min(30_000, 500 * 2 ** (received.receiveCount - 1));
@@ -356,6 +375,7 @@ async function runLocked(options: LocalRunOptions, out: string, started: number)
     writeFileSync(join(out, DEAD_LETTERS_FILE), records.map((r) => `${JSON.stringify(r)}\n`).join(""));
     return {
       interrupted: stop,
+      stoppedFor,
       reports,
       deadLetters,
       llm: { ...llm.totals },

@@ -10,6 +10,7 @@ import type { Logger } from "../../functions/ports/runtime.ts";
 import { TERMINAL_STATUSES } from "../../functions/ports/state-store.ts";
 import { runLocal } from "../../functions/runtime/local.ts";
 import { writeBenchShard } from "../helpers/bench-shard.ts";
+import { runCli } from "../helpers/cli.ts";
 import { countLines, readJson, readJsonl, tempDir } from "../helpers/files.ts";
 import {
   type ForeignServer,
@@ -268,35 +269,98 @@ describe("the pipeline against a foreign OpenAI-compatible server", () => {
     });
   });
 
+  it("(e3) a request too large for the limit alone goes online after maxBatchTries, and the run ends", async () => {
+    // A 1,000-token limit, under any single request (~2.1k): every batch is refused. The first, of several
+    // requests, teaches the limit; then each request goes alone (nothing fits beside it, nothing is open), is
+    // refused alone (its own failure, a try spent), and past maxBatchTries (2) is asked online.
+    const server = await serve({ batch: { enqueuedTokenLimit: 1_000 } });
+    const run = await evolve(server, { mode: "batch", samples: 3, rounds: 1 });
+    expect(run.result.deadLetters).toBe(0);
+    expect(run.unfinished).toEqual([]);
+    expect(run.openJobs).toBe(0);
+    expect(run.counts).toMatchObject({ lines: 3, failed: 0, addsUp: true });
+    expect(server.stats.batchLinesAnswered).toBe(0);
+    // Every answer came online, each evolve and judge request once.
+    expect(server.stats.chatAnswered).toBe(run.usage.calls);
+    expect(server.stats.chatRequests).toBeGreaterThanOrEqual(3);
+    expect(run.batchLimits).toMatchObject({ "gpt-4o-mini": { enqueuedTokens: 1_000 } });
+  });
+
   describe("(f) online when the organization is out of credit (429 insufficient_quota)", () => {
     // OpenAI answers every call with 429, `"type":"insufficient_quota","code":"insufficient_quota"`, "You exceeded
-    // your current quota, please check your plan and billing details": a 429 that no wait will cure.
-    const SAMPLES = 2;
-    let shared: Promise<{ server: ForeignServer; run: Awaited<ReturnType<typeof evolve>> }> | null = null;
+    // your current quota, please check your plan and billing details": a 429 that no wait will cure, and no
+    // sample's fault. It used to be retried as a rate limit (the client's 2 retries inside each of 5 deliveries,
+    // the governor cutting its rate each time: 15 calls and ~15 s a sample), and then each sample FAILED, for
+    // good: a topped-up account could not resume them.
+    const SAMPLES = 3;
+    let shared: Promise<{
+      server: ForeignServer;
+      dir: string;
+      stopped: Awaited<ReturnType<typeof runLocal>>;
+    }> | null = null;
     const once = () => {
       shared ??= (async () => {
         const server = await serve({ quotaExhausted: true });
-        return { server, run: await evolve(server, { mode: "online", samples: SAMPLES, rounds: 1 }) };
+        const dir = tempDir("mmevol-foreign-quota-");
+        dirs.push(dir);
+        writeBenchShard(dir.path, { samples: SAMPLES, name: RUN });
+        const stopped = await runLocal(quotaRun(server, dir.path));
+        return { server, dir: dir.path, stopped };
       })();
       return shared;
     };
-
-    it("(f1) ends every sample FAILED with the provider's reason", async () => {
-      const { run } = await once();
-      expect(run.unfinished).toEqual([]);
-      expect(run.counts).toMatchObject({ lines: SAMPLES, failed: SAMPLES, evolved: 0, addsUp: true });
-      expect(run.errorLines).toHaveLength(SAMPLES);
-      for (const line of run.errorLines)
-        expect(JSON.stringify(line)).toContain("exceeded your current quota");
+    const quotaRun = (server: ForeignServer, dir: string) => ({
+      shards: [join(dir, `${RUN}.jsonl`)],
+      out: join(dir, "out"),
+      run: RUN,
+      concurrency: 2,
+      config: { rounds: 1 },
+      llm: new OpenAiLlm({ apiKey: API_KEY, baseURL: server.url, timeoutMs: 30_000 }),
     });
 
-    // Every 429 used to be retryable, so an empty account was retried as a rate limit: the client's 2 retries
-    // inside each of maxAttempts (5) deliveries with queue backoff, and the governor cut its rate for each (15
-    // calls and ~15 s a sample). An exhausted quota is now permanent: one call (with the client's own retries,
-    // 3) says all there is to say.
-    it("(f2) gives up on a sample after the first failed call", async () => {
-      const { server } = await once();
-      expect(server.stats.chatRequests).toBeLessThanOrEqual(3 * SAMPLES);
+    it("(f1) stops the run at once, with the provider's reason, and fails no sample", async () => {
+      const { server, dir, stopped } = await once();
+      expect(stopped.interrupted).toBe(true);
+      expect(stopped.stoppedFor).toMatch(/out of quota \(insufficient_quota\).*exceeded your current quota/);
+      // The calls in flight when the first refusal came, each with the client's own 2 retries.
+      expect(server.stats.chatRequests).toBeLessThanOrEqual(2 * 3);
+      const state = new SqliteStateStore(join(dir, "out/.mmevol/state.sqlite"));
+      try {
+        const counts = state.countByStatus(RUN, RUN);
+        expect(counts.FAILED).toBe(0);
+        expect(counts.DONE).toBe(0);
+      } finally {
+        state.close();
+      }
+    });
+
+    it("(f2) resumes once the account is topped up: the same run finishes every sample", async () => {
+      const { server, dir } = await once();
+      server.topUp();
+      const resumed = await runLocal(quotaRun(server, dir));
+      expect(resumed.interrupted).toBe(false);
+      expect(resumed.stoppedFor).toBeNull();
+      const counts = ReportCounts.parse(readJson(join(dir, `out/reports/${RUN}/${RUN}.json`)).counts);
+      expect(counts).toMatchObject({ lines: SAMPLES, failed: 0, addsUp: true });
+      expect(counts.evolved + counts.passedThrough).toBe(SAMPLES);
+    });
+
+    it("(f3) the CLI says so and exits 3, then the same command finishes the run", async () => {
+      const server = await serve({ quotaExhausted: true });
+      const dir = tempDir("mmevol-foreign-quota-cli-");
+      dirs.push(dir);
+      const shard = writeBenchShard(dir.path, { samples: 2, name: RUN });
+      const args = ["run", shard, "--out", join(dir.path, "out"), "--rounds", "1", "--quiet"];
+      const env = { OPENAI_API_KEY: API_KEY, OPENAI_BASE_URL: server.url };
+      const refused = await runCli(args, env);
+      expect(refused.code).toBe(3);
+      expect(refused.stderr).toContain("mmevol: stopped: LLM call refused: the account is out of quota");
+      expect(refused.stderr).toContain("no sample failed for it");
+      expect(refused.stderr).not.toContain(API_KEY);
+      server.topUp();
+      const resumed = await runCli(args, env);
+      expect(resumed.code, resumed.stderr).toBe(0);
+      expect(resumed.stdout).toMatch(/2 lines = \d+ evolved \+ \d+ passed through \+ 0 failed \+ 0 rejected/);
     });
   });
 });

@@ -87,6 +87,8 @@ export interface ForeignServer {
   /** Base URL including `/v1`, for the openai client's `baseURL`. */
   readonly url: string;
   readonly stats: ForeignStats;
+  /** The account gets credit again: calls are answered from now on (see `quotaExhausted`). */
+  topUp(): void;
   close(): Promise<void>;
 }
 
@@ -376,6 +378,7 @@ const FINISHED = new Set(["completed", "failed", "expired", "cancelled"]);
 
 export async function startForeignServer(options: ForeignServerOptions = {}): Promise<ForeignServer> {
   const seed = options.seed ?? 1;
+  let quotaExhausted = options.quotaExhausted === true;
   const random = prng(seed);
   const cache = new PrefixCache();
   const tokens = new Limiter(options.tokensPerMinute ?? 2_000_000);
@@ -521,7 +524,7 @@ export async function startForeignServer(options: ForeignServerOptions = {}): Pr
       fail(res, problem ?? { status: 400, message: "bad body" });
       return;
     }
-    if (options.quotaExhausted === true) {
+    if (quotaExhausted) {
       stats.chat429 += 1;
       stats.chatLog.push({ at: Date.now(), status: 429, charged: 0 });
       return fail(res, {
@@ -973,6 +976,9 @@ export async function startForeignServer(options: ForeignServerOptions = {}): Pr
   return {
     url: `http://127.0.0.1:${address.port}/v1`,
     stats,
+    topUp: () => {
+      quotaExhausted = false;
+    },
     close: () =>
       new Promise<void>((resolve) => {
         server.closeAllConnections();

@@ -1,4 +1,4 @@
-import { readFileSync } from "node:fs";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { SqliteStateStore } from "../../functions/adapters/local/sqlite-state-store.ts";
@@ -102,6 +102,20 @@ describe("batch mode on the local runner", () => {
     // The same requests fail the same way in every batch (the share is chosen by custom_id): online finishes them.
     expect(result.llm.calls).toBeGreaterThan(0);
     expect(result.llm.calls).toBeLessThan(clean.llm.calls);
+  });
+
+  it("ignores, with a warning, a limits file it cannot read, and runs as if no limit were learned", async () => {
+    const dir = tempDir();
+    dirs.push(dir);
+    const out = join(dir.path, "out");
+    mkdirSync(join(out, "work/demo/batches"), { recursive: true });
+    writeFileSync(join(out, "work/demo/batches/limits.json"), "{ not json");
+    const warnings: string[] = [];
+    const logger: Logger = { ...silentLogger, warn: (message) => warnings.push(message) };
+    const { llm, counts } = await run({ mode: "batch", out, logger });
+    expect(warnings).toContain("unreadable batch limits file, ignored");
+    expect(counts).toMatchObject({ failed: 0, addsUp: true });
+    expect(llm.calls).toBe(0);
   });
 
   it("treats an expired batch as failed and still finishes every sample", async () => {

@@ -2,7 +2,7 @@ import { APIConnectionError, APIConnectionTimeoutError, APIError, APIUserAbortEr
 import { ContentFilterFinishReasonError } from "openai/core/error";
 import { describe, expect, it } from "vitest";
 import { classifyFailure, retryAfterMsOf, scrubSecrets } from "../../functions/adapters/openai/classify.ts";
-import { LlmAnswerError, LlmCallError } from "../../functions/ports/errors.ts";
+import { LlmAnswerError, LlmCallError, QuotaExhaustedError } from "../../functions/ports/errors.ts";
 
 const apiError = (status: number, headers: Record<string, string> = {}, message = "boom"): APIError =>
   APIError.generate(status, { error: { message } }, undefined, new Headers(headers));
@@ -24,22 +24,27 @@ describe("classifyFailure", () => {
   });
 
   it.each(["insufficient_quota", "billing_hard_limit_reached"])(
-    "a 429 for an exhausted quota (%s) is permanent, and says what to do",
+    "a 429 for an exhausted quota (%s) is a QuotaExhaustedError: never a sample's failed try, back in 15 min",
     (code) => {
       const body = { error: { message: "You exceeded your current quota.", type: code, code } };
       const failure = classifyFailure(
         APIError.generate(429, body, undefined, new Headers({ "retry-after": "1" })),
       );
-      expect(failure.retryable).toBe(false);
+      expect(failure).toBeInstanceOf(QuotaExhaustedError);
+      expect(failure.inFlight).toBe(true);
+      expect(failure.retryable).toBe(true);
       expect(failure.status).toBe(429);
-      expect(failure.retryAfterMs).toBeNull();
+      expect(failure.retryAfterMs).toBe(15 * 60_000);
       expect(failure.message).toContain(`out of quota (${code})`);
       expect(failure.message).toContain("You exceeded your current quota.");
-      // The same 429 as a rate limit stays retryable.
+      // The same 429 as a rate limit is a plain retryable failure.
       const limited = {
         error: { message: "Rate limit reached", type: "tokens", code: "rate_limit_exceeded" },
       };
-      expect(classifyFailure(APIError.generate(429, limited, undefined, new Headers())).retryable).toBe(true);
+      const rate = classifyFailure(APIError.generate(429, limited, undefined, new Headers()));
+      expect(rate).not.toBeInstanceOf(QuotaExhaustedError);
+      expect(rate.retryable).toBe(true);
+      expect(rate.inFlight).toBe(false);
     },
   );
 

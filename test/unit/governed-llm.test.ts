@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { estimateRequestTokens, GovernedLlm } from "../../functions/adapters/governor/governed-llm.ts";
 import type { Governor, RemainingSnapshot, Reservation } from "../../functions/adapters/governor/governor.ts";
-import { LlmCallError } from "../../functions/ports/errors.ts";
+import { LlmCallError, QuotaExhaustedError } from "../../functions/ports/errors.ts";
 import type { Llm, LlmRequest, LlmResponse } from "../../functions/ports/llm.ts";
 import { answerOf, textRequest } from "../helpers/llm.ts";
 
@@ -100,7 +100,7 @@ describe("GovernedLlm with an asynchronous governor", () => {
 
   it("gives a 429 that is not a rate limit (an exhausted quota) back without cutting the rate", async () => {
     const governor = new AsyncGovernor();
-    const refused = new LlmCallError("out of quota", { retryable: false, status: 429 });
+    const refused = new QuotaExhaustedError("out of quota", { status: 429 });
     const failing: Llm = {
       complete: async () => {
         throw refused;

@@ -1,4 +1,4 @@
-import { LlmCallError } from "../../ports/errors.ts";
+import { LlmCallError, QuotaExhaustedError } from "../../ports/errors.ts";
 import type { AdmittedCall, Llm, LlmRequest, LlmResponse } from "../../ports/llm.ts";
 import { countRequestTokens, countSchemaTokens } from "../simulated/tokens.ts";
 import type { Governor, RemainingSnapshot, Reservation } from "./governor.ts";
@@ -75,11 +75,11 @@ export class GovernedLlm implements Llm {
     try {
       response = await this.#inner.complete(request);
     } catch (error) {
-      if (error instanceof LlmCallError && error.status === 429 && error.retryable) {
-        await this.#governor.rateLimited(reservation, error.retryAfterMs);
-      } else if (error instanceof LlmCallError && error.status === 429) {
-        // Refused, not limited (an exhausted quota): nothing was charged, and it says nothing about the rate.
+      if (error instanceof QuotaExhaustedError) {
+        // Refused, not limited: nothing was charged, and it says nothing about the rate.
         await reservation.settle(0, false);
+      } else if (error instanceof LlmCallError && error.status === 429) {
+        await this.#governor.rateLimited(reservation, error.retryAfterMs);
       } else {
         // Whether a failed call was charged is unknown (a timeout usually was): keep the reservation.
         await reservation.settle(reservation.tokens);

@@ -1,6 +1,6 @@
 import { APIConnectionError, APIError, APIUserAbortError } from "openai";
 import { ContentFilterFinishReasonError, LengthFinishReasonError } from "openai/core/error";
-import { LlmCallError, MmevolError } from "../../ports/errors.ts";
+import { LlmCallError, MmevolError, QuotaExhaustedError } from "../../ports/errors.ts";
 
 /** Statuses where the same request can succeed later (the openai client's own `shouldRetry` list). */
 const retryableStatuses: ReadonlySet<number> = new Set([408, 409, 429]);
@@ -106,8 +106,9 @@ const messageOf = (error: unknown): string => {
 
 /**
  * The one place that decides whether a failed LLM call is worth repeating. Retryable: 408, 409,
- * 429 (but not an exhausted quota), >= 500, timeouts and dropped connections. Everything else (400, 401,
- * 403, 404, 422, content filter, refusal, anything unknown) is permanent, so a sample fails fast with a reason.
+ * 429, >= 500, timeouts and dropped connections; a 429 for an exhausted quota is a QuotaExhaustedError, which
+ * stops a local run. Everything else (400, 401, 403, 404, 422, content filter, refusal, anything unknown) is
+ * permanent, so a sample fails fast with a reason.
  * `secrets` are scrubbed from the message, along with anything shaped like a key.
  */
 export const classifyFailure = (error: unknown, secrets: readonly string[] = []): LlmCallError => {
@@ -131,10 +132,10 @@ export const classifyFailure = (error: unknown, secrets: readonly string[] = [])
       (code): code is string => typeof code === "string" && exhaustedQuotaCodes.has(code),
     );
     if (quota !== undefined) {
-      // Not a rate limit: asking again (and cutting the rate for it) only repeats the refusal.
-      return new LlmCallError(
-        `LLM call refused: the account is out of quota (${quota}); top it up, then redrive the failed samples: ${scrub(error.message)}`,
-        { retryable: false, status, cause: error },
+      // Not a rate limit (no cut of the rate), and no sample's fault (none fails for it): see the error class.
+      return new QuotaExhaustedError(
+        `LLM call refused: the account is out of quota (${quota}): ${scrub(error.message)}`,
+        { status, cause: error },
       );
     }
     const shouldRetry = headerOf(error.headers, "x-should-retry");
