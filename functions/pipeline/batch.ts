@@ -155,7 +155,7 @@ export async function batchTick(deps: TickDeps, options: BatchTickOptions): Prom
   const due = (at: number) => {
     nextAt = nextAt === null ? at : Math.min(nextAt, at);
   };
-  const limits = new RunLimits(deps);
+  const budget = new EnqueuedBudget(deps);
 
   // Jobs first: a job left "submitting" by a crash is adopted or undone before anything new is submitted.
   for (const job of await deps.state.listOpenBatchJobs(options.run)) {
@@ -191,7 +191,7 @@ export async function batchTick(deps: TickDeps, options: BatchTickOptions): Prom
     const refusal = info.status === "failed" ? enqueuedTokenRefusal(info.errors) : null;
     // A batch of one request that does not fit alone is that request's failure, handled as any other.
     if (refusal !== null && job.items > 1) {
-      await refusedForTokens(deps, job, info, refusal.limit, limits, options.now);
+      await refusedForTokens(deps, job, info, refusal.limit, budget, options.now);
       due(options.now);
       continue;
     }
@@ -209,13 +209,9 @@ export async function batchTick(deps: TickDeps, options: BatchTickOptions): Prom
     deps.logger.info("batch applied", { job: job.id, status: info.status, messages: resent.length });
   }
 
-  // What the open batches hold of each model's enqueued-token limit, by run.
-  const enqueued = new Map<string, number>();
-  const enqueuedKey = (run: string, model: string) => JSON.stringify([run, model]);
-  for (const job of await deps.state.listOpenBatchJobs(options.run)) {
-    const key = enqueuedKey(job.run, job.model);
-    enqueued.set(key, (enqueued.get(key) ?? 0) + (job.tokens ?? 0));
-  }
+  // The jobs still open once finished ones are applied: what they hold of each model's enqueued-token limit.
+  const stillOpen = await deps.state.listOpenBatchJobs(options.run);
+  for (const job of stillOpen) budget.take(job.run, job.model, job.tokens ?? 0);
   for (const shard of await deps.state.listShards(options.run)) {
     if (shard.finalized) continue;
     const config = shardConfig(shard);
@@ -229,37 +225,16 @@ export async function batchTick(deps: TickDeps, options: BatchTickOptions): Prom
       due(newest + options.settleMs);
       continue;
     }
-    const runLimits = await limits.of(shard.run);
-    const room: EnqueuedRoom = {
-      left: (model) => {
-        const limit = runLimits[model]?.enqueuedTokens;
-        if (limit === undefined) return Number.POSITIVE_INFINITY;
-        return Math.floor(limit * ENQUEUED_SHARE) - (enqueued.get(enqueuedKey(shard.run, model)) ?? 0);
-      },
-      nothingOpen: (model) => !enqueued.has(enqueuedKey(shard.run, model)),
-      take: (model, tokens) => {
-        const key = enqueuedKey(shard.run, model);
-        enqueued.set(key, (enqueued.get(key) ?? 0) + tokens);
-      },
-    };
-    const { jobs, waiting } = await submitShard(deps, batch, shard, queued, options.now, minPoll, room);
+    await budget.load(shard.run);
+    const { jobs, waiting } = await submitShard(deps, batch, shard, queued, options.now, minPoll, budget);
     submitted += jobs;
     queuedLeft += waiting;
     // Requests held back for the limit go once a batch of their model finishes: at its next poll.
     due(options.now + minPoll);
   }
 
-  const open = (await deps.state.listOpenBatchJobs(options.run)).length;
-  return { messages, submitted, applied, open, queued: queuedLeft, nextAt };
-}
-
-/** How much of each model's enqueued-token limit is left for new batches in this tick. */
-interface EnqueuedRoom {
-  /** Tokens a new batch of `model` may hold (Infinity while no limit was learned). */
-  left(model: string): number;
-  /** No batch of `model` is open: a request alone must then go, however large, or it would wait forever. */
-  nothingOpen(model: string): boolean;
-  take(model: string, tokens: number): void;
+  // Every job submitted in this tick is open too.
+  return { messages, submitted, applied, open: stillOpen.length + submitted, queued: queuedLeft, nextAt };
 }
 
 /**
@@ -274,8 +249,9 @@ async function submitShard(
   queued: readonly BatchItem[],
   now: number,
   minPoll: number,
-  room: EnqueuedRoom,
+  budget: EnqueuedBudget,
 ): Promise<{ jobs: number; waiting: number }> {
+  const { run } = shard;
   const bodies = new BatchBodyReader(deps.blobs);
   const byModel = new Map<string, BatchItem[]>();
   for (const item of queued) {
@@ -292,7 +268,7 @@ async function submitShard(
     const flush = async () => {
       if (chunk.length === 0) return;
       await submitChunk(deps, batch, shard, model, chunk, bytes, tokens, now, minPoll);
-      room.take(model, tokens);
+      budget.take(run, model, tokens);
       jobs += 1;
       chunk = [];
       bytes = 0;
@@ -306,10 +282,11 @@ async function submitShard(
       const itemTokens = item.tokens ?? Math.ceil(size / 4);
       if (chunk.length >= BATCH_MAX_REQUESTS || (chunk.length > 0 && bytes + size > BATCH_MAX_BYTES))
         await flush();
-      if (tokens + itemTokens > room.left(model) && !(chunk.length === 0 && room.nothingOpen(model))) {
+      const alone = chunk.length === 0 && budget.nothingOpen(run, model);
+      if (tokens + itemTokens > budget.left(run, model) && !alone) {
         await flush();
         // Still no room once the open batches are counted: the rest waits for one of them to finish.
-        if (itemTokens > room.left(model) && !room.nothingOpen(model)) {
+        if (itemTokens > budget.left(run, model) && !budget.nothingOpen(run, model)) {
           waiting += items.length - index;
           break;
         }
@@ -451,7 +428,7 @@ async function refusedForTokens(
   job: BatchJob,
   info: BatchInfo,
   named: number | null,
-  limits: RunLimits,
+  budget: EnqueuedBudget,
   now: number,
 ): Promise<void> {
   const held = job.tokens ?? 0;
@@ -460,7 +437,7 @@ async function refusedForTokens(
     named !== null && held > named * ENQUEUED_SHARE
       ? named
       : Math.min(named ?? Number.POSITIVE_INFINITY, halved);
-  if (Number.isFinite(learned)) await limits.learn(job.run, job.model, learned, now);
+  if (Number.isFinite(learned)) await budget.learn(job.run, job.model, learned, now);
   await queueAgain(deps, job);
   await deps.state.putBatchJob({
     ...job,
@@ -481,30 +458,54 @@ async function refusedForTokens(
   });
 }
 
-/** The runs' learned enqueued-token limits (layout.batchLimits), read once per tick and kept up to date. */
-class RunLimits {
+/**
+ * Each model's enqueued-token limit in one tick: the limits learned from refusals (layout.batchLimits, read
+ * once per run and tick, and kept up to date) and what the run's open batches hold of them.
+ */
+class EnqueuedBudget {
   readonly #deps: TickDeps;
-  readonly #byRun = new Map<string, BatchLimits>();
+  readonly #limits = new Map<string, BatchLimits>();
+  /** Tokens held by open batches, by run and model; a key is present once any batch of them is open. */
+  readonly #held = new Map<string, number>();
   constructor(deps: TickDeps) {
     this.#deps = deps;
   }
 
-  async of(run: string): Promise<BatchLimits> {
-    let limits = this.#byRun.get(run);
+  /** Reads the run's learned limits, once; `left` needs them. */
+  async load(run: string): Promise<BatchLimits> {
+    let limits = this.#limits.get(run);
     if (limits === undefined) {
       limits = await this.#read(run);
-      this.#byRun.set(run, limits);
+      this.#limits.set(run, limits);
     }
     return limits;
   }
 
+  /** Tokens a new batch of `model` may hold (Infinity while no limit was learned). */
+  left(run: string, model: string): number {
+    const limit = this.#limits.get(run)?.[model]?.enqueuedTokens;
+    if (limit === undefined) return Number.POSITIVE_INFINITY;
+    return Math.floor(limit * ENQUEUED_SHARE) - (this.#held.get(heldKey(run, model)) ?? 0);
+  }
+
+  /** No batch of `model` is open: a request alone must then go, however large, or it would wait forever. */
+  nothingOpen(run: string, model: string): boolean {
+    return !this.#held.has(heldKey(run, model));
+  }
+
+  /** A batch of `model` holding `tokens` is open. */
+  take(run: string, model: string, tokens: number): void {
+    const key = heldKey(run, model);
+    this.#held.set(key, (this.#held.get(key) ?? 0) + tokens);
+  }
+
   /** Keeps the lower of the known and the new limit, in memory and in the run's limits file. */
   async learn(run: string, model: string, enqueuedTokens: number, now: number): Promise<void> {
-    const limits = { ...(await this.of(run)) };
+    const limits = { ...(await this.load(run)) };
     const known = limits[model]?.enqueuedTokens;
     if (known !== undefined && known <= enqueuedTokens) return;
     limits[model] = { enqueuedTokens, learnedAt: now };
-    this.#byRun.set(run, limits);
+    this.#limits.set(run, limits);
     await this.#deps.blobs.put(layout.batchLimits(run), JSON.stringify(limits, null, 2), "application/json");
   }
 
@@ -528,6 +529,8 @@ class RunLimits {
     return parsed.success ? parsed.data : {};
   }
 }
+
+const heldKey = (run: string, model: string): string => JSON.stringify([run, model]);
 
 /**
  * Stores every answer of a finished batch under its request's hash, at batch prices, and returns the stage

@@ -49,6 +49,15 @@ const flush = async () => {
   for (let i = 0; i < 5; i++) await Promise.resolve();
 };
 
+/** Whether `promise` has resolved yet: asked after the fake clock moves. */
+function resolvedYet(promise: Promise<unknown>): () => boolean {
+  let resolved = false;
+  void promise.then(() => {
+    resolved = true;
+  });
+  return () => resolved;
+}
+
 describe("RateGovernor", () => {
   it("never grants more than the token budget over any minute", async () => {
     const clock = new FakeClock();
@@ -123,14 +132,11 @@ describe("RateGovernor", () => {
     expect(governor.state().factor).toBeCloseTo(0.7, 10);
     // The 429 was not charged: its tokens are back.
     expect(governor.state().tokensAvailable).toBeCloseTo(42_000, 5);
-    let granted = false;
-    void governor.acquire({ tokens: 1 }).then(() => {
-      granted = true;
-    });
+    const granted = resolvedYet(governor.acquire({ tokens: 1 }));
     await clock.advance(1999);
-    expect(granted).toBe(false);
+    expect(granted()).toBe(false);
     await clock.advance(1);
-    expect(granted).toBe(true);
+    expect(granted()).toBe(true);
     // Another 429 from a call admitted before the cut does not cut again.
     governor.rateLimited(reservation, 0);
     expect(governor.state().factor).toBeCloseTo(0.7, 10);
@@ -179,14 +185,11 @@ describe("RateGovernor", () => {
     governor.observeHeaders({ remainingTokens: 1000, remainingRequests: 3 });
     expect(governor.state().tokensAvailable).toBe(1000);
     expect(governor.state().requestsAvailable).toBe(3);
-    let granted = false;
-    void governor.acquire({ tokens: 2000 }).then(() => {
-      granted = true;
-    });
+    const granted = resolvedYet(governor.acquire({ tokens: 2000 }));
     await clock.advance(5000);
-    expect(granted).toBe(false);
+    expect(granted()).toBe(false);
     await clock.advance(1000);
-    expect(granted).toBe(true);
+    expect(granted()).toBe(true);
   });
 });
 
@@ -209,15 +212,12 @@ describe("RateGovernor learning its limits from the headers", () => {
     // The call still in flight may not have reached the provider: its reservation is not counted as left.
     expect(governor.state().tokensAvailable).toBe(4500);
     expect(governor.state().requestsAvailable).toBe(39);
-    let granted = false;
-    void governor.acquire({ tokens: 5500 }).then(() => {
-      granted = true;
-    });
+    const granted = resolvedYet(governor.acquire({ tokens: 5500 }));
     await clock.advance(5000);
-    expect(granted).toBe(false);
+    expect(granted()).toBe(false);
     // 1000 tokens short at 10 000 a minute: 6 s.
     await clock.advance(1000);
-    expect(granted).toBe(true);
+    expect(granted()).toBe(true);
     // The call in flight settles at its real charge: what it used beyond its reservation comes off.
     inFlight.settle(2500);
     expect(governor.state().tokensAvailable).toBeCloseTo(-1000, 5);

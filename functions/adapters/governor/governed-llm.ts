@@ -1,6 +1,6 @@
 import { LlmCallError, QuotaExhaustedError } from "../../ports/errors.ts";
 import type { AdmittedCall, Llm, LlmRequest, LlmResponse } from "../../ports/llm.ts";
-import { countRequestTokens, countSchemaTokens } from "../simulated/tokens.ts";
+import { countPromptTokens } from "../simulated/tokens.ts";
 import type { Governor, RemainingSnapshot, Reservation } from "./governor.ts";
 
 /**
@@ -8,11 +8,7 @@ import type { Governor, RemainingSnapshot, Reservation } from "./governor.ts";
  * and the response_format schema) plus its whole max_tokens, whether or not the answer uses them.
  */
 export function estimateRequestTokens(request: LlmRequest): number {
-  return (
-    countRequestTokens(request.model, request.messages) +
-    countSchemaTokens(request.schema) +
-    request.maxTokens
-  );
+  return countPromptTokens(request) + request.maxTokens;
 }
 
 /** An Llm that reports rate-limit headers, like OpenAiLlm: those of its last answer for `model`. */

@@ -1,6 +1,6 @@
 import type { BatchCodec } from "../../ports/batch-api.ts";
 import type { LlmRequest, LlmResponse } from "../../ports/llm.ts";
-import { countRequestTokens, countSchemaTokens } from "../simulated/tokens.ts";
+import { countPromptTokens } from "../simulated/tokens.ts";
 import { readCompletion, toChatCompletionParams } from "./openai-llm.ts";
 
 /** Batch lines in OpenAI's format: the same chat completions body as online, the same reading of answers. */
@@ -21,6 +21,6 @@ export class OpenAiBatchCodec implements BatchCodec {
 
   /** OpenAI's count: the o200k tokens of the messages and schema, images at their billed size. */
   promptTokens(request: LlmRequest): number {
-    return countRequestTokens(request.model, request.messages) + countSchemaTokens(request.schema);
+    return countPromptTokens(request);
   }
 }

@@ -123,3 +123,12 @@ export function countRequestTokens(
 export function countSchemaTokens(schema: unknown): number {
   return schema === null || schema === undefined ? 0 : countTextTokens(JSON.stringify(schema));
 }
+
+/** A structured request's prompt tokens as the provider counts them: its messages and its schema. */
+export function countPromptTokens(request: {
+  readonly model: string;
+  readonly messages: readonly SimMessage[];
+  readonly schema: unknown;
+}): number {
+  return countRequestTokens(request.model, request.messages) + countSchemaTokens(request.schema);
+}
