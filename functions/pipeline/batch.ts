@@ -90,20 +90,23 @@ export async function deferToBatch(
   // next batch with the body it was queued with.
   const body =
     existing?.body ?? (await deps.batch.bodies.write(run, shard, hash, deps.batch.codec.encode(request)));
-  const { queued } = await deps.state.queueBatchItem({
-    run,
-    shard,
-    hash,
-    status: "queued",
-    model: request.model,
-    body,
-    message: { ...target.message },
-    job: null,
-    tries: 0,
-    error: null,
-    updatedAt: 0,
-    tokens: existing?.tokens ?? deps.batch.codec.promptTokens(request),
-  });
+  const { queued } = await deps.state.queueBatchItem(
+    {
+      run,
+      shard,
+      hash,
+      status: "queued",
+      model: request.model,
+      body,
+      message: { ...target.message },
+      job: null,
+      tries: 0,
+      error: null,
+      updatedAt: 0,
+      tokens: existing?.tokens ?? deps.batch.codec.promptTokens(request),
+    },
+    existing,
+  );
   throw new DeferredToBatchError(queued);
 }
 
@@ -216,7 +219,8 @@ export async function batchTick(deps: TickDeps, options: BatchTickOptions): Prom
     if (shard.finalized) continue;
     const config = shardConfig(shard);
     if (config.mode !== "batch") continue;
-    const queued = await deps.state.listBatchItems(shard.run, shard.shard, "queued");
+    // A request queued a moment ago and missed here goes at the next tick: no need to pay for a consistent read.
+    const queued = await deps.state.listBatchItems(shard.run, shard.shard, "queued", { consistent: false });
     if (queued.length === 0) continue;
     const newest = Math.max(...queued.map((item) => item.updatedAt));
     const settled = options.settleMs <= 0 || options.now - newest >= options.settleMs;
@@ -336,13 +340,7 @@ async function submitChunk(
   await deps.state.putBatchJob(job);
   const members: BatchItem[] = [];
   for (const { item } of chunk) {
-    if (
-      await deps.state.updateBatchItem(item.run, item.shard, item.hash, "queued", {
-        status: "submitted",
-        job: id,
-        tries: item.tries + 1,
-      })
-    ) {
+    if (await deps.state.updateBatchItem(item, { status: "submitted", job: id, tries: item.tries + 1 })) {
       members.push(item);
     }
   }
@@ -407,12 +405,8 @@ async function recoverSubmitting(
 /** Puts a job's requests back in the queue without spending the try its submission counted. */
 async function queueAgain(deps: TickDeps, job: BatchJob): Promise<void> {
   for (const item of await deps.state.listBatchItems(job.run, job.shard, "submitted")) {
-    if (item.job === job.id) {
-      await deps.state.updateBatchItem(item.run, item.shard, item.hash, "submitted", {
-        status: "queued",
-        tries: Math.max(0, item.tries - 1),
-      });
-    }
+    if (item.job === job.id)
+      await deps.state.updateBatchItem(item, { status: "queued", tries: Math.max(0, item.tries - 1) });
   }
 }
 
@@ -563,49 +557,33 @@ async function applyJob(
       }
     }
   }
+  // The job's items, read once (consistent: an item missed here would wait for an answer already taken).
+  const members = new Map<string, BatchItem>();
+  for (const item of await deps.state.listBatchItems(job.run, job.shard, "submitted"))
+    if (item.job === job.id) members.set(item.hash, item);
   for (const line of lines) {
     const hash = typeof line.custom_id === "string" ? line.custom_id : "";
-    const item = await deps.state.getBatchItem(job.run, job.shard, hash);
-    if (item === null || item.status !== "submitted" || item.job !== job.id) continue;
+    const item = members.get(hash);
+    if (item === undefined) continue;
+    members.delete(hash);
     const answer =
       line.response?.status_code === 200 ? readAnswer(batch.codec, line.response.body, item, config) : null;
     if (answer !== null && !("error" in answer)) {
       await deps.state.putAnswer(hash, answer);
-      if (
-        await deps.state.updateBatchItem(job.run, job.shard, hash, "submitted", {
-          status: "answered",
-          error: null,
-        })
-      ) {
-        resend(item);
-      }
+      if (await deps.state.updateBatchItem(item, { status: "answered", error: null })) resend(item);
       continue;
     }
     const reason =
       answer !== null && "error" in answer
         ? answer.error
         : (line.error?.message ?? `status ${line.response?.status_code ?? "none"}`);
-    if (
-      await deps.state.updateBatchItem(job.run, job.shard, hash, "submitted", {
-        status: "failed",
-        error: reason.slice(0, 500),
-      })
-    ) {
+    if (await deps.state.updateBatchItem(item, { status: "failed", error: reason.slice(0, 500) }))
       resend(item);
-    }
   }
   // Anything the provider did not mention (a whole batch failed or expired, a truncated file) failed too.
-  for (const item of await deps.state.listBatchItems(job.run, job.shard, "submitted")) {
-    if (item.job !== job.id) continue;
+  for (const item of members.values()) {
     const reason = `no answer in batch ${info.id} (${info.status})`;
-    if (
-      await deps.state.updateBatchItem(job.run, job.shard, item.hash, "submitted", {
-        status: "failed",
-        error: reason,
-      })
-    ) {
-      resend(item);
-    }
+    if (await deps.state.updateBatchItem(item, { status: "failed", error: reason })) resend(item);
   }
   return messages;
 }

@@ -229,17 +229,28 @@ export interface StateStore {
   putAnswer(hash: string, answer: StoredAnswer): Promise<void>;
   /**
    * Batch mode. Queues a request unless it is already queued, submitted or answered; a failed one is queued
-   * again (its `tries` kept). Returns the stored item and whether this call queued it.
+   * again (its `tries` kept). Returns the stored item and whether this call queued it. `existing` is the stored
+   * item as the caller just read it (null: there is none), which spares a read; the write checks it either way.
    */
-  queueBatchItem(item: BatchItem): Promise<{ queued: boolean; item: BatchItem }>;
+  queueBatchItem(item: BatchItem, existing?: BatchItem | null): Promise<{ queued: boolean; item: BatchItem }>;
   getBatchItem(run: string, shard: string, hash: string): Promise<BatchItem | null>;
-  listBatchItems(run: string, shard: string, status: BatchItemStatus): Promise<BatchItem[]>;
-  /** Moves an item from `from` to the patch's status; false when it was not in `from` (someone else moved it). */
-  updateBatchItem(
+  /**
+   * A shard's items in one status. `consistent: false` may miss the last second's changes, for half the price
+   * in DynamoDB (an eventually consistent read): for a caller that finds them at its next pass.
+   */
+  listBatchItems(
     run: string,
     shard: string,
-    hash: string,
-    from: BatchItemStatus,
+    status: BatchItemStatus,
+    options?: { readonly consistent?: boolean },
+  ): Promise<BatchItem[]>;
+  /**
+   * Moves `item`, as the caller read it, to the patch's status; false when it is no longer in the status it was
+   * read in (someone else moved it). The patch applies over the item as read: an item changes only with its
+   * status, so that read is current while the status is.
+   */
+  updateBatchItem(
+    item: BatchItem,
     patch: Partial<Pick<BatchItem, "status" | "job" | "tries" | "error">>,
   ): Promise<boolean>;
   /** Creates or replaces a batch job record. */

@@ -392,22 +392,54 @@ export function describeStateStoreContract(
 
     it("queues a request once, and again only after it failed, keeping its tries", async () => {
       const store = await open();
-      expect((await store.queueBatchItem(item("h1"))).queued).toBe(true);
+      const first = await store.queueBatchItem(item("h1"));
+      expect(first.queued).toBe(true);
       const again = await store.queueBatchItem(item("h1", { model: "other" }));
       expect(again.queued).toBe(false);
       expect(again.item.model).toBe("gpt-4o-mini");
-      expect(
-        await store.updateBatchItem("r1", "s1", "h1", "queued", { status: "submitted", job: "j1", tries: 1 }),
-      ).toBe(true);
+      expect(await store.updateBatchItem(first.item, { status: "submitted", job: "j1", tries: 1 })).toBe(
+        true,
+      );
       expect((await store.queueBatchItem(item("h1"))).queued).toBe(false);
-      expect(await store.updateBatchItem("r1", "s1", "h1", "queued", { status: "failed" })).toBe(false);
-      expect(
-        await store.updateBatchItem("r1", "s1", "h1", "submitted", { status: "failed", error: "expired" }),
-      ).toBe(true);
+      // The item as read before it was submitted is out of date: moving it again does nothing.
+      expect(await store.updateBatchItem(first.item, { status: "failed" })).toBe(false);
+      const submitted = await store.getBatchItem("r1", "s1", "h1");
+      expect(submitted).toMatchObject({ status: "submitted", job: "j1", tries: 1 });
+      if (submitted === null) throw new Error("unreachable");
+      expect(await store.updateBatchItem(submitted, { status: "failed", error: "expired" })).toBe(true);
+      expect(await store.getBatchItem("r1", "s1", "h1")).toMatchObject({
+        status: "failed",
+        job: "j1",
+        tries: 1,
+        error: "expired",
+      });
       const requeued = await store.queueBatchItem(item("h1"));
       expect(requeued.queued).toBe(true);
       expect(requeued.item.tries).toBe(1);
       expect((await store.getBatchItem("r1", "s1", "h1"))?.status).toBe("queued");
+    });
+
+    it("queues with the caller's read of the item, and still refuses when that read is out of date", async () => {
+      const store = await open();
+      // The caller read nothing there: queued.
+      expect((await store.queueBatchItem(item("h1"), null)).queued).toBe(true);
+      // It read nothing, but another caller queued it since: not queued twice.
+      const raced = await store.queueBatchItem(item("h1", { model: "other" }), null);
+      expect(raced.queued).toBe(false);
+      expect(raced.item.model).toBe("gpt-4o-mini");
+      const stored = await store.getBatchItem("r1", "s1", "h1");
+      if (stored === null) throw new Error("not stored");
+      expect(await store.updateBatchItem(stored, { status: "submitted", job: "j1", tries: 1 })).toBe(true);
+      const submitted = await store.getBatchItem("r1", "s1", "h1");
+      if (submitted === null) throw new Error("not stored");
+      expect(await store.updateBatchItem(submitted, { status: "failed", error: "500" })).toBe(true);
+      const failed = await store.getBatchItem("r1", "s1", "h1");
+      // Read as failed: queued again with its tries.
+      const requeued = await store.queueBatchItem(item("h1"), failed);
+      expect(requeued).toMatchObject({ queued: true, item: { status: "queued", tries: 1 } });
+      // Read as failed, but queued since: not queued again.
+      expect((await store.queueBatchItem(item("h1"), failed)).queued).toBe(false);
+      expect((await store.listBatchItems("r1", "s1", "queued")).map((i) => i.hash)).toEqual(["h1"]);
     });
 
     it("lists a shard's items by status, and no other shard's", async () => {
@@ -415,8 +447,13 @@ export function describeStateStoreContract(
       await store.queueBatchItem(item("h1"));
       await store.queueBatchItem(item("h2"));
       await store.queueBatchItem(item("h3", { shard: "s2" }));
-      await store.updateBatchItem("r1", "s1", "h2", "queued", { status: "submitted", job: "j1" });
+      const h2 = await store.getBatchItem("r1", "s1", "h2");
+      if (h2 === null) throw new Error("not stored");
+      await store.updateBatchItem(h2, { status: "submitted", job: "j1" });
       expect((await store.listBatchItems("r1", "s1", "queued")).map((i) => i.hash)).toEqual(["h1"]);
+      expect(
+        (await store.listBatchItems("r1", "s1", "queued", { consistent: false })).map((i) => i.hash),
+      ).toEqual(["h1"]);
       expect((await store.listBatchItems("r1", "s1", "submitted")).map((i) => i.hash)).toEqual(["h2"]);
       expect((await store.listBatchItems("r1", "s2", "queued")).map((i) => i.hash)).toEqual(["h3"]);
       expect(await store.getBatchItem("r1", "s1", "nope")).toBeNull();

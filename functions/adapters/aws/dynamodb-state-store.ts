@@ -349,10 +349,17 @@ export class DynamoStateStore implements StateStore {
     }
   }
 
-  async queueBatchItem(item: BatchItem): Promise<{ queued: boolean; item: BatchItem }> {
+  async queueBatchItem(
+    item: BatchItem,
+    known?: BatchItem | null,
+  ): Promise<{ queued: boolean; item: BatchItem }> {
     const parsed = BatchItem.parse(item);
     for (let attempt = 0; attempt < MAX_CONFLICT_ATTEMPTS; attempt++) {
-      const existing = await this.getBatchItem(parsed.run, parsed.shard, parsed.hash);
+      // The caller's read serves the first attempt; a conflict means it is out of date.
+      const existing =
+        attempt === 0 && known !== undefined
+          ? known
+          : await this.getBatchItem(parsed.run, parsed.shard, parsed.hash);
       if (existing !== null && existing.status !== "failed") return { queued: false, item: existing };
       const next: BatchItem = {
         ...parsed,
@@ -393,7 +400,12 @@ export class DynamoStateStore implements StateStore {
     return out.Item === undefined ? null : BatchItem.parse(JSON.parse(RecordItem.parse(out.Item).record));
   }
 
-  async listBatchItems(run: string, shard: string, status: BatchItemStatus): Promise<BatchItem[]> {
+  async listBatchItems(
+    run: string,
+    shard: string,
+    status: BatchItemStatus,
+    options: { readonly consistent?: boolean } = {},
+  ): Promise<BatchItem[]> {
     const items: BatchItem[] = [];
     let start: Record<string, unknown> | undefined;
     do {
@@ -408,7 +420,8 @@ export class DynamoStateStore implements StateStore {
             ":prefix": BATCH_ITEM_PREFIX,
             ":status": status,
           },
-          ConsistentRead: true,
+          // A Query pays for every batch item it reads (the filter applies after), answered ones included.
+          ConsistentRead: options.consistent ?? true,
           ExclusiveStartKey: start,
           ...this.limit,
         }),
@@ -420,24 +433,24 @@ export class DynamoStateStore implements StateStore {
     return items;
   }
 
+  /** One conditional write, no read: the caller's item is current while its status is (see the port). */
   async updateBatchItem(
-    run: string,
-    shard: string,
-    hash: string,
-    from: BatchItemStatus,
+    item: BatchItem,
     patch: Partial<Pick<BatchItem, "status" | "job" | "tries" | "error">>,
   ): Promise<boolean> {
-    const current = await this.getBatchItem(run, shard, hash);
-    if (current === null || current.status !== from) return false;
-    const next = BatchItem.parse({ ...current, ...patch, updatedAt: this.clock.now() });
+    const next = BatchItem.parse({ ...item, ...patch, updatedAt: this.clock.now() });
     try {
       await this.client.send(
         new PutCommand({
           TableName: this.table,
-          Item: { ...batchItemKey(run, shard, hash), status: next.status, record: JSON.stringify(next) },
+          Item: {
+            ...batchItemKey(item.run, item.shard, item.hash),
+            status: next.status,
+            record: JSON.stringify(next),
+          },
           ConditionExpression: "#status = :from",
           ExpressionAttributeNames: names("#status"),
-          ExpressionAttributeValues: { ":from": from },
+          ExpressionAttributeValues: { ":from": item.status },
         }),
       );
       return true;

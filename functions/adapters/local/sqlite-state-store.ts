@@ -306,6 +306,7 @@ export class SqliteStateStore implements StateStore {
     this.stmt.releaseClaim.run(hash, owner);
   }
 
+  /** The transaction reads the item anyway: `existing` spares nothing here. */
   async queueBatchItem(item: BatchItem): Promise<{ queued: boolean; item: BatchItem }> {
     const parsed = BatchItem.parse(item);
     return this.inTransaction(() => {
@@ -344,23 +345,16 @@ export class SqliteStateStore implements StateStore {
   }
 
   async updateBatchItem(
-    run: string,
-    shard: string,
-    hash: string,
-    from: BatchItemStatus,
+    item: BatchItem,
     patch: Partial<Pick<BatchItem, "status" | "job" | "tries" | "error">>,
   ): Promise<boolean> {
-    return this.inTransaction(() => {
-      const row = this.db
-        .prepare("SELECT record FROM batch_items WHERE run = ? AND shard = ? AND hash = ? AND status = ?")
-        .get(run, shard, hash, from);
-      if (row === undefined) return false;
-      const next = BatchItem.parse({ ...parseJson(BatchItem, row), ...patch, updatedAt: this.clock.now() });
-      this.db
-        .prepare("UPDATE batch_items SET status = ?, record = ? WHERE run = ? AND shard = ? AND hash = ?")
-        .run(next.status, JSON.stringify(next), run, shard, hash);
-      return true;
-    });
+    const next = BatchItem.parse({ ...item, ...patch, updatedAt: this.clock.now() });
+    const result = this.db
+      .prepare(
+        "UPDATE batch_items SET status = ?, record = ? WHERE run = ? AND shard = ? AND hash = ? AND status = ?",
+      )
+      .run(next.status, JSON.stringify(next), item.run, item.shard, item.hash, item.status);
+    return Number(result.changes) > 0;
   }
 
   async putBatchJob(job: BatchJob): Promise<void> {
