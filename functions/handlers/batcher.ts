@@ -1,4 +1,4 @@
-import { batchTick } from "../pipeline/batch.ts";
+import { batchTick, QueuedListings } from "../pipeline/batch.ts";
 import { ENV, readLambdaEnv } from "../runtime/env.ts";
 import { createLambdaRuntime } from "../runtime/lambda.ts";
 
@@ -10,6 +10,8 @@ const env = readLambdaEnv();
 /** A round is submitted once no request was added to it for this long. */
 const settleMs = env[ENV.batchSettleMs] ?? 60_000;
 const minPollMs = env[ENV.batchPollMs] ?? 30_000;
+/** Kept while the container is warm: shards waiting on their batches are not listed at every tick. */
+const listings = new QueuedListings();
 
 /**
  * Scheduled by EventBridge every minute: submits each batch-mode shard's collected round, polls open batches
@@ -26,6 +28,7 @@ export const handler = async (): Promise<{
     settleMs,
     minPollMs,
     maxPollMs: 10 * 60_000,
+    listings,
   });
   await deps.queue.send(tick.messages);
   logger.info("batch tick done", {

@@ -122,6 +122,11 @@ export interface BatchTickOptions {
   /** First poll delay; it doubles per poll up to `maxPollMs`. */
   readonly minPollMs?: number;
   readonly maxPollMs?: number;
+  /**
+   * What this process remembers of earlier ticks (the deployed batcher keeps one in its warm container): a shard
+   * that is waiting for its batches lists its queued requests less often. Without it, every tick lists them.
+   */
+  readonly listings?: QueuedListings;
 }
 
 export interface BatchTickResult {
@@ -138,6 +143,50 @@ export interface BatchTickResult {
 }
 
 type TickDeps = Pick<StageDeps, "state" | "blobs" | "logger" | "batch" | "defaults">;
+
+/**
+ * When a batcher last listed each shard's queued requests, and when it last saw the shard busy: requests found
+ * queued, or one of its batches finished, refused or recovered (its messages go out, and the stages queue the
+ * next requests within moments).
+ *
+ * Why: listing a shard's queued requests is a Query over all its batch items, answered ones included (about
+ * 300 read units at 1,000 samples and 3 rounds), and the deployed batcher runs every minute. A shard waits
+ * hours for its batches with nothing queued: listed every minute all that time, it cost more than the rest of
+ * its AWS bill. Now a shard with an open batch is listed at every tick for `busyMs` after it was busy, then
+ * every `relistMs`: a request queued meanwhile (a redelivered message) waits that long at most, for a batch
+ * that may take 24 hours. A shard with no open batch is listed at every tick. Lost on a cold start: the next
+ * tick lists every shard.
+ */
+export class QueuedListings {
+  readonly relistMs: number;
+  readonly busyMs: number;
+  readonly #shards = new Map<string, { listedAt: number; busyAt: number }>();
+  constructor(options: { readonly relistMs?: number; readonly busyMs?: number } = {}) {
+    this.relistMs = options.relistMs ?? 15 * 60_000;
+    this.busyMs = options.busyMs ?? 5 * 60_000;
+  }
+
+  /** When the shard's queued requests are next due a listing while it waits on its batches: now, or later. */
+  dueAt(run: string, shard: string, now: number): number {
+    const seen = this.#shards.get(pairKey(run, shard));
+    if (seen === undefined || now - seen.busyAt < this.busyMs) return now;
+    return seen.listedAt + this.relistMs;
+  }
+
+  listed(run: string, shard: string, now: number, found: boolean): void {
+    const key = pairKey(run, shard);
+    const busyAt = this.#shards.get(key)?.busyAt ?? Number.NEGATIVE_INFINITY;
+    this.#shards.set(key, { listedAt: now, busyAt: found ? now : busyAt });
+  }
+
+  busy(run: string, shard: string, now: number): void {
+    const key = pairKey(run, shard);
+    this.#shards.set(key, {
+      listedAt: this.#shards.get(key)?.listedAt ?? Number.NEGATIVE_INFINITY,
+      busyAt: now,
+    });
+  }
+}
 
 /**
  * One pass of the batch loop, safe to run again at any point after a crash: submit settled rounds, poll open
@@ -163,6 +212,7 @@ export async function batchTick(deps: TickDeps, options: BatchTickOptions): Prom
   // Jobs first: a job left "submitting" by a crash is adopted or undone before anything new is submitted.
   for (const job of await deps.state.listOpenBatchJobs(options.run)) {
     if (job.status === "submitting") {
+      options.listings?.busy(job.run, job.shard, options.now);
       await recoverSubmitting(deps, batch, job, options.now);
       due(options.now);
       continue;
@@ -191,6 +241,7 @@ export async function batchTick(deps: TickDeps, options: BatchTickOptions): Prom
       due(nextPollAt);
       continue;
     }
+    options.listings?.busy(job.run, job.shard, options.now);
     const refusal = info.status === "failed" ? enqueuedTokenRefusal(info.errors) : null;
     // A batch of one request that does not fit alone is that request's failure, handled as any other.
     if (refusal !== null && job.items > 1) {
@@ -219,8 +270,15 @@ export async function batchTick(deps: TickDeps, options: BatchTickOptions): Prom
     if (shard.finalized) continue;
     const config = shardConfig(shard);
     if (config.mode !== "batch") continue;
+    const awaited = stillOpen.some((job) => job.run === shard.run && job.shard === shard.shard);
+    const listAt = options.listings?.dueAt(shard.run, shard.shard, options.now) ?? options.now;
+    if (awaited && listAt > options.now) {
+      due(listAt);
+      continue;
+    }
     // A request queued a moment ago and missed here goes at the next tick: no need to pay for a consistent read.
     const queued = await deps.state.listBatchItems(shard.run, shard.shard, "queued", { consistent: false });
+    options.listings?.listed(shard.run, shard.shard, options.now, queued.length > 0);
     if (queued.length === 0) continue;
     const newest = Math.max(...queued.map((item) => item.updatedAt));
     const settled = options.settleMs <= 0 || options.now - newest >= options.settleMs;
@@ -479,17 +537,17 @@ class EnqueuedBudget {
   left(run: string, model: string): number {
     const limit = this.#limits.get(run)?.[model]?.enqueuedTokens;
     if (limit === undefined) return Number.POSITIVE_INFINITY;
-    return Math.floor(limit * ENQUEUED_SHARE) - (this.#held.get(heldKey(run, model)) ?? 0);
+    return Math.floor(limit * ENQUEUED_SHARE) - (this.#held.get(pairKey(run, model)) ?? 0);
   }
 
   /** No batch of `model` is open: a request alone must then go, however large, or it would wait forever. */
   nothingOpen(run: string, model: string): boolean {
-    return !this.#held.has(heldKey(run, model));
+    return !this.#held.has(pairKey(run, model));
   }
 
   /** A batch of `model` holding `tokens` is open. */
   take(run: string, model: string, tokens: number): void {
-    const key = heldKey(run, model);
+    const key = pairKey(run, model);
     this.#held.set(key, (this.#held.get(key) ?? 0) + tokens);
   }
 
@@ -524,7 +582,7 @@ class EnqueuedBudget {
   }
 }
 
-const heldKey = (run: string, model: string): string => JSON.stringify([run, model]);
+const pairKey = (a: string, b: string): string => JSON.stringify([a, b]);
 
 /**
  * Stores every answer of a finished batch under its request's hash, at batch prices, and returns the stage
