@@ -49,6 +49,13 @@ export interface SweepOptions {
   readonly claim?: boolean;
   /** Leave out a message (e.g. the local runner's: it still holds one for that work). */
   readonly skip?: (message: Message) => boolean;
+  /**
+   * Samples of a shard with a batch open are stuck only once they have not moved for this long (when it is
+   * longer than `stuckAfterMs`). They wait for the provider's batch, which may take its whole 24-hour window,
+   * with no change to their state: re-sent every `stuckAfterMs` meanwhile, each was a claim, a message and a
+   * stage invocation for nothing. Default: no difference (the local runner's resume).
+   */
+  readonly batchWaitMs?: number;
 }
 
 export interface SweepCounts {
@@ -97,6 +104,13 @@ export async function sweepStuck(
     counts[message.kind] += 1;
   };
   const stale = (updatedAt: number) => options.stuckAfterMs <= 0 || updatedAt <= deadline;
+  const batchDeadline = options.now - Math.max(options.stuckAfterMs, options.batchWaitMs ?? 0);
+  // Shards waiting on a batch: one read of the open jobs' index, and only when their samples may wait longer.
+  const waiting = new Set<string>();
+  if (options.stuckAfterMs > 0 && (options.batchWaitMs ?? 0) > options.stuckAfterMs) {
+    for (const job of await deps.state.listOpenBatchJobs(options.run))
+      waiting.add(JSON.stringify([job.run, job.shard]));
+  }
 
   for (const shard of await deps.state.listShards(options.run)) {
     if (shard.finalized) continue;
@@ -108,11 +122,12 @@ export async function sweepStuck(
       if (stale(shard.updatedAt) && !skip(shardMessage)) add(shardMessage);
       continue;
     }
+    const batchOpen = waiting.has(JSON.stringify([shard.run, shard.shard]));
     for await (const sample of deps.state.listSamples(shard.run, shard.shard)) {
       counts.samples += 1;
       const message = nextMessageOf(sample);
       if (message === null) continue;
-      if (!stale(sample.updatedAt)) {
+      if (batchOpen ? sample.updatedAt > batchDeadline : !stale(sample.updatedAt)) {
         counts.fresh += 1;
         continue;
       }

@@ -90,3 +90,8 @@ export const LLM_FUNCTION_TIMEOUT_SECONDS = Math.ceil((LLM_TIMEOUT_MS * (LLM_MAX
  * with the queue's visibility timeout (minutes each), so the deadline is long; a re-send is harmless anyway.
  */
 export const SWEEP_AFTER_MS = 2 * 60 * 60_000;
+/**
+ * A sample of a shard with a batch open is stuck only after this long: the provider's 24-hour batch window,
+ * and an hour to apply the answers.
+ */
+export const BATCH_WAIT_MS = 25 * 60 * 60_000;

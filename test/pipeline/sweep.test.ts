@@ -64,6 +64,83 @@ describe("sweepStuck", () => {
     state.close();
   });
 
+  it("leaves samples waiting on an open batch alone for the batch wait, not the stuck deadline", async () => {
+    const { state, clock, advance } = fixture();
+    await state.createShard(
+      shardRecord({
+        ingested: true,
+        pending: 0,
+        config: { rounds: 1, mode: "batch" },
+        updatedAt: clock.now(),
+      }),
+    );
+    await state.createShard(
+      shardRecord({ shard: "s2", key: "seeds/r1/s2.jsonl", ingested: true, pending: 0 }),
+    );
+    const t0 = clock.now();
+    await state.putSamples([
+      sampleRecord("in-batch", { status: "EVOLVING", round: 1, updatedAt: t0 }),
+      sampleRecord("online", { shard: "s2", status: "EVOLVING", round: 1, updatedAt: t0 }),
+    ]);
+    await state.putBatchJob({
+      run: "r1",
+      shard: "s1",
+      id: "job-1",
+      status: "submitted",
+      model: "gpt-4o-mini",
+      items: 1,
+      bytes: 100,
+      fileId: "file-1",
+      batchId: "batch-1",
+      remoteStatus: "in_progress",
+      polls: 3,
+      nextPollAt: t0,
+      createdAt: t0,
+      updatedAt: t0,
+      error: null,
+    });
+    const sweep = () =>
+      sweepStuck(
+        { state },
+        { now: clock.now(), stuckAfterMs: 2 * 60 * MINUTE, batchWaitMs: 25 * 60 * MINUTE },
+      );
+    advance(3 * 60 * MINUTE);
+    // Three hours in: the online shard's sample is stuck; the one waiting on its batch is not.
+    expect((await sweep()).messages.map((m) => (m.kind === "evolve" ? m.sample : m.kind))).toEqual([
+      "online",
+    ]);
+    // Without the batch wait (the local runner's resume), both are re-sent.
+    expect(
+      (await sweepStuck({ state }, { now: clock.now(), stuckAfterMs: 0, claim: false })).messages,
+    ).toHaveLength(2);
+    // Past the batch window it is stuck after all.
+    advance(23 * 60 * MINUTE);
+    expect((await sweep()).messages.map((m) => (m.kind === "evolve" ? m.sample : m.kind))).toContain(
+      "in-batch",
+    );
+    state.close();
+  });
+
+  it("re-sends a sample of a batch shard once its batches are done, at the stuck deadline", async () => {
+    const { state, clock, advance } = fixture();
+    await state.createShard(
+      shardRecord({
+        ingested: true,
+        pending: 0,
+        config: { rounds: 1, mode: "batch" },
+        updatedAt: clock.now(),
+      }),
+    );
+    await state.putSamples([sampleRecord("lost", { status: "JUDGING", round: 1, updatedAt: clock.now() })]);
+    advance(3 * 60 * MINUTE);
+    const swept = await sweepStuck(
+      { state },
+      { now: clock.now(), stuckAfterMs: 2 * 60 * MINUTE, batchWaitMs: 25 * 60 * MINUTE },
+    );
+    expect(swept.messages).toEqual([{ kind: "judge", run: "r1", shard: "s1", sample: "lost", round: 1 }]);
+    state.close();
+  });
+
   it("a claimed sample that moved on meanwhile is not re-sent", async () => {
     const { state, clock, advance } = fixture();
     await state.createShard(shardRecord({ ingested: true, pending: 0, updatedAt: clock.now() }));
