@@ -19,7 +19,13 @@ import { ENV } from "../../functions/runtime/env.ts";
 import { writeBenchShard } from "../helpers/bench-shard.ts";
 import { testBucket } from "../helpers/bucket.ts";
 import { ensureDynamoLocal } from "../helpers/dynamodb-local.ts";
-import { benchTokenLimit, type ForeignEndpoint, foreignEndpoint, serverName } from "../helpers/endpoint.ts";
+import {
+  benchSamples,
+  benchTokenLimit,
+  type ForeignEndpoint,
+  foreignEndpoint,
+  serverName,
+} from "../helpers/endpoint.ts";
 import { tempDir } from "../helpers/files.ts";
 import { ensureMoto, motoClientConfig } from "../helpers/moto.ts";
 import { steadyUse } from "../helpers/rate-window.ts";
@@ -220,7 +226,8 @@ export async function measureEmulatedRate(
 if (import.meta.main) {
   const { values } = parseArgs({
     options: {
-      samples: { type: "string", default: "60" },
+      /** Default: 60 at 200,000 tokens/min, scaled to the limit (benchSamples). */
+      samples: { type: "string" },
       rounds: { type: "string", default: "1" },
       /** The limit: the simulator's (default 200000), or a foreign server's when its headers do not say. */
       tpm: { type: "string" },
@@ -230,15 +237,16 @@ if (import.meta.main) {
     },
   });
   const endpoint = foreignEndpoint(values["base-url"]);
+  const tpm = await benchTokenLimit(values.tpm, endpoint, values.model, 200_000);
   const figures = await measureEmulatedRate({
-    samples: Number(values.samples),
+    samples: benchSamples(values.samples, tpm, { samples: 60, tpm: 200_000 }),
     rounds: Number(values.rounds),
-    tpm: await benchTokenLimit(values.tpm, endpoint, values.model, 200_000),
+    tpm,
     endpoint,
     model: values.model,
   });
   console.log(
-    `mmevol rate-limit benchmark on the emulated stack (shared DynamoDB governor; ${figures.server}, ${figures.tokensPerMinute} tokens/min, ${endpoint === null ? "latency 1-3 s" : "the server's latency"})`,
+    `mmevol rate-limit benchmark on the emulated stack (${figures.samples} samples, shared DynamoDB governor; ${figures.server}, ${figures.tokensPerMinute} tokens/min, ${endpoint === null ? "latency 1-3 s" : "the server's latency"})`,
   );
   console.table({
     [`requests to ${figures.server}`]: figures.requests,

@@ -12,12 +12,13 @@ import { startSimulator } from "../../functions/adapters/simulated/server.ts";
 import type { Llm, LlmRequest, LlmResponse } from "../../functions/ports/llm.ts";
 import { runLocal } from "../../functions/runtime/local.ts";
 import { writeBenchShard } from "../helpers/bench-shard.ts";
-import { benchTokenLimit, foreignEndpoint, serverName } from "../helpers/endpoint.ts";
+import { benchSamples, benchTokenLimit, foreignEndpoint, serverName } from "../helpers/endpoint.ts";
 import { steadyUse } from "../helpers/rate-window.ts";
 
 const { values } = parseArgs({
   options: {
-    samples: { type: "string", default: "200" },
+    /** Default: 200 at 700,000 tokens/min, scaled to the limit (benchSamples). */
+    samples: { type: "string" },
     rounds: { type: "string", default: "1" },
     concurrency: { type: "string", default: "32" },
     /** The limit: the simulator's (default 700000), or a foreign server's when its headers do not say. */
@@ -30,12 +31,12 @@ const { values } = parseArgs({
     json: { type: "string" },
   },
 });
-const samples = Number(values.samples);
 const rounds = Number(values.rounds);
 const concurrency = Number(values.concurrency);
 const model = values.model;
 const endpoint = foreignEndpoint(values["base-url"]);
 const tpm = await benchTokenLimit(values.tpm, endpoint, model, 700_000);
+const samples = benchSamples(values.samples, tpm, { samples: 200, tpm: 700_000 });
 const assumedTpm = values["assume-tpm"] === undefined ? tpm : Number(values["assume-tpm"]);
 
 interface Call {
@@ -131,7 +132,7 @@ try {
     counts: result.reports[0]?.counts ?? null,
   };
   console.log(
-    `mmevol rate governor benchmark (${serverName(endpoint)}: ${tpm} tokens/min, governor ${assumedTpm > 0 ? `told ${assumedTpm}` : "told nothing: limits from the headers"}, ${endpoint === null ? "latency 1-3 s" : "the server's latency"})`,
+    `mmevol rate governor benchmark (${samples} samples; ${serverName(endpoint)}: ${tpm} tokens/min, governor ${assumedTpm > 0 ? `told ${assumedTpm}` : "told nothing: limits from the headers"}, ${endpoint === null ? "latency 1-3 s" : "the server's latency"})`,
   );
   console.table({
     [`requests to ${serverName(endpoint)}`]: figures.requests,

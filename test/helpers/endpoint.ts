@@ -84,3 +84,28 @@ export async function benchTokenLimit(
   }
   return learned;
 }
+
+const SCALED_MINUTES = 4;
+const TOKENS_PER_SAMPLE = 8_000;
+
+/**
+ * How many samples a rate benchmark runs: `--samples` when given; else the default, which fills about three
+ * minutes at the default limit. A server with a higher limit gets about 4 minutes of work at its limit,
+ * counting 8,000 tokens a sample (two calls, each charged its prompt and max_tokens: less than our simulator
+ * charges, so 4 minutes or more): with less, its first minute's full bucket is most of the run and the steady
+ * window left to measure is short (74 s at 400,000 tokens/min and 120 samples against the foreign server).
+ */
+export function benchSamples(
+  given: string | undefined,
+  tpm: number,
+  defaults: { readonly samples: number; readonly tpm: number },
+): number {
+  if (given !== undefined) {
+    const samples = Number(given);
+    if (!Number.isInteger(samples) || samples <= 0)
+      throw new Error(`--samples must be a positive integer, got ${given}`);
+    return samples;
+  }
+  if (tpm <= defaults.tpm) return defaults.samples;
+  return Math.max(defaults.samples, Math.ceil((SCALED_MINUTES * tpm) / TOKENS_PER_SAMPLE));
+}

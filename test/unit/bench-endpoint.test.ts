@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { type Simulator, startSimulator } from "../../functions/adapters/simulated/server.ts";
-import { benchTokenLimit, foreignEndpoint, serverName } from "../helpers/endpoint.ts";
+import { benchSamples, benchTokenLimit, foreignEndpoint, serverName } from "../helpers/endpoint.ts";
 
 describe("the benchmarks' --base-url", () => {
   it("means the simulator when absent, and takes the key from OPENAI_API_KEY", () => {
@@ -52,5 +52,23 @@ describe("the limit a rate benchmark measures against", () => {
     await expect(benchTokenLimit(undefined, endpoint, "gpt-4o-mini", 700_000)).rejects.toThrow(
       /sent no x-ratelimit-limit-tokens header for gpt-4o-mini: give its limit with --tpm/,
     );
+  });
+});
+
+describe("the samples a rate benchmark runs", () => {
+  const defaults = { samples: 60, tpm: 200_000 };
+  it("are the default at the default limit or below, and grow with a higher one", () => {
+    expect(benchSamples(undefined, 200_000, defaults)).toBe(60);
+    expect(benchSamples(undefined, 30_000, defaults)).toBe(60);
+    // About 4 minutes of work at the limit, at 8,000 tokens a sample.
+    expect(benchSamples(undefined, 400_000, defaults)).toBe(200);
+    expect(benchSamples(undefined, 2_000_000, defaults)).toBe(1_000);
+    expect(benchSamples(undefined, 700_000, { samples: 200, tpm: 700_000 })).toBe(200);
+  });
+
+  it("are what --samples says, which must be a positive integer", () => {
+    expect(benchSamples("7", 2_000_000, defaults)).toBe(7);
+    expect(() => benchSamples("0", 200_000, defaults)).toThrow(/--samples must be a positive integer, got 0/);
+    expect(() => benchSamples("many", 200_000, defaults)).toThrow(/got many/);
   });
 });
