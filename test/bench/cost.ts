@@ -232,6 +232,8 @@ async function runOne(
     const online = new MeteringLlm(new OpenAiLlm(server));
     const batchApi = new MeteringBatchApi(new OpenAiBatchApi(server));
     const out = join(dir, kind);
+    const started = performance.now();
+    process.stderr.write(`[bench:cost] ${kind} layout: ${model}, ${serverName(endpoint)}...\n`);
     const result = await runLocal({
       shards: [shard],
       out,
@@ -251,6 +253,9 @@ async function runOne(
     });
     const report = result.reports[0];
     if (!report) throw new Error(`${kind}: no report`);
+    process.stderr.write(
+      `[bench:cost] ${kind} layout: ${report.usage.calls} calls, $${report.usage.costUsd.toFixed(4)} in ${((performance.now() - started) / 1000).toFixed(0)} s\n`,
+    );
     const kept = Object.values(report.keptByRound).reduce((sum, k) => sum + k.kept, 0);
     const ruleDropped = Object.values(report.keptByRound).reduce((sum, k) => sum + k.ruleDropped, 0);
     // Every answered call, online or in a batch, as this process sent it and as the server billed it.
