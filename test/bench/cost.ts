@@ -16,6 +16,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import sharp from "sharp";
+import { type ReportsRateLimit, reportsRateLimit } from "../../functions/adapters/governor/governed-llm.ts";
+import type { RemainingSnapshot } from "../../functions/adapters/governor/governor.ts";
 import { OpenAiBatchCodec } from "../../functions/adapters/openai/batch-codec.ts";
 import { OpenAiBatchApi } from "../../functions/adapters/openai/openai-batch-api.ts";
 import { OpenAiLlm } from "../../functions/adapters/openai/openai-llm.ts";
@@ -40,10 +42,14 @@ const KEY = "sk-bench-cost";
  * template with the sample's data spliced in after its opening paragraph. No two calls share a prefix of
  * 1,024 tokens, so nothing is billed at the cached rate.
  */
-export class ReferenceLayoutLlm implements Llm {
+export class ReferenceLayoutLlm implements Llm, ReportsRateLimit {
   readonly #inner: Llm;
   constructor(inner: Llm) {
     this.#inner = inner;
+  }
+  /** The server's rate-limit headers pass through, so the run's governor learns its limits. */
+  lastRateLimit(model: string): RemainingSnapshot | null {
+    return reportsRateLimit(this.#inner) ? this.#inner.lastRateLimit(model) : null;
   }
   complete(request: LlmRequest): Promise<LlmResponse> {
     const messages =
@@ -108,11 +114,18 @@ const carriesImage = (messages: readonly { readonly content: unknown }[]): boole
   messages.some((m) => Array.isArray(m.content) && m.content.some((p) => p?.type === "image_url"));
 
 /** Notes every answered online call, as sent (inside any layout change) and as billed. */
-class MeteringLlm implements Llm {
+class MeteringLlm implements Llm, ReportsRateLimit {
   readonly calls: MeteredCall[] = [];
   readonly #inner: Llm;
   constructor(inner: Llm) {
     this.#inner = inner;
+  }
+  /**
+   * Passed through: without them the run's governor cannot learn a server's limits, and against one with a
+   * limit the layouts ran into 653 429s (retried, so the dollars were right, but no way to treat a provider).
+   */
+  lastRateLimit(model: string): RemainingSnapshot | null {
+    return reportsRateLimit(this.#inner) ? this.#inner.lastRateLimit(model) : null;
   }
   async complete(request: LlmRequest): Promise<LlmResponse> {
     const response = await this.#inner.complete(request);

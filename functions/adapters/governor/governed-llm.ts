@@ -12,11 +12,11 @@ export function estimateRequestTokens(request: LlmRequest): number {
 }
 
 /** An Llm that reports rate-limit headers, like OpenAiLlm: those of its last answer for `model`. */
-interface ReportsRateLimit {
+export interface ReportsRateLimit {
   lastRateLimit(model: string): RemainingSnapshot | null;
 }
 
-function reportsRateLimit(llm: Llm): llm is Llm & ReportsRateLimit {
+export function reportsRateLimit(llm: Llm): llm is Llm & ReportsRateLimit {
   return "lastRateLimit" in llm && typeof llm.lastRateLimit === "function";
 }
 
