@@ -1,8 +1,10 @@
 // `npm run bench`: every benchmark once, each in its own process, then one table of ratios (absolute times
 // vary between machines) with the targets, written as JSON too. `--update-readme` puts the table, with the
 // date, between the README's benchmark markers. `--quick` uses smaller sizes (a smoke run, not the figures).
-// `--base-url <url>` measures the rate-limit and cost figures against another OpenAI-compatible server (key in
-// OPENAI_API_KEY) instead of the simulator; the other benchmarks are about this code and stay as they are.
+// `--base-url <url>` measures the rate-limit and cost figures (dollars per kept item, and AWS next to the LLM
+// on the emulated stack, batch mode through the server's files and batches) against another OpenAI-compatible
+// server (key in OPENAI_API_KEY) instead of the simulator; the other benchmarks are about this code and stay
+// as they are. Its batches take as long as it takes to run them.
 import { spawnSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -47,12 +49,12 @@ const BENCHES: readonly Bench[] = [
   {
     name: "aws-online",
     script: "aws-cost.ts",
-    args: ["--mode", "online", ...(quick ? ["--samples", "20"] : [])],
+    args: foreign(["--mode", "online", ...(quick ? ["--samples", "20"] : [])]),
   },
   {
     name: "aws-batch",
     script: "aws-cost.ts",
-    args: ["--mode", "batch", ...(quick ? ["--samples", "20"] : [])],
+    args: foreign(["--mode", "batch", ...(quick ? ["--samples", "20"] : [])]),
   },
 ];
 
@@ -214,7 +216,7 @@ const rows: Row[] = [
       value: v === null ? null : v * 100,
       target: "<= 2 %",
       ok: atMost(v, 0.02),
-      note: `$${at(num(r["aws-online"], "awsPer1000", "total"), 4)} AWS vs $${at(num(r["aws-online"], "llmPer1000"), 3)} LLM per 1,000 samples`,
+      note: `$${at(num(r["aws-online"], "awsPer1000", "total"), 4)} AWS vs $${at(num(r["aws-online"], "llmPer1000"), 3)} LLM per 1,000 samples${baseUrl === undefined ? "" : ` (${server})`}`,
     };
   })(),
   (() => {
@@ -224,7 +226,7 @@ const rows: Row[] = [
       value: v === null ? null : v * 100,
       target: "<= 2 %",
       ok: atMost(v, 0.02),
-      note: `$${at(num(r["aws-batch"], "awsPer1000", "total"), 4)} AWS vs $${at(num(r["aws-batch"], "llmPer1000"), 3)} LLM per 1,000 samples`,
+      note: `$${at(num(r["aws-batch"], "awsPer1000", "total"), 4)} AWS vs $${at(num(r["aws-batch"], "llmPer1000"), 3)} LLM per 1,000 samples${baseUrl === undefined ? "" : ` (${server})`}`,
     };
   })(),
 ];

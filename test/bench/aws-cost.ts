@@ -29,6 +29,7 @@ import { readStackTemplate, startEmulatedStack } from "../../functions/runtime/e
 import { ENV } from "../../functions/runtime/env.ts";
 import { writeLlavaBenchShard } from "../helpers/bench-shard.ts";
 import { ensureDynamoLocal } from "../helpers/dynamodb-local.ts";
+import { benchTokenLimit, type ForeignEndpoint, foreignEndpoint, serverName } from "../helpers/endpoint.ts";
 import { repoRoot } from "../helpers/files.ts";
 import { ensureMoto, motoClientConfig } from "../helpers/moto.ts";
 import { ReportCounts } from "../helpers/report.ts";
@@ -735,6 +736,12 @@ export interface AwsCostOptions {
    * table on each call (slow, and it fails with 500s under concurrent writes).
    */
   dynamodb?: "local" | "moto";
+  /**
+   * Another OpenAI-compatible server instead of the simulator (its own latency and batches); the run's LLM cost
+   * is then its report's alone. `tokensPerMinute`: the limit the stack's shared governor is told (else learned).
+   */
+  endpoint?: ForeignEndpoint | null;
+  tokensPerMinute?: number | null;
 }
 
 export interface ServiceCost {
@@ -752,6 +759,8 @@ export interface AwsCostFigures {
   /** Set when the run stalled (lost work) and was priced as far as it got; the LLM cost is then the simulator's. */
   readonly incomplete?: string;
   readonly date: string;
+  /** The simulator, or the host of the server measured (`--base-url`). */
+  readonly server: string;
   readonly mode: "online" | "batch";
   readonly samples: number;
   readonly rounds: number;
@@ -764,8 +773,8 @@ export interface AwsCostFigures {
   readonly lambdaMeasuredPer1000: number;
   /** The run's LLM cost per 1,000 samples, from its report (simulated tokens at list prices). */
   readonly llmPer1000: number;
-  /** The same from the simulator's own token counts, as a cross-check. */
-  readonly llmPer1000FromSimulator: number;
+  /** The same from the simulator's own token counts, as a cross-check; null against another server. */
+  readonly llmPer1000FromSimulator: number | null;
   /** awsPer1000.total / llmPer1000; target <= 0.02. */
   readonly ratio: number;
   /** The usage behind the figures, for the whole run. */
@@ -853,7 +862,10 @@ export async function measureAwsCost(opts: AwsCostOptions = {}): Promise<AwsCost
   const invocationsFile = join(dir, "invocations.jsonl");
   writeFileSync(invocationsFile, "");
   const proxy = await startCountingProxy(motoEndpoint, dynamodbEndpoint);
-  const sim = await startSimulator({ latencyMs });
+  const endpoint = opts.endpoint ?? null;
+  const sim = endpoint === null ? await startSimulator({ latencyMs }) : null;
+  /** Work the model did that this process can see: the simulator's counts, or the batcher's logs of another. */
+  let batchEvents = 0;
   let logBytes = 0;
   let logEvents = 0;
   let handled = 0;
@@ -869,13 +881,16 @@ export async function measureAwsCost(opts: AwsCostOptions = {}): Promise<AwsCost
       cdkOut,
       endpoint: proxy.endpoint,
       dynamodbEndpoint: proxy.endpoint,
-      apiKey: "sk-aws-cost",
+      apiKey: endpoint?.apiKey ?? "sk-aws-cost",
       // Long enough that a slow batch is never redelivered while it runs (AWS: 6x the function timeout).
       maxVisibilityTimeoutSeconds: 120,
-      // Batch mode needs the batcher often; online, the schedules only add their (separately priced) cost.
-      scheduleEverySeconds: mode === "batch" ? 5 : 60,
+      // Batch mode on the simulator (batches done in seconds) needs the batcher often; online, the schedules only
+      // add their (separately priced) cost. Another server's batches take minutes or hours: every minute, as
+      // deployed, or the emulated batcher's extra ticks are most of what is priced (12x the reads).
+      scheduleEverySeconds: mode === "batch" && endpoint === null ? 5 : 60,
       functionEnv: {
-        [ENV.openaiBaseUrl]: sim.url,
+        [ENV.openaiBaseUrl]: endpoint?.baseURL ?? sim?.url ?? "",
+        ...(opts.tokensPerMinute ? { [ENV.tokensPerMinute]: String(opts.tokensPerMinute) } : {}),
         EMU_INVOCATIONS_FILE: invocationsFile,
         ...(mode === "batch" ? { [ENV.batchSettleMs]: "3000", [ENV.batchPollMs]: "2000" } : {}),
       },
@@ -886,6 +901,7 @@ export async function measureAwsCost(opts: AwsCostOptions = {}): Promise<AwsCost
         if (line.startsWith("{")) {
           logBytes += utf8(line) + LOG_EVENT_OVERHEAD_BYTES;
           logEvents += 1;
+          if (/"message":"batch (waiting|submitted|applied)/.test(line)) batchEvents += 1;
         } else if (/record\(s\)/.test(line)) {
           handled += 1;
         } else if (/failed|error/i.test(line)) {
@@ -944,7 +960,8 @@ export async function measureAwsCost(opts: AwsCostOptions = {}): Promise<AwsCost
     const reportKey = `reports/${run}/${shardName}.json`;
     let lastProgress = Date.now();
     // Nothing moving for this long means lost work (the sweeper would only re-send it after 2 h).
-    const stallMs = 5 * 60_000;
+    // Another server's batch may run for hours, polled at most 10 minutes apart (each poll logs a line).
+    const stallMs = (sim === null ? 15 : 5) * 60_000;
     let lastActivity = -1;
     let activeAt = Date.now();
     let incomplete: string | undefined;
@@ -961,7 +978,8 @@ export async function measureAwsCost(opts: AwsCostOptions = {}): Promise<AwsCost
         );
       }
       // The scheduled functions keep calling on a clock: only queue-driven work and the model count as progress.
-      const activity = handled + sim.stats().requests + sim.batches.stats().linesAnswered;
+      const activity =
+        handled + batchEvents + (sim ? sim.stats().requests + sim.batches.stats().linesAnswered : 0);
       if (activity !== lastActivity) {
         lastActivity = activity;
         activeAt = Date.now();
@@ -974,8 +992,11 @@ export async function measureAwsCost(opts: AwsCostOptions = {}): Promise<AwsCost
         lastProgress = Date.now();
         const c = proxy.counts;
         say(
-          `${Math.round((Date.now() - started) / 1000)} s: ${sim.stats().requests} LLM calls, ` +
-            `${sim.batches.stats().linesAnswered} batch lines, ${handled} batches handled, ` +
+          `${Math.round((Date.now() - started) / 1000)} s: ` +
+            (sim
+              ? `${sim.stats().requests} LLM calls, ${sim.batches.stats().linesAnswered} batch lines, `
+              : `${batchEvents} batch polls, `) +
+            `${handled} batches handled, ` +
             `SQS ${c.byService.get("sqs")?.requests ?? 0} req, DynamoDB ${c.byService.get("dynamodb")?.requests ?? 0} req, ` +
             `S3 ${c.byService.get("s3")?.requests ?? 0} req`,
         );
@@ -997,6 +1018,8 @@ export async function measureAwsCost(opts: AwsCostOptions = {}): Promise<AwsCost
             ),
           )
         : stalledReport(sim, samples);
+    if (incomplete !== undefined && sim === null)
+      say("the run stalled against another server: its LLM cost is unknown, the ratio is not a figure");
 
     // Storage left behind (bucket objects of this run, table items seen).
     let s3Bytes = 0;
@@ -1011,6 +1034,7 @@ export async function measureAwsCost(opts: AwsCostOptions = {}): Promise<AwsCost
 
     return summarize({
       ...(incomplete === undefined ? {} : { incomplete }),
+      server: serverName(endpoint),
       mode,
       samples,
       latencyMs,
@@ -1029,21 +1053,22 @@ export async function measureAwsCost(opts: AwsCostOptions = {}): Promise<AwsCost
     process.off("SIGINT", onSignal);
     process.off("SIGTERM", onSignal);
     await stack.stop();
-    await sim.close();
+    await sim?.close();
     await proxy.close();
     s3.destroy();
     rmSync(dir, { recursive: true, force: true });
   }
 }
 
-/** No report (the run stalled): the model's cost from the simulator's counts, at list prices. */
+/** No report (the run stalled): the model's cost from the simulator's counts, at list prices (none without it). */
 function stalledReport(
-  sim: Awaited<ReturnType<typeof startSimulator>>,
+  sim: Awaited<ReturnType<typeof startSimulator>> | null,
   samples: number,
 ): z.infer<typeof Report> {
   const model = "gpt-4o-mini";
-  const online = sim.stats();
-  const batch = sim.batches.stats();
+  const none = { succeeded: 0, linesAnswered: 0, promptTokens: 0, cachedTokens: 0, completionTokens: 0 };
+  const online = sim?.stats() ?? none;
+  const batch = sim?.batches.stats() ?? none;
   const costUsd = costOf(priceOf(model), online, "online") + costOf(priceOf(model), batch, "batch");
   return {
     model,
@@ -1088,7 +1113,8 @@ function summarize(input: {
   minutes: number;
   report: z.infer<typeof Report>;
   proxy: CountingProxy;
-  sim: Awaited<ReturnType<typeof startSimulator>>;
+  sim: Awaited<ReturnType<typeof startSimulator>> | null;
+  server: string;
   memoryOf: Map<string, number>;
   invocationsFile: string;
   logBytes: number;
@@ -1224,20 +1250,20 @@ function summarize(input: {
     total: round(per1000(awsTotal)),
   };
   const llmPer1000 = per1000(input.report.usage.costUsd);
-  const simStats = input.sim.stats();
-  const batchStats = input.sim.batches.stats();
   const price = priceOf(input.report.model);
   const simDollars =
-    costOf(price, simStats, "online") +
-    costOf(
-      price,
-      {
-        promptTokens: batchStats.promptTokens,
-        cachedTokens: batchStats.cachedTokens,
-        completionTokens: batchStats.completionTokens,
-      },
-      "batch",
-    );
+    input.sim === null
+      ? null
+      : costOf(price, input.sim.stats(), "online") +
+        costOf(
+          price,
+          {
+            promptTokens: input.sim.batches.stats().promptTokens,
+            cachedTokens: input.sim.batches.stats().cachedTokens,
+            completionTokens: input.sim.batches.stats().completionTokens,
+          },
+          "batch",
+        );
 
   // Fixed monthly: idle polling of the stage queues, and each scheduled function at its AWS rate.
   const sqsIdlePolling = (input.queueCount * IDLE_RECEIVES_PER_QUEUE_MONTH * p.sqsPerMillionRequests) / 1e6;
@@ -1296,6 +1322,7 @@ function summarize(input: {
   return {
     ...(input.incomplete === undefined ? {} : { incomplete: input.incomplete }),
     date: new Date().toISOString().slice(0, 10),
+    server: input.server,
     mode,
     samples,
     rounds: input.report.rounds,
@@ -1305,7 +1332,7 @@ function summarize(input: {
     awsPer1000,
     lambdaMeasuredPer1000: round(per1000(lambdaMeasuredDollars)),
     llmPer1000: round(llmPer1000),
-    llmPer1000FromSimulator: round(per1000(simDollars)),
+    llmPer1000FromSimulator: simDollars === null ? null : round(per1000(simDollars)),
     ratio: round(awsTotal / Math.max(1e-12, input.report.usage.costUsd), 4),
     usage: {
       lambda: {
@@ -1364,9 +1391,25 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
       "timeout-minutes": { type: "string", default: "60" },
       /** "local" (DynamoDB Local, default) or "moto" */
       dynamodb: { type: "string", default: "local" },
+      /** Another OpenAI-compatible server (key in OPENAI_API_KEY); its latency applies, not --latency. */
+      "base-url": { type: "string" },
+      /** The limit the stack's governor is told; by default the server's x-ratelimit-limit-tokens, if it sends one. */
+      tpm: { type: "string" },
+      model: { type: "string", default: "gpt-4o-mini" },
       json: { type: "string" },
     },
   });
+  const endpoint = foreignEndpoint(values["base-url"]);
+  // The simulator has no limit here; another server's is read from its headers when not given.
+  const tokensPerMinute =
+    endpoint === null && values.tpm === undefined
+      ? null
+      : await benchTokenLimit(values.tpm, endpoint, values.model, 0).catch((error: unknown) => {
+          console.error(
+            `[bench:aws-cost] ${(error as Error).message}; the stack's governor learns it instead`,
+          );
+          return null;
+        });
   const [low, high] = values.latency.split("-").map(Number);
   const latencyMs: number | [number, number] = high === undefined ? Number(low) : [Number(low), high];
   const mode = z.enum(["online", "batch"]).parse(values.mode);
@@ -1376,11 +1419,13 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
     mode,
     timeoutMinutes: Number(values["timeout-minutes"]),
     dynamodb: z.enum(["local", "moto"]).parse(values.dynamodb),
+    endpoint,
+    tokensPerMinute,
   });
   const usd = (n: number) => `$${n.toFixed(4)}`;
   console.log(
     `mmevol AWS cost on the emulated stack (${figures.samples} samples, ${figures.rounds} rounds, ${figures.mode}, ` +
-      `LLM latency ${JSON.stringify(figures.latencyMs)} ms, ${figures.minutes} min)`,
+      `${endpoint === null ? `LLM latency ${JSON.stringify(figures.latencyMs)} ms` : `LLM ${figures.server}`}, ${figures.minutes} min)`,
   );
   const a = figures.awsPer1000;
   console.table({
