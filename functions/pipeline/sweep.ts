@@ -7,6 +7,7 @@
 import type { EvolveMessage, JudgeMessage, Message } from "../ports/messages.ts";
 import type { SampleRecord, ShardRecord } from "../ports/state-store.ts";
 import type { StageDeps } from "./deps.ts";
+import { shardConfig } from "./shard-config.ts";
 
 /** The one place that maps a sample's state to the message that moves it on; null for terminal samples. */
 export function nextMessageOf(sample: SampleRecord): EvolveMessage | JudgeMessage | null {
@@ -105,14 +106,20 @@ export async function sweepStuck(
   };
   const stale = (updatedAt: number) => options.stuckAfterMs <= 0 || updatedAt <= deadline;
   const batchDeadline = options.now - Math.max(options.stuckAfterMs, options.batchWaitMs ?? 0);
-  // Shards waiting on a batch: one read of the open jobs' index, and only when their samples may wait longer.
+  const shards = await deps.state.listShards(options.run);
+  // Shards waiting on a batch: one read of the open jobs' index, only when some shard is in batch mode and its
+  // samples may wait longer.
   const waiting = new Set<string>();
-  if (options.stuckAfterMs > 0 && (options.batchWaitMs ?? 0) > options.stuckAfterMs) {
+  if (
+    options.stuckAfterMs > 0 &&
+    (options.batchWaitMs ?? 0) > options.stuckAfterMs &&
+    shards.some((shard) => !shard.finalized && shardConfig(shard).mode === "batch")
+  ) {
     for (const job of await deps.state.listOpenBatchJobs(options.run))
       waiting.add(JSON.stringify([job.run, job.shard]));
   }
 
-  for (const shard of await deps.state.listShards(options.run)) {
+  for (const shard of shards) {
     if (shard.finalized) continue;
     counts.shards += 1;
     const shardMessage = shardMessageOf(shard);
