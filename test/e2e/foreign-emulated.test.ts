@@ -1,6 +1,5 @@
 import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import { S3Client } from "@aws-sdk/client-s3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { z } from "zod";
 import { type EmulatedStack, startEmulatedStack } from "../../functions/runtime/emulated-stack.ts";
@@ -9,7 +8,7 @@ import { writeBenchShard } from "../helpers/bench-shard.ts";
 import { testBucket } from "../helpers/bucket.ts";
 import { tempDir } from "../helpers/files.ts";
 import { type ForeignServer, startForeignServer } from "../helpers/foreign-openai.ts";
-import { ensureMoto } from "../helpers/moto.ts";
+import { ensureMoto, s3Client } from "../helpers/moto.ts";
 import { ReportCounts } from "../helpers/report.ts";
 import { synthOnce } from "../helpers/synth-once.ts";
 
@@ -54,12 +53,7 @@ describe("the emulated stack against a foreign OpenAI-compatible server", () => 
       functionEnv: { [ENV.openaiBaseUrl]: server.url, ...env },
       onLine: (line) => lines.push(line),
     });
-    const s3 = new S3Client({
-      endpoint,
-      region: "us-east-1",
-      forcePathStyle: true,
-      credentials: { accessKeyId: "test", secretAccessKey: "test" },
-    });
+    const s3 = s3Client(endpoint);
     const bucket = testBucket(s3, stack.bucket);
     try {
       const local = join(dir.path, run);

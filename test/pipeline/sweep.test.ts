@@ -28,6 +28,10 @@ function fixture() {
   };
 }
 
+/** An ingested shard in batch mode, none of its samples pending. */
+const batchShard = (updatedAt: number) =>
+  shardRecord({ ingested: true, pending: 0, config: { rounds: 1, mode: "batch" }, updatedAt });
+
 describe("sweepStuck", () => {
   it("re-sends the judge message of a sample stuck in JUDGING, and leaves fresh samples alone", async () => {
     const { state, clock, advance } = fixture();
@@ -66,14 +70,7 @@ describe("sweepStuck", () => {
 
   it("leaves samples waiting on an open batch alone for the batch wait, not the stuck deadline", async () => {
     const { state, clock, advance } = fixture();
-    await state.createShard(
-      shardRecord({
-        ingested: true,
-        pending: 0,
-        config: { rounds: 1, mode: "batch" },
-        updatedAt: clock.now(),
-      }),
-    );
+    await state.createShard(batchShard(clock.now()));
     await state.createShard(
       shardRecord({ shard: "s2", key: "seeds/r1/s2.jsonl", ingested: true, pending: 0 }),
     );
@@ -123,14 +120,7 @@ describe("sweepStuck", () => {
 
   it("re-sends a sample of a batch shard once its batches are done, at the stuck deadline", async () => {
     const { state, clock, advance } = fixture();
-    await state.createShard(
-      shardRecord({
-        ingested: true,
-        pending: 0,
-        config: { rounds: 1, mode: "batch" },
-        updatedAt: clock.now(),
-      }),
-    );
+    await state.createShard(batchShard(clock.now()));
     await state.putSamples([sampleRecord("lost", { status: "JUDGING", round: 1, updatedAt: clock.now() })]);
     advance(3 * 60 * MINUTE);
     const swept = await sweepStuck(
