@@ -28,6 +28,13 @@ export const BATCH_MAX_BYTES = 200 * 1024 * 1024;
 export const ENQUEUED_SHARE = 0.9;
 
 /**
+ * A submitted request with no answer stored after this long is asked online: the provider ends every batch
+ * within its 24 h window (an expired batch's requests are marked failed and queued again), so its answer was
+ * stored and has expired since (stored answers live 30 days), or the batch was lost.
+ */
+export const SUBMITTED_ITEM_LOST_MS = 48 * 60 * 60_000;
+
+/**
  * OpenAI accepts a batch, then fails it at validation with `token_limit_exceeded` when the prompt tokens of
  * the model's unfinished batches would pass the organization's queue limit: "Enqueued token limit reached for
  * gpt-4o in organization org-…. Limit: 90,000 enqueued tokens. Please try again once some in_progress batches
@@ -67,7 +74,7 @@ export class DeferredToBatchError extends MmevolError {
  * failed in `maxTries` batches. Returns "online" in that case; otherwise throws DeferredToBatchError.
  */
 export async function deferToBatch(
-  deps: Pick<StageDeps, "state" | "batch">,
+  deps: Pick<StageDeps, "state" | "batch" | "clock">,
   target: {
     readonly run: string;
     readonly shard: string;
@@ -81,10 +88,15 @@ export async function deferToBatch(
   if (!deps.batch)
     throw new MmevolError("batch mode needs a Batch API, and none is configured", { retryable: false });
   const existing = await deps.state.getBatchItem(run, shard, hash);
-  if (existing?.status === "queued" || existing?.status === "submitted")
+  // An item stays "submitted" once its answer is stored (applyJob writes the answer only): one submitted this
+  // long ago with no answer stored had it expire, or its batch is lost. Either way it is asked online.
+  const lost =
+    existing?.status === "submitted" && deps.clock.now() - existing.updatedAt > SUBMITTED_ITEM_LOST_MS;
+  if ((existing?.status === "queued" || existing?.status === "submitted") && !lost)
     throw new DeferredToBatchError(false);
-  // Failed in too many batches, or answered but the answer is gone (expired): ask online.
-  if (existing !== null && (existing.status === "answered" || existing.tries >= target.maxTries))
+  // Failed in too many batches, or answered but the answer is gone: ask online. ("answered" items are from
+  // earlier versions, which marked them.)
+  if (existing !== null && (lost || existing.status === "answered" || existing.tries >= target.maxTries))
     return "online";
   // The body first: an item is never queued without the request it stands for. A failed item goes into the
   // next batch with the body it was queued with.
@@ -627,8 +639,11 @@ async function applyJob(
     const answer =
       line.response?.status_code === 200 ? readAnswer(batch.codec, line.response.body, item, config) : null;
     if (answer !== null && !("error" in answer)) {
+      // The stored answer is what the stage looks for first: the item is left "submitted" (marking it answered
+      // was a write per request, 6% of batch mode's AWS cost). A crash before the job is marked applied
+      // applies it again: the answer is kept as first stored, and the message goes twice (a duplicate).
       await deps.state.putAnswer(hash, answer);
-      if (await deps.state.updateBatchItem(item, { status: "answered", error: null })) resend(item);
+      resend(item);
       continue;
     }
     const reason =

@@ -122,7 +122,10 @@ export type StoredAnswer = z.infer<typeof StoredAnswer>;
 /**
  * Batch mode: one request waiting for, or inside, a provider batch. Keyed by (run, shard, hash); the hash is
  * the answer's cache key and the batch line's `custom_id`. `message` is the stage message to send again once
- * the answer is stored, so the answer is applied by the same stage logic as online.
+ * the answer is stored, so the answer is applied by the same stage logic as online. Statuses: queued (for the
+ * next batch), submitted (in a job, and still once its answer is stored: the stored answer is what counts),
+ * failed (the batch gave no answer: queued again, or asked online past the tries). "answered" items were
+ * written by earlier versions only.
  */
 export const BatchItemStatus = z.enum(["queued", "submitted", "failed", "answered"]);
 export type BatchItemStatus = z.infer<typeof BatchItemStatus>;

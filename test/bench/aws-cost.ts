@@ -196,6 +196,8 @@ class Counts {
   readonly byCaller = new Map<string, Map<Service, Tally>>();
   /** `<caller>|<service> <op>` */
   readonly byCallerOp = new Map<string, Tally>();
+  /** `<caller> <service> <resource> <op>`: where each dollar went, at the finest grain. */
+  readonly byDetail = new Map<string, Tally>();
   emptyReceives = 0;
   emptyReceivesByCaller = new Map<string, number>();
 
@@ -228,6 +230,7 @@ class Counts {
     apply(get(this.byOp, `${service} ${op}`));
     apply(get(this.byResource, `${service} ${resource}`));
     apply(get(this.byCallerOp, `${caller}|${service} ${op}`));
+    apply(get(this.byDetail, `${caller} ${service} ${resource} ${op}`));
     let callers = this.byCaller.get(caller);
     if (!callers) {
       callers = new Map();
@@ -820,6 +823,8 @@ export interface AwsCostFigures {
     readonly byCaller: Record<string, Record<string, number>>;
     /** Per resource (queue, item kind, key prefix): dollars. */
     readonly byResource: Record<string, { requests: number; units: number; dollars: number }>;
+    /** Per function, service, resource and operation, most dollars first. */
+    readonly byDetail: Record<string, { requests: number; units: number; dollars: number }>;
   };
   /**
    * Costs that do not scale with samples, per month: idle queue polling (estimate), and each scheduled function
@@ -1296,6 +1301,14 @@ function summarize(input: {
       dollars: round(t.dollars, 8),
     };
   }
+  const byDetail: AwsCostFigures["usage"]["byDetail"] = {};
+  for (const [detail, t] of [...proxy.counts.byDetail].sort((a, b) => b[1].dollars - a[1].dollars)) {
+    byDetail[detail] = {
+      requests: t.requests,
+      units: round(t.readUnits + t.writeUnits + t.billed, 1),
+      dollars: round(t.dollars, 8),
+    };
+  }
   const byCaller: AwsCostFigures["usage"]["byCaller"] = {};
   for (const [caller, services] of proxy.counts.byCaller) {
     const row: Record<string, number> = {};
@@ -1366,6 +1379,7 @@ function summarize(input: {
       byOperation,
       byCaller,
       byResource,
+      byDetail,
     },
     fixedPerMonth: { sqsIdlePolling: round(sqsIdlePolling, 4), scheduled },
     storagePer1000: {
