@@ -3,7 +3,7 @@
 // governor). A metering proxy in front of the simulator (1-3 s latency, a tokens-per-minute limit) notes
 // what its limiter charged each call. Prints the share of the limit used over the steady part of the run
 // (target >= 0.95) and the share of requests answered 429 (target <= 1%).
-// Run: node test/bench/rate-emulated.ts [--samples 60] [--rounds 1] [--tpm 200000] [--json out.json]
+// Run: node test/bench/rate-emulated.ts [--samples 120] [--rounds 1] [--tpm 200000] [--json out.json]
 // Against another OpenAI-compatible server: --base-url <url> [--model <name>] (key in OPENAI_API_KEY); the
 // proxy meters it the same way, and its limit is read from its headers unless --tpm gives it.
 import { appendFileSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
@@ -140,7 +140,7 @@ export async function measureEmulatedRate(
     model?: string;
   } = {},
 ): Promise<RateFigures> {
-  const samples = options.samples ?? 60;
+  const samples = options.samples ?? 120;
   const rounds = options.rounds ?? 1;
   const tpm = options.tpm ?? 200_000;
   const server = options.endpoint ?? null;
@@ -239,7 +239,7 @@ if (import.meta.main) {
   const endpoint = foreignEndpoint(values["base-url"]);
   const tpm = await benchTokenLimit(values.tpm, endpoint, values.model, 200_000);
   const figures = await measureEmulatedRate({
-    samples: benchSamples(values.samples, tpm, { samples: 60, tpm: 200_000 }),
+    samples: benchSamples(values.samples, tpm, { samples: 120, tpm: 200_000 }),
     rounds: Number(values.rounds),
     tpm,
     endpoint,
