@@ -88,12 +88,17 @@ export async function benchTokenLimit(
 const SCALED_MINUTES = 4;
 const TOKENS_PER_SAMPLE = 8_000;
 
+/** Fewest samples a rate benchmark scales down to at a low limit: 40 calls. */
+const MIN_SAMPLES = 20;
+
 /**
- * How many samples a rate benchmark runs: `--samples` when given; else the default, which fills about three
- * minutes at the default limit. A server with a higher limit gets about 4 minutes of work at its limit,
- * counting 8,000 tokens a sample (two calls, each charged its prompt and max_tokens: less than our simulator
- * charges, so 4 minutes or more): with less, its first minute's full bucket is most of the run and the steady
- * window left to measure is short (74 s at 400,000 tokens/min and 120 samples against the foreign server).
+ * How many samples a rate benchmark runs: `--samples` when given; else the default, which fills a few minutes
+ * at the default limit. A server with a higher limit gets about 4 minutes of work at its limit, counting 8,000
+ * tokens a sample (two calls, each charged its prompt and max_tokens: less than our simulator charges, so 4
+ * minutes or more): with less, its first minute's full bucket is most of the run and the steady window left
+ * to measure is short (74 s at 400,000 tokens/min and 120 samples against the foreign server). A server with a
+ * lower limit gets those 4 minutes too, up to the default's samples and at least 20: the default's 200 samples
+ * at 30,000 tokens/min would take over an hour.
  */
 export function benchSamples(
   given: string | undefined,
@@ -106,6 +111,8 @@ export function benchSamples(
       throw new Error(`--samples must be a positive integer, got ${given}`);
     return samples;
   }
-  if (tpm <= defaults.tpm) return defaults.samples;
-  return Math.max(defaults.samples, Math.ceil((SCALED_MINUTES * tpm) / TOKENS_PER_SAMPLE));
+  if (tpm === defaults.tpm) return defaults.samples;
+  const scaled = Math.ceil((SCALED_MINUTES * tpm) / TOKENS_PER_SAMPLE);
+  if (tpm < defaults.tpm) return Math.min(defaults.samples, Math.max(MIN_SAMPLES, scaled));
+  return Math.max(defaults.samples, scaled);
 }

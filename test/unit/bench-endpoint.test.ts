@@ -57,9 +57,14 @@ describe("the limit a rate benchmark measures against", () => {
 
 describe("the samples a rate benchmark runs", () => {
   const defaults = { samples: 60, tpm: 200_000 };
-  it("are the default at the default limit or below, and grow with a higher one", () => {
+  it("are the default at the default limit, and grow or shrink with the limit", () => {
     expect(benchSamples(undefined, 200_000, defaults)).toBe(60);
-    expect(benchSamples(undefined, 30_000, defaults)).toBe(60);
+    // Under it, about 4 minutes of work too, up to the default's samples and at least 20.
+    expect(benchSamples(undefined, 100_000, defaults)).toBe(50);
+    expect(benchSamples(undefined, 30_000, defaults)).toBe(20);
+    expect(benchSamples(undefined, 30_000, { samples: 200, tpm: 700_000 })).toBe(20);
+    expect(benchSamples(undefined, 400_000, { samples: 200, tpm: 700_000 })).toBe(200);
+    expect(benchSamples(undefined, 200_000, { samples: 200, tpm: 700_000 })).toBe(100);
     // About 4 minutes of work at the limit, at 8,000 tokens a sample.
     expect(benchSamples(undefined, 400_000, defaults)).toBe(200);
     expect(benchSamples(undefined, 2_000_000, defaults)).toBe(1_000);
