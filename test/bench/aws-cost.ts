@@ -1065,6 +1065,21 @@ export async function measureAwsCost(opts: AwsCostOptions = {}): Promise<AwsCost
   }
 }
 
+/** Tallies as requests, units and dollars, most dollars first. */
+function dollarsFirst(
+  tallies: ReadonlyMap<string, Tally>,
+): Record<string, { requests: number; units: number; dollars: number }> {
+  const out: Record<string, { requests: number; units: number; dollars: number }> = {};
+  for (const [key, t] of [...tallies].sort((a, b) => b[1].dollars - a[1].dollars)) {
+    out[key] = {
+      requests: t.requests,
+      units: round(t.readUnits + t.writeUnits + t.billed, 1),
+      dollars: round(t.dollars, 8),
+    };
+  }
+  return out;
+}
+
 /** No report (the run stalled): the model's cost from the simulator's counts, at list prices (none without it). */
 function stalledReport(
   sim: Awaited<ReturnType<typeof startSimulator>> | null,
@@ -1293,22 +1308,8 @@ function summarize(input: {
       emulatorMs: round(t.ms / Math.max(1, t.requests), 1),
     };
   }
-  const byResource: AwsCostFigures["usage"]["byResource"] = {};
-  for (const [resource, t] of [...proxy.counts.byResource].sort((a, b) => b[1].dollars - a[1].dollars)) {
-    byResource[resource] = {
-      requests: t.requests,
-      units: round(t.readUnits + t.writeUnits + t.billed, 1),
-      dollars: round(t.dollars, 8),
-    };
-  }
-  const byDetail: AwsCostFigures["usage"]["byDetail"] = {};
-  for (const [detail, t] of [...proxy.counts.byDetail].sort((a, b) => b[1].dollars - a[1].dollars)) {
-    byDetail[detail] = {
-      requests: t.requests,
-      units: round(t.readUnits + t.writeUnits + t.billed, 1),
-      dollars: round(t.dollars, 8),
-    };
-  }
+  const byResource = dollarsFirst(proxy.counts.byResource);
+  const byDetail = dollarsFirst(proxy.counts.byDetail);
   const byCaller: AwsCostFigures["usage"]["byCaller"] = {};
   for (const [caller, services] of proxy.counts.byCaller) {
     const row: Record<string, number> = {};
