@@ -4,12 +4,15 @@
 // `--base-url <url>` measures the rate-limit and cost figures (dollars per kept item, and AWS next to the LLM
 // on the emulated stack, batch mode through the server's files and batches) against another OpenAI-compatible
 // server (key in OPENAI_API_KEY) instead of the simulator; the other benchmarks are about this code and stay
-// as they are. Its batches take as long as it takes to run them.
+// as they are. Its batches take as long as it takes to run them. `--samples <n>` sets the cost benchmarks'
+// samples (default 200): their online calls take about n x 120,000 tokens in all, which is two hours at
+// 200,000 tokens/min, so against a server the run first prints that estimate at the server's limit.
 import { spawnSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
+import { benchTokenLimit, foreignEndpoint, TOKENS_PER_SAMPLE } from "../helpers/endpoint.ts";
 import { repoRoot } from "../helpers/files.ts";
 
 const { values } = parseArgs({
@@ -19,6 +22,8 @@ const { values } = parseArgs({
     quick: { type: "boolean", default: false },
     only: { type: "string", multiple: true },
     "base-url": { type: "string" },
+    /** Samples of the cost benchmarks (dollars per kept item, AWS next to the LLM). */
+    samples: { type: "string" },
   },
 });
 const quick = values.quick === true;
@@ -27,6 +32,18 @@ const baseUrl = values["base-url"];
 const foreign = (args: readonly string[]): string[] =>
   baseUrl === undefined ? [...args] : [...args, "--base-url", baseUrl];
 const server = baseUrl === undefined ? "simulator" : new URL(baseUrl).host;
+const costSamples = ((): string[] => {
+  if (values.samples !== undefined) {
+    if (!/^[1-9]\d*$/.test(values.samples)) {
+      process.stderr.write(`--samples must be a positive integer, got ${values.samples}\n`);
+      process.exit(2);
+    }
+    return ["--samples", values.samples];
+  }
+  return [];
+})();
+const costArgs = (quickSamples: string): string[] =>
+  costSamples.length > 0 ? costSamples : quick ? ["--samples", quickSamples] : [];
 const latency = baseUrl === undefined ? "latency 1-3 s" : `on ${server}`;
 
 interface Bench {
@@ -39,22 +56,22 @@ const BENCHES: readonly Bench[] = [
   { name: "overhead", script: "local.ts", args: quick ? ["--samples", "200", "--repeat", "1"] : [] },
   { name: "rate", script: "rate-limit.ts", args: foreign(quick ? ["--samples", "60"] : []) },
   { name: "rate-stack", script: "rate-emulated.ts", args: foreign(quick ? ["--samples", "30"] : []) },
-  { name: "cost", script: "cost.ts", args: foreign(quick ? ["--samples", "16"] : []) },
+  { name: "cost", script: "cost.ts", args: foreign(costArgs("16")) },
   {
     name: "cost-4.1-mini",
     script: "cost.ts",
-    args: foreign(["--model", "gpt-4.1-mini", ...(quick ? ["--samples", "16"] : [])]),
+    args: foreign(["--model", "gpt-4.1-mini", ...costArgs("16")]),
   },
   { name: "ingest", script: "ingest-rss.ts", args: quick ? ["--large", "20000"] : [] },
   {
     name: "aws-online",
     script: "aws-cost.ts",
-    args: foreign(["--mode", "online", ...(quick ? ["--samples", "20"] : [])]),
+    args: foreign(["--mode", "online", ...costArgs("20")]),
   },
   {
     name: "aws-batch",
     script: "aws-cost.ts",
-    args: foreign(["--mode", "batch", ...(quick ? ["--samples", "20"] : [])]),
+    args: foreign(["--mode", "batch", ...costArgs("20")]),
   },
 ];
 
@@ -65,6 +82,35 @@ const num = (figures: Figures | undefined, ...path: string[]): number | null => 
     value = typeof value === "object" && value !== null ? (value as Figures)[key] : undefined;
   return typeof value === "number" && Number.isFinite(value) ? value : null;
 };
+
+/**
+ * Against another server, how long the cost benchmarks' online calls take at its limit: two layouts (the
+ * reference and ours) for each of two models, and the emulated stack online, 3 rounds each. Batch calls do not
+ * count against the limit. Printed first, so a long run is a choice.
+ */
+async function announceCostMinutes(): Promise<void> {
+  const online = { cost: 2, "cost-4.1-mini": 2, "aws-online": 1 } as const;
+  const runs = Object.entries(online)
+    .filter(([name]) => !values.only || values.only.includes(name))
+    .reduce((sum, [, n]) => sum + n, 0);
+  if (baseUrl === undefined || runs === 0) return;
+  const samples = Number(costSamples[1] ?? (quick ? 16 : 200));
+  let tpm: number;
+  try {
+    tpm = await benchTokenLimit(undefined, foreignEndpoint(baseUrl), "gpt-4o-mini", 0);
+  } catch (error) {
+    process.stderr.write(
+      `could not read ${server}'s limit (${(error as Error).message}); no time estimate\n`,
+    );
+    return;
+  }
+  const minutes = (runs * samples * 3 * TOKENS_PER_SAMPLE) / tpm;
+  process.stderr.write(
+    `${server} allows ${tpm.toLocaleString("en")} tokens/min: the cost benchmarks' online calls (${samples} samples) ` +
+      `take about ${Math.ceil(minutes)} minute${Math.ceil(minutes) === 1 ? "" : "s"} at that rate${values.samples === undefined ? "; --samples <n> changes it" : ""}\n`,
+  );
+}
+await announceCostMinutes();
 
 const dir = mkdtempSync(join(tmpdir(), "mmevol-bench-"));
 const results: Record<string, Figures> = {};

@@ -86,7 +86,8 @@ export async function benchTokenLimit(
 }
 
 const SCALED_MINUTES = 4;
-const TOKENS_PER_SAMPLE = 8_000;
+/** What one sample's round charges a limit (an evolve and a judge call), about. */
+export const TOKENS_PER_SAMPLE = 8_000;
 
 /** Fewest samples a rate benchmark scales down to at a low limit: 40 calls. */
 const MIN_SAMPLES = 20;
