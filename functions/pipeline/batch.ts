@@ -474,10 +474,8 @@ async function recoverSubmitting(
 
 /** Puts a job's requests back in the queue without spending the try its submission counted. */
 async function queueAgain(deps: TickDeps, job: BatchJob): Promise<void> {
-  for (const item of await deps.state.listBatchItems(job.run, job.shard, "submitted")) {
-    if (item.job === job.id)
-      await deps.state.updateBatchItem(item, { status: "queued", tries: Math.max(0, item.tries - 1) });
-  }
+  for (const item of await deps.state.listBatchItems(job.run, job.shard, "submitted", { job: job.id }))
+    await deps.state.updateBatchItem(item, { status: "queued", tries: Math.max(0, item.tries - 1) });
 }
 
 /**
@@ -629,8 +627,8 @@ async function applyJob(
   }
   // The job's items, read once (consistent: an item missed here would wait for an answer already taken).
   const members = new Map<string, BatchItem>();
-  for (const item of await deps.state.listBatchItems(job.run, job.shard, "submitted"))
-    if (item.job === job.id) members.set(item.hash, item);
+  for (const item of await deps.state.listBatchItems(job.run, job.shard, "submitted", { job: job.id }))
+    members.set(item.hash, item);
   for (const line of lines) {
     const hash = typeof line.custom_id === "string" ? line.custom_id : "";
     const item = members.get(hash);

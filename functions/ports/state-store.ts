@@ -238,14 +238,16 @@ export interface StateStore {
   queueBatchItem(item: BatchItem, existing?: BatchItem | null): Promise<{ queued: boolean; item: BatchItem }>;
   getBatchItem(run: string, shard: string, hash: string): Promise<BatchItem | null>;
   /**
-   * A shard's items in one status. `consistent: false` may miss the last second's changes, for half the price
-   * in DynamoDB (an eventually consistent read): for a caller that finds them at its next pass.
+   * A shard's items in one status; with `job`, only those whose last job it is (a shard's submitted items
+   * include every answered one, of every earlier job). `consistent: false` may miss the last second's changes,
+   * for half the price in DynamoDB (an eventually consistent read): for a caller that finds them at its next
+   * pass.
    */
   listBatchItems(
     run: string,
     shard: string,
     status: BatchItemStatus,
-    options?: { readonly consistent?: boolean },
+    options?: { readonly consistent?: boolean; readonly job?: string },
   ): Promise<BatchItem[]>;
   /**
    * Moves `item`, as the caller read it, to the patch's status; false when it is no longer in the status it was

@@ -143,6 +143,56 @@ describe("DynamoStateStore specifics", () => {
     }
   });
 
+  it("lists a job's submitted items, those written before the job was a top-level attribute included", async () => {
+    const table = await freshTable();
+    try {
+      const store = new DynamoStateStore({ client: doc, table, pageSize: 2 });
+      const submitted = (hash: string, job: string) => ({
+        run: "r1",
+        shard: "s1",
+        hash,
+        status: "submitted",
+        model: "gpt-4o-mini",
+        body: `work/r1/batches/s1/requests/${hash}.jsonl`,
+        message: { kind: "evolve", run: "r1", shard: "s1", sample: hash, round: 1 },
+        job,
+        tries: 1,
+        error: null,
+        updatedAt: 0,
+      });
+      // As an earlier version stored them: the job only inside the record.
+      for (const [hash, job] of [
+        ["h1", "j1"],
+        ["h2", "j2"],
+        ["h3", "j1"],
+      ] as const) {
+        await doc.send(
+          new PutCommand({
+            TableName: table,
+            Item: {
+              pk: "SHARD#r1#s1",
+              sk: `BATCH#${hash}`,
+              status: "submitted",
+              record: JSON.stringify(submitted(hash, job)),
+            },
+          }),
+        );
+      }
+      await store.queueBatchItem({ ...submitted("h4", "j1"), status: "queued", job: null, tries: 0 });
+      const h4 = await store.getBatchItem("r1", "s1", "h4");
+      if (h4 === null) throw new Error("not stored");
+      await store.updateBatchItem(h4, { status: "submitted", job: "j1" });
+      const stored = await doc.send(
+        new GetCommand({ TableName: table, Key: { pk: "SHARD#r1#s1", sk: "BATCH#h4" } }),
+      );
+      expect(stored.Item?.job).toBe("j1");
+      const hashes = (await store.listBatchItems("r1", "s1", "submitted", { job: "j1" })).map((i) => i.hash);
+      expect(hashes.sort()).toEqual(["h1", "h3", "h4"]);
+    } finally {
+      await dropTable(table)();
+    }
+  });
+
   it("refuses a stored record that no longer fits the schema", async () => {
     const table = await freshTable();
     try {

@@ -456,6 +456,16 @@ export function describeStateStoreContract(
       ).toEqual(["h1"]);
       expect((await store.listBatchItems("r1", "s1", "submitted")).map((i) => i.hash)).toEqual(["h2"]);
       expect((await store.listBatchItems("r1", "s2", "queued")).map((i) => i.hash)).toEqual(["h3"]);
+      // By job: a shard's submitted items include the answered ones of every earlier job.
+      await store.queueBatchItem(item("h4"));
+      const h4 = await store.getBatchItem("r1", "s1", "h4");
+      if (h4 === null) throw new Error("not stored");
+      await store.updateBatchItem(h4, { status: "submitted", job: "j2" });
+      const byJob = async (job: string) =>
+        (await store.listBatchItems("r1", "s1", "submitted", { job })).map((i) => i.hash);
+      expect(await byJob("j1")).toEqual(["h2"]);
+      expect(await byJob("j2")).toEqual(["h4"]);
+      expect(await byJob("j3")).toEqual([]);
       expect(await store.getBatchItem("r1", "s1", "nope")).toBeNull();
     });
 

@@ -404,21 +404,33 @@ export class DynamoStateStore implements StateStore {
     run: string,
     shard: string,
     status: BatchItemStatus,
-    options: { readonly consistent?: boolean } = {},
+    options: { readonly consistent?: boolean; readonly job?: string } = {},
   ): Promise<BatchItem[]> {
     const items: BatchItem[] = [];
+    const { job } = options;
     let start: Record<string, unknown> | undefined;
     do {
       const out = await this.client.send(
         new QueryCommand({
           TableName: this.table,
           KeyConditionExpression: "#pk = :pk AND begins_with(#sk, :prefix)",
-          FilterExpression: "#status = :status",
-          ExpressionAttributeNames: { "#pk": PK, "#sk": SK, "#status": "status" },
+          // The job is a top-level attribute too, so only its items come back; items written before it was
+          // (which have none) come back and are sorted out below.
+          FilterExpression:
+            job === undefined
+              ? "#status = :status"
+              : "#status = :status AND (#job = :job OR attribute_not_exists(#job))",
+          ExpressionAttributeNames: {
+            "#pk": PK,
+            "#sk": SK,
+            "#status": "status",
+            ...(job === undefined ? {} : { "#job": "job" }),
+          },
           ExpressionAttributeValues: {
             ":pk": shardPk(run, shard),
             ":prefix": BATCH_ITEM_PREFIX,
             ":status": status,
+            ...(job === undefined ? {} : { ":job": job }),
           },
           // A Query pays for every batch item it reads (the filter applies after), answered ones included.
           ConsistentRead: options.consistent ?? true,
@@ -426,8 +438,10 @@ export class DynamoStateStore implements StateStore {
           ...this.limit,
         }),
       );
-      for (const item of out.Items ?? [])
-        items.push(BatchItem.parse(JSON.parse(RecordItem.parse(item).record)));
+      for (const raw of out.Items ?? []) {
+        const item = BatchItem.parse(JSON.parse(RecordItem.parse(raw).record));
+        if (job === undefined || item.job === job) items.push(item);
+      }
       start = out.LastEvaluatedKey;
     } while (start !== undefined);
     return items;
@@ -446,6 +460,7 @@ export class DynamoStateStore implements StateStore {
           Item: {
             ...batchItemKey(item.run, item.shard, item.hash),
             status: next.status,
+            ...(next.job === null ? {} : { job: next.job }),
             record: JSON.stringify(next),
           },
           ConditionExpression: "#status = :from",

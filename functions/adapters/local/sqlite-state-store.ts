@@ -337,7 +337,20 @@ export class SqliteStateStore implements StateStore {
     return row === undefined ? null : parseJson(BatchItem, row);
   }
 
-  async listBatchItems(run: string, shard: string, status: BatchItemStatus): Promise<BatchItem[]> {
+  async listBatchItems(
+    run: string,
+    shard: string,
+    status: BatchItemStatus,
+    options: { readonly job?: string } = {},
+  ): Promise<BatchItem[]> {
+    if (options.job !== undefined) {
+      return this.db
+        .prepare(
+          "SELECT record FROM batch_items WHERE run = ? AND shard = ? AND status = ? AND json_extract(record, '$.job') = ? ORDER BY hash",
+        )
+        .all(run, shard, status, options.job)
+        .map((row) => parseJson(BatchItem, row));
+    }
     return this.db
       .prepare("SELECT record FROM batch_items WHERE run = ? AND shard = ? AND status = ? ORDER BY hash")
       .all(run, shard, status)
