@@ -1,6 +1,6 @@
 import { randomUUID } from "node:crypto";
 import type { BlobStore } from "../ports/blob-store.ts";
-import { layout } from "./shard-config.ts";
+import { layout, pairKey } from "./shard-config.ts";
 
 /** One line of a bodies object: the request's answer hash (its batch `custom_id`) and its encoded body. */
 interface BodyLine {
@@ -43,7 +43,7 @@ export class BatchBodyWriter {
   }
 
   write(run: string, shard: string, hash: string, body: unknown): Promise<string> {
-    const id = JSON.stringify([run, shard]);
+    const id = pairKey(run, shard);
     let group = this.#open.get(id);
     if (group === undefined) {
       group = {

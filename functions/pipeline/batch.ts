@@ -15,7 +15,7 @@ import { Message } from "../ports/messages.ts";
 import type { BatchItem, BatchJob, ShardRecord, StoredAnswer } from "../ports/state-store.ts";
 import { BatchBodyReader } from "./batch-bodies.ts";
 import type { StageDeps } from "./deps.ts";
-import { layout, shardConfig } from "./shard-config.ts";
+import { layout, pairKey, shardConfig } from "./shard-config.ts";
 
 /** The provider's limits on one batch input file (OpenAI: 50,000 requests, 200 MB). */
 export const BATCH_MAX_REQUESTS = 50_000;
@@ -88,15 +88,14 @@ export async function deferToBatch(
   if (!deps.batch)
     throw new MmevolError("batch mode needs a Batch API, and none is configured", { retryable: false });
   const existing = await deps.state.getBatchItem(run, shard, hash);
+  if (existing?.status === "queued") throw new DeferredToBatchError(false);
   // An item stays "submitted" once its answer is stored (applyJob writes the answer only): one submitted this
-  // long ago with no answer stored had it expire, or its batch is lost. Either way it is asked online.
-  const lost =
-    existing?.status === "submitted" && deps.clock.now() - existing.updatedAt > SUBMITTED_ITEM_LOST_MS;
-  if ((existing?.status === "queued" || existing?.status === "submitted") && !lost)
+  // long ago with no answer stored had it expire, or its batch is lost.
+  if (existing?.status === "submitted" && deps.clock.now() - existing.updatedAt <= SUBMITTED_ITEM_LOST_MS)
     throw new DeferredToBatchError(false);
-  // Failed in too many batches, or answered but the answer is gone: ask online. ("answered" items are from
-  // earlier versions, which marked them.)
-  if (existing !== null && (lost || existing.status === "answered" || existing.tries >= target.maxTries))
+  // Submitted or answered (as earlier versions marked them) and the answer is gone, or failed in too many
+  // batches: ask online.
+  if (existing !== null && (existing.status !== "failed" || existing.tries >= target.maxTries))
     return "online";
   // The body first: an item is never queued without the request it stands for. A failed item goes into the
   // next batch with the body it was queued with.
@@ -591,8 +590,6 @@ class EnqueuedBudget {
     return parsed.success ? parsed.data : {};
   }
 }
-
-const pairKey = (a: string, b: string): string => JSON.stringify([a, b]);
 
 /**
  * Stores every answer of a finished batch under its request's hash, at batch prices, and returns the stage

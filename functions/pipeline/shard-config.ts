@@ -61,6 +61,9 @@ function deepFreeze<T>(value: T): T {
   return value;
 }
 
+/** A Map key for two names, e.g. (run, shard) or (run, model); no separator can make two pairs collide. */
+export const pairKey = (a: string, b: string): string => JSON.stringify([a, b]);
+
 /** Names in the storage layout (ARCHITECTURE.md). */
 export const layout = {
   runJson: (run: string) => `seeds/${run}/run.json`,

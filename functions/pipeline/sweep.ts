@@ -7,7 +7,7 @@
 import type { EvolveMessage, JudgeMessage, Message } from "../ports/messages.ts";
 import type { SampleRecord, ShardRecord } from "../ports/state-store.ts";
 import type { StageDeps } from "./deps.ts";
-import { shardConfig } from "./shard-config.ts";
+import { pairKey, shardConfig } from "./shard-config.ts";
 
 /** The one place that maps a sample's state to the message that moves it on; null for terminal samples. */
 export function nextMessageOf(sample: SampleRecord): EvolveMessage | JudgeMessage | null {
@@ -116,7 +116,7 @@ export async function sweepStuck(
     shards.some((shard) => !shard.finalized && shardConfig(shard).mode === "batch")
   ) {
     for (const job of await deps.state.listOpenBatchJobs(options.run))
-      waiting.add(JSON.stringify([job.run, job.shard]));
+      waiting.add(pairKey(job.run, job.shard));
   }
 
   for (const shard of shards) {
@@ -129,7 +129,7 @@ export async function sweepStuck(
       if (stale(shard.updatedAt) && !skip(shardMessage)) add(shardMessage);
       continue;
     }
-    const batchOpen = waiting.has(JSON.stringify([shard.run, shard.shard]));
+    const batchOpen = waiting.has(pairKey(shard.run, shard.shard));
     for await (const sample of deps.state.listSamples(shard.run, shard.shard)) {
       counts.samples += 1;
       const message = nextMessageOf(sample);

@@ -32,18 +32,13 @@ const baseUrl = values["base-url"];
 const foreign = (args: readonly string[]): string[] =>
   baseUrl === undefined ? [...args] : [...args, "--base-url", baseUrl];
 const server = baseUrl === undefined ? "simulator" : new URL(baseUrl).host;
-const costSamples = ((): string[] => {
-  if (values.samples !== undefined) {
-    if (!/^[1-9]\d*$/.test(values.samples)) {
-      process.stderr.write(`--samples must be a positive integer, got ${values.samples}\n`);
-      process.exit(2);
-    }
-    return ["--samples", values.samples];
-  }
-  return [];
-})();
+if (values.samples !== undefined && !/^[1-9]\d*$/.test(values.samples)) {
+  process.stderr.write(`--samples must be a positive integer, got ${values.samples}\n`);
+  process.exit(2);
+}
+/** The cost benchmarks' --samples: as given, else smaller under --quick, else their own default. */
 const costArgs = (quickSamples: string): string[] =>
-  costSamples.length > 0 ? costSamples : quick ? ["--samples", quickSamples] : [];
+  values.samples !== undefined ? ["--samples", values.samples] : quick ? ["--samples", quickSamples] : [];
 const latency = baseUrl === undefined ? "latency 1-3 s" : `on ${server}`;
 
 interface Bench {
@@ -94,7 +89,7 @@ async function announceCostMinutes(): Promise<void> {
     .filter(([name]) => !values.only || values.only.includes(name))
     .reduce((sum, [, n]) => sum + n, 0);
   if (baseUrl === undefined || runs === 0) return;
-  const samples = Number(costSamples[1] ?? (quick ? 16 : 200));
+  const samples = Number(values.samples ?? (quick ? 16 : 200));
   let tpm: number;
   try {
     tpm = await benchTokenLimit(undefined, foreignEndpoint(baseUrl), "gpt-4o-mini", 0);

@@ -16,7 +16,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import sharp from "sharp";
-import { type ReportsRateLimit, reportsRateLimit } from "../../functions/adapters/governor/governed-llm.ts";
+import { lastRateLimitOf, type ReportsRateLimit } from "../../functions/adapters/governor/governed-llm.ts";
 import type { RemainingSnapshot } from "../../functions/adapters/governor/governor.ts";
 import { OpenAiBatchCodec } from "../../functions/adapters/openai/batch-codec.ts";
 import { OpenAiBatchApi } from "../../functions/adapters/openai/openai-batch-api.ts";
@@ -49,7 +49,7 @@ export class ReferenceLayoutLlm implements Llm, ReportsRateLimit {
   }
   /** The server's rate-limit headers pass through, so the run's governor learns its limits. */
   lastRateLimit(model: string): RemainingSnapshot | null {
-    return reportsRateLimit(this.#inner) ? this.#inner.lastRateLimit(model) : null;
+    return lastRateLimitOf(this.#inner, model);
   }
   complete(request: LlmRequest): Promise<LlmResponse> {
     const messages =
@@ -125,7 +125,7 @@ class MeteringLlm implements Llm, ReportsRateLimit {
    * limit the layouts ran into 653 429s (retried, so the dollars were right, but no way to treat a provider).
    */
   lastRateLimit(model: string): RemainingSnapshot | null {
-    return reportsRateLimit(this.#inner) ? this.#inner.lastRateLimit(model) : null;
+    return lastRateLimitOf(this.#inner, model);
   }
   async complete(request: LlmRequest): Promise<LlmResponse> {
     const response = await this.#inner.complete(request);

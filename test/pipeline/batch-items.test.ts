@@ -75,12 +75,7 @@ describe("a batch item's life", () => {
 
   it(`waits while submitted, and asks online once ${SUBMITTED_ITEM_LOST_MS / HOUR} h pass with no answer stored`, async () => {
     // A provider that never finishes a batch: the answer never comes (or came and expired).
-    const api = new SimulatedBatches();
-    api.getBatch = async (id) => ({
-      ...(await SimulatedBatches.prototype.getBatch.call(api, id)),
-      status: "in_progress",
-    });
-    const f = await fixture(api);
+    const f = await fixture(new SimulatedBatches({ completeAfterMs: Number.POSITIVE_INFINITY }));
     await expect(f.defer()).rejects.toBeInstanceOf(DeferredToBatchError);
     await f.tick();
     f.advance(30 * HOUR);

@@ -94,7 +94,8 @@ interface RateState {
  * with the simulator about 5,000 tokens, 1.5 s of refill at 200k TPM, short of what the governor counted.
  * With 3 s, still in about one run in three, 3-4 s into the burst: a container admits its records' calls one
  * by one and sends each after its claim is written, while the same thread counts the next records' tokens.
- * Each such 429 cuts the rate by 30% for half a minute, 3 points of a three-minute run's use of the limit.)
+ * Each such 429 cuts the rate by 30% for half a minute: about 3 points of a three-minute run's use of the
+ * limit, as computed, not measured.)
  */
 const ARRIVAL_LEAD_MS = 6_000;
 

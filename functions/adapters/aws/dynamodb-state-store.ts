@@ -408,29 +408,29 @@ export class DynamoStateStore implements StateStore {
   ): Promise<BatchItem[]> {
     const items: BatchItem[] = [];
     const { job } = options;
+    // The job is a top-level attribute too, so only its items come back; items written before it was (which
+    // have none) come back and are sorted out below.
+    const byJob =
+      job === undefined
+        ? { filter: "", names: {}, values: {} }
+        : {
+            filter: " AND (#job = :job OR attribute_not_exists(#job))",
+            names: { "#job": "job" },
+            values: { ":job": job },
+          };
     let start: Record<string, unknown> | undefined;
     do {
       const out = await this.client.send(
         new QueryCommand({
           TableName: this.table,
           KeyConditionExpression: "#pk = :pk AND begins_with(#sk, :prefix)",
-          // The job is a top-level attribute too, so only its items come back; items written before it was
-          // (which have none) come back and are sorted out below.
-          FilterExpression:
-            job === undefined
-              ? "#status = :status"
-              : "#status = :status AND (#job = :job OR attribute_not_exists(#job))",
-          ExpressionAttributeNames: {
-            "#pk": PK,
-            "#sk": SK,
-            "#status": "status",
-            ...(job === undefined ? {} : { "#job": "job" }),
-          },
+          FilterExpression: `#status = :status${byJob.filter}`,
+          ExpressionAttributeNames: { "#pk": PK, "#sk": SK, "#status": "status", ...byJob.names },
           ExpressionAttributeValues: {
             ":pk": shardPk(run, shard),
             ":prefix": BATCH_ITEM_PREFIX,
             ":status": status,
-            ...(job === undefined ? {} : { ":job": job }),
+            ...byJob.values,
           },
           // A Query pays for every batch item it reads (the filter applies after), answered ones included.
           ConsistentRead: options.consistent ?? true,

@@ -16,8 +16,13 @@ export interface ReportsRateLimit {
   lastRateLimit(model: string): RemainingSnapshot | null;
 }
 
-export function reportsRateLimit(llm: Llm): llm is Llm & ReportsRateLimit {
+function reportsRateLimit(llm: Llm): llm is Llm & ReportsRateLimit {
   return "lastRateLimit" in llm && typeof llm.lastRateLimit === "function";
+}
+
+/** The rate-limit headers of `llm`'s last answer for `model`; null when it reports none. */
+export function lastRateLimitOf(llm: Llm, model: string): RemainingSnapshot | null {
+  return reportsRateLimit(llm) ? llm.lastRateLimit(model) : null;
 }
 
 /**
@@ -88,10 +93,8 @@ export class GovernedLlm implements Llm {
     try {
       await reservation.settle(prompt === null ? reservation.tokens : prompt + request.maxTokens);
       await this.#governor.succeeded();
-      if (reportsRateLimit(this.#inner)) {
-        const snapshot = this.#inner.lastRateLimit(request.model);
-        if (snapshot !== null) await this.#governor.observeHeaders(snapshot);
-      }
+      const snapshot = lastRateLimitOf(this.#inner, request.model);
+      if (snapshot !== null) await this.#governor.observeHeaders(snapshot);
     } catch {
       // The answer is paid for: losing it over the budget's bookkeeping (a shared store's hiccup) would pay for
       // it again. The budget is then a little off until it refills, which the provider's 429s correct.

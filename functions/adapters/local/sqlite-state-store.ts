@@ -343,17 +343,12 @@ export class SqliteStateStore implements StateStore {
     status: BatchItemStatus,
     options: { readonly job?: string } = {},
   ): Promise<BatchItem[]> {
-    if (options.job !== undefined) {
-      return this.db
-        .prepare(
-          "SELECT record FROM batch_items WHERE run = ? AND shard = ? AND status = ? AND json_extract(record, '$.job') = ? ORDER BY hash",
-        )
-        .all(run, shard, status, options.job)
-        .map((row) => parseJson(BatchItem, row));
-    }
+    const job = options.job ?? null;
     return this.db
-      .prepare("SELECT record FROM batch_items WHERE run = ? AND shard = ? AND status = ? ORDER BY hash")
-      .all(run, shard, status)
+      .prepare(
+        "SELECT record FROM batch_items WHERE run = ? AND shard = ? AND status = ? AND (? IS NULL OR json_extract(record, '$.job') = ?) ORDER BY hash",
+      )
+      .all(run, shard, status, job, job)
       .map((row) => parseJson(BatchItem, row));
   }
 
