@@ -287,7 +287,9 @@ export async function startEmulatedStack(options: EmulatedStackOptions): Promise
         [ENV.batchSettleMs]: "3000",
         [ENV.batchPollMs]: "1000",
         ...options.functionEnv,
-        POWERTOOLS_LOG_LEVEL: process.env.POWERTOOLS_LOG_LEVEL ?? "WARN",
+        // Quiet unless asked for, by the caller's functionEnv or this process's environment.
+        POWERTOOLS_LOG_LEVEL:
+          options.functionEnv?.POWERTOOLS_LOG_LEVEL ?? process.env.POWERTOOLS_LOG_LEVEL ?? "WARN",
         POWERTOOLS_METRICS_DISABLED: "true",
         EMU_NAME: label,
         EMU_ASSET: join(options.cdkOut, z.string().parse(fn.Metadata?.["aws:asset:path"])),

@@ -312,26 +312,39 @@ export function makeSqsHandler<S extends z.ZodType<Message>>(
     }
   };
 
-  const recordHandler = async (record: SQSRecord, context: Context) => {
+  /**
+   * Outcomes of one invocation's messages, logged once at its end: a line per record cost more than the work
+   * it logged. A record with no message for this stage (an S3 event for an image) counts as "no message".
+   */
+  type Outcomes = Map<string, number>;
+  const count = (outcomes: Outcomes, outcome: string) =>
+    outcomes.set(outcome, (outcomes.get(outcome) ?? 0) + 1);
+  const recordHandler = async (record: SQSRecord, context: Context, outcomes: Outcomes) => {
     const attempt = Number(record.attributes.ApproximateReceiveCount) || 1;
     try {
-      for (const message of toMessages(record)) {
+      const messages = toMessages(record);
+      if (messages.length === 0) count(outcomes, "no message");
+      for (const message of messages) {
         const stageDeps = { ...deps, remainingMs: () => context.getRemainingTimeInMillis() };
         // One receive of one message: a receipt handle is new on every receive.
         const receive = createHash("sha256").update(record.receiptHandle).digest("hex").slice(0, 16);
         const result = await runStage(message, attempt, stageDeps, `${record.messageId}#${receive}`);
         await deps.queue.send(result.next);
-        logger.info("stage done", {
+        logger.debug("stage done", {
           messageId: record.messageId,
           outcome: result.outcome,
           next: result.next.length,
         });
+        count(outcomes, result.outcome);
         metrics.addMetric(`outcome_${result.outcome.split(":")[0]}`, MetricUnit.Count, 1);
       }
     } catch (error) {
       // No rate budget: a copy goes back on the queue, delayed until the budget refills, and this receive
       // succeeds. Waiting by visibility would count a receive and dead-letter a message that only waited.
-      if (error instanceof NoRateBudgetError && (await requeueDelayed(record, error))) return;
+      if (error instanceof NoRateBudgetError && (await requeueDelayed(record, error))) {
+        count(outcomes, "waiting for rate budget");
+        return;
+      }
       logger.warn("record failed, back to the queue", {
         messageId: record.messageId,
         attempt,
@@ -345,20 +358,30 @@ export function makeSqsHandler<S extends z.ZodType<Message>>(
   return async (event, context) => {
     logger.addContext(context);
     const before = { ...llm.totals };
+    const outcomes: Outcomes = new Map();
+    let failed: number | null = null;
     try {
       // One processor per invocation: it keeps the batch's successes and failures as state, and invocations
       // that overlap in one process (the emulator's pollers; any future in-process concurrency) must not share
       // it, or one invocation's failures are wiped by another's and their messages deleted as done.
-      return await processPartialResponse(
+      const response = await processPartialResponse(
         event,
-        (record: SQSRecord) => recordHandler(record, context),
+        (record: SQSRecord) => recordHandler(record, context, outcomes),
         new BatchProcessor(EventType.SQS),
         {
           context,
           throwOnFullBatchFailure: false,
         },
       );
+      failed = response.batchItemFailures.length;
+      return response;
     } finally {
+      // One line per invocation; each record's own line is at DEBUG, and each failure has its WARN line.
+      logger.info("records done", {
+        records: event.Records.length,
+        failed,
+        outcomes: Object.fromEntries(outcomes),
+      });
       try {
         await runtime.flushGovernors();
       } catch (error) {

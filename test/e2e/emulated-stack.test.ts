@@ -118,6 +118,30 @@ describe("the synthesized stack on the emulator, end to end", () => {
     expect(sim.batches.stats().batchesCreated).toBe(4);
   }, 180_000);
 
+  it("logs each stage invocation once, with its records' outcomes, not a line per record", async () => {
+    const entries = lines.flatMap((line) => {
+      if (!line.startsWith("{")) return [];
+      const parsed = z.object({ message: z.string() }).passthrough().safeParse(JSON.parse(line));
+      return parsed.success ? [parsed.data] : [];
+    });
+    expect(entries.some((entry) => entry.message === "stage done")).toBe(false);
+    const done = entries
+      .filter((entry) => entry.message === "records done")
+      .map((entry) =>
+        z
+          .object({ records: z.number(), failed: z.number(), outcomes: z.record(z.string(), z.number()) })
+          .parse(entry),
+      );
+    expect(done.length).toBeGreaterThan(0);
+    for (const invocation of done) {
+      const counted = Object.values(invocation.outcomes).reduce((a, b) => a + b, 0);
+      expect(counted + invocation.failed).toBe(invocation.records);
+    }
+    expect(
+      done.some((invocation) => Object.keys(invocation.outcomes).some((o) => o.startsWith("evolved:"))),
+    ).toBe(true);
+  });
+
   it("never writes the API key to logs, outputs or reports", async () => {
     expect(lines.join("\n")).not.toContain(SECRET);
     for (const key of [
