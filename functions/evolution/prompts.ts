@@ -146,6 +146,9 @@ in the question and names the right one in the answer. Keep "imagePosition" as g
 the id of the item you rewrote.`,
 };
 
+/** The last section of a direction's evolve prompt: its objective and constraints (METHOD.md §3). */
+export const evolveDirectionText = (direction: Direction): string => DIRECTION_TEXT[direction];
+
 /** The static part of an evolve prompt: byte-identical for every call of a direction, so prefix caching applies. */
 export function evolveSystemPrompt(direction: Direction): string {
   return [ROLE, SKILLS, MANIPULATIONS, SCHEMA, RULES, EXAMPLES, DIRECTION_TEXT[direction]].join("\n\n");

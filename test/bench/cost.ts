@@ -2,7 +2,9 @@
 //   reference: the original code's layout (image first, the sample spliced into the template, so no two calls
 //              share a prefix), no rule pre-filter, online;
 //   online:    ours (static prefix first and identical across calls, image last, pre-filters);
-//   batch:     ours through the Batch API (the simulator's /v1/files and /v1/batches).
+//   batch:     ours through the Batch API (the simulator's /v1/files and /v1/batches);
+//   image-early (only with --layouts): ours online with the image moved before the direction's text and the
+//              sample's data, which METHOD.md does not allow; it measures what "last, the image" costs.
 // Targets: online <= 0.7x and batch <= 0.35x the reference. Also measures the cost levers: the cached share of
 // evolve prompts, how often an image was shrunk, judge calls carrying an image, candidates dropped by rule.
 // Run: node test/bench/cost.ts [--samples 200] [--rounds 3] [--model gpt-4o-mini] [--json out.json]
@@ -23,7 +25,9 @@ import { OpenAiBatchApi } from "../../functions/adapters/openai/openai-batch-api
 import { OpenAiLlm } from "../../functions/adapters/openai/openai-llm.ts";
 import { startSimulator } from "../../functions/adapters/simulated/server.ts";
 import { costOf, priceOf } from "../../functions/evolution/pricing.ts";
+import { evolveDirectionText } from "../../functions/evolution/prompts.ts";
 import type { ShardReport } from "../../functions/evolution/report.ts";
+import { Direction } from "../../functions/evolution/schemas.ts";
 import type {
   BatchApi,
   BatchInfo,
@@ -37,26 +41,34 @@ import { type ForeignEndpoint, foreignEndpoint, serverName } from "../helpers/en
 
 const KEY = "sk-bench-cost";
 
-/**
- * The original code's request layout over the same prompts: one user message, the image first, then the
- * template with the sample's data spliced in after its opening paragraph. No two calls share a prefix of
- * 1,024 tokens, so nothing is billed at the cached rate.
- */
-export class ReferenceLayoutLlm implements Llm, ReportsRateLimit {
+/** Our requests, laid out another way before they are sent. */
+class RelayoutLlm implements Llm, ReportsRateLimit {
   readonly #inner: Llm;
-  constructor(inner: Llm) {
+  readonly #relayout: (request: LlmRequest) => readonly ChatMessage[];
+  constructor(inner: Llm, relayout: (request: LlmRequest) => readonly ChatMessage[]) {
     this.#inner = inner;
+    this.#relayout = relayout;
   }
   /** The server's rate-limit headers pass through, so the run's governor learns its limits. */
   lastRateLimit(model: string): RemainingSnapshot | null {
     return lastRateLimitOf(this.#inner, model);
   }
   complete(request: LlmRequest): Promise<LlmResponse> {
-    const messages =
-      request.schemaName === "judge" ? originalJudgePrompt(request.messages) : request.messages;
-    return this.#inner.complete({ ...request, messages: referenceLayout(messages) });
+    return this.#inner.complete({ ...request, messages: this.#relayout(request) });
   }
 }
+
+/**
+ * The original code's request layout over the same prompts: one user message, the image first, then the
+ * template with the sample's data spliced in after its opening paragraph. No two calls share a prefix of
+ * 1,024 tokens, so nothing is billed at the cached rate.
+ */
+export const referenceLayoutLlm = (inner: Llm): Llm =>
+  new RelayoutLlm(inner, (request) =>
+    referenceLayout(
+      request.schemaName === "judge" ? originalJudgePrompt(request.messages) : request.messages,
+    ),
+  );
 
 /**
  * The sections our judge prompt has and the original's had not: the item fields and a worked example, which
@@ -100,6 +112,44 @@ export function referenceLayout(messages: readonly ChatMessage[]): ChatMessage[]
     cut < 0 ? `${sample}\n\n${template}` : `${template.slice(0, cut)}\n\n${sample}${template.slice(cut)}`;
   const images = all.filter((p) => p.type === "image_url");
   return [{ role: "user", content: [...images, { type: "text", text: spliced }] }];
+}
+
+/**
+ * Not METHOD.md's order, measured to show what its "last, the image" costs: the part of the evolve prompt that
+ * no direction changes, then the image, then the direction's text and the sample's data. A sample's image then
+ * extends the prefix every call shares, and its later rounds (minutes apart in our pipeline, which moves each
+ * sample on by itself) can find it in the provider's cache. Online only; `--layouts image-early`.
+ */
+export const imageEarlyLayoutLlm = (inner: Llm): Llm =>
+  new RelayoutLlm(inner, (request) => {
+    const direction = Direction.safeParse(request.schemaName.replace(/^evolve_/, ""));
+    return direction.success ? imageEarlyLayout(request.messages, direction.data) : request.messages;
+  });
+
+export function imageEarlyLayout(messages: readonly ChatMessage[], direction: Direction): ChatMessage[] {
+  const tail = `\n\n${evolveDirectionText(direction)}`;
+  const [system, user, ...rest] = messages;
+  if (
+    system?.role !== "system" ||
+    typeof system.content !== "string" ||
+    !system.content.endsWith(tail) ||
+    user?.role !== "user" ||
+    rest.length > 0
+  )
+    throw new Error("the evolve prompt is not a system prompt ending in the direction, then the sample");
+  const parts: readonly ContentPart[] =
+    typeof user.content === "string" ? [{ type: "text", text: user.content }] : user.content;
+  const text = parts.flatMap((p) => (p.type === "text" ? [p.text] : [])).join("\n\n");
+  return [
+    { role: "system", content: system.content.slice(0, -tail.length) },
+    {
+      role: "user",
+      content: [
+        ...parts.filter((p) => p.type === "image_url"),
+        { type: "text", text: `${evolveDirectionText(direction)}\n\n${text}` },
+      ],
+    },
+  ];
 }
 
 /** One answered call as the cost figures need it: which schema, whether it carried an image, its tokens. */
@@ -226,8 +276,10 @@ export interface CostRun {
   readonly counts: ShardReport["counts"];
 }
 
-type Layout = "reference" | "online" | "batch";
+type Layout = "reference" | "online" | "batch" | "image-early";
+/** Run by default; `image-early` only when named. */
 const LAYOUTS: readonly Layout[] = ["reference", "online", "batch"];
+const ALL_LAYOUTS: readonly Layout[] = [...LAYOUTS, "image-early"];
 
 async function runOne(
   kind: Layout,
@@ -259,7 +311,12 @@ async function runOne(
         ...(kind === "reference" ? { preFilter: false } : {}),
         ...(kind === "batch" ? { mode: "batch" as const } : {}),
       },
-      llm: kind === "reference" ? new ReferenceLayoutLlm(online) : online,
+      llm:
+        kind === "reference"
+          ? referenceLayoutLlm(online)
+          : kind === "image-early"
+            ? imageEarlyLayoutLlm(online)
+            : online,
       batch: { api: batchApi, codec: new OpenAiBatchCodec() },
       batchMinPollMs: endpoint === null ? 20 : 1_000,
       batchMaxPollMs: endpoint === null ? 200 : 30_000,
@@ -323,6 +380,8 @@ export interface CostFigures {
   readonly reference: CostRun | null;
   readonly online: CostRun | null;
   readonly batch: CostRun | null;
+  /** Ours online with the image right after the direction-independent prompt (not METHOD.md's order). */
+  readonly imageEarly: CostRun | null;
   /** $/kept item of ours online over the reference (target <= 0.7). */
   readonly onlineRatio: number | null;
   /** $/kept item of ours in batch mode over the reference (target <= 0.35). */
@@ -334,6 +393,7 @@ export interface CostFigures {
   readonly referenceColdUsdPerKeptItem: number | null;
   readonly onlineRatioToCold: number | null;
   readonly batchRatioToCold: number | null;
+  readonly imageEarlyRatio: number | null;
 }
 
 const ratio = (ours: CostRun | null, base: number | null): number | null =>
@@ -366,6 +426,7 @@ export async function measureCost(
     const reference = await measured("reference");
     const online = await measured("online");
     const batch = await measured("batch");
+    const imageEarly = await measured("image-early");
     const cold =
       reference === null
         ? null
@@ -382,11 +443,13 @@ export async function measureCost(
       reference,
       online,
       batch,
+      imageEarly,
       onlineRatio: ratio(online, reference?.usdPerKeptItem ?? null),
       batchRatio: ratio(batch, reference?.usdPerKeptItem ?? null),
       referenceColdUsdPerKeptItem: cold,
       onlineRatioToCold: ratio(online, cold),
       batchRatioToCold: ratio(batch, cold),
+      imageEarlyRatio: ratio(imageEarly, reference?.usdPerKeptItem ?? null),
     };
   } finally {
     rmSync(dir, { recursive: true, force: true });
@@ -398,8 +461,8 @@ function parseLayouts(text: string | undefined): Layout[] {
   if (text === undefined) return [...LAYOUTS];
   const names = text.split(",").map((name) => name.trim());
   for (const name of names) {
-    if (!LAYOUTS.includes(name as Layout)) {
-      throw new Error(`--layouts takes ${LAYOUTS.join(", ")} (comma-separated), got ${name}`);
+    if (!ALL_LAYOUTS.includes(name as Layout)) {
+      throw new Error(`--layouts takes ${ALL_LAYOUTS.join(", ")} (comma-separated), got ${name}`);
     }
   }
   return names as Layout[];
@@ -435,11 +498,16 @@ if (import.meta.main) {
   console.log(row("reference", figures.reference));
   console.log(row("online", figures.online));
   console.log(row("batch", figures.batch));
+  if (figures.imageEarly !== null) console.log(row("img-early", figures.imageEarly));
   console.log(`online / reference: ${at(figures.onlineRatio)} (target <= 0.7)`);
   console.log(`batch  / reference: ${at(figures.batchRatio)} (target <= 0.35)`);
   console.log(
     `against the reference with a cold cache between rounds (the original's round-by-round order): online ${at(figures.onlineRatioToCold)}, batch ${at(figures.batchRatioToCold)}`,
   );
+  if (figures.imageEarly !== null)
+    console.log(
+      `online with the image before the direction and the sample (not METHOD.md's order) / reference: ${at(figures.imageEarlyRatio)}`,
+    );
   const ours = figures.online ?? figures.batch;
   if (ours !== null)
     console.log(
