@@ -207,7 +207,7 @@ const rows: Row[] = [
       value: v,
       target: "<= 0.7",
       ok: atMost(v, 0.7),
-      note: `vs the reference with a cold cache between rounds: ${at(num(r.cost, "onlineRatioToCold"), 3)}${baseUrl === undefined ? "" : `; on ${server}`}`,
+      note: `$ per call ${at(num(r.cost, "onlinePerCallRatio"), 3)}; vs the reference with a cold cache between rounds: ${at(num(r.cost, "onlineRatioToCold"), 3)}${baseUrl === undefined ? "" : `; on ${server}`}`,
     };
   })(),
   (() => {
@@ -217,7 +217,7 @@ const rows: Row[] = [
       value: v,
       target: "<= 0.35",
       ok: atMost(v, 0.35),
-      note: `vs cold reference: ${at(num(r.cost, "batchRatioToCold"), 3)}`,
+      note: `$ per call ${at(num(r.cost, "batchPerCallRatio"), 3)}; vs cold reference: ${at(num(r.cost, "batchRatioToCold"), 3)}`,
     };
   })(),
   (() => {
@@ -227,7 +227,7 @@ const rows: Row[] = [
       value: v,
       target: "<= 0.7",
       ok: atMost(v, 0.7),
-      note: `evolve prompt cached: ${at((num(r["cost-4.1-mini"], "online", "evolveCachedShare") ?? Number.NaN) * 100, 0)} % vs ${at((num(r["cost-4.1-mini"], "reference", "evolveCachedShare") ?? Number.NaN) * 100, 0)} %`,
+      note: `$ per call ${at(num(r["cost-4.1-mini"], "onlinePerCallRatio"), 3)}; evolve prompt cached: ${at((num(r["cost-4.1-mini"], "online", "evolveCachedShare") ?? Number.NaN) * 100, 0)} % vs ${at((num(r["cost-4.1-mini"], "reference", "evolveCachedShare") ?? Number.NaN) * 100, 0)} %`,
     };
   })(),
   (() => {
@@ -237,7 +237,7 @@ const rows: Row[] = [
       value: v,
       target: "<= 0.35",
       ok: atMost(v, 0.35),
-      note: "",
+      note: `$ per call ${at(num(r["cost-4.1-mini"], "batchPerCallRatio"), 3)}`,
     };
   })(),
   (() => {

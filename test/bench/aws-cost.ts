@@ -875,9 +875,10 @@ export async function measureAwsCost(opts: AwsCostOptions = {}): Promise<AwsCost
   let logEvents = 0;
   let handled = 0;
   const lastLines: string[] = [];
-  // The stack logs at INFO in AWS (Powertools' default); the emulator would lower it to WARN.
+  // The stack logs at INFO in AWS (Powertools' default); the emulator would lower it to WARN. A closer look at
+  // each record (AWS_COST_LOG_LEVEL=DEBUG) prices the extra lines too.
   const savedLogLevel = process.env.POWERTOOLS_LOG_LEVEL;
-  process.env.POWERTOOLS_LOG_LEVEL = "INFO";
+  process.env.POWERTOOLS_LOG_LEVEL = process.env.AWS_COST_LOG_LEVEL ?? "INFO";
   /** Every line the functions print, for a closer look (AWS_COST_LINES=<file>). */
   const linesFile = process.env.AWS_COST_LINES;
   let stack: Awaited<ReturnType<typeof startEmulatedStack>> | undefined;
