@@ -1,4 +1,4 @@
-import { createHash } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { z } from "zod";
 import { costOf, priceOf } from "../evolution/pricing.ts";
 import {
@@ -340,9 +340,10 @@ async function submitShard(
     let tokens = 0;
     const flush = async () => {
       if (chunk.length === 0) return;
-      await submitChunk(deps, batch, shard, model, chunk, bytes, tokens, now, minPoll);
-      budget.take(run, model, tokens);
-      jobs += 1;
+      if (await submitChunk(deps, batch, shard, model, chunk, bytes, tokens, now, minPoll)) {
+        budget.take(run, model, tokens);
+        jobs += 1;
+      }
       chunk = [];
       bytes = 0;
       tokens = 0;
@@ -383,9 +384,11 @@ async function submitChunk(
   tokens: number,
   now: number,
   minPoll: number,
-): Promise<void> {
+): Promise<boolean> {
   const first = chunk[0]?.item.hash ?? "";
-  const id = `${now.toString(36)}-${createHash("sha256").update(`${shard.run}/${shard.shard}/${model}/${first}`).digest("hex").slice(0, 12)}`;
+  // Unique to this batcher: two ticks at once (one outlasting its minute) list the same requests at the same
+  // clock; with one id, the second's job record overwrote the first's, and the first's batch was never applied.
+  const id = `${now.toString(36)}-${createHash("sha256").update(`${shard.run}/${shard.shard}/${model}/${first}`).digest("hex").slice(0, 8)}-${randomBytes(3).toString("hex")}`;
   const job: BatchJob = {
     run: shard.run,
     shard: shard.shard,
@@ -413,6 +416,19 @@ async function submitChunk(
       members.push(item);
     }
   }
+  if (members.length === 0) {
+    // Another batcher (a tick that outlasted its minute) took every request first: an empty file would be
+    // refused by the provider, and nothing is left to send.
+    await deps.state.putBatchJob({
+      ...job,
+      status: "failed",
+      items: 0,
+      error: "every request was submitted by another batcher first",
+      updatedAt: now,
+    });
+    deps.logger.info("batch not submitted: its requests went with another batcher's", { job: id, model });
+    return false;
+  }
   const wanted = new Set(members.map((item) => item.hash));
   const content = chunk
     .filter(({ item }) => wanted.has(item.hash))
@@ -434,6 +450,7 @@ async function submitChunk(
     updatedAt: now,
   });
   deps.logger.info("batch submitted", { job: id, batch: info.id, model, requests: members.length, bytes });
+  return true;
 }
 
 const metadataOf = (job: BatchJob): Record<string, string> => ({

@@ -84,3 +84,18 @@ describe("a batch item's life", () => {
     expect(await f.defer()).toBe("online");
   });
 });
+
+describe("two batchers at once (a scheduled tick that outlasts its minute)", () => {
+  it("submit each request once, and the one left with none uploads and creates nothing", async () => {
+    const api = new SimulatedBatches();
+    const f = await fixture(api);
+    await expect(f.defer()).rejects.toMatchObject({ queued: true });
+    const [a, b] = await Promise.all([f.tick(), f.tick()]);
+    expect(a.submitted + b.submitted).toBe(1);
+    expect(api.stats()).toMatchObject({ filesUploaded: 1, batchesCreated: 1 });
+    f.advance(1_000);
+    const applied = await f.tick();
+    expect(applied.messages).toEqual([target.message]);
+    expect(await f.tick()).toMatchObject({ submitted: 0, open: 0, queued: 0 });
+  });
+});
