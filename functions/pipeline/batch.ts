@@ -1,4 +1,4 @@
-import { createHash, randomBytes } from "node:crypto";
+import { randomBytes } from "node:crypto";
 import { z } from "zod";
 import { costOf, priceOf } from "../evolution/pricing.ts";
 import {
@@ -385,10 +385,9 @@ async function submitChunk(
   now: number,
   minPoll: number,
 ): Promise<boolean> {
-  const first = chunk[0]?.item.hash ?? "";
   // Unique to this batcher: two ticks at once (one outlasting its minute) list the same requests at the same
-  // clock; with one id, the second's job record overwrote the first's, and the first's batch was never applied.
-  const id = `${now.toString(36)}-${createHash("sha256").update(`${shard.run}/${shard.shard}/${model}/${first}`).digest("hex").slice(0, 8)}-${randomBytes(3).toString("hex")}`;
+  // clock; an id made of those wrote both jobs to one record, and the first's batch was never applied.
+  const id = `${now.toString(36)}-${randomBytes(6).toString("hex")}`;
   const job: BatchJob = {
     run: shard.run,
     shard: shard.shard,
@@ -417,8 +416,8 @@ async function submitChunk(
     }
   }
   if (members.length === 0) {
-    // Another batcher (a tick that outlasted its minute) took every request first: an empty file would be
-    // refused by the provider, and nothing is left to send.
+    // Another batcher (a tick that outlasted its minute) took every request first: nothing is left to send,
+    // and an empty input file would only make an empty batch.
     await deps.state.putBatchJob({
       ...job,
       status: "failed",

@@ -286,10 +286,9 @@ export async function startEmulatedStack(options: EmulatedStackOptions): Promise
         // Batch mode at emulator speed: a round settles after 3 s of quiet, polls start at 1 s.
         [ENV.batchSettleMs]: "3000",
         [ENV.batchPollMs]: "1000",
+        // Quiet unless this process's environment or the caller's functionEnv asks for more.
+        POWERTOOLS_LOG_LEVEL: process.env.POWERTOOLS_LOG_LEVEL ?? "WARN",
         ...options.functionEnv,
-        // Quiet unless asked for, by the caller's functionEnv or this process's environment.
-        POWERTOOLS_LOG_LEVEL:
-          options.functionEnv?.POWERTOOLS_LOG_LEVEL ?? process.env.POWERTOOLS_LOG_LEVEL ?? "WARN",
         POWERTOOLS_METRICS_DISABLED: "true",
         EMU_NAME: label,
         EMU_ASSET: join(options.cdkOut, z.string().parse(fn.Metadata?.["aws:asset:path"])),

@@ -93,9 +93,11 @@ export function originalJudgePrompt(messages: readonly ChatMessage[]): ChatMessa
   });
 }
 
+/** A message's content as parts: a plain string is one text part. */
+const parts = (content: ChatMessage["content"]): readonly ContentPart[] =>
+  typeof content === "string" ? [{ type: "text", text: content }] : content;
+
 export function referenceLayout(messages: readonly ChatMessage[]): ChatMessage[] {
-  const parts = (content: ChatMessage["content"]): readonly ContentPart[] =>
-    typeof content === "string" ? [{ type: "text", text: content }] : content;
   const all = messages.flatMap((m) => parts(m.content));
   const template = messages
     .filter((m) => m.role === "system")
@@ -137,15 +139,14 @@ export function imageEarlyLayout(messages: readonly ChatMessage[], direction: Di
     rest.length > 0
   )
     throw new Error("the evolve prompt is not a system prompt ending in the direction, then the sample");
-  const parts: readonly ContentPart[] =
-    typeof user.content === "string" ? [{ type: "text", text: user.content }] : user.content;
-  const text = parts.flatMap((p) => (p.type === "text" ? [p.text] : [])).join("\n\n");
+  const sample = parts(user.content);
+  const text = sample.flatMap((p) => (p.type === "text" ? [p.text] : [])).join("\n\n");
   return [
     { role: "system", content: system.content.slice(0, -tail.length) },
     {
       role: "user",
       content: [
-        ...parts.filter((p) => p.type === "image_url"),
+        ...sample.filter((p) => p.type === "image_url"),
         { type: "text", text: `${evolveDirectionText(direction)}\n\n${text}` },
       ],
     },
@@ -394,6 +395,7 @@ export interface CostFigures {
   readonly onlineRatioToCold: number | null;
   readonly batchRatioToCold: number | null;
   readonly imageEarlyRatio: number | null;
+  readonly imageEarlyPerCallRatio: number | null;
   /**
    * Dollars per answered call, ours / the reference: the layouts' own cost, apart from the items kept (which
    * follow the simulator's verdicts, random per prompt: 714 against 764 of the same 1,200 calls).
@@ -460,6 +462,7 @@ export async function measureCost(
       onlineRatioToCold: ratio(online, cold),
       batchRatioToCold: ratio(batch, cold),
       imageEarlyRatio: ratio(imageEarly, reference?.usdPerKeptItem ?? null),
+      imageEarlyPerCallRatio: perCallRatio(imageEarly, reference),
       onlinePerCallRatio: perCallRatio(online, reference),
       batchPerCallRatio: perCallRatio(batch, reference),
     };
@@ -522,7 +525,7 @@ if (import.meta.main) {
   );
   if (figures.imageEarly !== null)
     console.log(
-      `online with the image before the direction and the sample (not METHOD.md's order) / reference: ${at(figures.imageEarlyRatio)}`,
+      `online with the image before the direction and the sample (not METHOD.md's order) / reference: ${at(figures.imageEarlyRatio)}; dollars per call: ${at(figures.imageEarlyPerCallRatio)}`,
     );
   const ours = figures.online ?? figures.batch;
   if (ours !== null)

@@ -1,7 +1,4 @@
 import { afterAll, describe, expect, it } from "vitest";
-import { FsBlobStore } from "../../functions/adapters/local/fs-blob-store.ts";
-import { SqliteStateStore } from "../../functions/adapters/local/sqlite-state-store.ts";
-import { OpenAiBatchCodec } from "../../functions/adapters/openai/batch-codec.ts";
 import { SimulatedBatches } from "../../functions/adapters/simulated/batches.ts";
 import {
   batchTick,
@@ -9,11 +6,8 @@ import {
   deferToBatch,
   SUBMITTED_ITEM_LOST_MS,
 } from "../../functions/pipeline/batch.ts";
-import { BatchBodyWriter } from "../../functions/pipeline/batch-bodies.ts";
 import type { LlmRequest } from "../../functions/ports/llm.ts";
-import { silentLogger } from "../../functions/ports/runtime.ts";
-import { tempDir } from "../helpers/files.ts";
-import { shardRecord } from "../helpers/state-store-contract.ts";
+import { batchShard } from "../helpers/batch-shard.ts";
 
 const HOUR = 60 * 60_000;
 const dirs: { cleanup: () => void }[] = [];
@@ -38,24 +32,16 @@ const target = {
 } as const;
 
 async function fixture(api: SimulatedBatches) {
-  const dir = tempDir("mmevol-items-");
-  dirs.push(dir);
-  let now = 1_000 * HOUR;
-  const clock = { now: () => now };
-  const state = new SqliteStateStore(":memory:", { clock });
-  const blobs = new FsBlobStore(dir.path);
-  await state.createShard(shardRecord({ ingested: true, config: { rounds: 1, mode: "batch" } }));
-  const deps = {
-    state,
-    blobs,
-    clock,
-    logger: silentLogger,
-    defaults: {},
-    batch: { api, codec: new OpenAiBatchCodec([]), bodies: new BatchBodyWriter(blobs, { windowMs: 1 }) },
-  };
+  const shard = await batchShard(api, {
+    prefix: "mmevol-items-",
+    start: 1_000 * HOUR,
+    bodies: { windowMs: 1 },
+  });
+  dirs.push(shard);
+  const { deps, state, clock, advance } = shard;
   const defer = () => deferToBatch(deps, target, request, "h7");
   const tick = () => batchTick(deps, { now: clock.now(), settleMs: 0, minPollMs: 1, maxPollMs: 1 });
-  return { state, defer, tick, advance: (ms: number) => (now += ms) };
+  return { state, defer, tick, advance };
 }
 
 describe("a batch item's life", () => {

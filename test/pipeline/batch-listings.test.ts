@@ -1,14 +1,8 @@
 import { afterAll, describe, expect, it, vi } from "vitest";
-import { FsBlobStore } from "../../functions/adapters/local/fs-blob-store.ts";
-import { SqliteStateStore } from "../../functions/adapters/local/sqlite-state-store.ts";
-import { OpenAiBatchCodec } from "../../functions/adapters/openai/batch-codec.ts";
 import { batchTick, QueuedListings } from "../../functions/pipeline/batch.ts";
-import { BatchBodyWriter } from "../../functions/pipeline/batch-bodies.ts";
 import type { BatchApi, BatchInfo, BatchStatus } from "../../functions/ports/batch-api.ts";
-import { silentLogger } from "../../functions/ports/runtime.ts";
 import type { BatchItem } from "../../functions/ports/state-store.ts";
-import { tempDir } from "../helpers/files.ts";
-import { shardRecord } from "../helpers/state-store-contract.ts";
+import { batchShard } from "../helpers/batch-shard.ts";
 
 const MINUTE = 60_000;
 const dirs: { cleanup: () => void }[] = [];
@@ -51,21 +45,10 @@ function slowProvider() {
 }
 
 async function fixture() {
-  const dir = tempDir("mmevol-listings-");
-  dirs.push(dir);
-  let now = 1_000 * MINUTE;
-  const clock = { now: () => now };
-  const state = new SqliteStateStore(":memory:", { clock });
-  const blobs = new FsBlobStore(dir.path);
   const provider = slowProvider();
-  await state.createShard(shardRecord({ ingested: true, config: { rounds: 1, mode: "batch" } }));
-  const deps = {
-    state,
-    blobs,
-    logger: silentLogger,
-    defaults: {},
-    batch: { api: provider.api, codec: new OpenAiBatchCodec([]), bodies: new BatchBodyWriter(blobs) },
-  };
+  const shard = await batchShard(provider.api, { prefix: "mmevol-listings-", start: 1_000 * MINUTE });
+  dirs.push(shard);
+  const { deps, state, blobs, clock, advance } = shard;
   const listings = vi.spyOn(state, "listBatchItems");
   /** How many times a tick listed the shard's queued requests. */
   const queuedListings = () => listings.mock.calls.filter((call) => call[2] === "queued").length;
@@ -96,7 +79,7 @@ async function fixture() {
       maxPollMs: 10 * MINUTE,
       ...(memory ? { listings: memory } : {}),
     });
-  return { state, provider, queue, tick, queuedListings, advance: (ms: number) => (now += ms) };
+  return { state, provider, queue, tick, queuedListings, advance };
 }
 
 describe("the batcher's listings of queued requests while a shard waits on its batches", () => {
