@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-import { Command, InvalidArgumentError } from "commander";
+import { Command, InvalidArgumentError, Option } from "commander";
 import type { SimBatchStats } from "../functions/adapters/simulated/batches.ts";
 import { type FaultOptions, parseFaultMix } from "../functions/adapters/simulated/faults.ts";
 import { type SimStats, startSimulator } from "../functions/adapters/simulated/server.ts";
@@ -65,6 +65,11 @@ const program = new Command()
   .option("--latency-ms <ms>", 'latency per request: "0", "1500" or a range "1000-3000"', latency, 0)
   .option("--rpm <n>", "requests per minute before 429s", positiveInt)
   .option("--tpm <n>", "tokens per minute (prompt + max_tokens) before 429s", positiveInt)
+  .addOption(
+    new Option("--token-charge <what>", "what --tpm counts: the prompt plus max_tokens, or the tokens used")
+      .choices(["max_tokens", "usage"])
+      .default("max_tokens"),
+  )
   .option("--api-key <key>", "require this bearer token")
   .option(
     "--fault-rate <rate>",
@@ -97,6 +102,7 @@ const opts = program.opts<{
   latencyMs: number | [number, number];
   rpm?: number;
   tpm?: number;
+  tokenCharge: "max_tokens" | "usage";
   apiKey?: string;
   faultRate?: number;
   faultMix?: ReturnType<typeof parseFaultMix>;
@@ -133,6 +139,7 @@ const sim = await startSimulator({
   latencyMs: opts.latencyMs,
   ...(opts.rpm === undefined ? {} : { requestsPerMinute: opts.rpm }),
   ...(opts.tpm === undefined ? {} : { tokensPerMinute: opts.tpm }),
+  tokenCharge: opts.tokenCharge,
   ...(opts.apiKey === undefined ? {} : { apiKey: opts.apiKey }),
   ...(faults === undefined ? {} : { faults }),
   batch: {

@@ -29,8 +29,15 @@ export const RunConfig = z.strictObject({
   weights: DirectionWeights.default({ perception: 0.5, reasoning: 0.25, interaction: 0.25 }),
   seed: z.number().int().default(3407),
   temperature: z.number().min(0).max(2).default(1),
+  /** The most an evolve answer may use: the cap `max_tokens` is sized under (see `sizeMaxTokens`). */
   maxTokens: z.number().int().positive().default(4096),
   judgeMaxTokens: z.number().int().positive().default(2048),
+  /**
+   * Online calls go out with `max_tokens` sized from the completions seen so far (1.25 times the longest
+   * recent one), under the caps above: the provider's rate limiter charges the whole `max_tokens`, so more
+   * calls fit its limit. An answer cut at the smaller size is asked again at the cap. Off: always the caps.
+   */
+  sizeMaxTokens: z.boolean().default(true),
   imageDetail: z.enum(["low", "high", "auto"]).default("low"),
   maxImageSide: z.number().int().min(64).max(4096).default(512),
   /**

@@ -1,11 +1,11 @@
 import { createHash } from "node:crypto";
 import type { z } from "zod";
 import type { ModelPrice } from "../evolution/config.ts";
-import { costOf } from "../evolution/pricing.ts";
 import { LlmAnswerError, LlmCallError, MmevolError } from "../ports/errors.ts";
 import type { LlmRequest } from "../ports/llm.ts";
 import type { Message } from "../ports/messages.ts";
 import { type StoredAnswer, type UsageTotals, zeroUsage } from "../ports/state-store.ts";
+import { storedAnswer, unusableAnswer } from "./answers.ts";
 import { deferToBatch } from "./batch.ts";
 import type { StageDeps } from "./deps.ts";
 
@@ -63,7 +63,7 @@ export interface Asked<T> {
  * up to `maxRetries` times, then fails with the reason.
  */
 export async function askStructured<S extends z.ZodType>(
-  deps: Pick<StageDeps, "llm" | "state" | "logger" | "clock" | "claimMs" | "blobs" | "batch">,
+  deps: Pick<StageDeps, "llm" | "state" | "logger" | "clock" | "claimMs" | "blobs" | "batch" | "sizer">,
   request: LlmRequest,
   options: {
     imageDigest: string | null;
@@ -74,18 +74,29 @@ export async function askStructured<S extends z.ZodType>(
     delivery: string;
     /** Batch mode: where the request is queued on a cache miss, and the message its answer brings back. */
     batch?: { run: string; shard: string; message: Message; maxTries: number };
+    /** Online calls go out with `max_tokens` sized by `deps.sizer` under the request's own (see the sizer). */
+    sizeMaxTokens?: boolean;
   },
 ): Promise<Asked<z.infer<S>>> {
   let usage = zeroUsage();
   let lastReason = "";
-  for (let attempt = 0; attempt <= options.maxRetries; attempt++) {
+  // Once a try is cut at a sized max_tokens, the rest go out at the request's own, and that try does not count
+  // against maxRetries: sizing may cost a call, never a sample.
+  let atCap = !(options.sizeMaxTokens ?? false) || deps.sizer === undefined;
+  let sizedCuts = 0;
+  for (let attempt = 0; attempt <= options.maxRetries + sizedCuts; attempt++) {
+    // The hash is the request as configured, whatever max_tokens goes out: a rerun finds the same answers.
     const hash = answerHash(request, options.imageDigest, attempt);
     let answer = await deps.state.getAnswer(hash);
     if (!answer && options.batch) await deferToBatch(deps, options.batch, request, hash);
     if (!answer) {
+      const sent =
+        atCap || deps.sizer === undefined
+          ? request
+          : { ...request, maxTokens: deps.sizer.maxTokensFor(request) };
       // The rate budget first, then the claim: a message with no budget steps aside before it claims (a claim
       // taken and given back is two writes for nothing), and the claim is held only while the call runs.
-      const admitted = deps.llm.admit ? await deps.llm.admit(request) : null;
+      const admitted = deps.llm.admit ? await deps.llm.admit(sent) : null;
       const claimMs = deps.claimMs ?? CLAIM_MS;
       const claimedAt = deps.clock.now();
       const claim = await deps.state
@@ -107,9 +118,13 @@ export async function askStructured<S extends z.ZodType>(
         }
         throw new RequestInFlightError();
       }
-      let response: Awaited<ReturnType<typeof deps.llm.complete>>;
+      let fresh: StoredAnswer;
       try {
-        response = await (admitted ? admitted.complete() : deps.llm.complete(request));
+        fresh = storedAnswer(
+          await (admitted ? admitted.complete() : deps.llm.complete(sent)),
+          options.price,
+          "online",
+        );
       } catch (error) {
         if (!(error instanceof LlmAnswerError)) {
           // No answer: give the claim up so a redelivery or a duplicate may try at once.
@@ -117,19 +132,12 @@ export async function askStructured<S extends z.ZodType>(
           throw error;
         }
         // An answer cut at the token limit or empty is a bad answer, not a failed call: the try is spent
-        // (stored, so a rerun does not pay for it again) and the model is asked again.
-        await deps.state.putAnswer(hash, {
-          content: "",
-          promptTokens: 0,
-          cachedTokens: 0,
-          completionTokens: 0,
-          model: request.model,
-          costUsd: 0,
-          unusable: error.message,
-        });
-        lastReason = error.message;
-        deps.logger.warn("unusable answer", { schema: request.schemaName, attempt, reason: lastReason });
-        continue;
+        // (stored with what it cost, so a rerun does not pay for it again) and the model is asked again.
+        fresh = unusableAnswer(error, request.model, options.price, "online");
+        const sizedCut = fresh.cutAt !== undefined && fresh.cutAt < request.maxTokens;
+        const log = { schema: request.schemaName, attempt, reason: error.message };
+        if (sizedCut) deps.logger.debug("answer cut at a sized max_tokens; asked again at the cap", log);
+        else deps.logger.warn("unusable answer", log);
       }
       const heldMs = deps.clock.now() - claimedAt;
       if (heldMs > claimMs) {
@@ -140,21 +148,21 @@ export async function askStructured<S extends z.ZodType>(
           claimMs,
         });
       }
-      answer = {
-        content: response.content,
-        promptTokens: response.usage.promptTokens,
-        cachedTokens: response.usage.cachedTokens,
-        completionTokens: response.usage.completionTokens,
-        model: response.model,
-        costUsd: costOf(options.price, response.usage),
-      };
-      await deps.state.putAnswer(hash, answer);
+      await deps.state.putAnswer(hash, fresh);
+      answer = fresh;
     }
+    // Every answer is paid for, a spent try too.
+    usage = addUsage(usage, answer);
     if (answer.unusable !== undefined) {
       lastReason = answer.unusable;
+      if (answer.cutAt !== undefined && answer.cutAt < request.maxTokens && !atCap) {
+        // Cut at a sized max_tokens: ask again at the request's own, on a try of its own.
+        atCap = true;
+        sizedCuts += 1;
+      }
       continue;
     }
-    usage = addUsage(usage, answer);
+    deps.sizer?.observe(request, answer.completionTokens);
     const parsed = parseJson(answer.content);
     const result = parsed.ok ? options.schema.safeParse(parsed.value) : null;
     if (result?.success) return { value: result.data, usage };
@@ -162,7 +170,7 @@ export async function askStructured<S extends z.ZodType>(
     deps.logger.warn("schema-invalid answer", { schema: request.schemaName, attempt, reason: lastReason });
   }
   throw new AnswerRejectedError(
-    `${request.schemaName}: answer invalid after ${options.maxRetries + 1} tries: ${lastReason}`,
+    `${request.schemaName}: answer invalid after ${options.maxRetries + 1 + sizedCuts} tries: ${lastReason}`,
     usage,
   );
 }

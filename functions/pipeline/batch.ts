@@ -1,6 +1,6 @@
 import { randomBytes } from "node:crypto";
 import { z } from "zod";
-import { costOf, priceOf } from "../evolution/pricing.ts";
+import { priceOf } from "../evolution/pricing.ts";
 import {
   type BatchCodec,
   type BatchInfo,
@@ -13,6 +13,7 @@ import { LlmAnswerError, MmevolError } from "../ports/errors.ts";
 import type { LlmRequest } from "../ports/llm.ts";
 import { Message } from "../ports/messages.ts";
 import type { BatchItem, BatchJob, ShardRecord, StoredAnswer } from "../ports/state-store.ts";
+import { storedAnswer, unusableAnswer } from "./answers.ts";
 import { BatchBodyReader } from "./batch-bodies.ts";
 import type { StageDeps } from "./deps.ts";
 import { layout, pairKey, shardConfig } from "./shard-config.ts";
@@ -679,28 +680,11 @@ function readAnswer(
   item: BatchItem,
   config: ReturnType<typeof shardConfig> | null,
 ): StoredAnswer | { error: string } {
+  const price = priceOf(item.model, config?.prices ?? {});
   try {
-    const response = codec.decode(body, item.model);
-    return {
-      content: response.content,
-      promptTokens: response.usage.promptTokens,
-      cachedTokens: response.usage.cachedTokens,
-      completionTokens: response.usage.completionTokens,
-      model: response.model,
-      costUsd: costOf(priceOf(item.model, config?.prices ?? {}), response.usage, "batch"),
-    };
+    return storedAnswer(codec.decode(body, item.model), price, "batch");
   } catch (error) {
-    if (error instanceof LlmAnswerError) {
-      return {
-        content: "",
-        promptTokens: 0,
-        cachedTokens: 0,
-        completionTokens: 0,
-        model: item.model,
-        costUsd: 0,
-        unusable: error.message,
-      };
-    }
+    if (error instanceof LlmAnswerError) return unusableAnswer(error, item.model, price, "batch");
     return { error: error instanceof Error ? error.message : String(error) };
   }
 }

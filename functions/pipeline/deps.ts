@@ -8,6 +8,7 @@ import type { Message, WorkQueue } from "../ports/messages.ts";
 import type { Clock, Logger } from "../ports/runtime.ts";
 import type { StateStore } from "../ports/state-store.ts";
 import type { BatchBodyWriter } from "./batch-bodies.ts";
+import type { CompletionSizer } from "./completion-sizer.ts";
 
 /**
  * Batch mode: the Batch API and wire format, and the writer of queued requests' bodies (one per process, so
@@ -36,6 +37,8 @@ export interface StageDeps {
   readonly remainingMs?: () => number;
   /** How long a receive may hold a request it pays for (below the queue's visibility timeout). */
   readonly claimMs?: number;
+  /** Sizes online calls' max_tokens from the completions seen (one per process); absent: always the caps. */
+  readonly sizer?: CompletionSizer;
   /** Batch mode's Batch API and wire format; absent when the runtime offers online calls only. */
   readonly batch?: BatchDeps;
   /** Test-only fault injection at step boundaries; absent in production. */

@@ -63,6 +63,7 @@ export async function evolveSample(input: StageInput<EvolveMessage>, deps: Stage
         imageDigest: images.map((image) => image.digest).join(","),
         schema: EvolveAnswer,
         maxRetries: config.maxAnswerRetries,
+        sizeMaxTokens: config.sizeMaxTokens,
         price: priceOf(config.model, config.prices),
         delivery: input.delivery ?? `${run}/${shard}/${key}/evolve/${round}#local`,
         ...(config.mode === "batch"

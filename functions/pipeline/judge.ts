@@ -75,6 +75,7 @@ export async function judgeSample(input: StageInput<JudgeMessage>, deps: StageDe
           imageDigest: null,
           schema: judgeAnswerSchema(ids),
           maxRetries: config.maxAnswerRetries,
+          sizeMaxTokens: config.sizeMaxTokens,
           price: priceOf(model, config.prices),
           delivery: input.delivery ?? `${run}/${shard}/${key}/judge/${round}#local`,
           ...(config.mode === "batch"

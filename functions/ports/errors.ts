@@ -1,3 +1,5 @@
+import type { LlmUsage } from "./llm.ts";
+
 /** Base of every error this project raises on purpose: says whether trying again can help. */
 export class MmevolError extends Error {
   readonly retryable: boolean;
@@ -56,8 +58,17 @@ export class QuotaExhaustedError extends LlmCallError {
 
 /** The model answered, but not with what the schema asks for. */
 export class LlmAnswerError extends MmevolError {
-  constructor(message: string, options: { cause?: unknown } = {}) {
-    super(message, { retryable: true, ...options });
+  /** What the provider billed for the answer, when it said: an answer cut at the token limit is paid in full. */
+  readonly usage: LlmUsage | null;
+  /** The `max_tokens` the answer was cut at (finish_reason "length"); null for an empty answer. */
+  readonly cutAt: number | null;
+  constructor(
+    message: string,
+    options: { cause?: unknown; usage?: LlmUsage | null; cutAt?: number | null } = {},
+  ) {
+    super(message, { retryable: true, ...(options.cause === undefined ? {} : { cause: options.cause }) });
+    this.usage = options.usage ?? null;
+    this.cutAt = options.cutAt ?? null;
   }
 }
 

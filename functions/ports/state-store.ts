@@ -116,6 +116,8 @@ export const StoredAnswer = z.object({
   costUsd: z.number().nonnegative(),
   /** Set when the answer was unusable (cut at the token limit, empty): that try is spent, not asked again. */
   unusable: z.string().optional(),
+  /** The `max_tokens` an unusable answer was cut at, when it was cut at the token limit. */
+  cutAt: z.number().int().positive().optional(),
 });
 export type StoredAnswer = z.infer<typeof StoredAnswer>;
 

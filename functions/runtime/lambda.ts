@@ -26,6 +26,7 @@ import { OpenAiBatchApi } from "../adapters/openai/openai-batch-api.ts";
 import { OpenAiLlm, type RateLimitSnapshot } from "../adapters/openai/openai-llm.ts";
 import type { RunConfigInput } from "../evolution/config.ts";
 import { BatchBodyWriter } from "../pipeline/batch-bodies.ts";
+import { CompletionSizer } from "../pipeline/completion-sizer.ts";
 import { runStage, type StageDeps } from "../pipeline/index.ts";
 import type { BatchApi, BatchInfo } from "../ports/batch-api.ts";
 import type { BlobStore } from "../ports/blob-store.ts";
@@ -231,6 +232,8 @@ export function createLambdaRuntime(stage: Stage, env: NodeJS.ProcessEnv = proce
     defaults,
     queue,
     faults,
+    // Learns this container's completion lengths; a new container starts at the caps.
+    sizer: new CompletionSizer(),
     // Batch mode: evolve and judge queue requests (encoding them); the batcher also calls the API.
     // The records of one invocation queue their bodies in one object.
     batch: {

@@ -12,6 +12,7 @@ import { SqliteStateStore } from "../adapters/local/sqlite-state-store.ts";
 import type { RunConfigInput } from "../evolution/config.ts";
 import type { ShardReport } from "../evolution/report.ts";
 import { BatchBodyWriter } from "../pipeline/batch-bodies.ts";
+import { CompletionSizer } from "../pipeline/completion-sizer.ts";
 import {
   type BatchTickResult,
   batchTick,
@@ -166,6 +167,7 @@ async function runLocked(options: LocalRunOptions, out: string, started: number)
     defaults: config,
     queue,
     faults,
+    sizer: new CompletionSizer(),
     ...(options.batch ? { batch: { ...options.batch, bodies: new BatchBodyWriter(blobs) } } : {}),
   };
 

@@ -285,7 +285,12 @@ describe("OpenAiLlm", () => {
     ];
     const cut = await failureOf(llm().complete(request));
     expect(cut).toBeInstanceOf(LlmAnswerError);
-    expect(cut).toMatchObject({ retryable: true });
+    // Billed in full, and said where it was cut: the caller stores what it cost and may ask with more room.
+    expect(cut).toMatchObject({
+      retryable: true,
+      cutAt: 321,
+      usage: { promptTokens: 1200, cachedTokens: 1024, completionTokens: 80 },
+    });
     expect(cut instanceof Error ? cut.message : "").toContain("321");
     const empty = await failureOf(llm().complete(request));
     expect(empty).toBeInstanceOf(LlmAnswerError);

@@ -10,6 +10,7 @@ import {
   dataUrlImageSize,
   imageTokens,
 } from "../../functions/adapters/simulated/tokens.ts";
+import { LlmAnswerError } from "../../functions/ports/errors.ts";
 import type { LlmRequest } from "../../functions/ports/llm.ts";
 
 const Answer = z.object({
@@ -103,11 +104,14 @@ describe("SimulatedLlm", () => {
     expect(other.usage.cachedTokens).toBe(0);
   });
 
-  it("cuts the answer at maxTokens like the provider", async () => {
-    const answer = await new SimulatedLlm().complete({ ...buildRequest(), maxTokens: 5 });
-    expect(answer.finishReason).toBe("length");
-    expect(answer.usage.completionTokens).toBe(5);
-    expect(() => JSON.parse(answer.content)).toThrow();
+  it("cuts the answer at maxTokens like the provider, and reads it as OpenAiLlm does: unusable, and billed", async () => {
+    const cut = await new SimulatedLlm().complete({ ...buildRequest(), maxTokens: 5 }).then(
+      () => null,
+      (error: unknown) => error,
+    );
+    expect(cut).toBeInstanceOf(LlmAnswerError);
+    expect(cut).toMatchObject({ cutAt: 5, usage: { completionTokens: 5 } });
+    expect((cut as LlmAnswerError).usage?.promptTokens).toBeGreaterThan(0);
   });
 });
 
@@ -218,6 +222,37 @@ describe("simulator server with the openai client", () => {
     expect(Number(error.headers?.get("retry-after-ms"))).toBeCloseTo(retryAfter * 1000, -1);
     expect(error.headers?.get("x-ratelimit-remaining-requests")).toBe("0");
     expect(limited.stats()).toMatchObject({ requests: 3, succeeded: 2, rateLimited: 1 });
+  });
+
+  it("charges its token limit the prompt plus max_tokens, or with tokenCharge usage the tokens used", async () => {
+    const limit = 1_000_000;
+    const remainingAfterOne = async (tokenCharge: "max_tokens" | "usage") => {
+      const server = await startSimulator({ tokensPerMinute: limit, tokenCharge });
+      try {
+        const { data, response } = await new OpenAI({
+          baseURL: server.url,
+          apiKey: "any",
+          maxRetries: 0,
+        }).chat.completions
+          .create({ model: "gpt-4o-mini", messages: [{ role: "user", content: "hi" }], max_tokens: 4000 })
+          .withResponse();
+        return {
+          remaining: Number(response.headers.get("x-ratelimit-remaining-tokens")),
+          used: (data.usage?.prompt_tokens ?? 0) + (data.usage?.completion_tokens ?? 0),
+          prompt: data.usage?.prompt_tokens ?? 0,
+        };
+      } finally {
+        await server.close();
+      }
+    };
+    const reserved = await remainingAfterOne("max_tokens");
+    const used = await remainingAfterOne("usage");
+    // A few tokens of refill may come back between the charge and the headers.
+    expect(reserved.remaining).toBeGreaterThanOrEqual(limit - reserved.prompt - 4000);
+    expect(reserved.remaining).toBeLessThan(limit - reserved.prompt - 4000 + 50);
+    expect(used.remaining).toBeGreaterThanOrEqual(limit - used.used);
+    expect(used.remaining).toBeLessThan(limit - used.used + 50);
+    expect(used.used).toBeLessThan(reserved.prompt + 4000);
   });
 
   it("rejects a wrong key with 401 and a bad body with 400", async () => {

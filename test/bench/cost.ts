@@ -34,6 +34,7 @@ import type {
   BatchInputLine,
   BatchOutputLine,
 } from "../../functions/ports/batch-api.ts";
+import { LlmAnswerError } from "../../functions/ports/errors.ts";
 import type { ChatMessage, ContentPart, Llm, LlmRequest, LlmResponse } from "../../functions/ports/llm.ts";
 import { runLocal } from "../../functions/runtime/local.ts";
 import { writeBenchShard } from "../helpers/bench-shard.ts";
@@ -179,14 +180,22 @@ class MeteringLlm implements Llm, ReportsRateLimit {
     return lastRateLimitOf(this.#inner, model);
   }
   async complete(request: LlmRequest): Promise<LlmResponse> {
-    const response = await this.#inner.complete(request);
-    this.calls.push({
-      schemaName: request.schemaName,
-      hasImage: carriesImage(request.messages),
-      promptTokens: response.usage.promptTokens,
-      cachedTokens: response.usage.cachedTokens,
-    });
-    return response;
+    const note = (usage: LlmResponse["usage"]) =>
+      this.calls.push({
+        schemaName: request.schemaName,
+        hasImage: carriesImage(request.messages),
+        promptTokens: usage.promptTokens,
+        cachedTokens: usage.cachedTokens,
+      });
+    try {
+      const response = await this.#inner.complete(request);
+      note(response.usage);
+      return response;
+    } catch (error) {
+      // An answer cut at max_tokens is unusable but billed: a paid call like the others.
+      if (error instanceof LlmAnswerError && error.usage !== null) note(error.usage);
+      throw error;
+    }
   }
 }
 
@@ -198,7 +207,7 @@ class MeteringBatchApi implements BatchApi {
   readonly calls: MeteredCall[] = [];
   readonly #inner: BatchApi;
   readonly #sent = new Map<string, { model: string; schemaName: string; hasImage: boolean }>();
-  /** Reads answers as the pipeline does: a line it stores as unusable (cut, empty) is not counted. */
+  /** Reads answers as the pipeline does: a line it stores as unusable (cut, empty) is counted with its usage. */
   readonly #codec = new OpenAiBatchCodec();
   readonly #outputs = new Set<string>();
   constructor(inner: BatchApi) {
@@ -245,8 +254,9 @@ class MeteringBatchApi implements BatchApi {
         let usage: LlmResponse["usage"];
         try {
           usage = this.#codec.decode(response.body, sent.model).usage;
-        } catch {
-          continue;
+        } catch (error) {
+          if (!(error instanceof LlmAnswerError) || error.usage === null) continue;
+          usage = error.usage;
         }
         const { schemaName, hasImage } = sent;
         this.calls.push({
@@ -309,7 +319,8 @@ async function runOne(
       config: {
         rounds,
         model,
-        ...(kind === "reference" ? { preFilter: false } : {}),
+        // The original sends a flat max_tokens of 4096 and no pre-filter.
+        ...(kind === "reference" ? { preFilter: false, sizeMaxTokens: false } : {}),
         ...(kind === "batch" ? { mode: "batch" as const } : {}),
       },
       llm:

@@ -9,6 +9,8 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { OpenAiLlm, type RateLimitSnapshot } from "../../functions/adapters/openai/openai-llm.ts";
 import { startSimulator } from "../../functions/adapters/simulated/server.ts";
+import { RunConfig } from "../../functions/evolution/config.ts";
+import { LlmAnswerError } from "../../functions/ports/errors.ts";
 import type { Llm, LlmRequest, LlmResponse } from "../../functions/ports/llm.ts";
 import { runLocal } from "../../functions/runtime/local.ts";
 import { writeBenchShard } from "../helpers/bench-shard.ts";
@@ -27,6 +29,8 @@ const { values } = parseArgs({
     // 0 tells it none, as `mmevol run` without --tpm: it learns the limit from the x-ratelimit-* headers.
     "assume-tpm": { type: "string" },
     "base-url": { type: "string" },
+    /** What the simulator's limiter charges: "max_tokens" (prompt + max_tokens, OpenAI's) or "usage". */
+    "token-charge": { type: "string", default: "max_tokens" },
     model: { type: "string", default: "gpt-4o-mini" },
     json: { type: "string" },
   },
@@ -38,12 +42,21 @@ const endpoint = foreignEndpoint(values["base-url"]);
 const tpm = await benchTokenLimit(values.tpm, endpoint, model, 700_000);
 const samples = benchSamples(values.samples, tpm, { samples: 200, tpm: 700_000 });
 const assumedTpm = values["assume-tpm"] === undefined ? tpm : Number(values["assume-tpm"]);
+const tokenCharge = values["token-charge"];
+if (tokenCharge !== "max_tokens" && tokenCharge !== "usage") {
+  throw new Error(`--token-charge must be max_tokens or usage, got ${tokenCharge}`);
+}
 
 interface Call {
   readonly startedAt: number;
-  /** What the simulator's limiter charged: prompt + max_tokens; 0 for a 429. */
+  /** What the limiter charged: prompt + max_tokens (or prompt + completion, charging usage); 0 for a 429. */
   readonly charged: number;
-  readonly status: "ok" | "429" | "error";
+  /** "cut": answered, but cut at the max_tokens sent (paid, and asked again at the cap). */
+  readonly status: "ok" | "cut" | "429" | "error";
+  readonly schemaName: string;
+  /** The max_tokens sent (sized under the configured cap) and the prompt tokens billed. */
+  readonly maxTokens: number;
+  readonly promptTokens: number;
 }
 
 /** Notes when each call went out and what the limiter charged it; passes the rate-limit headers on. */
@@ -58,17 +71,28 @@ class MeteringLlm implements Llm {
   }
   async complete(request: LlmRequest): Promise<LlmResponse> {
     const startedAt = performance.now();
-    try {
-      const response = await this.#inner.complete(request);
+    const { schemaName, maxTokens } = request;
+    const answered = (usage: LlmResponse["usage"], status: "ok" | "cut") =>
       this.calls.push({
         startedAt,
-        charged: response.usage.promptTokens + request.maxTokens,
-        status: "ok",
+        charged: usage.promptTokens + (tokenCharge === "usage" ? usage.completionTokens : maxTokens),
+        status,
+        schemaName,
+        maxTokens,
+        promptTokens: usage.promptTokens,
       });
+    try {
+      const response = await this.#inner.complete(request);
+      answered(response.usage, "ok");
       return response;
     } catch (error) {
+      if (error instanceof LlmAnswerError && error.usage !== null) {
+        answered(error.usage, "cut");
+        throw error;
+      }
       const is429 = typeof error === "object" && error !== null && "status" in error && error.status === 429;
-      this.calls.push({ startedAt, charged: 0, status: is429 ? "429" : "error" });
+      const status = is429 ? "429" : "error";
+      this.calls.push({ startedAt, charged: 0, status, schemaName, maxTokens, promptTokens: 0 });
       throw error;
     }
   }
@@ -76,7 +100,9 @@ class MeteringLlm implements Llm {
 
 const dir = mkdtempSync(join(tmpdir(), "mmevol-rate-"));
 const sim =
-  endpoint === null ? await startSimulator({ latencyMs: [1000, 3000], tokensPerMinute: tpm }) : null;
+  endpoint === null
+    ? await startSimulator({ latencyMs: [1000, 3000], tokensPerMinute: tpm, tokenCharge })
+    : null;
 try {
   const shard = writeBenchShard(dir, { samples, name: "rate" });
   // No client retries: every 429 reaches the governor (and the run's own retry), none is hidden.
@@ -99,7 +125,13 @@ try {
     rateLimited: meter.calls.filter((c) => c.status === "429").length,
   };
   const calls = [...meter.calls].sort((a, b) => a.startedAt - b.startedAt);
-  const charged = calls.filter((c) => c.status === "ok");
+  const charged = calls.filter((c) => c.status === "ok" || c.status === "cut");
+  // Sizing max_tokens: evolve calls' configured cap is one figure (METHOD.md's 4096 unless run.json says).
+  const cap = RunConfig.parse({}).maxTokens;
+  const evolve = charged.filter((c) => c.schemaName.startsWith("evolve_"));
+  const mean = (values: readonly number[]) => values.reduce((a, b) => a + b, 0) / Math.max(1, values.length);
+  const evolveSent = mean(evolve.map((c) => c.maxTokens));
+  const evolvePrompt = mean(evolve.map((c) => c.promptTokens));
   const steady = steadyUse(
     charged.map((c) => ({ at: c.startedAt, charged: c.charged })),
     started,
@@ -117,6 +149,7 @@ try {
     rounds,
     concurrency,
     tokensPerMinute: tpm,
+    tokenCharge,
     governorTokensPerMinute: assumedTpm,
     requests: stats.requests,
     rateLimited: stats.rateLimited,
@@ -127,12 +160,18 @@ try {
     meanChargePerCall: Math.round(
       charged.reduce((sum, c) => sum + c.charged, 0) / Math.max(1, charged.length),
     ),
+    /** Evolve calls: the mean max_tokens sent (sized) against the cap, and the calls the limit admits per flat-cap call. */
+    evolveMaxTokensCap: cap,
+    evolveMeanMaxTokensSent: Math.round(evolveSent),
+    evolveMedianMaxTokensSent: evolve.map((c) => c.maxTokens).sort((a, b) => a - b)[evolve.length >> 1] ?? 0,
+    evolveCallsPerLimitGain: +((evolvePrompt + cap) / Math.max(1, evolvePrompt + evolveSent)).toFixed(3),
+    cutAtSizedMaxTokens: charged.filter((c) => c.status === "cut" && c.maxTokens < cap).length,
     totalSeconds: +(result.elapsedMs / 1000).toFixed(1),
     deadLetters: result.deadLetters,
     counts: result.reports[0]?.counts ?? null,
   };
   console.log(
-    `mmevol rate governor benchmark (${samples} samples; ${serverName(endpoint)}: ${tpm} tokens/min, governor ${assumedTpm > 0 ? `told ${assumedTpm}` : "told nothing: limits from the headers"}, ${endpoint === null ? "latency 1-3 s" : "the server's latency"})`,
+    `mmevol rate governor benchmark (${samples} samples; ${serverName(endpoint)}: ${tpm} tokens/min${tokenCharge === "usage" ? " of tokens used" : ""}, governor ${assumedTpm > 0 ? `told ${assumedTpm}` : "told nothing: limits from the headers"}, ${endpoint === null ? "latency 1-3 s" : "the server's latency"})`,
   );
   console.table({
     [`requests to ${serverName(endpoint)}`]: figures.requests,
@@ -141,7 +180,12 @@ try {
     "steady window (s)": figures.steadyWindowSeconds,
     "tokens/min charged in the window": figures.steadyTokensPerMinute,
     "use of the limit (target >= 0.95)": figures.useOfLimit,
-    "mean charge per call (prompt + max_tokens)": figures.meanChargePerCall,
+    [`mean charge per call (prompt + ${tokenCharge === "usage" ? "completion" : "max_tokens"})`]:
+      figures.meanChargePerCall,
+    [`evolve max_tokens sent, mean (cap ${cap})`]: figures.evolveMeanMaxTokensSent,
+    "evolve max_tokens sent, median": figures.evolveMedianMaxTokensSent,
+    "evolve calls per limit vs a flat cap": `${figures.evolveCallsPerLimitGain}x`,
+    "answers cut at a sized max_tokens": figures.cutAtSizedMaxTokens,
     "total time (s)": figures.totalSeconds,
   });
   if (values.json) writeFileSync(values.json, `${JSON.stringify(figures, null, 2)}\n`);

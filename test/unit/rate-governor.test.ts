@@ -177,11 +177,12 @@ describe("RateGovernor", () => {
     expect(governor.state().tokensAvailable).toBeCloseTo(3000, 5);
   });
 
-  it("believes headers that report less remaining, never more", async () => {
+  it("believes headers that report less remaining at once, and more only up to its limit", async () => {
     const clock = new FakeClock();
     const governor = new RateGovernor({ tokensPerMinute: 10_000, requestsPerMinute: 100, clock });
     governor.observeHeaders({ remainingTokens: 20_000, remainingRequests: 500 });
     expect(governor.state().tokensAvailable).toBe(10_000);
+    expect(governor.state().requestsAvailable).toBe(100);
     governor.observeHeaders({ remainingTokens: 1000, remainingRequests: 3 });
     expect(governor.state().tokensAvailable).toBe(1000);
     expect(governor.state().requestsAvailable).toBe(3);
@@ -190,6 +191,28 @@ describe("RateGovernor", () => {
     expect(granted()).toBe(false);
     await clock.advance(1000);
     expect(granted()).toBe(true);
+  });
+
+  it("takes more remaining from a provider that charges less than reserved, less what is still in flight", async () => {
+    const clock = new FakeClock();
+    const governor = new RateGovernor({ tokensPerMinute: 10_000, requestsPerMinute: 100, clock });
+    const answered = await governor.acquire({ tokens: 6000 });
+    const inFlight = await governor.acquire({ tokens: 3000 });
+    expect(governor.state().tokensAvailable).toBe(1000);
+    // Charged at its reservation (prompt + max_tokens), as we assume of the provider.
+    answered.settle(6000);
+    expect(governor.state().tokensAvailable).toBe(1000);
+    // The provider charged it its prompt and the tokens it used, 2000, and has not charged the call in flight
+    // yet: it reports 8000 left. We hold 8000 less the 3000 still in flight.
+    governor.observeHeaders({ remainingTokens: 8000, remainingRequests: 98 });
+    expect(governor.state().tokensAvailable).toBe(5000);
+    // On requests it agrees with us (98 left, one of them in flight is ours to count): nothing moves.
+    expect(governor.state().requestsAvailable).toBe(98);
+    // A waiter that did not fit before is admitted at once.
+    const granted = resolvedYet(governor.acquire({ tokens: 4000 }));
+    await clock.advance(0);
+    expect(granted()).toBe(true);
+    inFlight.settle(3000);
   });
 });
 
@@ -321,7 +344,8 @@ describe("GovernedPerModel", () => {
         limitRequests: null,
         remainingRequests: null,
         limitTokens: limits[model] ?? null,
-        remainingTokens: limits[model] ?? null,
+        // Limits only: a remaining figure that never moved would refill the budget on every answer.
+        remainingTokens: null,
       }),
     } satisfies Llm & { lastRateLimit: (model: string) => unknown };
     const governors = new Map<string, RateGovernor>();

@@ -180,9 +180,11 @@ export class RateGovernor implements Governor {
   }
 
   /**
-   * The provider knows best: when it reports a lower limit or less left than we think, believe it. With
-   * `learnLimits`, a limit it reports that was not given becomes a budget, holding what it reports remaining
-   * less what this process has in flight (those calls may not have reached it yet).
+   * The provider knows best: when it reports a lower limit or less left than we think, believe it. When it
+   * reports more left than we think, less everything this process has in flight (those calls may not have
+   * reached it, or may be charged when they end), believe that too: a provider whose limiter charges the tokens
+   * used rather than max_tokens leaves more than our reservations say. With `learnLimits`, a limit it reports
+   * that was not given becomes a budget, holding what it reports remaining less what is in flight.
    */
   observeHeaders(snapshot: RemainingSnapshot): void {
     const now = this.#clock.now();
@@ -206,18 +208,22 @@ export class RateGovernor implements Governor {
       if (bucket !== null && limit !== null && limit > 0 && limit < bucket.limit)
         bucket.lowerLimit(limit, now);
     }
-    for (const [bucket, remaining] of [
-      [this.#tokens, snapshot.remainingTokens],
-      [this.#requests, snapshot.remainingRequests],
+    let raised = false;
+    for (const [bucket, remaining, inFlight] of [
+      [this.#tokens, snapshot.remainingTokens, this.#inFlightTokens],
+      [this.#requests, snapshot.remainingRequests, this.#inFlightRequests],
     ] as const) {
       if (bucket === null || remaining === null) continue;
       bucket.refill(now);
       if (remaining < bucket.level) {
         bucket.level = Math.max(0, remaining);
         lowered = true;
+      } else if (remaining - inFlight > bucket.level) {
+        bucket.level = Math.min(bucket.capacity, remaining - inFlight);
+        raised = true;
       }
     }
-    if (lowered) this.#pump();
+    if (lowered || raised) this.#pump();
   }
 
   state(): GovernorState {

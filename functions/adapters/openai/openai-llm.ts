@@ -177,23 +177,24 @@ export function readCompletion(
   if (finishReason === "content_filter") {
     throw new LlmCallError("LLM answer blocked by the content filter", { retryable: false, status: 200 });
   }
+  const usage = {
+    promptTokens: body.usage?.prompt_tokens ?? 0,
+    cachedTokens: body.usage?.prompt_tokens_details?.cached_tokens ?? 0,
+    completionTokens: body.usage?.completion_tokens ?? 0,
+  };
   if (finishReason === "length") {
     throw new LlmAnswerError(
       `answer cut at the token limit${request.maxTokens === undefined ? "" : ` (max_tokens ${request.maxTokens})`}`,
+      { usage, cutAt: request.maxTokens ?? null },
     );
   }
   if (content.trim() === "") {
-    throw new LlmAnswerError(`empty answer (finish_reason ${finishReason})`);
+    throw new LlmAnswerError(`empty answer (finish_reason ${finishReason})`, { usage });
   }
 
-  const usage = body.usage;
   return {
     content,
-    usage: {
-      promptTokens: usage?.prompt_tokens ?? 0,
-      cachedTokens: usage?.prompt_tokens_details?.cached_tokens ?? 0,
-      completionTokens: usage?.completion_tokens ?? 0,
-    },
+    usage,
     model: body.model ?? request.model,
     finishReason,
     refusal: null,

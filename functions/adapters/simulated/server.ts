@@ -41,6 +41,12 @@ export interface SimulatorOptions {
   readonly latencyMs?: number | readonly [number, number];
   readonly requestsPerMinute?: number;
   readonly tokensPerMinute?: number;
+  /**
+   * What the tokens-per-minute limiter charges. "max_tokens" (the default, OpenAI's documented behaviour): the
+   * prompt plus the whole max_tokens, when the request is admitted. "usage" (some proxies and gateways): the
+   * prompt when admitted, and the completion tokens the answer really used once it is done.
+   */
+  readonly tokenCharge?: "max_tokens" | "usage";
   /** When set, requests must carry `Authorization: Bearer <apiKey>`. */
   readonly apiKey?: string;
   /** Injected faults (429 storms, 5xx, hangs, resets, broken answers); none when absent. */
@@ -308,8 +314,10 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
       return;
     }
 
-    // The provider's limiter reserves prompt tokens plus max_tokens, whatever the answer uses.
-    const tokenCost = prepared.promptTokens + (request.maxTokens ?? 0);
+    // The provider's limiter reserves prompt tokens plus max_tokens, whatever the answer uses (or, charging
+    // usage, the prompt now and the completion once it is known).
+    const chargesUsage = options.tokenCharge === "usage";
+    const tokenCost = prepared.promptTokens + (chargesUsage ? 0 : (request.maxTokens ?? 0));
     const waitMs = Math.max(requestBucket?.waitMs(1) ?? 0, tokenBucket?.waitMs(tokenCost) ?? 0);
     if (waitMs > 0) {
       record({ ...entry, cachedTokens: 0, completionTokens: 0, status: 429, fault: null });
@@ -341,6 +349,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
         ? { answer: normal, refusal: null, fault }
         : faulty(normal, request, fault, decision.rand);
     const answer = shaped.answer;
+    if (chargesUsage) tokenBucket?.take(answer.completionTokens);
     // Billed like the provider bills it: an answer nobody waited for still cost its tokens.
     record({
       ...entry,

@@ -1,3 +1,4 @@
+import { LlmAnswerError } from "../../ports/errors.ts";
 import type { Llm, LlmRequest, LlmResponse } from "../../ports/llm.ts";
 import { latencyFor, prepareRequest, SimulatedEngine, sleep } from "./engine.ts";
 
@@ -29,13 +30,21 @@ export class SimulatedLlm implements Llm {
     });
     const answer = this.#engine.answer(prepared);
     await sleep(latencyFor(this.#latencyMs, prepared.seedText));
+    const usage = {
+      promptTokens: answer.promptTokens,
+      cachedTokens: answer.cachedTokens,
+      completionTokens: answer.completionTokens,
+    };
+    // As OpenAiLlm reads the provider's answer: one cut at max_tokens is unusable, and paid for.
+    if (answer.finishReason === "length") {
+      throw new LlmAnswerError(`answer cut at the token limit (max_tokens ${request.maxTokens})`, {
+        usage,
+        cutAt: request.maxTokens,
+      });
+    }
     return {
       content: answer.content,
-      usage: {
-        promptTokens: answer.promptTokens,
-        cachedTokens: answer.cachedTokens,
-        completionTokens: answer.completionTokens,
-      },
+      usage,
       model: request.model,
       finishReason: answer.finishReason,
       refusal: null,
