@@ -34,9 +34,11 @@ import { synthOnce } from "../helpers/synth-once.ts";
 interface Call {
   readonly at: number;
   readonly status: number;
-  /** What the limiter charged: prompt + max_tokens; 0 unless answered. */
+  /** What the limiter charged: prompt + max_tokens (or prompt + completion, charging usage); 0 unless answered. */
   readonly charged: number;
 }
+
+type TokenCharge = "max_tokens" | "usage";
 
 /**
  * An HTTP proxy that forwards everything to the OpenAI base URL `target` (http or https, any path prefix) and
@@ -44,6 +46,7 @@ interface Call {
  */
 async function startMeteringProxy(
   target: string,
+  tokenCharge: TokenCharge,
 ): Promise<{ url: string; calls: Call[]; close: () => void }> {
   const calls: Call[] = [];
   const upstream = new URL(target);
@@ -73,8 +76,12 @@ async function startMeteringProxy(
               if (up.statusCode === 200) {
                 try {
                   const sent = JSON.parse(body.toString()) as { max_tokens?: number };
-                  const got = JSON.parse(text.toString()) as { usage?: { prompt_tokens?: number } };
-                  charged = (got.usage?.prompt_tokens ?? 0) + (sent.max_tokens ?? 0);
+                  const got = JSON.parse(text.toString()) as {
+                    usage?: { prompt_tokens?: number; completion_tokens?: number };
+                  };
+                  charged =
+                    (got.usage?.prompt_tokens ?? 0) +
+                    (tokenCharge === "usage" ? (got.usage?.completion_tokens ?? 0) : (sent.max_tokens ?? 0));
                 } catch {
                   charged = 0;
                 }
@@ -138,6 +145,8 @@ export async function measureEmulatedRate(
     /** Another OpenAI-compatible server instead of the simulator; `tpm` is then its limit. */
     endpoint?: ForeignEndpoint | null;
     model?: string;
+    /** What the simulator's limiter charges (see SimulatorOptions.tokenCharge); max_tokens by default. */
+    tokenCharge?: TokenCharge;
   } = {},
 ): Promise<RateFigures> {
   const samples = options.samples ?? 120;
@@ -149,9 +158,12 @@ export async function measureEmulatedRate(
   // The shared governor's conditional writes must be atomic under concurrency, which moto's are not.
   const { endpoint: dynamodbEndpoint } = await ensureDynamoLocal();
   const cdkOut = await synthOnce();
+  const tokenCharge = options.tokenCharge ?? "max_tokens";
   const sim =
-    server === null ? await startSimulator({ latencyMs: [1000, 3000], tokensPerMinute: tpm }) : null;
-  const proxy = await startMeteringProxy(server?.baseURL ?? sim?.url ?? "");
+    server === null
+      ? await startSimulator({ latencyMs: [1000, 3000], tokensPerMinute: tpm, tokenCharge })
+      : null;
+  const proxy = await startMeteringProxy(server?.baseURL ?? sim?.url ?? "", tokenCharge);
   const dir = tempDir("mmevol-rate-emulated-");
   const warnings: string[] = [];
   /** Every line the functions print, for a closer look (RATE_LINES=<file>). */
@@ -232,10 +244,16 @@ if (import.meta.main) {
       /** The limit: the simulator's (default 200000), or a foreign server's when its headers do not say. */
       tpm: { type: "string" },
       "base-url": { type: "string" },
+      /** What the simulator's limiter charges: "max_tokens" (prompt + max_tokens, OpenAI's) or "usage". */
+      "token-charge": { type: "string", default: "max_tokens" },
       model: { type: "string", default: "gpt-4o-mini" },
       json: { type: "string" },
     },
   });
+  const tokenCharge = values["token-charge"];
+  if (tokenCharge !== "max_tokens" && tokenCharge !== "usage") {
+    throw new Error(`--token-charge must be max_tokens or usage, got ${tokenCharge}`);
+  }
   const endpoint = foreignEndpoint(values["base-url"]);
   const tpm = await benchTokenLimit(values.tpm, endpoint, values.model, 200_000);
   const figures = await measureEmulatedRate({
@@ -244,6 +262,7 @@ if (import.meta.main) {
     tpm,
     endpoint,
     model: values.model,
+    tokenCharge,
   });
   console.log(
     `mmevol rate-limit benchmark on the emulated stack (${figures.samples} samples, shared DynamoDB governor; ${figures.server}, ${figures.tokensPerMinute} tokens/min, ${endpoint === null ? "latency 1-3 s" : "the server's latency"})`,
