@@ -2,7 +2,12 @@
 import { Command, InvalidArgumentError, Option } from "commander";
 import type { SimBatchStats } from "../functions/adapters/simulated/batches.ts";
 import { type FaultOptions, parseFaultMix } from "../functions/adapters/simulated/faults.ts";
-import { type SimStats, startSimulator } from "../functions/adapters/simulated/server.ts";
+import {
+  type SimStats,
+  startSimulator,
+  TOKEN_CHARGES,
+  type TokenCharge,
+} from "../functions/adapters/simulated/server.ts";
 
 function positiveInt(value: string): number {
   const n = Number(value);
@@ -67,7 +72,7 @@ const program = new Command()
   .option("--tpm <n>", "tokens per minute (prompt + max_tokens) before 429s", positiveInt)
   .addOption(
     new Option("--token-charge <what>", "what --tpm counts: the prompt plus max_tokens, or the tokens used")
-      .choices(["max_tokens", "usage"])
+      .choices(TOKEN_CHARGES)
       .default("max_tokens"),
   )
   .option("--api-key <key>", "require this bearer token")
@@ -102,7 +107,7 @@ const opts = program.opts<{
   latencyMs: number | [number, number];
   rpm?: number;
   tpm?: number;
-  tokenCharge: "max_tokens" | "usage";
+  tokenCharge: TokenCharge;
   apiKey?: string;
   faultRate?: number;
   faultMix?: ReturnType<typeof parseFaultMix>;

@@ -80,9 +80,11 @@ export async function askStructured<S extends z.ZodType>(
 ): Promise<Asked<z.infer<S>>> {
   let usage = zeroUsage();
   let lastReason = "";
-  // Once a try is cut at a sized max_tokens, the rest go out at the request's own, and that try does not count
-  // against maxRetries: sizing may cost a call, never a sample.
-  let atCap = !(options.sizeMaxTokens ?? false) || deps.sizer === undefined;
+  // Sizes this request's tries until one is cut at a sized max_tokens: the rest go out at the request's own,
+  // and that try does not count against maxRetries (sizing may cost a call, never a sample).
+  let sizer = options.sizeMaxTokens ? deps.sizer : undefined;
+  const cutWhenSized = (answer: StoredAnswer) =>
+    answer.cutAt !== undefined && answer.cutAt < request.maxTokens;
   let sizedCuts = 0;
   for (let attempt = 0; attempt <= options.maxRetries + sizedCuts; attempt++) {
     // The hash is the request as configured, whatever max_tokens goes out: a rerun finds the same answers.
@@ -90,10 +92,7 @@ export async function askStructured<S extends z.ZodType>(
     let answer = await deps.state.getAnswer(hash);
     if (!answer && options.batch) await deferToBatch(deps, options.batch, request, hash);
     if (!answer) {
-      const sent =
-        atCap || deps.sizer === undefined
-          ? request
-          : { ...request, maxTokens: deps.sizer.maxTokensFor(request) };
+      const sent = sizer === undefined ? request : { ...request, maxTokens: sizer.maxTokensFor(request) };
       // The rate budget first, then the claim: a message with no budget steps aside before it claims (a claim
       // taken and given back is two writes for nothing), and the claim is held only while the call runs.
       const admitted = deps.llm.admit ? await deps.llm.admit(sent) : null;
@@ -134,9 +133,9 @@ export async function askStructured<S extends z.ZodType>(
         // An answer cut at the token limit or empty is a bad answer, not a failed call: the try is spent
         // (stored with what it cost, so a rerun does not pay for it again) and the model is asked again.
         fresh = unusableAnswer(error, request.model, options.price, "online");
-        const sizedCut = fresh.cutAt !== undefined && fresh.cutAt < request.maxTokens;
         const log = { schema: request.schemaName, attempt, reason: error.message };
-        if (sizedCut) deps.logger.debug("answer cut at a sized max_tokens; asked again at the cap", log);
+        if (cutWhenSized(fresh))
+          deps.logger.debug("answer cut at a sized max_tokens; asked again at the cap", log);
         else deps.logger.warn("unusable answer", log);
       }
       const heldMs = deps.clock.now() - claimedAt;
@@ -155,9 +154,9 @@ export async function askStructured<S extends z.ZodType>(
     usage = addUsage(usage, answer);
     if (answer.unusable !== undefined) {
       lastReason = answer.unusable;
-      if (answer.cutAt !== undefined && answer.cutAt < request.maxTokens && !atCap) {
+      if (sizer !== undefined && cutWhenSized(answer)) {
         // Cut at a sized max_tokens: ask again at the request's own, on a try of its own.
-        atCap = true;
+        sizer = undefined;
         sizedCuts += 1;
       }
       continue;

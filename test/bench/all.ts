@@ -167,7 +167,7 @@ const rows: Row[] = [
       value: v,
       target: ">= 0.95",
       ok: atLeast(v, 0.95),
-      note: `limit ${num(r.rate, "tokensPerMinute") ?? "?"} TPM, ${latency}; evolve max_tokens sized to a median ${num(r.rate, "evolveMedianMaxTokensSent") ?? "?"} (cap ${num(r.rate, "evolveMaxTokensCap") ?? "?"}): ${num(r.rate, "evolveCallsPerLimitGain") ?? "?"}x the evolve calls a flat cap fits`,
+      note: `limit ${num(r.rate, "tokensPerMinute") ?? "?"} TPM, ${latency}; evolve max_tokens sized to a median ${num(r.rate, "evolveMedianMaxTokensSent") ?? "?"} (cap ${num(r.rate, "evolveMaxTokensCap") ?? "?"}): ${num(r.rate, "evolveCallsPerLimitGain") ?? "?"}x the evolve calls a flat cap fits (computed)`,
     };
   })(),
   (() => {

@@ -13,7 +13,7 @@ import type { AddressInfo } from "node:net";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { S3Client } from "@aws-sdk/client-s3";
-import { startSimulator } from "../../functions/adapters/simulated/server.ts";
+import { startSimulator, type TokenCharge } from "../../functions/adapters/simulated/server.ts";
 import { startEmulatedStack } from "../../functions/runtime/emulated-stack.ts";
 import { ENV } from "../../functions/runtime/env.ts";
 import { writeBenchShard } from "../helpers/bench-shard.ts";
@@ -28,7 +28,7 @@ import {
 } from "../helpers/endpoint.ts";
 import { tempDir } from "../helpers/files.ts";
 import { ensureMoto, motoClientConfig } from "../helpers/moto.ts";
-import { steadyUse } from "../helpers/rate-window.ts";
+import { limiterCharge, parseTokenCharge, steadyUse } from "../helpers/rate-window.ts";
 import { synthOnce } from "../helpers/synth-once.ts";
 
 interface Call {
@@ -37,8 +37,6 @@ interface Call {
   /** What the limiter charged: prompt + max_tokens (or prompt + completion, charging usage); 0 unless answered. */
   readonly charged: number;
 }
-
-type TokenCharge = "max_tokens" | "usage";
 
 /**
  * An HTTP proxy that forwards everything to the OpenAI base URL `target` (http or https, any path prefix) and
@@ -79,9 +77,11 @@ async function startMeteringProxy(
                   const got = JSON.parse(text.toString()) as {
                     usage?: { prompt_tokens?: number; completion_tokens?: number };
                   };
-                  charged =
-                    (got.usage?.prompt_tokens ?? 0) +
-                    (tokenCharge === "usage" ? (got.usage?.completion_tokens ?? 0) : (sent.max_tokens ?? 0));
+                  const usage = {
+                    promptTokens: got.usage?.prompt_tokens ?? 0,
+                    completionTokens: got.usage?.completion_tokens ?? 0,
+                  };
+                  charged = limiterCharge(tokenCharge, usage, sent.max_tokens ?? 0);
                 } catch {
                   charged = 0;
                 }
@@ -245,15 +245,12 @@ if (import.meta.main) {
       tpm: { type: "string" },
       "base-url": { type: "string" },
       /** What the simulator's limiter charges: "max_tokens" (prompt + max_tokens, OpenAI's) or "usage". */
-      "token-charge": { type: "string", default: "max_tokens" },
+      "token-charge": { type: "string" },
       model: { type: "string", default: "gpt-4o-mini" },
       json: { type: "string" },
     },
   });
-  const tokenCharge = values["token-charge"];
-  if (tokenCharge !== "max_tokens" && tokenCharge !== "usage") {
-    throw new Error(`--token-charge must be max_tokens or usage, got ${tokenCharge}`);
-  }
+  const tokenCharge = parseTokenCharge(values["token-charge"]);
   const endpoint = foreignEndpoint(values["base-url"]);
   const tpm = await benchTokenLimit(values.tpm, endpoint, values.model, 200_000);
   const figures = await measureEmulatedRate({

@@ -15,7 +15,7 @@ import type { Llm, LlmRequest, LlmResponse } from "../../functions/ports/llm.ts"
 import { runLocal } from "../../functions/runtime/local.ts";
 import { writeBenchShard } from "../helpers/bench-shard.ts";
 import { benchSamples, benchTokenLimit, foreignEndpoint, serverName } from "../helpers/endpoint.ts";
-import { steadyUse } from "../helpers/rate-window.ts";
+import { limiterCharge, parseTokenCharge, steadyUse } from "../helpers/rate-window.ts";
 
 const { values } = parseArgs({
   options: {
@@ -30,7 +30,7 @@ const { values } = parseArgs({
     "assume-tpm": { type: "string" },
     "base-url": { type: "string" },
     /** What the simulator's limiter charges: "max_tokens" (prompt + max_tokens, OpenAI's) or "usage". */
-    "token-charge": { type: "string", default: "max_tokens" },
+    "token-charge": { type: "string" },
     model: { type: "string", default: "gpt-4o-mini" },
     json: { type: "string" },
   },
@@ -42,10 +42,7 @@ const endpoint = foreignEndpoint(values["base-url"]);
 const tpm = await benchTokenLimit(values.tpm, endpoint, model, 700_000);
 const samples = benchSamples(values.samples, tpm, { samples: 200, tpm: 700_000 });
 const assumedTpm = values["assume-tpm"] === undefined ? tpm : Number(values["assume-tpm"]);
-const tokenCharge = values["token-charge"];
-if (tokenCharge !== "max_tokens" && tokenCharge !== "usage") {
-  throw new Error(`--token-charge must be max_tokens or usage, got ${tokenCharge}`);
-}
+const tokenCharge = parseTokenCharge(values["token-charge"]);
 
 interface Call {
   readonly startedAt: number;
@@ -75,7 +72,7 @@ class MeteringLlm implements Llm {
     const answered = (usage: LlmResponse["usage"], status: "ok" | "cut") =>
       this.calls.push({
         startedAt,
-        charged: usage.promptTokens + (tokenCharge === "usage" ? usage.completionTokens : maxTokens),
+        charged: limiterCharge(tokenCharge, usage, maxTokens),
         status,
         schemaName,
         maxTokens,
@@ -184,7 +181,7 @@ try {
       figures.meanChargePerCall,
     [`evolve max_tokens sent, mean (cap ${cap})`]: figures.evolveMeanMaxTokensSent,
     "evolve max_tokens sent, median": figures.evolveMedianMaxTokensSent,
-    "evolve calls per limit vs a flat cap": `${figures.evolveCallsPerLimitGain}x`,
+    "evolve calls per limit vs a flat cap (computed)": `${figures.evolveCallsPerLimitGain}x`,
     "answers cut at a sized max_tokens": figures.cutAtSizedMaxTokens,
     "total time (s)": figures.totalSeconds,
   });

@@ -1,3 +1,21 @@
+import { TOKEN_CHARGES, type TokenCharge } from "../../functions/adapters/simulated/server.ts";
+import type { LlmUsage } from "../../functions/ports/llm.ts";
+
+/** A rate benchmark's `--token-charge`: what the simulator's limiter charges, checked. */
+export function parseTokenCharge(text: string | undefined): TokenCharge {
+  const charge = TOKEN_CHARGES.find((name) => name === (text ?? "max_tokens"));
+  if (charge === undefined)
+    throw new Error(`--token-charge must be ${TOKEN_CHARGES.join(" or ")}, got ${text}`);
+  return charge;
+}
+
+/** What the limiter charged an answered call: its prompt plus its max_tokens, or plus the tokens it used. */
+export const limiterCharge = (
+  charge: TokenCharge,
+  usage: Pick<LlmUsage, "promptTokens" | "completionTokens">,
+  maxTokens: number,
+): number => usage.promptTokens + (charge === "usage" ? usage.completionTokens : maxTokens);
+
 /** One answered call as a rate benchmark sees it: when it went out and what the provider's limiter charged. */
 export interface ChargedCall {
   readonly at: number;

@@ -188,14 +188,14 @@ export class RateGovernor implements Governor {
    */
   observeHeaders(snapshot: RemainingSnapshot): void {
     const now = this.#clock.now();
-    let lowered = false;
+    let moved = false;
     if (this.#learnLimits) {
       const learned = (limit: number | null | undefined, remaining: number | null, inFlight: number) => {
         if (limit === null || limit === undefined || !positive(limit)) return null;
         const bucket = new Bucket(limit, now);
         bucket.setFactor(this.#factor, now);
         bucket.level = Math.min(bucket.capacity, remaining ?? limit) - inFlight;
-        lowered = true;
+        moved = true;
         return bucket;
       };
       this.#tokens ??= learned(snapshot.limitTokens, snapshot.remainingTokens, this.#inFlightTokens);
@@ -208,7 +208,6 @@ export class RateGovernor implements Governor {
       if (bucket !== null && limit !== null && limit > 0 && limit < bucket.limit)
         bucket.lowerLimit(limit, now);
     }
-    let raised = false;
     for (const [bucket, remaining, inFlight] of [
       [this.#tokens, snapshot.remainingTokens, this.#inFlightTokens],
       [this.#requests, snapshot.remainingRequests, this.#inFlightRequests],
@@ -217,13 +216,13 @@ export class RateGovernor implements Governor {
       bucket.refill(now);
       if (remaining < bucket.level) {
         bucket.level = Math.max(0, remaining);
-        lowered = true;
+        moved = true;
       } else if (remaining - inFlight > bucket.level) {
         bucket.level = Math.min(bucket.capacity, remaining - inFlight);
-        raised = true;
+        moved = true;
       }
     }
-    if (lowered || raised) this.#pump();
+    if (moved) this.#pump();
   }
 
   state(): GovernorState {

@@ -33,6 +33,10 @@ import {
 import type { Random } from "./schema-fill.ts";
 import { decodeTokens, encodeText } from "./tokens.ts";
 
+/** What a tokens-per-minute limiter charges a call (see SimulatorOptions.tokenCharge). */
+export const TOKEN_CHARGES = ["max_tokens", "usage"] as const;
+export type TokenCharge = (typeof TOKEN_CHARGES)[number];
+
 export interface SimulatorOptions {
   /** 0 (the default) picks a free port. */
   readonly port?: number;
@@ -46,7 +50,7 @@ export interface SimulatorOptions {
    * prompt plus the whole max_tokens, when the request is admitted. "usage" (some proxies and gateways): the
    * prompt when admitted, and the completion tokens the answer really used once it is done.
    */
-  readonly tokenCharge?: "max_tokens" | "usage";
+  readonly tokenCharge?: TokenCharge;
   /** When set, requests must carry `Authorization: Bearer <apiKey>`. */
   readonly apiKey?: string;
   /** Injected faults (429 storms, 5xx, hangs, resets, broken answers); none when absent. */
