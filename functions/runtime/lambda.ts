@@ -39,6 +39,7 @@ import { type Logger, systemClock } from "../ports/runtime.ts";
 import { CountingLlm } from "./counting-llm.ts";
 import { ENV, type LambdaEnv, readLambdaEnv } from "./env.ts";
 import { FaultyQueue, faultsFromEnv } from "./faults.ts";
+import { GatheredSends } from "./gathered-sends.ts";
 
 const claimOf = (config: LambdaEnv): { claimMs?: number } => {
   const claimMs = config[ENV.claimMs];
@@ -157,6 +158,8 @@ function governedByTable(
   );
 }
 
+/** The longest a record's next-stage messages wait for the other records' to go in one SQS batch (GatheredSends). */
+const GATHER_SENDS_MS = 2_000;
 /** The longest a message waits for rate budget before it looks again. */
 const BUDGET_RECHECK_MAX_SECONDS = 30;
 /** Message attribute of a delayed copy: how many times in a row the message found no rate budget. */
@@ -322,7 +325,12 @@ export function makeSqsHandler<S extends z.ZodType<Message>>(
   type Outcomes = Map<string, number>;
   const count = (outcomes: Outcomes, outcome: string) =>
     outcomes.set(outcome, (outcomes.get(outcome) ?? 0) + 1);
-  const recordHandler = async (record: SQSRecord, context: Context, outcomes: Outcomes) => {
+  const recordHandler = async (
+    record: SQSRecord,
+    context: Context,
+    outcomes: Outcomes,
+    sends: GatheredSends,
+  ) => {
     const attempt = Number(record.attributes.ApproximateReceiveCount) || 1;
     try {
       const messages = toMessages(record);
@@ -332,7 +340,7 @@ export function makeSqsHandler<S extends z.ZodType<Message>>(
         // One receive of one message: a receipt handle is new on every receive.
         const receive = createHash("sha256").update(record.receiptHandle).digest("hex").slice(0, 16);
         const result = await runStage(message, attempt, stageDeps, `${record.messageId}#${receive}`);
-        await deps.queue.send(result.next);
+        await sends.send(result.next);
         logger.debug("stage done", {
           messageId: record.messageId,
           outcome: result.outcome,
@@ -355,6 +363,8 @@ export function makeSqsHandler<S extends z.ZodType<Message>>(
       });
       await delayRetry(record, error, attempt);
       throw error;
+    } finally {
+      sends.finished();
     }
   };
 
@@ -362,6 +372,7 @@ export function makeSqsHandler<S extends z.ZodType<Message>>(
     logger.addContext(context);
     const before = { ...llm.totals };
     const outcomes: Outcomes = new Map();
+    const sends = new GatheredSends(deps.queue, event.Records.length, GATHER_SENDS_MS);
     let failed: number | null = null;
     try {
       // One processor per invocation: it keeps the batch's successes and failures as state, and invocations
@@ -369,7 +380,7 @@ export function makeSqsHandler<S extends z.ZodType<Message>>(
       // it, or one invocation's failures are wiped by another's and their messages deleted as done.
       const response = await processPartialResponse(
         event,
-        (record: SQSRecord) => recordHandler(record, context, outcomes),
+        (record: SQSRecord) => recordHandler(record, context, outcomes, sends),
         new BatchProcessor(EventType.SQS),
         {
           context,

@@ -161,6 +161,9 @@ describe("DynamoRateGovernor", () => {
       cutAt: 0,
       grownAt: clock.now(),
       pausedUntil: 0,
+      // Both calls were admitted at the same instant: nothing has faded yet.
+      recentTokens: 60_000,
+      recentAt: clock.now(),
       expiresAt: Math.floor(clock.now() / 1000) + 86_400,
     });
   });
@@ -414,7 +417,7 @@ describe("DynamoRateGovernor", () => {
     expect(calls).toEqual([]);
   });
 
-  it("believes headers that report a lower limit or less remaining, never more", async () => {
+  it("believes headers that report a lower limit or less remaining", async () => {
     const clock = new FakeClock();
     const { doc, calls } = countingClient();
     const g = governor(uniqueName("m"), clock, {
@@ -425,7 +428,7 @@ describe("DynamoRateGovernor", () => {
     await g.acquire({ tokens: 120 });
     calls.length = 0;
     await g.observeHeaders({ remainingTokens: 20_000, remainingRequests: 500, limitTokens: 20_000 });
-    // Nothing lower than this governor last saw: no call.
+    // Nothing lower than this governor last saw, and the bucket is all but full: no call.
     expect(calls).toEqual([]);
     expect(await g.state()).toMatchObject({
       tokensAvailable: 9880,
@@ -440,6 +443,45 @@ describe("DynamoRateGovernor", () => {
     clock.advance(30_000);
     // Refilled at the provider's 6000 a minute, not the 10 000 configured.
     expect((await g.state())?.tokensAvailable).toBeCloseTo(3000, 5);
+  });
+
+  it("raises the tokens to headers that report more, less what every governor admitted lately", async () => {
+    const clock = new FakeClock();
+    const { doc, calls } = countingClient();
+    const model = uniqueName("m");
+    const g = governor(model, clock, { client: doc, tokensPerMinute: 10_000 });
+    const other = governor(model, clock, { tokensPerMinute: 10_000 });
+    await g.acquire({ tokens: 5000 });
+    await other.acquire({ tokens: 3000 });
+    calls.length = 0;
+    // 9000 left by the provider's count, but 8000 were admitted just now and may not be charged yet: the
+    // item's 2000 stand.
+    await g.observeHeaders({ remainingTokens: 9000, remainingRequests: null });
+    expect((await g.state())?.tokensAvailable).toBe(2000);
+    // 30 s on: refilled to 7000, and what was admitted has faded to 8000 / e^3.
+    clock.advance(30_000);
+    const faded = 8000 * Math.exp(-3);
+    calls.length = 0;
+    await g.observeHeaders({ remainingTokens: 7200, remainingRequests: null });
+    // 7200 less the faded 398 is less than 7000: nothing to do, and this governor's view showed it.
+    expect(calls).toEqual([]);
+    await g.observeHeaders({ remainingTokens: 10_000, remainingRequests: null });
+    expect((await g.state())?.tokensAvailable).toBeCloseTo(10_000 - faded, 5);
+    expect(calls).toEqual(["Get", "Update", "Get"]);
+    // The other governor's next call sees the raised budget.
+    await other.acquire({ tokens: 9000 });
+    expect((await other.state())?.tokensAvailable).toBeCloseTo(1000 - faded, 5);
+
+    // A gap under 5% of the capacity (500) is not worth a write.
+    await g.acquire({ tokens: 0 });
+    clock.advance(2_000);
+    const level = 1000 - faded + 2000 / 6;
+    const recent = (faded + 9000) * Math.exp(-0.2);
+    calls.length = 0;
+    await g.observeHeaders({ remainingTokens: level + recent + 400, remainingRequests: null });
+    expect(calls).toEqual([]);
+    await g.observeHeaders({ remainingTokens: level + recent + 600, remainingRequests: null });
+    expect((await g.state())?.tokensAvailable).toBeCloseTo(level + 600, 5);
   });
 
   it("paces GovernedLlm: the answered call costs two writes and no read", async () => {

@@ -64,6 +64,9 @@ const RateItem = z.object({
   tokenLimit: z.number().positive().optional(),
   requestLevel: z.number().optional(),
   requestLimit: z.number().positive().optional(),
+  // Absent in items written before the upward step: nothing admitted recently, as far as they tell.
+  recentTokens: z.number().nonnegative().optional(),
+  recentAt: z.number().optional(),
 });
 
 /** One budget as stored: `level` as of `refilledAt` (not yet refilled), `limit` per minute before the factor. */
@@ -83,6 +86,9 @@ interface RateState {
   readonly pausedUntil: number;
   readonly tokens: Level | null;
   readonly requests: Level | null;
+  /** Tokens admitted lately by every governor, decaying (see RECENT_WINDOW_MS), as of `recentAt`. */
+  readonly recentTokens: number;
+  readonly recentAt: number;
 }
 
 /**
@@ -98,6 +104,21 @@ interface RateState {
  * limit, as computed, not measured.)
  */
 const ARRIVAL_LEAD_MS = 6_000;
+
+/**
+ * What the shared item knows of the calls in flight: it cannot list them (a container that crashed never
+ * settles its own), so it keeps the tokens every governor admitted, each fading by e every RECENT_WINDOW_MS.
+ * At a steady rate that is about this window's worth of admissions, more than the calls in flight while a call
+ * takes less; a call that takes longer is still more prompt than completion, and only its completion is
+ * missing from a provider's remaining count. It lets the headers raise the budget (see raiseToHeaders).
+ */
+const RECENT_WINDOW_MS = 10_000;
+
+/**
+ * The headers raise a bucket only when they leave this share of its capacity more than the item has: a raise
+ * is a read and a write, worth it for a real gap, not for the noise of calls in flight.
+ */
+const RAISE_MARGIN = 0.05;
 
 type BucketName = "token" | "request";
 const BUCKETS = [
@@ -118,6 +139,10 @@ const BUCKETS = [
  * an invocation. Until then only this governor counts it, so others see a little less budget, never more.
  * Growth (`succeeded`) only moves the factor, conditional on the factor and growth time it read: when
  * another governor grew it first, that one covered the time.
+ *
+ * The provider's headers lower the budget whenever they report less. They raise it too, when they report more
+ * than the item has, less everything admitted lately (see RECENT_WINDOW_MS): a provider whose limiter charges
+ * a call the tokens it used, not its prompt plus max_tokens, leaves more than the item counts.
  */
 export class DynamoRateGovernor implements Governor {
   readonly #client: DynamoDBDocumentClient;
@@ -266,15 +291,17 @@ export class DynamoRateGovernor implements Governor {
 
   /**
    * The provider knows best: when it reports a lower limit or less left than the item says, the item takes
-   * it. Skipped without a call when this governor's last view of the item already shows as little.
+   * it; when it reports more than the item has plus everything admitted lately, the item takes that (see
+   * raiseToHeaders). Skipped without a call when this governor's last view of the item calls for neither.
    */
   observeHeaders(snapshot: RemainingSnapshot): Promise<void> {
-    const lower = (state: RateState): RateState | null => lowerToHeaders(state, snapshot);
+    const change = (state: RateState): RateState | null =>
+      lowerToHeaders(state, snapshot) ?? raiseToHeaders(state, snapshot);
     return this.#serially(async () => {
       const known = this.#known;
-      if (known !== null && lower(advance(known, this.#clock.now())) === null) return;
+      if (known !== null && change(advance(known, this.#clock.now())) === null) return;
       // Advisory: when other governors keep the item busy, the next response brings fresh headers anyway.
-      await this.#modify((state) => lower(state));
+      await this.#modify((state) => change(state));
     });
   }
 
@@ -431,6 +458,8 @@ export class DynamoRateGovernor implements Governor {
       pausedUntil: item.pausedUntil,
       tokens: level(this.#tokensPerMinute, item.tokenLevel, item.tokenLimit),
       requests: level(this.#requestsPerMinute, item.requestLevel, item.requestLimit),
+      recentTokens: item.recentTokens ?? 0,
+      recentAt: item.recentAt ?? item.refilledAt,
     };
   }
 
@@ -447,6 +476,8 @@ export class DynamoRateGovernor implements Governor {
       pausedUntil: 0,
       tokens: full(this.#tokensPerMinute),
       requests: full(this.#requestsPerMinute),
+      recentTokens: 0,
+      recentAt: now,
     };
   }
 
@@ -460,6 +491,8 @@ export class DynamoRateGovernor implements Governor {
       cutAt: state.cutAt,
       grownAt: state.grownAt,
       pausedUntil: state.pausedUntil,
+      recentTokens: state.recentTokens,
+      recentAt: state.recentAt,
       [TABLE_SCHEMA.ttlAttribute]: this.#expiresAt(state.refilledAt),
     };
     for (const [name, field] of BUCKETS) {
@@ -504,7 +537,15 @@ export class DynamoRateGovernor implements Governor {
       names[`#${field}`] = field;
       values[`:${field}`] = value;
     };
-    for (const field of ["refilledAt", "factor", "cutAt", "grownAt", "pausedUntil"] as const) {
+    for (const field of [
+      "refilledAt",
+      "factor",
+      "cutAt",
+      "grownAt",
+      "pausedUntil",
+      "recentTokens",
+      "recentAt",
+    ] as const) {
       if (next[field] !== read[field]) set(field, next[field]);
     }
     for (const [name, field] of BUCKETS) {
@@ -631,7 +672,7 @@ function addToLevels(state: RateState, deltas: Readonly<Partial<Record<BucketNam
   };
 }
 
-/** The state refilled to `now` (never backwards, should another Lambda's clock run ahead). */
+/** The state refilled to `now` (never backwards, should another Lambda's clock run ahead), its recent tokens faded. */
 function advance(state: RateState, now: number): RateState {
   const refill = (bucket: Level | null): Level | null =>
     bucket === null
@@ -643,11 +684,14 @@ function advance(state: RateState, now: number): RateState {
             refilledLevel(bucket.level, capacity(state, bucket), now - state.refilledAt),
           ),
         };
+  const recentAt = Math.max(state.recentAt, now);
   return {
     ...state,
     refilledAt: Math.max(state.refilledAt, now),
     tokens: refill(state.tokens),
     requests: refill(state.requests),
+    recentTokens: state.recentTokens * Math.exp(-(recentAt - state.recentAt) / RECENT_WINDOW_MS),
+    recentAt,
   };
 }
 
@@ -661,7 +705,12 @@ function capLevels(state: RateState): RateState {
 function take(state: RateState, tokens: number): RateState {
   const minus = (bucket: Level | null, cost: number): Level | null =>
     bucket === null ? null : { ...bucket, level: bucket.level - cost };
-  return { ...state, tokens: minus(state.tokens, tokens), requests: minus(state.requests, 1) };
+  return {
+    ...state,
+    tokens: minus(state.tokens, tokens),
+    requests: minus(state.requests, 1),
+    recentTokens: state.recentTokens + tokens,
+  };
 }
 
 /** `state` (refilled to now) lowered to what the headers report, or null when they report nothing lower. */
@@ -686,6 +735,21 @@ function lowerToHeaders(state: RateState, snapshot: RemainingSnapshot): RateStat
     requests: lower(state.requests, snapshot.limitRequests ?? null, snapshot.remainingRequests),
   };
   return changed ? next : null;
+}
+
+/**
+ * `state` (refilled to now) with its token level raised to what the headers report less everything admitted
+ * lately, or null when that is not RAISE_MARGIN of the capacity more than it has. Calls admitted but not yet
+ * charged by the provider are among those admitted lately, so the item never holds more than the provider
+ * would allow once they are. Requests are not raised: every provider counts a request the same.
+ */
+function raiseToHeaders(state: RateState, snapshot: RemainingSnapshot): RateState | null {
+  const bucket = state.tokens;
+  const remaining = snapshot.remainingTokens;
+  if (bucket === null || remaining === null) return null;
+  const target = Math.min(ceiling(state, bucket), remaining - state.recentTokens);
+  if (target - bucket.level <= RAISE_MARGIN * capacity(state, bucket)) return null;
+  return { ...state, tokens: { ...bucket, level: target } };
 }
 
 const isConditionFailed = (error: unknown): boolean =>
