@@ -13,7 +13,7 @@ import type { Llm } from "../functions/ports/llm.ts";
 import type { Logger } from "../functions/ports/runtime.ts";
 import { type Progress, runLocal } from "../functions/runtime/local.ts";
 import { RunDirectoryBusyError } from "../functions/runtime/run-lock.ts";
-import { positiveInt } from "./commands/arguments.ts";
+import { concurrencyArg, positiveInt } from "./commands/arguments.ts";
 import { registerStatusCommands } from "./commands/register.ts";
 
 const anyInt = (value: string): number => {
@@ -34,7 +34,7 @@ interface RunFlags {
   out: string;
   run?: string;
   images?: string;
-  concurrency: number;
+  concurrency: number | "auto";
   rounds?: number;
   model?: string;
   judgeModel?: string;
@@ -289,7 +289,12 @@ program
   .option("-o, --out <dir>", "output directory", "out/mmevol")
   .option("--run <name>", "run name (default: the output directory's name)")
   .option("--images <dir>", "directory that image paths resolve under (default: the first shard's directory)")
-  .option("-c, --concurrency <n>", "LLM calls in flight", positiveInt, 8)
+  .option(
+    "-c, --concurrency <n|auto>",
+    "LLM calls in flight at most; auto: sized from the model's rate limit and its calls' latency (8 until both are known, at most 128)",
+    concurrencyArg,
+    "auto" as const,
+  )
   .option("-r, --rounds <n>", "evolution rounds (default 3)", positiveInt)
   .option("-m, --model <name>", "model for evolving and judging (default gpt-4o-mini)")
   .option("--judge-model <name>", "a different model for the judge")

@@ -30,6 +30,7 @@ import type { Llm } from "../ports/llm.ts";
 import { Message, type Stage, type WorkQueue } from "../ports/messages.ts";
 import { type Clock, type Logger, silentLogger, systemClock } from "../ports/runtime.ts";
 import { emptyStatusCounts, type SampleStatus } from "../ports/state-store.ts";
+import { CallPacing } from "./call-pacing.ts";
 import { CountingLlm, type LlmTotals } from "./counting-llm.ts";
 import { FaultyQueue, faultsFromEnv } from "./faults.ts";
 import { withRunLock } from "./run-lock.ts";
@@ -42,7 +43,11 @@ export interface LocalRunOptions {
   readonly run: string;
   /** Directory that image paths resolve under; the first shard's directory by default. */
   readonly images?: string;
-  readonly concurrency: number;
+  /**
+   * Calls in flight at most: a number, or "auto" to size it from each model's rate limit and how long its
+   * calls take (CallPacing: 8 until both are known, at most 128).
+   */
+  readonly concurrency: number | "auto";
   readonly config: RunConfigInput;
   readonly llm: Llm;
   readonly logger?: Logger;
@@ -138,7 +143,14 @@ async function runLocked(options: LocalRunOptions, out: string, started: number)
   const state = new SqliteStateStore(join(out, ".mmevol", "state.sqlite"));
   // This process is the only one on this state (the lock): claims left by a killed run hold nothing any more.
   state.releaseAllClaims();
-  const llm = new CountingLlm(governed(options.llm, options.rateLimit), {});
+  // Inside the governor, so the time a call waits for budget is not taken for its latency.
+  const pacing = new CallPacing(options.llm);
+  const governors = new Map<string, RateGovernor>();
+  const llm = new CountingLlm(governed(pacing, options.rateLimit, governors), {});
+  const concurrency = (): number =>
+    options.concurrency === "auto"
+      ? pacing.concurrency((model) => governors.get(model)?.knownLimits() ?? null)
+      : Math.max(1, options.concurrency);
   const config = { ...options.config, imageRoot: "images" };
   const queues = new MemoryQueues({
     visibilityTimeoutMs: 15 * 60_000,
@@ -284,10 +296,22 @@ async function runLocked(options: LocalRunOptions, out: string, started: number)
           queues.release(kind, received.id, backoff);
         } finally {
           busy -= 1;
+          // A call just ended: with "auto", what it took may call for more workers.
+          spawn();
         }
       }
     };
-    const drain = () => Promise.all(Array.from({ length: Math.max(1, options.concurrency) }, worker));
+    const workers = new Set<Promise<void>>();
+    const spawn = () => {
+      while (!stop && workers.size < concurrency()) {
+        const running: Promise<void> = worker().finally(() => workers.delete(running));
+        workers.add(running);
+      }
+    };
+    const drain = async () => {
+      spawn();
+      while (workers.size > 0) await Promise.all(workers);
+    };
     await drain();
     // Batch mode: the queues are idle, so every sample that waits for an answer has queued its request. Submit
     // them, poll with backoff, apply the answers, run the stages they bring back; until nothing waits.
@@ -394,18 +418,22 @@ async function runLocked(options: LocalRunOptions, out: string, started: number)
  * Limits not given (`--tpm`, `--rpm`, each model's) are learned from the provider's `x-ratelimit-limit-*`
  * headers; a server that sends none is not paced, only paused after a 429.
  */
-function governed(inner: Llm, rateLimit: LocalRunOptions["rateLimit"]): Llm {
-  return new GovernedPerModel(
-    inner,
-    () =>
-      new RateGovernor({
-        learnLimits: true,
-        ...(rateLimit?.tokensPerMinute === undefined ? {} : { tokensPerMinute: rateLimit.tokensPerMinute }),
-        ...(rateLimit?.requestsPerMinute === undefined
-          ? {}
-          : { requestsPerMinute: rateLimit.requestsPerMinute }),
-      }),
-  );
+function governed(
+  inner: Llm,
+  rateLimit: LocalRunOptions["rateLimit"],
+  governors: Map<string, RateGovernor>,
+): Llm {
+  return new GovernedPerModel(inner, (model) => {
+    const governor = new RateGovernor({
+      learnLimits: true,
+      ...(rateLimit?.tokensPerMinute === undefined ? {} : { tokensPerMinute: rateLimit.tokensPerMinute }),
+      ...(rateLimit?.requestsPerMinute === undefined
+        ? {}
+        : { requestsPerMinute: rateLimit.requestsPerMinute }),
+    });
+    governors.set(model, governor);
+    return governor;
+  });
 }
 
 function retryAfterOf(error: unknown): number | null {

@@ -19,10 +19,14 @@ import { limiterCharge, parseTokenCharge, steadyUse } from "../helpers/rate-wind
 
 const { values } = parseArgs({
   options: {
-    /** Default: 200 at 700,000 tokens/min, scaled to the limit (benchSamples). */
+    /**
+     * Default: 320 at 700,000 tokens/min, scaled to the limit (benchSamples): a steady window of about 90 s
+     * after the run's calls in flight have grown to the limit's (auto concurrency starts at 8).
+     */
     samples: { type: "string" },
     rounds: { type: "string", default: "1" },
-    concurrency: { type: "string", default: "32" },
+    /** "auto" sizes it from the limit and the calls' latency, as `mmevol run` does by default; or a number. */
+    concurrency: { type: "string", default: "auto" },
     /** The limit: the simulator's (default 700000), or a foreign server's when its headers do not say. */
     tpm: { type: "string" },
     // The limit the governor is told, when it differs from the simulator's (shows AIMD and the headers at work);
@@ -36,11 +40,11 @@ const { values } = parseArgs({
   },
 });
 const rounds = Number(values.rounds);
-const concurrency = Number(values.concurrency);
+const concurrency = values.concurrency === "auto" ? "auto" : Number(values.concurrency);
 const model = values.model;
 const endpoint = foreignEndpoint(values["base-url"]);
 const tpm = await benchTokenLimit(values.tpm, endpoint, model, 700_000);
-const samples = benchSamples(values.samples, tpm, { samples: 200, tpm: 700_000 });
+const samples = benchSamples(values.samples, tpm, { samples: 320, tpm: 700_000 });
 const assumedTpm = values["assume-tpm"] === undefined ? tpm : Number(values["assume-tpm"]);
 const tokenCharge = parseTokenCharge(values["token-charge"]);
 
@@ -59,6 +63,9 @@ interface Call {
 /** Notes when each call went out and what the limiter charged it; passes the rate-limit headers on. */
 class MeteringLlm implements Llm {
   readonly calls: Call[] = [];
+  /** The most calls that were in flight at once. */
+  peakInFlight = 0;
+  #inFlight = 0;
   readonly #inner: OpenAiLlm;
   constructor(inner: OpenAiLlm) {
     this.#inner = inner;
@@ -78,6 +85,8 @@ class MeteringLlm implements Llm {
         maxTokens,
         promptTokens: usage.promptTokens,
       });
+    this.#inFlight += 1;
+    this.peakInFlight = Math.max(this.peakInFlight, this.#inFlight);
     try {
       const response = await this.#inner.complete(request);
       answered(response.usage, "ok");
@@ -91,6 +100,8 @@ class MeteringLlm implements Llm {
       const status = is429 ? "429" : "error";
       this.calls.push({ startedAt, charged: 0, status, schemaName, maxTokens, promptTokens: 0 });
       throw error;
+    } finally {
+      this.#inFlight -= 1;
     }
   }
 }
@@ -145,6 +156,7 @@ try {
     samples,
     rounds,
     concurrency,
+    peakCallsInFlight: meter.peakInFlight,
     tokensPerMinute: tpm,
     tokenCharge,
     governorTokensPerMinute: assumedTpm,
@@ -183,6 +195,7 @@ try {
     "evolve max_tokens sent, median": figures.evolveMedianMaxTokensSent,
     "evolve calls per limit vs a flat cap (computed)": `${figures.evolveCallsPerLimitGain}x`,
     "answers cut at a sized max_tokens": figures.cutAtSizedMaxTokens,
+    [`calls in flight, most at once (concurrency ${concurrency})`]: figures.peakCallsInFlight,
     "total time (s)": figures.totalSeconds,
   });
   if (values.json) writeFileSync(values.json, `${JSON.stringify(figures, null, 2)}\n`);

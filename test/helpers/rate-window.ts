@@ -22,11 +22,17 @@ export interface ChargedCall {
   readonly charged: number;
 }
 
+/** The window opens once the provider's bucket, as the run's charges left it, holds less than this share. */
+const SPENT = 0.1;
+
 /**
- * Tokens per minute over the steady part of a run, as a share of the limit. The provider's limiter starts
- * with a full minute of budget, which a run spends at once; so the window opens once that first minute's
- * worth has gone out (and not before `minStartMs` after the start), and closes at the call by which 90% of
- * the tokens had gone out (the tail runs out of work, not of budget).
+ * Tokens per minute over the steady part of a run, as a share of what the limit allowed in it. The provider's
+ * limiter starts with a full minute of budget and refills it at the limit; replaying the run's charges on such
+ * a bucket tells when that first minute was spent (at once with many calls in flight, over half a minute when
+ * the run starts with few and grows). The window opens at the first call, `minStartMs` or more after the
+ * start, that leaves the bucket under a tenth full (or at the first one after `minStartMs` if none does), and
+ * closes at the call by which 90% of the tokens had gone out (the tail runs out of work, not of budget). What
+ * the limit allowed in it: its refill over the window plus what the bucket still held when it opened.
  */
 export function steadyUse(
   calls: readonly ChargedCall[],
@@ -37,24 +43,34 @@ export function steadyUse(
   const sorted = [...calls].sort((a, b) => a.at - b.at);
   const total = sorted.reduce((sum, c) => sum + c.charged, 0);
   let cumulative = 0;
-  let burstSpentAt = started;
   let tailAt = started;
+  let level = tokensPerMinute;
+  let levelAt = started;
+  let opened: { at: number; level: number } | null = null;
+  let firstAfterStart: { at: number; level: number } | null = null;
   for (const call of sorted) {
-    const before = cumulative;
+    level =
+      Math.min(tokensPerMinute, level + ((call.at - levelAt) * tokensPerMinute) / 60_000) - call.charged;
+    levelAt = call.at;
+    if (call.at >= started + minStartMs) {
+      const here = { at: call.at, level: Math.max(0, level) };
+      firstAfterStart ??= here;
+      if (opened === null && level < SPENT * tokensPerMinute) opened = here;
+    }
     cumulative += call.charged;
-    if (before < tokensPerMinute && cumulative >= tokensPerMinute) burstSpentAt = call.at;
     if (cumulative >= 0.9 * total) {
       tailAt = call.at;
       break;
     }
   }
-  const from = Math.max(started + minStartMs, burstSpentAt);
-  const inWindow = sorted.filter((c) => c.at > from && c.at <= tailAt);
+  const start = opened ?? firstAfterStart ?? { at: tailAt, level: 0 };
+  const inWindow = sorted.filter((c) => c.at > start.at && c.at <= tailAt);
   const tokens = inWindow.reduce((sum, c) => sum + c.charged, 0);
-  const minutes = (tailAt - from) / 60_000;
+  const minutes = (tailAt - start.at) / 60_000;
+  const allowed = tokensPerMinute * minutes + start.level;
   return {
     windowSeconds: +(minutes * 60).toFixed(1),
     tokensPerMinute: minutes > 0 ? Math.round(tokens / minutes) : 0,
-    useOfLimit: minutes > 0 ? +(tokens / (tokensPerMinute * minutes)).toFixed(3) : Number.NaN,
+    useOfLimit: minutes > 0 ? +(tokens / allowed).toFixed(3) : Number.NaN,
   };
 }

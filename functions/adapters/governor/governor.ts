@@ -11,6 +11,12 @@ export interface RemainingSnapshot {
   readonly limitRequests?: number | null;
 }
 
+/** The per-minute limits a budget paces, as its governor knows them now (null: not known, not paced). */
+export interface KnownLimits {
+  readonly tokensPerMinute: number | null;
+  readonly requestsPerMinute: number | null;
+}
+
 /** Budget taken for one call; settle it once with what the provider actually charged. */
 export interface Reservation {
   readonly tokens: number;

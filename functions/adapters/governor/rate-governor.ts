@@ -1,5 +1,10 @@
 import { bucketCapacity, refilledLevel, refillWaitMs } from "./bucket-math.ts";
-import type { Governor, Reservation as GovernorReservation, RemainingSnapshot } from "./governor.ts";
+import type {
+  Governor,
+  Reservation as GovernorReservation,
+  KnownLimits,
+  RemainingSnapshot,
+} from "./governor.ts";
 
 /** Time and timers for the governor; injected so tests can drive a fake clock. */
 export interface GovernorClock {
@@ -138,6 +143,14 @@ export class RateGovernor implements Governor {
   /** Whether a tokens-per-minute budget is paced, so requests need a token estimate. */
   countsTokens(): boolean {
     return this.#tokens !== null;
+  }
+
+  /** The rates it paces now (the limits, given or learned, times the AIMD factor); null for one not paced. */
+  knownLimits(): KnownLimits {
+    return {
+      tokensPerMinute: this.#tokens?.capacity ?? null,
+      requestsPerMinute: this.#requests?.capacity ?? null,
+    };
   }
 
   /** Resolves once both budgets allow `estimate.tokens` and one request, with the budget taken. */
