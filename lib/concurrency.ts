@@ -1,3 +1,5 @@
+import { callsInFlight } from "../functions/adapters/governor/bucket-math.ts";
+
 /** The model provider's rate limits for one API key. */
 export interface RateLimits {
   readonly tokensPerMinute: number;
@@ -37,12 +39,10 @@ export function stageConcurrency(limits: RateLimits, call: CallProfile): number 
       "tokensPerCall and secondsPerCall must be positive and batchSize a positive integer",
     );
   }
-  const tokensPerSecond = (limits.tokensPerMinute / 60) * share;
-  const requestsPerSecond = (limits.requestsPerMinute / 60) * share;
-  const callsInFlight = Math.min(
-    (tokensPerSecond * call.secondsPerCall) / call.tokensPerCall,
-    requestsPerSecond * call.secondsPerCall,
+  const inFlight = callsInFlight(
+    { tokensPerMinute: limits.tokensPerMinute * share, requestsPerMinute: limits.requestsPerMinute * share },
+    call,
   );
-  const invocations = Math.floor(callsInFlight / batchSize);
+  const invocations = Math.floor(inFlight / batchSize);
   return Math.min(MAX_CONCURRENCY, Math.max(MIN_CONCURRENCY, invocations));
 }

@@ -1,3 +1,4 @@
+import { callsInFlight } from "../adapters/governor/bucket-math.ts";
 import { lastRateLimitOf, type ReportsRateLimit } from "../adapters/governor/governed-llm.ts";
 import type { KnownLimits, RemainingSnapshot } from "../adapters/governor/governor.ts";
 import type { Llm, LlmRequest, LlmResponse } from "../ports/llm.ts";
@@ -15,14 +16,12 @@ interface ModelPace {
   /** Running averages of the answered calls: ms from sending to the answer, and the tokens a call reserves. */
   latencyMs: number;
   tokens: number;
-  calls: number;
 }
 
 /**
- * `--concurrency auto`: how many calls a local run keeps in flight, sized like the stack sizes its Lambdas
- * (lib/concurrency.ts) but from what the calls so far took: per model, in flight = its limit per second x
- * seconds per call / tokens per call (or its requests per second x seconds per call, when tighter), twice
- * over; summed over the models, between AUTO_MIN_CONCURRENCY and AUTO_MAX_CONCURRENCY. The rate governor
+ * `--concurrency auto`: how many calls a local run keeps in flight, sized by the stack's formula for its
+ * Lambdas (callsInFlight) but from what the calls so far took: per model, the calls in flight its limits
+ * allow at its average latency and tokens per call, twice over; summed over the models, between AUTO_MIN_CONCURRENCY and AUTO_MAX_CONCURRENCY. The rate governor
  * paces whatever this lets through, so too many costs only waiting calls, and too few leaves budget unused.
  * Wraps the model inside the governor, so the time a call waits for budget is not counted as its latency.
  */
@@ -46,11 +45,10 @@ export class CallPacing implements Llm, ReportsRateLimit {
     // What the call held of the budget: its prompt as billed plus its max_tokens.
     const tokens = response.usage.promptTokens + request.maxTokens;
     const pace = this.#paces.get(request.model);
-    if (pace === undefined) this.#paces.set(request.model, { latencyMs, tokens, calls: 1 });
+    if (pace === undefined) this.#paces.set(request.model, { latencyMs, tokens });
     else {
       pace.latencyMs += ALPHA * (latencyMs - pace.latencyMs);
       pace.tokens += ALPHA * (tokens - pace.tokens);
-      pace.calls += 1;
     }
     return response;
   }
@@ -61,16 +59,10 @@ export class CallPacing implements Llm, ReportsRateLimit {
     for (const [model, pace] of this.#paces) {
       const limits = limitsOf(model);
       if (limits === null) continue;
-      const seconds = pace.latencyMs / 1000;
-      const byTokens =
-        limits.tokensPerMinute === null || pace.tokens <= 0
-          ? Number.POSITIVE_INFINITY
-          : ((limits.tokensPerMinute / 60) * seconds) / pace.tokens;
-      const byRequests =
-        limits.requestsPerMinute === null
-          ? Number.POSITIVE_INFINITY
-          : (limits.requestsPerMinute / 60) * seconds;
-      const inFlight = Math.min(byTokens, byRequests);
+      const inFlight = callsInFlight(limits, {
+        tokensPerCall: pace.tokens,
+        secondsPerCall: pace.latencyMs / 1000,
+      });
       if (Number.isFinite(inFlight)) total += HEADROOM * inFlight;
     }
     return Math.min(AUTO_MAX_CONCURRENCY, Math.max(AUTO_MIN_CONCURRENCY, Math.ceil(total)));

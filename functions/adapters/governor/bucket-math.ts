@@ -23,3 +23,24 @@ export function refillWaitMs(cost: number, level: number, capacity: number): num
   const need = Math.min(cost, capacity);
   return need <= level ? 0 : ((need - level) * MS_PER_MINUTE) / capacity;
 }
+
+/**
+ * Calls in flight that keep a per-minute budget busy: its tokens per second x seconds per call / tokens per
+ * call, or its requests per second x seconds per call when that is fewer. A limit that is null (not paced), or a
+ * call of no tokens, does not bind; with neither binding the answer is Infinity. The stack sizes its Lambdas by
+ * it (lib/concurrency.ts), a local run its calls in flight (CallPacing).
+ */
+export function callsInFlight(
+  limits: { readonly tokensPerMinute: number | null; readonly requestsPerMinute: number | null },
+  call: { readonly tokensPerCall: number; readonly secondsPerCall: number },
+): number {
+  const byTokens =
+    limits.tokensPerMinute === null || !(call.tokensPerCall > 0)
+      ? Number.POSITIVE_INFINITY
+      : ((limits.tokensPerMinute / 60) * call.secondsPerCall) / call.tokensPerCall;
+  const byRequests =
+    limits.requestsPerMinute === null
+      ? Number.POSITIVE_INFINITY
+      : (limits.requestsPerMinute / 60) * call.secondsPerCall;
+  return Math.min(byTokens, byRequests);
+}
