@@ -152,10 +152,9 @@ describe("DynamoRateGovernor", () => {
       pk: `RATE#${model}`,
       sk: "RATE",
       version: 2,
+      // No limits: the item stores only those the headers report below the configuration's.
       tokenLevel: 0,
-      tokenLimit: 60_000,
       requestLevel: 998,
-      requestLimit: 1000,
       refilledAt: clock.now(),
       factor: 1,
       cutAt: 0,
@@ -443,6 +442,37 @@ describe("DynamoRateGovernor", () => {
     clock.advance(30_000);
     // Refilled at the provider's 6000 a minute, not the 10 000 configured.
     expect((await g.state())?.tokensAvailable).toBeCloseTo(3000, 5);
+  });
+
+  it("holds a limit learned from the headers only while they report it, and never a configured one", async () => {
+    const clock = new FakeClock();
+    const model = uniqueName("m");
+    const before = governor(model, clock, { tokensPerMinute: 10_000 });
+    await before.acquire({ tokens: 100 });
+    // Redeployed with a higher limit (a tier upgrade) while the item is in use: the new limit holds.
+    const after = governor(model, clock, { tokensPerMinute: 50_000 });
+    clock.advance(60_000);
+    expect(await after.state()).toMatchObject({ tokenLimit: 50_000, tokensAvailable: 50_000 });
+    // The provider says 20 000: learned, and stored for every governor...
+    await after.observeHeaders({ remainingTokens: null, remainingRequests: null, limitTokens: 20_000 });
+    expect(await governor(model, clock, { tokensPerMinute: 50_000 }).state()).toMatchObject({
+      tokenLimit: 20_000,
+    });
+    // ...until it reports more: taken again, up to the configured limit.
+    await after.observeHeaders({ remainingTokens: null, remainingRequests: null, limitTokens: 80_000 });
+    expect(await after.state()).toMatchObject({ tokenLimit: 50_000 });
+  });
+
+  it("lowers to the headers with its unwritten refunds counted, not added on top", async () => {
+    const clock = new FakeClock();
+    const g = governor(uniqueName("m"), clock, { tokensPerMinute: 100_000 });
+    const cancelled = await g.acquire({ tokens: 50_000 });
+    // Never sent (its claim was refused, say): the refund waits for this governor's next write.
+    await cancelled.settle(0, false);
+    await g.observeHeaders({ remainingTokens: 10_000, remainingRequests: null });
+    expect((await g.state())?.tokensAvailable).toBe(10_000);
+    await g.flush();
+    expect((await g.state())?.tokensAvailable).toBe(10_000);
   });
 
   it("raises the tokens to headers that report more, less what every governor admitted lately", async () => {

@@ -153,6 +153,22 @@ describe("RateGovernor", () => {
     expect(governor.state().factor).toBe(1);
   });
 
+  it("a 429's refund does not let a queued call through the pause it starts", async () => {
+    const clock = new FakeClock();
+    const governor = new RateGovernor({ tokensPerMinute: 1000, clock });
+    const first = await governor.acquire({ tokens: 1000 });
+    const waiter = resolvedYet(governor.acquire({ tokens: 500 }));
+    await flush();
+    expect(waiter()).toBe(false);
+    governor.rateLimited(first, 5000);
+    await flush();
+    expect(governor.state().pausedUntil).toBe(5000);
+    // The refund fits the waiter, but the provider asked for 5 s.
+    expect(waiter()).toBe(false);
+    await clock.advance(5000);
+    expect(waiter()).toBe(true);
+  });
+
   it("never cuts below 10% of the limit", async () => {
     const clock = new FakeClock();
     const governor = new RateGovernor({ tokensPerMinute: 1000, clock });

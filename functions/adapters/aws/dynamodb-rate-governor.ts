@@ -73,6 +73,8 @@ const RateItem = z.object({
 interface Level {
   readonly level: number;
   readonly limit: number;
+  /** This governor's configured limit: the most `limit` may be, whatever the headers report. Not stored. */
+  readonly configured: number;
 }
 
 interface RateState {
@@ -230,8 +232,12 @@ export class DynamoRateGovernor implements Governor {
    * call admitted after the last cut cuts again), and every governor pauses for the retry-after.
    */
   async rateLimited(reservation: Reservation | null, retryAfterMs: number | null): Promise<void> {
-    await reservation?.settle(0, false);
-    await this.#serially(() => this.#rateLimited(reservation, retryAfterMs));
+    try {
+      await this.#serially(() => this.#rateLimited(reservation, retryAfterMs));
+    } finally {
+      // Given back only once the pause is written: a refund first would let this container's next calls in.
+      await reservation?.settle(0, false);
+    }
   }
 
   async #rateLimited(reservation: Reservation | null, retryAfterMs: number | null): Promise<void> {
@@ -294,10 +300,20 @@ export class DynamoRateGovernor implements Governor {
    * it; when it reports more than the item has plus everything admitted lately, the item takes that (see
    * raiseToHeaders). Skipped without a call when this governor's last view of the item calls for neither.
    */
-  observeHeaders(snapshot: RemainingSnapshot): Promise<void> {
-    const change = (state: RateState): RateState | null =>
-      lowerToHeaders(state, snapshot) ?? raiseToHeaders(state, snapshot);
+  observeHeaders(reported: RemainingSnapshot): Promise<void> {
     return this.#serially(async () => {
+      // Refunds not yet written ride along with the write (#replace) and land on top of what it sets: the
+      // levels compared and set here leave room for them, so the item ends at what the provider reported.
+      const unwritten = { ...this.#unwritten };
+      const less = (remaining: number | null, refund: number) =>
+        remaining === null ? null : remaining - refund;
+      const snapshot: RemainingSnapshot = {
+        ...reported,
+        remainingTokens: less(reported.remainingTokens, unwritten.token),
+        remainingRequests: less(reported.remainingRequests, unwritten.request),
+      };
+      const change = (state: RateState): RateState | null =>
+        followHeaders(state, snapshot) ?? raiseToHeaders(state, snapshot);
       const known = this.#known;
       if (known !== null && change(advance(known, this.#clock.now())) === null) return;
       // Advisory: when other governors keep the item busy, the next response brings fresh headers anyway.
@@ -444,9 +460,15 @@ export class DynamoRateGovernor implements Governor {
     const item = RateItem.parse(raw);
     const level = (configured: number | null, stored?: number, limit?: number): Level | null => {
       if (configured === null) return null;
+      // The item stores a limit only when the headers reported one below a configuration's: a limit configured
+      // higher since (a tier upgrade, redeployed) holds until the headers report less again.
       const effective = Math.min(configured, limit ?? configured);
       // A bucket this governor has but the item lacks (another configuration made it) starts full.
-      return { limit: effective, level: stored ?? fullLevel(effective, item.factor, this.#headroom) };
+      return {
+        limit: effective,
+        configured,
+        level: stored ?? fullLevel(effective, item.factor, this.#headroom),
+      };
     };
     return {
       headroom: this.#headroom,
@@ -465,7 +487,7 @@ export class DynamoRateGovernor implements Governor {
 
   #fresh(now: number): RateState {
     const full = (limit: number | null): Level | null =>
-      limit === null ? null : { limit, level: fullLevel(limit, 1, this.#headroom) };
+      limit === null ? null : { limit, configured: limit, level: fullLevel(limit, 1, this.#headroom) };
     return {
       headroom: this.#headroom,
       version: 0,
@@ -499,7 +521,8 @@ export class DynamoRateGovernor implements Governor {
       const bucket = state[field];
       if (bucket === null) continue;
       item[`${name}Level`] = bucket.level;
-      item[`${name}Limit`] = bucket.limit;
+      // Never the configured limit itself (see #parse): a configuration raised later would be held to it.
+      if (bucket.limit < bucket.configured) item[`${name}Limit`] = bucket.limit;
     }
     const created =
       (await this.#conditional(
@@ -713,18 +736,24 @@ function take(state: RateState, tokens: number): RateState {
   };
 }
 
-/** `state` (refilled to now) lowered to what the headers report, or null when they report nothing lower. */
-function lowerToHeaders(state: RateState, snapshot: RemainingSnapshot): RateState | null {
+/**
+ * `state` (refilled to now) lowered to what the headers report, or null when they report nothing lower. The
+ * limit they report is taken either way, up to the configured one: a limit learned lower earlier rises again
+ * when the provider raises it.
+ */
+function followHeaders(state: RateState, snapshot: RemainingSnapshot): RateState | null {
   let changed = false;
-  const lower = (bucket: Level | null, limit: number | null, remaining: number | null): Level | null => {
+  const lower = (bucket: Level | null, reported: number | null, remaining: number | null): Level | null => {
     if (bucket === null) return null;
     let next = bucket;
-    if (limit !== null && limit > 0 && limit < next.limit) {
-      next = { limit, level: Math.min(next.level, bucketCapacity(limit, state.factor)) };
+    const limit = reported !== null && reported > 0 ? Math.min(reported, bucket.configured) : next.limit;
+    if (limit !== next.limit) {
+      next = { ...next, limit, level: Math.min(next.level, bucketCapacity(limit, state.factor)) };
       changed = true;
     }
     if (remaining !== null && remaining < next.level) {
-      next = { ...next, level: Math.max(0, remaining) };
+      // Below 0 only by this governor's unwritten refunds (see observeHeaders), which land on it.
+      next = { ...next, level: remaining };
       changed = true;
     }
     return next;

@@ -167,7 +167,6 @@ export class RateGovernor implements Governor {
    * (only calls admitted after the last cut can cut again), and everyone pauses for the retry-after.
    */
   rateLimited(reservation: Reservation | null, retryAfterMs: number | null): void {
-    reservation?.settle(0, false);
     const now = this.#clock.now();
     if (reservation === null || reservation.admittedAt > this.#lastCutAt) {
       this.#setFactor(Math.max(this.#minFactor, this.#factor * this.#decrease), now);
@@ -177,6 +176,8 @@ export class RateGovernor implements Governor {
     this.#pausedUntil = Math.max(this.#pausedUntil, now + pause);
     // Growth restarts after the pause, so the time spent waiting does not count as success.
     this.#lastGrowthAt = Math.max(this.#lastGrowthAt, this.#pausedUntil);
+    // Given back only now: a refund that pumped before the pause was set would admit waiters into the 429.
+    reservation?.settle(0, false);
     this.#pump();
   }
 
