@@ -1,4 +1,4 @@
-import { batchTick, QueuedListings } from "../pipeline/batch.ts";
+import { BatchTickError, batchTick, QueuedListings, SUBMITTING_GRACE_MS } from "../pipeline/batch.ts";
 import { ENV, readLambdaEnv } from "../runtime/env.ts";
 import { createLambdaRuntime } from "../runtime/lambda.ts";
 
@@ -23,12 +23,20 @@ export const handler = async (): Promise<{
   applied: number;
   open: number;
 }> => {
-  const tick = await batchTick(deps, {
+  const options = {
     now: deps.clock.now(),
     settleMs,
     minPollMs,
     maxPollMs: 10 * 60_000,
     listings,
+    // Ticks overlap when one outlasts its minute: a job being submitted is left to its own tick.
+    submittingGraceMs: SUBMITTING_GRACE_MS,
+  };
+  const tick = await batchTick(deps, options).catch(async (error: unknown) => {
+    // Some step failed, the rest went on: the batches applied still send their messages, then the
+    // invocation fails (an error in the function's metrics), and the next tick tries the failed steps again.
+    if (error instanceof BatchTickError) await deps.queue.send(error.result.messages);
+    throw error;
   });
   await deps.queue.send(tick.messages);
   logger.info("batch tick done", {

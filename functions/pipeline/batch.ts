@@ -36,6 +36,13 @@ export const ENQUEUED_SHARE = 0.9;
 export const SUBMITTED_ITEM_LOST_MS = 48 * 60 * 60_000;
 
 /**
+ * How long the deployed batcher leaves a job "submitting" to the tick that is submitting it: longer than that
+ * tick can run (the Lambda's 15 minutes). The next tick starts a minute later; one that took the job for a
+ * crash's, found no batch for it yet, and queued its requests again, had them submitted twice, both paid.
+ */
+export const SUBMITTING_GRACE_MS = 20 * 60_000;
+
+/**
  * OpenAI accepts a batch, then fails it at validation with `token_limit_exceeded` when the prompt tokens of
  * the model's unfinished batches would pass the organization's queue limit: "Enqueued token limit reached for
  * gpt-4o in organization org-…. Limit: 90,000 enqueued tokens. Please try again once some in_progress batches
@@ -94,6 +101,16 @@ export async function deferToBatch(
   // long ago with no answer stored had it expire, or its batch is lost.
   if (existing?.status === "submitted" && deps.clock.now() - existing.updatedAt <= SUBMITTED_ITEM_LOST_MS)
     throw new DeferredToBatchError(false);
+  // Older, and its job not applied yet: a local run resumed days later runs its stages before its first tick.
+  // If the provider has finished that batch, it holds the answer and the tick applies it; one still running
+  // this long after its 24 h window is lost. Rare, so the listing and the look cost little.
+  if (existing?.status === "submitted" && existing.job !== null) {
+    const job = (await deps.state.listOpenBatchJobs(run)).find(
+      (open) => open.shard === shard && open.id === existing.job,
+    );
+    if (job?.batchId && (await batchFinished(deps.batch.api, job.batchId, deps.clock.now())))
+      throw new DeferredToBatchError(false);
+  }
   // Submitted or answered (as earlier versions marked them) and the answer is gone, or failed in too many
   // batches: ask online.
   if (existing !== null && (existing.status !== "failed" || existing.tries >= target.maxTries))
@@ -122,6 +139,25 @@ export async function deferToBatch(
   throw new DeferredToBatchError(queued);
 }
 
+/** Recent looks at a batch's status, per API client: every request of a resumed round asks about the same few. */
+const finishedLooks = new WeakMap<
+  BatchPorts["api"],
+  Map<string, { at: number; finished: Promise<boolean> }>
+>();
+const FINISHED_LOOK_MS = 60_000;
+
+function batchFinished(api: BatchPorts["api"], batchId: string, now: number): Promise<boolean> {
+  let looks = finishedLooks.get(api);
+  if (looks === undefined) finishedLooks.set(api, (looks = new Map()));
+  const recent = looks.get(batchId);
+  if (recent !== undefined && now - recent.at < FINISHED_LOOK_MS) return recent.finished;
+  const finished = api.getBatch(batchId).then((info) => FINISHED_BATCH_STATUSES.has(info.status));
+  // A failed look is not kept: the next request asks again.
+  finished.catch(() => looks.delete(batchId));
+  looks.set(batchId, { at: now, finished });
+  return finished;
+}
+
 export interface BatchTickOptions {
   readonly now: number;
   /** Only shards of this run; every run when absent. */
@@ -139,6 +175,11 @@ export interface BatchTickOptions {
    * that is waiting for its batches lists its queued requests less often. Without it, every tick lists them.
    */
   readonly listings?: QueuedListings;
+  /**
+   * A job "submitting" for less than this is left to the tick submitting it (SUBMITTING_GRACE_MS, where ticks
+   * can overlap); 0 (the default, a local run: one process) recovers it at once.
+   */
+  readonly submittingGraceMs?: number;
 }
 
 export interface BatchTickResult {
@@ -201,9 +242,28 @@ export class QueuedListings {
 }
 
 /**
+ * Some steps of a tick failed (the provider or the network): the others went on. `result` holds what the tick
+ * did, with the messages of the batches it applied: send them before handling the failure, or those samples
+ * wait for the sweeper (their jobs are closed, so no later tick sends them).
+ */
+export class BatchTickError extends MmevolError {
+  readonly result: BatchTickResult;
+  readonly failures: readonly string[];
+  constructor(failures: readonly string[], result: BatchTickResult, cause: unknown) {
+    super(`batch step failed (${failures.length}): ${failures.join("; ").slice(0, 500)}`, {
+      retryable: true,
+      cause,
+    });
+    this.failures = failures;
+    this.result = result;
+  }
+}
+
+/**
  * One pass of the batch loop, safe to run again at any point after a crash: submit settled rounds, poll open
  * jobs whose time has come, apply finished ones by `custom_id` (the answer's hash). Locally it runs in a loop
- * with backoff; in AWS a scheduled function runs it, so no Lambda ever waits on a batch.
+ * with backoff; in AWS a scheduled function runs it, so no Lambda ever waits on a batch. A job or shard whose
+ * step fails does not stop the others; the tick then throws a BatchTickError carrying what it did.
  */
 export async function batchTick(deps: TickDeps, options: BatchTickOptions): Promise<BatchTickResult> {
   const batch = deps.batch;
@@ -211,6 +271,7 @@ export async function batchTick(deps: TickDeps, options: BatchTickOptions): Prom
     throw new MmevolError("batch mode needs a Batch API, and none is configured", { retryable: false });
   const minPoll = options.minPollMs ?? 1_000;
   const maxPoll = options.maxPollMs ?? 60_000;
+  const grace = options.submittingGraceMs ?? 0;
   const messages: Message[] = [];
   let submitted = 0;
   let applied = 0;
@@ -221,17 +282,21 @@ export async function batchTick(deps: TickDeps, options: BatchTickOptions): Prom
   };
   const budget = new EnqueuedBudget(deps);
 
-  // Jobs first: a job left "submitting" by a crash is adopted or undone before anything new is submitted.
-  for (const job of await deps.state.listOpenBatchJobs(options.run)) {
+  const stepJob = async (job: BatchJob): Promise<void> => {
     if (job.status === "submitting") {
+      // Still being submitted by a tick that may be running now (see SUBMITTING_GRACE_MS).
+      if (options.now - job.updatedAt < grace) {
+        due(job.updatedAt + grace);
+        return;
+      }
       options.listings?.busy(job.run, job.shard, options.now);
       await recoverSubmitting(deps, batch, job, options.now);
       due(options.now);
-      continue;
+      return;
     }
     if (job.nextPollAt > options.now) {
       due(job.nextPollAt);
-      continue;
+      return;
     }
     const info = await batch.api.getBatch(job.batchId ?? "");
     if (!FINISHED_BATCH_STATUSES.has(info.status)) {
@@ -251,7 +316,7 @@ export async function batchTick(deps: TickDeps, options: BatchTickOptions): Prom
         total: info.requestCounts.total,
       });
       due(nextPollAt);
-      continue;
+      return;
     }
     options.listings?.busy(job.run, job.shard, options.now);
     const refusal = info.status === "failed" ? enqueuedTokenRefusal(info.errors) : null;
@@ -259,9 +324,11 @@ export async function batchTick(deps: TickDeps, options: BatchTickOptions): Prom
     if (refusal !== null && job.items > 1) {
       await refusedForTokens(deps, job, info, refusal.limit, budget, options.now);
       due(options.now);
-      continue;
+      return;
     }
     const resent = await applyJob(deps, batch, job, info, await deps.state.getShard(job.run, job.shard));
+    // Collected before the job is closed: if closing it fails, the next tick applies it again (the answers
+    // are stored; the stages take a message again as a no-op).
     messages.push(...resent);
     applied += 1;
     await deps.state.putBatchJob({
@@ -273,31 +340,28 @@ export async function batchTick(deps: TickDeps, options: BatchTickOptions): Prom
       error: info.errors.length > 0 ? info.errors.join("; ").slice(0, 1000) : null,
     });
     deps.logger.info("batch applied", { job: job.id, status: info.status, messages: resent.length });
-  }
+  };
 
-  // The jobs still open once finished ones are applied: what they hold of each model's enqueued-token limit.
-  const stillOpen = await deps.state.listOpenBatchJobs(options.run);
-  for (const job of stillOpen) budget.take(job.run, job.model, job.tokens ?? 0);
-  for (const shard of await deps.state.listShards(options.run)) {
-    if (shard.finalized) continue;
+  const stepShard = async (shard: ShardRecord, stillOpen: readonly BatchJob[]): Promise<void> => {
+    if (shard.finalized) return;
     const config = shardConfig(shard);
-    if (config.mode !== "batch") continue;
+    if (config.mode !== "batch") return;
     const awaited = stillOpen.some((job) => job.run === shard.run && job.shard === shard.shard);
     const listAt = options.listings?.dueAt(shard.run, shard.shard, options.now) ?? options.now;
     if (awaited && listAt > options.now) {
       due(listAt);
-      continue;
+      return;
     }
     // A request queued a moment ago and missed here goes at the next tick: no need to pay for a consistent read.
     const queued = await deps.state.listBatchItems(shard.run, shard.shard, "queued", { consistent: false });
     options.listings?.listed(shard.run, shard.shard, options.now, queued.length > 0);
-    if (queued.length === 0) continue;
+    if (queued.length === 0) return;
     const newest = Math.max(...queued.map((item) => item.updatedAt));
     const settled = options.settleMs <= 0 || options.now - newest >= options.settleMs;
     if (!settled && queued.length < BATCH_MAX_REQUESTS) {
       queuedLeft += queued.length;
       due(newest + options.settleMs);
-      continue;
+      return;
     }
     await budget.load(shard.run);
     const { jobs, waiting } = await submitShard(deps, batch, shard, queued, options.now, minPoll, budget);
@@ -305,10 +369,51 @@ export async function batchTick(deps: TickDeps, options: BatchTickOptions): Prom
     queuedLeft += waiting;
     // Requests held back for the limit go once a batch of their model finishes: at its next poll.
     due(options.now + minPoll);
-  }
+  };
+
+  // A step that fails is logged and the others go on: one job the provider keeps failing on must not hold up
+  // every other job and shard, nor lose the messages of the batches applied before it.
+  const failures: string[] = [];
+  let firstError: unknown = null;
+  const attempt = async (what: string, step: () => Promise<void>): Promise<void> => {
+    try {
+      await step();
+    } catch (error) {
+      const reason = error instanceof Error ? error.message : String(error);
+      failures.push(`${what}: ${reason}`);
+      firstError ??= error;
+      deps.logger.warn("batch step failed", { step: what, error: reason });
+    }
+  };
+  let stillOpen: BatchJob[] = [];
+  let openKnown = false;
+  await attempt("jobs", async () => {
+    // Jobs first: a job left "submitting" by a crash is adopted or undone before anything new is submitted.
+    for (const job of await deps.state.listOpenBatchJobs(options.run))
+      await attempt(`job ${job.id}`, () => stepJob(job));
+    // The jobs still open once finished ones are applied: what they hold of each model's enqueued-token limit.
+    stillOpen = await deps.state.listOpenBatchJobs(options.run);
+    for (const job of stillOpen) budget.take(job.run, job.model, job.tokens ?? 0);
+    openKnown = true;
+  });
+  // Without the open jobs listed, a shard could go past its model's enqueued-token limit: it waits a tick.
+  if (openKnown)
+    await attempt("shards", async () => {
+      for (const shard of await deps.state.listShards(options.run))
+        await attempt(`shard ${shard.run}/${shard.shard}`, () => stepShard(shard, stillOpen));
+    });
 
   // Every job submitted in this tick is open too.
-  return { messages, submitted, applied, open: stillOpen.length + submitted, queued: queuedLeft, nextAt };
+  const result = {
+    messages,
+    submitted,
+    applied,
+    open: stillOpen.length + submitted,
+    queued: queuedLeft,
+    nextAt,
+  };
+  if (failures.length > 0) throw new BatchTickError(failures, result, firstError);
+  return result;
 }
 
 /**

@@ -14,6 +14,7 @@ import type { ShardReport } from "../evolution/report.ts";
 import { BatchBodyWriter } from "../pipeline/batch-bodies.ts";
 import { CompletionSizer } from "../pipeline/completion-sizer.ts";
 import {
+  BatchTickError,
   type BatchTickResult,
   batchTick,
   layout,
@@ -330,6 +331,11 @@ async function runLocked(options: LocalRunOptions, out: string, started: number)
       } catch (error) {
         // The provider or the network failed mid-tick: every step of a tick can be redone, so try again with
         // backoff, as a restarted run would; a failure that persists ends the run (state kept for a rerun).
+        // The batches the tick applied before it failed send their messages first.
+        if (error instanceof BatchTickError && error.result.messages.length > 0) {
+          await tracked.send(error.result.messages);
+          await drain();
+        }
         tickFailures += 1;
         if (tickFailures > 5) throw error;
         const delay = Math.min(60_000, (options.batchMinPollMs ?? 1_000) * 2 ** tickFailures);
