@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, readFileSync, statSync } from "node:fs";
 import { basename } from "node:path";
 import { SingleBar } from "cli-progress";
 import { Command, InvalidArgumentError, Option } from "commander";
@@ -9,11 +9,12 @@ import { OpenAiLlm } from "../functions/adapters/openai/openai-llm.ts";
 import { SimulatedBatches } from "../functions/adapters/simulated/batches.ts";
 import { SimulatedLlm } from "../functions/adapters/simulated/simulated-llm.ts";
 import { RunConfig, type RunConfigInput } from "../functions/evolution/config.ts";
+import { InvalidInputError, MmevolError } from "../functions/ports/errors.ts";
 import type { Llm } from "../functions/ports/llm.ts";
 import type { Logger } from "../functions/ports/runtime.ts";
-import { type Progress, runLocal } from "../functions/runtime/local.ts";
+import { duplicateShardNames, type Progress, runLocal } from "../functions/runtime/local.ts";
 import { RunDirectoryBusyError } from "../functions/runtime/run-lock.ts";
-import { concurrencyArg, positiveInt } from "./commands/arguments.ts";
+import { concurrencyArg, positiveInt, timeoutSeconds } from "./commands/arguments.ts";
 import { registerStatusCommands } from "./commands/register.ts";
 
 const anyInt = (value: string): number => {
@@ -147,7 +148,13 @@ function progressPrinter(quiet: boolean) {
 }
 
 async function runCommand(shards: string[], flags: RunFlags): Promise<void> {
-  for (const shard of shards) if (!existsSync(shard)) fail(`shard not found: ${shard}`);
+  for (const shard of shards) {
+    if (!existsSync(shard)) fail(`shard not found: ${shard}`);
+    if (!statSync(shard).isFile())
+      fail(`shard is not a file: ${shard} (give the .jsonl or .json files in it)`);
+  }
+  const named = duplicateShardNames(shards);
+  if (named !== null) fail(named);
   const fromFile = flags.config ? loadConfigFile(flags.config) : {};
   const apiKey = process.env.OPENAI_API_KEY?.trim() || undefined;
   const baseURL = flags.baseUrl ?? (process.env.OPENAI_BASE_URL?.trim() || undefined);
@@ -238,7 +245,14 @@ async function runCommand(shards: string[], flags: RunFlags): Promise<void> {
       : {}),
   }).catch((error: unknown) => {
     printer.stop();
-    if (error instanceof RunDirectoryBusyError) fail(error.message);
+    if (error instanceof RunDirectoryBusyError || error instanceof InvalidInputError) fail(error.message);
+    // A failure the run knows (the provider or the network kept failing): one line, not a stack trace.
+    if (error instanceof MmevolError) {
+      process.stderr.write(
+        `mmevol: ${error.message}\nmmevol: the run stopped; answered calls are stored, run the same command to continue\n`,
+      );
+      process.exit(1);
+    }
     throw error;
   });
   printer.stop();
@@ -280,7 +294,10 @@ async function runCommand(shards: string[], flags: RunFlags): Promise<void> {
 const program = new Command()
   .name("mmevol")
   .description("Evolve multimodal instruction data (LLaVA format) with the MMEvol method")
-  .showHelpAfterError();
+  .showHelpAfterError()
+  // Bad usage exits 2, as documented (commander's own is 1, which means "some work gave up: rerun"); help and
+  // --version exit 0. Set before the commands are added, so each of them inherits it.
+  .exitOverride((error) => process.exit(error.exitCode === 0 ? 0 : 2));
 
 program
   .command("run")
@@ -314,7 +331,12 @@ program
   .option("--config <run.json>", "run settings file (flags override it)")
   .option("--dry-run", "no network: a simulated model answers; the report estimates the real cost")
   .option("--base-url <url>", "OpenAI-compatible endpoint (default $OPENAI_BASE_URL, else OpenAI)")
-  .option("--timeout <seconds>", "timeout of one LLM call", positiveInt, 60)
+  .option(
+    "--timeout <seconds>",
+    "timeout of one LLM call (at most 2147483, about 24 days)",
+    timeoutSeconds,
+    60,
+  )
   .option(
     "--tpm <n>",
     "the model's tokens-per-minute limit: calls are paced to stay under it (default: the server's x-ratelimit-limit-tokens header, when it sends one)",

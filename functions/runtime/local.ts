@@ -25,7 +25,7 @@ import {
   workKeyOf,
 } from "../pipeline/index.ts";
 import type { BatchPorts } from "../ports/batch-api.ts";
-import { QuotaExhaustedError } from "../ports/errors.ts";
+import { InvalidInputError, QuotaExhaustedError } from "../ports/errors.ts";
 import { type Faults, noFaults } from "../ports/faults.ts";
 import type { Llm } from "../ports/llm.ts";
 import { Message, type Stage, type WorkQueue } from "../ports/messages.ts";
@@ -115,9 +115,27 @@ export function shardNameOf(path: string): string {
   return basename(path, extname(path)).replace(/[^A-Za-z0-9._-]/g, "_");
 }
 
+/**
+ * Why these shards cannot run together, or null: two with the same name (their file names less the extension,
+ * as in `a/train.jsonl` and `b/train.jsonl`) would share one state and one output, and the second be lost.
+ */
+export function duplicateShardNames(paths: readonly string[]): string | null {
+  const seen = new Map<string, string>();
+  for (const path of paths) {
+    const name = shardNameOf(path);
+    const first = seen.get(name);
+    if (first !== undefined)
+      return `two shards have the name "${name}": ${first} and ${path} (a shard is named by its file name; rename one, or run them separately)`;
+    seen.set(name, path);
+  }
+  return null;
+}
+
 /** Runs the whole pipeline in this process on a directory, SQLite and in-process queues. Resumable. */
 export async function runLocal(options: LocalRunOptions): Promise<LocalRunResult> {
   const started = performance.now();
+  const duplicate = duplicateShardNames(options.shards);
+  if (duplicate !== null) throw new InvalidInputError(duplicate);
   const out = resolve(options.out);
   mkdirSync(join(out, ".mmevol"), { recursive: true });
   // Before the state is opened: a second run on the same directory would drop this one's claims and pay again.
@@ -184,6 +202,8 @@ async function runLocked(options: LocalRunOptions, out: string, started: number)
     ...(options.batch ? { batch: { ...options.batch, bodies: new BatchBodyWriter(blobs) } } : {}),
   };
 
+  // Cleared however the run ends: a ticker left running after a failure would query the closed state.
+  const timers: ReturnType<typeof setInterval>[] = [];
   try {
     // Resume: everything unfinished is found again from the state alone; new shards start with ingest.
     const known = new Set((await state.listShards(options.run)).map((s) => s.shard));
@@ -219,6 +239,7 @@ async function runLocked(options: LocalRunOptions, out: string, started: number)
       );
     };
     const ticker = setInterval(progress, options.progressEveryMs ?? 250);
+    timers.push(ticker);
     // The in-process queues lose nothing while the process lives, so this is a safety net: work whose state
     // has not moved for a while and for which no message is queued gets its message again.
     let sweeping: Promise<void> | null = null;
@@ -239,6 +260,7 @@ async function runLocked(options: LocalRunOptions, out: string, started: number)
           sweeping = null;
         });
     }, options.sweepEveryMs ?? 60_000);
+    timers.push(sweeper);
 
     const take = (): { kind: Stage; received: Received } | null => {
       for (const kind of PRIORITY) {
@@ -415,6 +437,7 @@ async function runLocked(options: LocalRunOptions, out: string, started: number)
       outputs,
     };
   } finally {
+    for (const timer of timers) clearInterval(timer);
     state.close();
   }
 }

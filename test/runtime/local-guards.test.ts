@@ -1,0 +1,107 @@
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { OpenAiBatchCodec } from "../../functions/adapters/openai/batch-codec.ts";
+import { SimulatedBatches } from "../../functions/adapters/simulated/batches.ts";
+import { SimulatedLlm } from "../../functions/adapters/simulated/simulated-llm.ts";
+import { InvalidInputError } from "../../functions/ports/errors.ts";
+import { runLocal } from "../../functions/runtime/local.ts";
+import { writeBenchShard } from "../helpers/bench-shard.ts";
+import { runCli } from "../helpers/cli.ts";
+import { tempDir } from "../helpers/files.ts";
+
+describe("the local runner refuses what it cannot run whole", () => {
+  it("two shards with one name (a/train.jsonl, b/train.jsonl): refused, before anything is read", async () => {
+    const dir = tempDir();
+    try {
+      const a = writeBenchShard(join(dir.path, "a"), { samples: 3, name: "train" });
+      const b = writeBenchShard(join(dir.path, "b"), { samples: 6, name: "train" });
+      const run = runLocal({
+        shards: [a, b],
+        out: join(dir.path, "out"),
+        run: "r",
+        concurrency: 4,
+        config: { rounds: 1, dryRun: true },
+        llm: new SimulatedLlm(),
+      });
+      await expect(run).rejects.toBeInstanceOf(InvalidInputError);
+      await expect(run).rejects.toThrow(`two shards have the name "train": ${a} and ${b}`);
+    } finally {
+      dir.cleanup();
+    }
+  });
+
+  it("a run that fails leaves no timer behind to query its closed state", async () => {
+    const dir = tempDir();
+    const uncaught: unknown[] = [];
+    const onUncaught = (error: unknown) => uncaught.push(error);
+    process.on("uncaughtException", onUncaught);
+    try {
+      const shard = writeBenchShard(dir.path, { samples: 2, name: "s" });
+      const api = new SimulatedBatches();
+      const down = async (): Promise<never> => {
+        throw new Error("network down");
+      };
+      let ended = false;
+      let progressAfterEnd = 0;
+      await expect(
+        runLocal({
+          shards: [shard],
+          out: join(dir.path, "out"),
+          run: "r",
+          concurrency: 2,
+          config: { rounds: 1, dryRun: true, mode: "batch" },
+          llm: new SimulatedLlm(),
+          // Every upload fails: the batch step gives up after its retries and the run rejects.
+          batch: {
+            api: {
+              uploadFile: down,
+              createBatch: down,
+              listBatches: down,
+              getBatch: (id) => api.getBatch(id),
+              fileText: (id) => api.fileText(id),
+            },
+            codec: new OpenAiBatchCodec(),
+          },
+          batchMinPollMs: 1,
+          batchMaxPollMs: 5,
+          progressEveryMs: 10,
+          onProgress: () => {
+            if (ended) progressAfterEnd += 1;
+          },
+        }),
+      ).rejects.toThrow("network down");
+      ended = true;
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      expect(progressAfterEnd).toBe(0);
+      expect(uncaught).toEqual([]);
+    } finally {
+      process.off("uncaughtException", onUncaught);
+      dir.cleanup();
+    }
+  });
+});
+
+describe("mmevol run's usage errors", () => {
+  it("exit 2 with a one-line reason (bad options, a directory, shards that share a name); help exits 0", async () => {
+    const dir = tempDir();
+    try {
+      const a = writeBenchShard(join(dir.path, "a"), { samples: 1, name: "train" });
+      const b = writeBenchShard(join(dir.path, "b"), { samples: 1, name: "train" });
+      const cases: [string[], RegExp][] = [
+        [["run", a, "--bogus"], /unknown option '--bogus'/],
+        [["run", a, "-c", "0"], /from 1 to 1000/],
+        [["run", a, "--timeout", "2147484"], /at most 2147483 seconds/],
+        [["run", dir.path, "--dry-run"], /shard is not a file/],
+        [["run", a, b, "--dry-run", "--out", join(dir.path, "out")], /two shards have the name "train"/],
+        [[], /Usage: mmevol/],
+      ];
+      for (const [args, reason] of cases) {
+        const { code, stderr } = await runCli(args);
+        expect({ args, code, reason: reason.test(stderr) }).toEqual({ args, code: 2, reason: true });
+      }
+      expect((await runCli(["run", "--help"])).code).toBe(0);
+    } finally {
+      dir.cleanup();
+    }
+  }, 60_000);
+});
