@@ -1,4 +1,14 @@
-import { closeSync, openSync, readFileSync, rmSync, statSync, writeSync } from "node:fs";
+import { randomBytes } from "node:crypto";
+import {
+  closeSync,
+  linkSync,
+  openSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeSync,
+} from "node:fs";
 import { join } from "node:path";
 import { MmevolError } from "../ports/errors.ts";
 
@@ -53,12 +63,16 @@ export function takeRunLock(out: string): RunLock {
       if (!isCode(error, "EEXIST")) throw error;
       const holder = holderOf(path);
       if (holder === "gone") continue;
-      if (holder !== "stale") throw new RunDirectoryBusyError(out, holder);
-      rmSync(path, { force: true });
-      continue;
+      if (typeof holder === "object" && holder !== null) {
+        removeStale(path, holder);
+        continue;
+      }
+      throw new RunDirectoryBusyError(out, holder);
     }
     try {
-      writeSync(fd, String(process.pid));
+      // The start time too: a pid alone is reused (a restarted container's run gets the same one).
+      const started = processStartTime(process.pid);
+      writeSync(fd, started === null ? String(process.pid) : `${process.pid} ${started}`);
     } finally {
       closeSync(fd);
     }
@@ -72,24 +86,79 @@ export function takeRunLock(out: string): RunLock {
   throw new RunDirectoryBusyError(out, readPid(path));
 }
 
+/** A lock file as read when it was found stale: what it held and when it was written. */
+interface StaleLock {
+  readonly text: string;
+  readonly mtimeMs: number;
+}
+
 /**
- * The pid of the live process holding the lock (null: it is writing its pid right now), "stale" when nobody
- * holds it, "gone" when the file vanished meanwhile.
+ * The pid of the live process holding the lock (null: it is writing its pid right now), the stale lock when
+ * nobody holds it, "gone" when the file vanished meanwhile.
  */
-function holderOf(path: string): number | null | "stale" | "gone" {
+function holderOf(path: string): number | null | StaleLock | "gone" {
   let text: string;
-  let ageMs: number;
+  let mtimeMs: number;
   try {
     text = readFileSync(path, "utf8");
-    ageMs = Date.now() - statSync(path).mtimeMs;
+    mtimeMs = statSync(path).mtimeMs;
   } catch (error) {
     if (isCode(error, "ENOENT")) return "gone";
     throw error;
   }
-  const pid = Number.parseInt(text, 10);
-  if (!Number.isInteger(pid) || pid <= 0) return ageMs < TAKING_MS ? null : "stale";
-  if (pid === process.pid) return pid;
-  return processAlive(pid) ? pid : "stale";
+  const [pidText = "", started] = text.trim().split(/\s+/);
+  const pid = Number.parseInt(pidText, 10);
+  if (!Number.isInteger(pid) || pid <= 0) return Date.now() - mtimeMs < TAKING_MS ? null : { text, mtimeMs };
+  // A lock with a start time is held only by the process with that pid that started then: the pid may have
+  // been reused (by this very process, when a container restarts, or by any other).
+  const alive = pid === process.pid || processAlive(pid);
+  if (!alive) return { text, mtimeMs };
+  if (started !== undefined) {
+    const now = processStartTime(pid);
+    if (now !== null && now !== started) return { text, mtimeMs };
+  }
+  return pid;
+}
+
+/**
+ * Removes the stale lock `seen`, unless another run took it over first: the file is moved aside in one step,
+ * and put back if it is not the one found stale (a check then a delete could delete the other run's new lock).
+ */
+function removeStale(path: string, seen: StaleLock): void {
+  const aside = `${path}.${process.pid}-${randomBytes(4).toString("hex")}`;
+  try {
+    renameSync(path, aside);
+  } catch (error) {
+    if (isCode(error, "ENOENT")) return;
+    throw error;
+  }
+  let moved: StaleLock | null = null;
+  try {
+    moved = { text: readFileSync(aside, "utf8"), mtimeMs: statSync(aside).mtimeMs };
+  } catch {
+    // Unreadable: treated as someone else's, and put back.
+  }
+  if (moved === null || moved.text !== seen.text || moved.mtimeMs !== seen.mtimeMs) {
+    try {
+      // A link, not a rename: it never replaces a lock a third run made meanwhile.
+      linkSync(aside, path);
+    } catch (error) {
+      if (!isCode(error, "EEXIST")) throw error;
+    }
+  }
+  rmSync(aside, { force: true });
+}
+
+/** When process `pid` started (clock ticks since boot, from /proc on Linux), or null where that is unknown. */
+export function processStartTime(pid: number): string | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    // After the command name (in parentheses, and free to hold spaces): field 3 on; the start time is field 22.
+    const started = stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19];
+    return started !== undefined && /^\d+$/.test(started) ? started : null;
+  } catch {
+    return null;
+  }
 }
 
 function readPid(path: string): number | null {

@@ -2,9 +2,14 @@ import { spawn, spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, utimesSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { afterAll, describe, expect, it } from "vitest";
+import { afterAll, describe, expect, it, vi } from "vitest";
 import { localRedrive } from "../../bin/commands/redrive.ts";
-import { RunDirectoryBusyError, runLockPath, takeRunLock } from "../../functions/runtime/run-lock.ts";
+import {
+  processStartTime,
+  RunDirectoryBusyError,
+  runLockPath,
+  takeRunLock,
+} from "../../functions/runtime/run-lock.ts";
 import { runCli } from "../helpers/cli.ts";
 import { repoRoot } from "../helpers/files.ts";
 
@@ -36,11 +41,14 @@ const busyError = (work: () => unknown): RunDirectoryBusyError => {
   throw new Error("the lock was taken");
 };
 
+/** What this process's lock holds: its pid and when it started (from /proc). */
+const ownLock = `${process.pid} ${processStartTime(process.pid)}`;
+
 describe("takeRunLock", () => {
   it("holds this process's pid until released, and refuses a second taker meanwhile", () => {
     const { out, file } = outDir();
     const lock = takeRunLock(out);
-    expect(readFileSync(file, "utf8")).toBe(String(process.pid));
+    expect(readFileSync(file, "utf8")).toBe(ownLock);
     const error = busyError(() => takeRunLock(out));
     expect(error.pid).toBe(process.pid);
     expect(error.message).toContain(`pid ${process.pid}`);
@@ -54,7 +62,7 @@ describe("takeRunLock", () => {
     const { out, file } = outDir();
     writeFileSync(file, String(deadPid()));
     const lock = takeRunLock(out);
-    expect(readFileSync(file, "utf8")).toBe(String(process.pid));
+    expect(readFileSync(file, "utf8")).toBe(ownLock);
     lock.release();
   });
 
@@ -65,6 +73,48 @@ describe("takeRunLock", () => {
     const old = new Date(Date.now() - 60_000);
     utimesSync(file, old, old);
     takeRunLock(out).release();
+  });
+
+  it("takes over a lock whose pid lives on in another process (a pid reused, as by a restarted container)", () => {
+    const other = spawn(process.execPath, ["-e", "setTimeout(() => {}, 30_000)"], { stdio: "ignore" });
+    try {
+      const { out, file } = outDir();
+      const pid = other.pid ?? 0;
+      // Both alive, but neither started when the lock says its holder did.
+      for (const holder of [pid, process.pid]) {
+        writeFileSync(file, `${holder} 1`);
+        takeRunLock(out).release();
+      }
+      // The holder as it started: held.
+      let started: string | null = null;
+      for (let i = 0; i < 100 && started === null; i++) started = processStartTime(pid);
+      writeFileSync(file, `${pid} ${started}`);
+      expect(busyError(() => takeRunLock(out)).pid).toBe(pid);
+    } finally {
+      other.kill();
+    }
+  });
+
+  it("takes over a stale lock only if no other run took it over first", () => {
+    const other = spawn(process.execPath, ["-e", "setTimeout(() => {}, 30_000)"], { stdio: "ignore" });
+    const kill = vi.spyOn(process, "kill");
+    try {
+      const { out, file } = outDir();
+      const gone = deadPid();
+      writeFileSync(file, String(gone));
+      // Another run finds the same stale lock and takes it over between our look and our removal.
+      kill.mockImplementation((pid: number) => {
+        if (pid !== gone) return true;
+        writeFileSync(file, String(other.pid));
+        const error = Object.assign(new Error("no such process"), { code: "ESRCH" });
+        throw error;
+      });
+      expect(busyError(() => takeRunLock(out)).pid).toBe(other.pid);
+      expect(readFileSync(file, "utf8")).toBe(String(other.pid));
+    } finally {
+      kill.mockRestore();
+      other.kill();
+    }
   });
 
   it("does not remove a lock another process has taken over since", () => {
