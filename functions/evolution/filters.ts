@@ -3,8 +3,10 @@ import type { Box, Item } from "./schemas.ts";
 const REFUSAL =
   /\b(i['’]?m sorry|i am sorry|sorry, i (cannot|can['’]?t)|as an ai\b|as a language model|i (cannot|can['’]?t) (help|assist|answer|see|provide|comply)|unable to (see|view|analy[sz]e) (the )?image)/i;
 /\b(i'?m sorry|i am sorry|as an ai\b|as a language model|i cannot (help|assist|answer|see)|i can'?t (help|assist|answer|see)|unable to (see|view|analy[sz]e) (the )?image)/i;
+// The prompt's section headings count only as headings: "a detailed description of the image" is also what a
+// detailed_description item may well say of itself.
 const SCAFFOLDING =
-  /(given q&a|rewritten q&a|created q&a|#given|#rewritten|bounding box list|detailed description of the image|current items|<image>)/i;
+  /(given q&a|rewritten q&a|created q&a|#given|#rewritten|#+\s*(bounding box list|object boxes|detailed description of the image|current items)|<image>)/i;
 const COORDINATES = /\[\s*(-?\d*\.?\d+)\s*,\s*(-?\d*\.?\d+)\s*,\s*(-?\d*\.?\d+)\s*,\s*(-?\d*\.?\d+)\s*\]/g;
 
 const normalise = (text: string): string => text.toLowerCase().replace(/\s+/g, " ").trim();
@@ -15,8 +17,14 @@ function textOf(item: Item): string {
   );
 }
 
+/**
+ * Boxes are given normalised to 0..1 (METHOD.md §2), so four numbers in brackets are taken for coordinates only
+ * when all are in 0..1: "[2, 4, 6, 8]" in a counting or calculation item is a list, not an invented box.
+ */
 function coordinatesIn(text: string): number[][] {
-  return [...text.matchAll(COORDINATES)].map((m) => m.slice(1, 5).map(Number));
+  return [...text.matchAll(COORDINATES)]
+    .map((m) => m.slice(1, 5).map(Number))
+    .filter((coords) => coords.every((v) => v >= 0 && v <= 1));
 }
 
 function isGivenBox(coords: readonly number[], boxes: readonly Box[]): boolean {

@@ -252,16 +252,26 @@ function makeItem(sampleId: string, n: number, content: Omit<Item, "id" | "paren
   return { id: `${sampleId}-r0-i${n}`, parent: null, ...content };
 }
 
-/** Removes `<image>` markers with the newlines around them; the writer puts one back at the start. */
+/**
+ * Removes `<image>` markers with the line breaks (or the spaces, inline) around them; the writer puts one back
+ * at the start. Nothing else changes: a code question's indentation or an aligned table stays as it was.
+ */
 export function stripImageToken(text: string): string {
   if (!text.includes("<image>")) return text;
-  return text
-    .split("<image>")
-    .map((part) => part.replace(/^[\r\n]+|[\r\n]+$/g, ""))
+  const parts = text.split("<image>");
+  return parts
+    .map((part, index) => {
+      let kept = part;
+      // After a marker: the line break that ends its line, else the spaces before inline text.
+      if (index > 0)
+        kept = /^[ \t]*[\r\n]/.test(kept) ? kept.replace(/^[ \t]*[\r\n]+/, "") : kept.trimStart();
+      // Before a marker: the line break (and indentation) of its line, else the spaces after inline text.
+      if (index < parts.length - 1)
+        kept = /[\r\n][ \t]*$/.test(kept) ? kept.replace(/[\r\n]+[ \t]*$/, "") : kept.trimEnd();
+      return kept;
+    })
     .filter((part) => part.trim().length > 0)
-    .join(" ")
-    .replace(/ {2,}/g, " ")
-    .trim();
+    .join(" ");
 }
 
 /** Items as LLaVA turns: one human/gpt pair per item. */

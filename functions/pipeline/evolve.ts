@@ -6,9 +6,10 @@ import { candidatesFrom, latestNonEmpty } from "../evolution/rounds.ts";
 import { InvalidInputError } from "../ports/errors.ts";
 import type { PreparedImage } from "../ports/images.ts";
 import type { EvolveMessage } from "../ports/messages.ts";
+import { TERMINAL_STATUSES } from "../ports/state-store.ts";
 import { addUsageTotals, askStructured } from "./ask.ts";
 import type { StageDeps, StageInput, StageResult } from "./deps.ts";
-import { endSample, failOrRetry } from "./outcome.ts";
+import { endSample, failOrRetry, lostFinalize } from "./outcome.ts";
 import { loadShardConfig, samplePrefix } from "./shard-config.ts";
 
 /** One evolve call: the sample's latest non-empty version, one direction, the image last. */
@@ -23,7 +24,11 @@ export async function evolveSample(input: StageInput<EvolveMessage>, deps: Stage
   }
   const expected =
     (record.status === "INGESTED" && round === 1) || (record.status === "EVOLVING" && record.round === round);
-  if (!expected) return { next: [], outcome: "duplicate" };
+  if (!expected) {
+    // Ended here (an image it could not use) or later: its shard's finalize may be the message that was lost.
+    const ended = TERMINAL_STATUSES.has(record.status);
+    return { next: ended ? await lostFinalize(deps, run, shard) : [], outcome: "duplicate" };
+  }
 
   const sample = record.sample;
   const direction = chooseDirection(config.seed, sample.id, round, config.weights);
@@ -72,7 +77,9 @@ export async function evolveSample(input: StageInput<EvolveMessage>, deps: Stage
       },
     );
     deps.faults?.point("evolve:after-answer-stored");
-    const items = candidatesFrom(asked.value, from, samplePrefix(record.line), round, direction);
+    // The sample's ordinal, as its seed items' ids (ingest): its line is 1 for every record of a one-line JSON
+    // array, which gave every sample's evolved items the same ids.
+    const items = candidatesFrom(asked.value, from, samplePrefix(Number(record.key)), round, direction);
     const result = await deps.state.transition(record, {
       status: "JUDGING",
       round,

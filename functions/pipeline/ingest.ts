@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto";
 import { parseRecord } from "../evolution/formats.ts";
 import { resolveImageKey } from "../evolution/image-path.ts";
 import { itemId } from "../evolution/rounds.ts";
@@ -134,7 +135,9 @@ export function shardRefusal(size: number, maxShardBytes: number): string | null
 
 /**
  * Registers the shard once per uploaded object: the same key and ETag (a redelivered event, or the same file
- * dropped twice) finds the existing shard; the same key with new content becomes a new shard `<name>.<etag>`.
+ * dropped twice) finds the existing shard; the same key with new content becomes a new shard `<name>.<etag>`;
+ * another key with the same name (`x.json` next to `x.jsonl`, `a/x.jsonl` next to `a__x.jsonl`) a shard
+ * `<name>.<hash of the key>`, where it used to find the first file's shard and its own lines went nowhere.
  */
 async function registerShard(
   deps: StageDeps,
@@ -143,30 +146,41 @@ async function registerShard(
 ): Promise<{ shard: string; record: ShardRecord }> {
   const { run } = message;
   const existing = await deps.state.getShard(run, message.shard);
+  const ours = (record: ShardRecord) => record.key === key && record.etag === message.etag;
   // The same upload again (a redelivered event, a continuation): its settings were frozen when it was created.
-  if (existing && existing.etag === message.etag) return { shard: message.shard, record: existing };
-  const shard =
-    existing && existing.etag !== message.etag && existing.key === key
-      ? `${message.shard}.${message.etag.replace(/[^A-Za-z0-9]/g, "").slice(0, 12)}`
-      : message.shard;
+  if (existing && ours(existing)) return { shard: message.shard, record: existing };
+  const byKey = `${message.shard}.${createHash("sha256").update(key).digest("hex").slice(0, 8)}`;
+  const first =
+    existing === null
+      ? message.shard
+      : existing.key === key
+        ? `${message.shard}.${message.etag.replace(/[^A-Za-z0-9]/g, "").slice(0, 12)}`
+        : byKey;
   const runJson = await readRunJson(deps, run);
   const config = resolveRunConfig(deps.defaults, runJson);
   const withRoot = { ...config, imageRoot: config.imageRoot ?? key.slice(0, key.lastIndexOf("/") + 1) };
   const now = deps.clock.now();
-  const { shard: record } = await deps.state.createShard({
-    run,
-    shard,
-    key,
-    etag: message.etag,
-    pending: 1,
-    ingested: false,
-    finalized: false,
-    lines: 0,
-    config: withRoot,
-    createdAt: now,
-    updatedAt: now,
+  // Another file may take the name between the look above and this create (two uploads at once): the shard
+  // created is then not ours, and this file takes its own by its key.
+  for (const shard of first === byKey ? [byKey] : [first, byKey]) {
+    const { shard: record } = await deps.state.createShard({
+      run,
+      shard,
+      key,
+      etag: message.etag,
+      pending: 1,
+      ingested: false,
+      finalized: false,
+      lines: 0,
+      config: withRoot,
+      createdAt: now,
+      updatedAt: now,
+    });
+    if (ours(record)) return { shard, record };
+  }
+  throw new MmevolError(`seed file ${key}: shard ${message.shard} and ${byKey} are taken by other files`, {
+    retryable: true,
   });
-  return { shard, record };
 }
 
 /** What the records of one shard share while it is read. */

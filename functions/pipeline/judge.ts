@@ -14,7 +14,7 @@ import type { JudgeMessage } from "../ports/messages.ts";
 import { zeroUsage } from "../ports/state-store.ts";
 import { addUsageTotals, askStructured } from "./ask.ts";
 import type { StageDeps, StageInput, StageResult } from "./deps.ts";
-import { endSample, failOrRetry } from "./outcome.ts";
+import { endSample, failOrRetry, lostFinalize } from "./outcome.ts";
 import { loadShardConfig } from "./shard-config.ts";
 
 /** Instruction elimination: rule filters, then one text-only judge call; only improved items are kept. */
@@ -27,10 +27,7 @@ export async function judgeSample(input: StageInput<JudgeMessage>, deps: StageDe
     return { next: [{ kind: "evolve", run, shard, sample: key, round: round + 1 }], outcome: "duplicate" };
   }
   if (record.status !== "JUDGING" || record.round !== round || !record.pending) {
-    // The sample already ended; if its shard is complete but the finalize message was lost, send it again.
-    const shardRecord = await deps.state.getShard(run, shard);
-    const lost = shardRecord !== null && shardRecord.pending === 0 && !shardRecord.finalized;
-    return { next: lost ? [{ kind: "finalize", run, shard }] : [], outcome: "duplicate" };
+    return { next: await lostFinalize(deps, run, shard), outcome: "duplicate" };
   }
   const pending = record.pending;
   const from = record.versions.find((v) => v.round === pending.from) ?? record.versions[0];

@@ -9,6 +9,23 @@ import type { StageDeps, StageResult } from "./deps.ts";
 export const finalizeIfDone = (run: string, shard: string, pending: number | null): Message[] =>
   pending === 0 ? [{ kind: "finalize", run, shard }] : [];
 
+/**
+ * For a message whose sample already ended: the finalize message again when its shard is complete but not
+ * finalized (the stage that ended the last sample may have lost its send), else nothing.
+ */
+export async function lostFinalize(
+  deps: Pick<StageDeps, "state">,
+  run: string,
+  shard: string,
+): Promise<Message[]> {
+  const shardRecord = await deps.state.getShard(run, shard);
+  return finalizeIfDone(
+    run,
+    shard,
+    shardRecord === null || shardRecord.finalized ? null : shardRecord.pending,
+  );
+}
+
 /** Moves a sample to a terminal state; the store takes the shard's pending count down in the same write. */
 export async function endSample(
   deps: Pick<StageDeps, "state" | "logger">,

@@ -5,11 +5,9 @@ import { FsBlobStore } from "../../functions/adapters/local/fs-blob-store.ts";
 import { SqliteStateStore } from "../../functions/adapters/local/sqlite-state-store.ts";
 import type { IdHash } from "../../functions/pipeline/id-index.ts";
 import { ingestShard } from "../../functions/pipeline/ingest.ts";
-import type { ImagePreparer } from "../../functions/ports/images.ts";
-import type { Llm } from "../../functions/ports/llm.ts";
 import type { IngestMessage, Message, WorkQueue } from "../../functions/ports/messages.ts";
-import { silentLogger, systemClock } from "../../functions/ports/runtime.ts";
 import { tempDir } from "../helpers/files.ts";
+import { ingestOnlyDeps } from "../helpers/ingest.ts";
 
 const record = (id: string | number, image: string | null, question = "What is it?") =>
   JSON.stringify({
@@ -55,9 +53,6 @@ class CountingQueue implements WorkQueue {
   }
 }
 
-const llm: Llm = { complete: () => Promise.reject(new Error("ingest must not call the LLM")) };
-const images: ImagePreparer = { prepare: () => Promise.reject(new Error("ingest must not prepare images")) };
-
 describe("duplicate ids in a shard", () => {
   const dir = tempDir();
   afterAll(() => dir.cleanup());
@@ -69,14 +64,7 @@ describe("duplicate ids in a shard", () => {
     const state = new SqliteStateStore(":memory:");
     const queue = new CountingQueue();
     const deps = {
-      blobs,
-      state,
-      llm,
-      images,
-      clock: systemClock,
-      logger: silentLogger,
-      defaults: {},
-      queue,
+      ...ingestOnlyDeps(blobs, state, queue),
       ingestBatchSize: options.batchSize,
       ...(options.continueEachBatch ? { remainingMs: () => 0 } : {}),
     };

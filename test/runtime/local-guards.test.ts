@@ -1,8 +1,10 @@
+import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { OpenAiBatchCodec } from "../../functions/adapters/openai/batch-codec.ts";
 import { SimulatedBatches } from "../../functions/adapters/simulated/batches.ts";
 import { SimulatedLlm } from "../../functions/adapters/simulated/simulated-llm.ts";
+import { layout } from "../../functions/pipeline/shard-config.ts";
 import { InvalidInputError } from "../../functions/ports/errors.ts";
 import { runLocal } from "../../functions/runtime/local.ts";
 import { writeBenchShard } from "../helpers/bench-shard.ts";
@@ -76,6 +78,39 @@ describe("the local runner refuses what it cannot run whole", () => {
       expect(uncaught).toEqual([]);
     } finally {
       process.off("uncaughtException", onUncaught);
+      dir.cleanup();
+    }
+  });
+});
+
+describe("item ids", () => {
+  it("are the sample's own in every round, also in a one-line JSON array", async () => {
+    const dir = tempDir();
+    try {
+      const jsonl = writeBenchShard(dir.path, { samples: 3, name: "seed" });
+      const lines = readFileSync(jsonl, "utf8").trim().split("\n");
+      const array = join(dir.path, "array.json");
+      writeFileSync(array, `[${lines.join(",")}]`);
+      const out = join(dir.path, "out");
+      await runLocal({
+        shards: [array],
+        out,
+        run: "r",
+        concurrency: 2,
+        config: { rounds: 2, dryRun: true },
+        llm: new SimulatedLlm(),
+      });
+      const lineage = readFileSync(join(out, layout.lineage("r", "array")), "utf8")
+        .trim()
+        .split("\n")
+        .map((line) => JSON.parse(line) as { key: string; versions: { items: { id: string }[] }[] });
+      expect(lineage).toHaveLength(3);
+      for (const sample of lineage) {
+        const prefix = `s${Number(sample.key)}-`;
+        for (const version of sample.versions)
+          for (const item of version.items) expect(item.id.startsWith(prefix)).toBe(true);
+      }
+    } finally {
       dir.cleanup();
     }
   });

@@ -117,6 +117,18 @@ describe("ruleFailure", () => {
     expect(ruleFailure(inStep, parent, boxes)).toMatch(/not among the given boxes/);
   });
 
+  it("takes neither a list of numbers for coordinates nor an item's own words for the prompt's headings", () => {
+    const list = item("What comes next in [2, 4, 6, 8]?", "10: each number is 2 more than the last.");
+    expect(ruleFailure(list, parent, boxes)).toBeNull();
+    const described = item(
+      "Give a detailed description of the image.",
+      "A red mug stands on a wooden table next to a plate.",
+    );
+    expect(ruleFailure(described, parent, boxes)).toBeNull();
+    const heading = item("What is red?", "## Current items\nThe mug.");
+    expect(ruleFailure(heading, parent, boxes)).toBe("leaked prompt scaffolding");
+  });
+
   it("catches any coordinates when no boxes were given", () => {
     const withCoords = item("What is at [0.123, 0.200, 0.300, 0.400]?", "A mug.");
     expect(ruleFailure(withCoords, parent, [])).toMatch(/not among the given boxes/);

@@ -400,6 +400,12 @@ describe("helpers", () => {
     expect(stripImageToken("What is it?\n<image>")).toBe("What is it?");
     expect(stripImageToken("Look at <image> and say")).toBe("Look at and say");
     expect(stripImageToken("No token\nhere")).toBe("No token\nhere");
+    // Nothing else: indentation and runs of spaces stay.
+    expect(stripImageToken("<image>\nWhat does this print?\nfor i in x:\n    print(i)")).toBe(
+      "What does this print?\nfor i in x:\n    print(i)",
+    );
+    expect(stripImageToken("<image>\n    indented first line")).toBe("    indented first line");
+    expect(stripImageToken("a  |  b\n<image>")).toBe("a  |  b");
   });
 });
 
