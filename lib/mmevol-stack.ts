@@ -271,6 +271,8 @@ export class MmevolStack extends Stack {
     const evolve = stageFunction("evolve", "Evolve", llmEnvironment)
       .bindTable(this.table)
       .bindBucket(this.bucket, { read: [""], write: ["work/"] })
+      // Its own queue too: a message that finds no rate budget goes back to it as a delayed copy.
+      .bindQueue("evolve", this.queues.evolve.queue)
       .bindQueue("judge", this.queues.judge.queue)
       .bindQueue("finalize", this.queues.finalize.queue)
       .bindSecret(this.secret)
@@ -285,6 +287,7 @@ export class MmevolStack extends Stack {
       // Batch mode: the judge request's body is kept under work/ until its batch is built.
       .bindBucket(this.bucket, { write: ["work/"] })
       .bindQueue("evolve", this.queues.evolve.queue)
+      .bindQueue("judge", this.queues.judge.queue)
       .bindQueue("finalize", this.queues.finalize.queue)
       .bindSecret(this.secret)
       .consume(this.queues.judge.queue, {

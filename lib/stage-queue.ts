@@ -2,6 +2,7 @@ import { Duration } from "aws-cdk-lib";
 import { type Alarm, ComparisonOperator, TreatMissingData } from "aws-cdk-lib/aws-cloudwatch";
 import { Queue, QueueEncryption } from "aws-cdk-lib/aws-sqs";
 import { Construct } from "constructs";
+import { MAX_ATTEMPTS } from "../functions/evolution/config.ts";
 
 export interface StageQueueProps {
   /** Timeout of the function that consumes the queue; the visibility timeout is 6x this (AWS guidance). */
@@ -23,9 +24,11 @@ export class StageQueue extends Construct {
 
   constructor(scope: Construct, id: string, props: StageQueueProps) {
     super(scope, id);
-    const maxReceiveCount = props.maxReceiveCount ?? 10;
-    if (!Number.isInteger(maxReceiveCount) || maxReceiveCount < 5) {
-      throw new RangeError(`maxReceiveCount must be an integer >= 5, got ${maxReceiveCount}`);
+    const maxReceiveCount = props.maxReceiveCount ?? MAX_ATTEMPTS + 1;
+    if (!Number.isInteger(maxReceiveCount) || maxReceiveCount <= MAX_ATTEMPTS) {
+      throw new RangeError(
+        `maxReceiveCount must be an integer above a run's most maxAttempts (${MAX_ATTEMPTS}), got ${maxReceiveCount}`,
+      );
     }
     this.deadLetterQueue = new Queue(this, "DeadLetter", {
       encryption: QueueEncryption.SQS_MANAGED,

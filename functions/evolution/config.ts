@@ -21,6 +21,9 @@ export const ModelPrice = z.object({
 export type ModelPrice = z.infer<typeof ModelPrice>;
 
 /** Run settings (METHOD.md §6 defaults); a `run.json` or CLI flags override them. */
+/** The most `maxAttempts` a run may ask for: one less than the deployed queues' deliveries (lib/stage-queue.ts). */
+export const MAX_ATTEMPTS = 9;
+
 export const RunConfig = z.strictObject({
   model: z.string().min(1).default("gpt-4o-mini"),
   /** The judge's model; the evolution model when absent. */
@@ -55,12 +58,17 @@ export const RunConfig = z.strictObject({
     .int()
     .positive()
     .default(2 * 1024 ** 3),
-  /** A longer line (or JSON array element) is rejected without being parsed. 1 MiB. */
+  /**
+   * A longer line (or JSON array element) is rejected without being parsed. 256 KiB, and at most that: the
+   * deployed state keeps a sample in one DynamoDB item (400 KB at most, compressed), and a line whose record
+   * would not fit failed every write of its whole ingest batch, again and again, so its shard never finished.
+   */
   maxLineBytes: z
     .number()
     .int()
     .positive()
-    .default(1024 ** 2),
+    .max(256 * 1024)
+    .default(256 * 1024),
   /** A larger image file is refused from its size alone, before it is read; the sample passes through. 20 MiB. */
   maxImageBytes: z
     .number()
@@ -79,8 +87,12 @@ export const RunConfig = z.strictObject({
   preFilter: z.boolean().default(true),
   /** How many times a schema-invalid answer is asked again before the sample round fails. */
   maxAnswerRetries: z.number().int().min(0).max(10).default(2),
-  /** How many deliveries of a stage message before the sample is FAILED. */
-  maxAttempts: z.number().int().min(1).max(20).default(5),
+  /**
+   * How many deliveries of a stage message before the sample is FAILED. At most MAX_ATTEMPTS: the deployed
+   * queues dead-letter a message on its next delivery, and a sample its handler never failed would be sent
+   * again by the sweeper, its deliveries counted from 1, for ever.
+   */
+  maxAttempts: z.number().int().min(1).max(MAX_ATTEMPTS).default(5),
   /** Per-model price overrides, US dollars per million tokens. */
   prices: z.record(z.string(), ModelPrice).default({}),
   dryRun: z.boolean().default(false),

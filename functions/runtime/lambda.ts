@@ -160,10 +160,25 @@ function governedByTable(
 
 /** The longest a record's next-stage messages wait for the other records' to go in one SQS batch (GatheredSends). */
 const GATHER_SENDS_MS = 2_000;
+/**
+ * The first retry's delay when the error names none (a 5xx, a reset), doubling per receive: 30 s, 1, 2 and 4
+ * minutes, so the default 5 attempts outlast a provider's outage of about 7 minutes before the sample fails
+ * for good. (From 2 s, they were spent in about 30 s.)
+ */
+const RETRY_BASE_MS = 30_000;
 /** The longest a message waits for rate budget before it looks again. */
 const BUDGET_RECHECK_MAX_SECONDS = 30;
 /** Message attribute of a delayed copy: how many times in a row the message found no rate budget. */
 const BUDGET_WAITS_ATTRIBUTE = "mmevol-budget-waits";
+
+/**
+ * How long a message that failed with a retryable error stays hidden before its `attempt`+1-th receive: the
+ * provider's retry-after when it gave one, else RETRY_BASE_MS doubling. Whole seconds, 1 to 900 (SQS's cap).
+ */
+export function retryDelaySeconds(attempt: number, retryAfterMs: number | null): number {
+  const ms = retryAfterMs ?? RETRY_BASE_MS * 2 ** Math.max(0, attempt - 1);
+  return Math.min(900, Math.max(1, Math.ceil(ms / 1000)));
+}
 
 /**
  * The delay of a message's copy after it found no rate budget for the `waits`+1-th time in a row. The
@@ -281,7 +296,7 @@ export function makeSqsHandler<S extends z.ZodType<Message>>(
       return;
     const hinted =
       "retryAfterMs" in error && typeof error.retryAfterMs === "number" ? error.retryAfterMs : null;
-    const seconds = Math.min(900, Math.max(1, Math.ceil((hinted ?? 2_000 * 2 ** (attempt - 1)) / 1000)));
+    const seconds = retryDelaySeconds(attempt, hinted);
     try {
       await sqs.send(
         new ChangeMessageVisibilityCommand({

@@ -505,8 +505,11 @@ describe("MmevolStack template (defaults)", () => {
       expect(sendTargets("ingest")).toEqual(
         [queueId("evolve"), queueId("finalize"), queueId("ingest")].sort(),
       );
-      expect(sendTargets("evolve")).toEqual([queueId("finalize"), queueId("judge")].sort());
-      expect(sendTargets("judge")).toEqual([queueId("evolve"), queueId("finalize")].sort());
+      // Each LLM stage also sends to its own queue: the delayed copy of a message that found no rate budget.
+      expect(sendTargets("evolve")).toEqual(
+        [queueId("evolve"), queueId("finalize"), queueId("judge")].sort(),
+      );
+      expect(sendTargets("judge")).toEqual([queueId("evolve"), queueId("finalize"), queueId("judge")].sort());
       expect(sendTargets("finalize")).toEqual([]);
     });
 

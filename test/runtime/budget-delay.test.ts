@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { budgetDelaySeconds } from "../../functions/runtime/lambda.ts";
+import { budgetDelaySeconds, retryDelaySeconds } from "../../functions/runtime/lambda.ts";
 
 describe("budgetDelaySeconds: how long a message with no rate budget stays away", () => {
   it("doubles with every look that found no budget, jittered between half and all of it, up to 30 s", () => {
@@ -17,5 +17,18 @@ describe("budgetDelaySeconds: how long a message with no rate budget stays away"
     expect(budgetDelaySeconds(0, 12_300, () => 0)).toBe(13);
     expect(budgetDelaySeconds(0, 600_000, () => 0)).toBe(30);
     expect(budgetDelaySeconds(0, null, () => 0)).toBe(1);
+  });
+});
+
+describe("retryDelaySeconds: how long a message that failed with a retryable error stays away", () => {
+  it("outlasts a provider's outage of minutes over the default 5 attempts, up to SQS's 900 s", () => {
+    expect([1, 2, 3, 4].map((attempt) => retryDelaySeconds(attempt, null))).toEqual([30, 60, 120, 240]);
+    expect(retryDelaySeconds(10, null)).toBe(900);
+  });
+
+  it("takes the provider's retry-after when it gave one", () => {
+    expect(retryDelaySeconds(3, 1_500)).toBe(2);
+    expect(retryDelaySeconds(1, 0)).toBe(1);
+    expect(retryDelaySeconds(1, 3_600_000)).toBe(900);
   });
 });

@@ -1,6 +1,9 @@
+import { App, Duration, Stack } from "aws-cdk-lib";
 import { describe, expect, it } from "vitest";
 import { SqliteStateStore } from "../../functions/adapters/local/sqlite-state-store.ts";
+import { MAX_ATTEMPTS } from "../../functions/evolution/config.ts";
 import { loadShardConfig, shardConfig } from "../../functions/pipeline/shard-config.ts";
+import { StageQueue } from "../../lib/stage-queue.ts";
 import { shardRecord } from "../helpers/state-store-contract.ts";
 
 /** A SQLite store in memory that counts its shard reads. */
@@ -62,5 +65,18 @@ describe("shardConfig", () => {
 
   it("refuses settings that do not fit the schema", () => {
     expect(() => shardConfig(shardRecord({ config: { rounds: 0 } }))).toThrow();
+  });
+
+  it("refuses more attempts than the deployed queues deliver a message before they dead-letter it", () => {
+    expect(shardConfig(shardRecord({ config: { maxAttempts: MAX_ATTEMPTS } })).maxAttempts).toBe(
+      MAX_ATTEMPTS,
+    );
+    expect(() => shardConfig(shardRecord({ config: { maxAttempts: MAX_ATTEMPTS + 1 } }))).toThrow();
+    // A queue dead-lettering sooner would leave such a sample neither failed nor finished: refused at synth.
+    const stack = new Stack(new App(), "Queues");
+    const timeout = Duration.seconds(60);
+    expect(
+      () => new StageQueue(stack, "Q", { functionTimeout: timeout, maxReceiveCount: MAX_ATTEMPTS }),
+    ).toThrow(/above a run's most maxAttempts/);
   });
 });
