@@ -323,9 +323,11 @@ describe("MmevolStack template (defaults)", () => {
           ENV.finalizeQueueUrl,
           ENV.runDefaults,
         ],
+        // Evolve and judge have their own queue's URL: they send a delayed copy to it when no rate budget is left.
         evolve: [
           ENV.table,
           ENV.bucket,
+          ENV.evolveQueueUrl,
           ENV.judgeQueueUrl,
           ENV.finalizeQueueUrl,
           ENV.openaiSecret,
@@ -339,6 +341,7 @@ describe("MmevolStack template (defaults)", () => {
           ENV.table,
           ENV.bucket,
           ENV.evolveQueueUrl,
+          ENV.judgeQueueUrl,
           ENV.finalizeQueueUrl,
           ENV.openaiSecret,
           ENV.runDefaults,
