@@ -56,33 +56,36 @@ function portLogger(logger: PowertoolsLogger): Logger {
   };
 }
 
-/** `build` on first use; a failure is not kept, so the next use tries again. */
-function lazily<T>(build: () => Promise<T>): () => Promise<T> {
-  let value: Promise<T> | null = null;
-  return () => {
-    value ??= build().catch((error: unknown) => {
-      value = null;
-      throw error;
-    });
-    return value;
-  };
-}
-
 /** Where both OpenAI adapters go, and with which key. */
-type Endpoint = Pick<OpenAiClientOptions, "apiKey" | "baseURL">;
+export type Endpoint = Pick<OpenAiClientOptions, "apiKey" | "baseURL">;
 
 /**
- * The key (from Secrets Manager, on first use, so functions without it still start) and the endpoint: read
- * once per container for both the Llm and the Batch API.
+ * The key (from Secrets Manager, on first use, so functions without it still start) and the endpoint, for both
+ * the Llm and the Batch API. Read at every use: readApiKey keeps the secret 5 minutes, so a key replaced in the
+ * secret (a typo fixed, a leaked key rotated) reaches warm containers within that, where one read per container
+ * kept the old key for hours and failed every sample with a 401.
  */
 function endpointOf(env: LambdaEnv): () => Promise<Endpoint> {
-  return lazily(async () => {
+  return async () => {
     const secret = env[ENV.openaiSecret];
     if (!secret) throw new InvalidInputError("this function was not granted the OpenAI key secret");
     const apiKey = await readApiKey(secret);
     const baseURL = env[ENV.openaiBaseUrl];
     return { apiKey, ...(baseURL ? { baseURL } : {}) };
-  });
+  };
+}
+
+/** One `T` built per key: the same client while the key stays, a new one once the secret holds another. */
+export function perKey<T>(
+  endpoint: () => Promise<Endpoint>,
+  build: (endpoint: Endpoint) => T,
+): () => Promise<T> {
+  let current: { readonly key: string; readonly value: T } | null = null;
+  return async () => {
+    const now = await endpoint();
+    if (current?.key !== now.apiKey) current = { key: now.apiKey, value: build(now) };
+    return current.value;
+  };
 }
 
 /** The Llm over the endpoint, built on first use; passes the provider's rate-limit headers on. */
@@ -90,9 +93,9 @@ class SecretKeyLlm implements Llm {
   #built: OpenAiLlm | null = null;
   readonly #llm: () => Promise<OpenAiLlm>;
   constructor(endpoint: () => Promise<Endpoint>, env: LambdaEnv, logger: Logger) {
-    this.#llm = lazily(async () => {
+    this.#llm = perKey(endpoint, (now) => {
       this.#built = new OpenAiLlm({
-        ...(await endpoint()),
+        ...now,
         timeoutMs: env[ENV.llmTimeoutMs],
         // Under the shared rate governor, a 429 must reach it (to cut the rate), not be retried around it.
         maxRetries: rateLimited(env) ? 0 : env[ENV.llmMaxRetries],
@@ -114,7 +117,7 @@ class SecretKeyLlm implements Llm {
 class SecretKeyBatchApi implements BatchApi {
   readonly #api: () => Promise<BatchApi>;
   constructor(endpoint: () => Promise<Endpoint>, logger: Logger) {
-    this.#api = lazily(async () => new OpenAiBatchApi({ ...(await endpoint()), logger }));
+    this.#api = perKey(endpoint, (now) => new OpenAiBatchApi({ ...now, logger }));
   }
   uploadFile(name: string, content: Uint8Array): Promise<string> {
     return this.#api().then((api) => api.uploadFile(name, content));

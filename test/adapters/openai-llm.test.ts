@@ -10,6 +10,8 @@ interface Reply {
   readonly headers?: Record<string, string>;
   /** Never answer, to exercise the client timeout. */
   readonly hang?: boolean;
+  /** Sent as it is instead of `body` as JSON (a body cut off mid-way). */
+  readonly raw?: string;
 }
 
 interface Seen {
@@ -37,7 +39,7 @@ const handle = async (request: IncomingMessage, response: ServerResponse): Promi
   const reply = replies.shift() ?? { status: 500, body: { error: { message: "no scripted reply" } } };
   if (reply.hang === true) return;
   response.writeHead(reply.status, { "content-type": "application/json", ...reply.headers });
-  response.end(JSON.stringify(reply.body ?? {}));
+  response.end(reply.raw ?? JSON.stringify(reply.body ?? {}));
 };
 
 const completion = (
@@ -200,6 +202,28 @@ describe("OpenAiLlm", () => {
     replies = [{ status: 200, body: completion({ content: answer }, "stop", null) }];
     const response = await llm().complete(request);
     expect(response.usage).toEqual({ promptTokens: 0, cachedTokens: 0, completionTokens: 0 });
+  });
+
+  it("reads null token counts (some compatible servers send them) as 0 instead of refusing a paid answer", async () => {
+    replies = [
+      {
+        status: 200,
+        body: completion({ content: answer }, "stop", {
+          prompt_tokens: null,
+          completion_tokens: 5,
+          total_tokens: null,
+        }),
+      },
+    ];
+    const response = await llm().complete(request);
+    expect(response.usage).toEqual({ promptTokens: 0, cachedTokens: 0, completionTokens: 5 });
+  });
+
+  it("treats a 200 whose body is cut off mid-way as a retryable server fault", async () => {
+    replies = [{ status: 200, raw: '{"id":"chatcmpl-1","choices":[{"message":{"content":"{}"' }];
+    const error = await failureOf(llm({ maxRetries: 0 }).complete(request));
+    expect(error).toBeInstanceOf(LlmCallError);
+    expect(error).toMatchObject({ retryable: true });
   });
 
   it("waits out a 429 with retry-after and then succeeds", async () => {

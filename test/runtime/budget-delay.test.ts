@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { budgetDelaySeconds, retryDelaySeconds } from "../../functions/runtime/lambda.ts";
+import { budgetDelaySeconds, perKey, retryDelaySeconds } from "../../functions/runtime/lambda.ts";
 
 describe("budgetDelaySeconds: how long a message with no rate budget stays away", () => {
   it("doubles with every look that found no budget, jittered between half and all of it, up to 30 s", () => {
@@ -30,5 +30,24 @@ describe("retryDelaySeconds: how long a message that failed with a retryable err
     expect(retryDelaySeconds(3, 1_500)).toBe(2);
     expect(retryDelaySeconds(1, 0)).toBe(1);
     expect(retryDelaySeconds(1, 3_600_000)).toBe(900);
+  });
+});
+
+describe("perKey: the OpenAI clients of a warm Lambda container", () => {
+  it("are built once per key, and anew once the secret holds another (a rotated key reaches warm containers)", async () => {
+    let key = "sk-old";
+    const built: string[] = [];
+    const client = perKey(
+      async () => ({ apiKey: key }),
+      (endpoint) => {
+        built.push(endpoint.apiKey);
+        return { key: endpoint.apiKey };
+      },
+    );
+    expect(await client()).toEqual({ key: "sk-old" });
+    expect(await client()).toBe(await client());
+    key = "sk-new";
+    expect(await client()).toEqual({ key: "sk-new" });
+    expect(built).toEqual(["sk-old", "sk-new"]);
   });
 });

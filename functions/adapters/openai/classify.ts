@@ -166,5 +166,13 @@ export const classifyFailure = (error: unknown, secrets: readonly string[] = [])
       cause: error,
     });
   }
+  // A body the client could not parse as JSON after a success status (cut off mid-way): a server fault, as any
+  // other unreadable answer is, not a property of the request.
+  if (error instanceof SyntaxError) {
+    return new LlmCallError(`LLM answer is not JSON: ${scrub(messageOf(error))}`, {
+      retryable: true,
+      cause: error,
+    });
+  }
   return new LlmCallError(`LLM call failed: ${scrub(messageOf(error))}`, { retryable: false, cause: error });
 };

@@ -41,8 +41,19 @@ const CompletionBody = z.object({
     .min(1, "the completion has no choices"),
   usage: z
     .object({
-      prompt_tokens: z.number().int().nonnegative().default(0),
-      completion_tokens: z.number().int().nonnegative().default(0),
+      // Some compatible servers send null for a count they do not keep: read as 0, like a missing one.
+      prompt_tokens: z
+        .number()
+        .int()
+        .nonnegative()
+        .nullish()
+        .transform((n) => n ?? 0),
+      completion_tokens: z
+        .number()
+        .int()
+        .nonnegative()
+        .nullish()
+        .transform((n) => n ?? 0),
       prompt_tokens_details: z.object({ cached_tokens: z.number().int().nonnegative().nullish() }).nullish(),
     })
     .nullish(),
