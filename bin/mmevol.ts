@@ -12,7 +12,7 @@ import { RunConfig, type RunConfigInput } from "../functions/evolution/config.ts
 import { InvalidInputError, MmevolError } from "../functions/ports/errors.ts";
 import type { Llm } from "../functions/ports/llm.ts";
 import type { Logger } from "../functions/ports/runtime.ts";
-import { duplicateShardNames, type Progress, runLocal } from "../functions/runtime/local.ts";
+import { type Progress, runLocal } from "../functions/runtime/local.ts";
 import { RunDirectoryBusyError } from "../functions/runtime/run-lock.ts";
 import { concurrencyArg, positiveInt, timeoutSeconds } from "./commands/arguments.ts";
 import { registerStatusCommands } from "./commands/register.ts";
@@ -153,8 +153,6 @@ async function runCommand(shards: string[], flags: RunFlags): Promise<void> {
     if (!statSync(shard).isFile())
       fail(`shard is not a file: ${shard} (give the .jsonl or .json files in it)`);
   }
-  const named = duplicateShardNames(shards);
-  if (named !== null) fail(named);
   const fromFile = flags.config ? loadConfigFile(flags.config) : {};
   const apiKey = process.env.OPENAI_API_KEY?.trim() || undefined;
   const baseURL = flags.baseUrl ?? (process.env.OPENAI_BASE_URL?.trim() || undefined);

@@ -162,7 +162,7 @@ async function registerShard(
   const now = deps.clock.now();
   // Another file may take the name between the look above and this create (two uploads at once): the shard
   // created is then not ours, and this file takes its own by its key.
-  for (const shard of first === byKey ? [byKey] : [first, byKey]) {
+  for (const shard of new Set([first, byKey])) {
     const { shard: record } = await deps.state.createShard({
       run,
       shard,

@@ -119,7 +119,7 @@ export function shardNameOf(path: string): string {
  * Why these shards cannot run together, or null: two with the same name (their file names less the extension,
  * as in `a/train.jsonl` and `b/train.jsonl`) would share one state and one output, and the second be lost.
  */
-export function duplicateShardNames(paths: readonly string[]): string | null {
+function duplicateShardNames(paths: readonly string[]): string | null {
   const seen = new Map<string, string>();
   for (const path of paths) {
     const name = shardNameOf(path);
