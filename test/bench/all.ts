@@ -6,9 +6,11 @@
 // server (key in OPENAI_API_KEY) instead of the simulator; the other benchmarks are about this code and stay
 // as they are. Its batches take as long as it takes to run them. `--samples <n>` sets the cost benchmarks'
 // samples (default 200): their online calls take about n x 120,000 tokens in all, which is two hours at
-// 200,000 tokens/min, so against a server the run first prints that estimate at the server's limit.
+// 200,000 tokens/min, so against a server the run first prints that estimate at the server's limit. `--tpm <n>`
+// gives that server's tokens-per-minute limit to every benchmark that sends it requests, for a server whose
+// x-ratelimit-* headers do not say it.
 import { spawnSync } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
@@ -24,17 +26,25 @@ const { values } = parseArgs({
     "base-url": { type: "string" },
     /** Samples of the cost benchmarks (dollars per kept item, AWS next to the LLM). */
     samples: { type: "string" },
+    /** The server's tokens-per-minute limit, when its headers do not say it. */
+    tpm: { type: "string" },
   },
 });
 const quick = values.quick === true;
 const baseUrl = values["base-url"];
-/** Where the rate and cost benchmarks send their requests. */
-const foreign = (args: readonly string[]): string[] =>
-  baseUrl === undefined ? [...args] : [...args, "--base-url", baseUrl];
+/** Where the rate and cost benchmarks send their requests, and the limit given for it. */
+const foreign = (args: readonly string[]): string[] => [
+  ...args,
+  ...(baseUrl === undefined ? [] : ["--base-url", baseUrl]),
+  ...(values.tpm === undefined ? [] : ["--tpm", values.tpm]),
+];
 const server = baseUrl === undefined ? "simulator" : new URL(baseUrl).host;
-if (values.samples !== undefined && !/^[1-9]\d*$/.test(values.samples)) {
-  process.stderr.write(`--samples must be a positive integer, got ${values.samples}\n`);
-  process.exit(2);
+for (const option of ["samples", "tpm"] as const) {
+  const given = values[option];
+  if (given !== undefined && !/^[1-9]\d*$/.test(given)) {
+    process.stderr.write(`--${option} must be a positive integer, got ${given}\n`);
+    process.exit(2);
+  }
 }
 /** The cost benchmarks' --samples: as given, else smaller under --quick, else their own default. */
 const costArgs = (quickSamples: string): string[] =>
@@ -71,11 +81,19 @@ const BENCHES: readonly Bench[] = [
 ];
 
 type Figures = Record<string, unknown>;
+/** The figure at `path` in a benchmark's JSON. */
+const pick = (figures: Figures | undefined, path: readonly string[]): unknown =>
+  path.reduce<unknown>(
+    (value, key) => (typeof value === "object" && value !== null ? (value as Figures)[key] : undefined),
+    figures,
+  );
 const num = (figures: Figures | undefined, ...path: string[]): number | null => {
-  let value: unknown = figures;
-  for (const key of path)
-    value = typeof value === "object" && value !== null ? (value as Figures)[key] : undefined;
+  const value = pick(figures, path);
   return typeof value === "number" && Number.isFinite(value) ? value : null;
+};
+const str = (figures: Figures | undefined, ...path: string[]): string | null => {
+  const value = pick(figures, path);
+  return typeof value === "string" ? value : null;
 };
 
 /**
@@ -92,7 +110,7 @@ async function announceCostMinutes(): Promise<void> {
   const samples = Number(values.samples ?? (quick ? 16 : 200));
   let tpm: number;
   try {
-    tpm = await benchTokenLimit(undefined, foreignEndpoint(baseUrl), "gpt-4o-mini", 0);
+    tpm = await benchTokenLimit(values.tpm, foreignEndpoint(baseUrl), "gpt-4o-mini", 0);
   } catch (error) {
     process.stderr.write(
       `could not read ${server}'s limit (${(error as Error).message}); no time estimate\n`,
@@ -109,11 +127,14 @@ await announceCostMinutes();
 
 const dir = mkdtempSync(join(tmpdir(), "mmevol-bench-"));
 const results: Record<string, Figures> = {};
+/** The benchmarks run (all, or those `--only` names). */
+const ran = new Set<string>();
 const failures: string[] = [];
 const started = Date.now();
 try {
   for (const bench of BENCHES) {
     if (values.only && !values.only.includes(bench.name)) continue;
+    ran.add(bench.name);
     const out = join(dir, `${bench.name}.json`);
     process.stderr.write(`\n=== ${bench.name}: node test/bench/${bench.script} ${bench.args.join(" ")}\n`);
     const t0 = Date.now();
@@ -125,13 +146,14 @@ try {
         stdio: ["ignore", "inherit", "inherit"],
       },
     );
-    if (child.status !== 0) {
-      failures.push(`${bench.name} exited with ${child.status ?? child.signal}`);
-      continue;
-    }
+    if (child.status !== 0) failures.push(`${bench.name} exited with ${child.status ?? child.signal}`);
+    // A benchmark that failed may still have written its figures (a layout that did not finish, a run that
+    // stalled): they are shown, with why; its rows say what is missing.
+    if (!existsSync(out)) continue;
     results[bench.name] = {
       ...JSON.parse(readFileSync(out, "utf8")),
       seconds: Math.round((Date.now() - t0) / 1000),
+      ...(child.status === 0 ? {} : { exitStatus: child.status ?? child.signal }),
     };
   }
 } finally {
@@ -148,6 +170,18 @@ interface Row {
 const at = (value: number | null, digits: number) => (value === null ? "n/a" : value.toFixed(digits));
 const atMost = (value: number | null, limit: number) => (value === null ? null : value <= limit);
 const atLeast = (value: number | null, limit: number) => (value === null ? null : value >= limit);
+const percent = (share: number | null) => (share === null ? "n/a" : `${(share * 100).toFixed(0)} %`);
+/** Why a row has no value, when its benchmark said: a steady window too short, a layout or a run that failed. */
+const missing = (name: string, value: number | null, ...reasons: (string | null)[]): string => {
+  const figures = r[name];
+  if (value !== null) return "";
+  const window = num(figures, "steadyWindowSeconds");
+  const said = reasons.find((reason) => reason !== null);
+  if (said !== undefined && said !== null) return `; not measured: ${said}`;
+  if (figures !== undefined && num(figures, "useOfLimit") === null && window !== null)
+    return `; not measured: a steady window of ${window} s is too short for a figure (run more samples)`;
+  return figures === undefined && ran.has(name) ? "; not measured: the benchmark wrote no figures" : "";
+};
 const r = results;
 const rows: Row[] = [
   (() => {
@@ -167,7 +201,7 @@ const rows: Row[] = [
       value: v,
       target: ">= 0.95",
       ok: atLeast(v, 0.95),
-      note: `limit ${num(r.rate, "tokensPerMinute") ?? "?"} TPM, ${latency}; evolve max_tokens sized to a median ${num(r.rate, "evolveMedianMaxTokensSent") ?? "?"} (cap ${num(r.rate, "evolveMaxTokensCap") ?? "?"}): ${num(r.rate, "evolveCallsPerLimitGain") ?? "?"}x the evolve calls a flat cap fits (computed)`,
+      note: `limit ${num(r.rate, "tokensPerMinute") ?? "?"} TPM, ${latency}${missing("rate", v)}; evolve max_tokens sized to a median ${num(r.rate, "evolveMedianMaxTokensSent") ?? "?"} (cap ${num(r.rate, "evolveMaxTokensCap") ?? "?"}): ${num(r.rate, "evolveCallsPerLimitGain") ?? "?"}x the evolve calls a flat cap fits (computed)`,
     };
   })(),
   (() => {
@@ -187,7 +221,7 @@ const rows: Row[] = [
       value: v,
       target: ">= 0.95",
       ok: atLeast(v, 0.95),
-      note: `limit ${num(r["rate-stack"], "tokensPerMinute") ?? "?"} TPM, ${latency}`,
+      note: `limit ${num(r["rate-stack"], "tokensPerMinute") ?? "?"} TPM, ${latency}${missing("rate-stack", v)}`,
     };
   })(),
   (() => {
@@ -207,7 +241,7 @@ const rows: Row[] = [
       value: v,
       target: "<= 0.7",
       ok: atMost(v, 0.7),
-      note: `$ per call ${at(num(r.cost, "onlinePerCallRatio"), 3)}; vs the reference with a cold cache between rounds: ${at(num(r.cost, "onlineRatioToCold"), 3)}${baseUrl === undefined ? "" : `; on ${server}`}`,
+      note: `$ per call ${at(num(r.cost, "onlinePerCallRatio"), 3)}; vs the reference with a cold cache between rounds: ${at(num(r.cost, "onlineRatioToCold"), 3)}${baseUrl === undefined ? "" : `; on ${server}`}${missing("cost", v, str(r.cost, "failed", "reference"), str(r.cost, "failed", "online"))}`,
     };
   })(),
   (() => {
@@ -217,7 +251,7 @@ const rows: Row[] = [
       value: v,
       target: "<= 0.35",
       ok: atMost(v, 0.35),
-      note: `$ per call ${at(num(r.cost, "batchPerCallRatio"), 3)}; vs cold reference: ${at(num(r.cost, "batchRatioToCold"), 3)}`,
+      note: `$ per call ${at(num(r.cost, "batchPerCallRatio"), 3)}; vs cold reference: ${at(num(r.cost, "batchRatioToCold"), 3)}${missing("cost", v, str(r.cost, "failed", "reference"), str(r.cost, "failed", "batch"))}`,
     };
   })(),
   (() => {
@@ -227,7 +261,7 @@ const rows: Row[] = [
       value: v,
       target: "<= 0.7",
       ok: atMost(v, 0.7),
-      note: `$ per call ${at(num(r["cost-4.1-mini"], "onlinePerCallRatio"), 3)}; evolve prompt cached: ${at((num(r["cost-4.1-mini"], "online", "evolveCachedShare") ?? Number.NaN) * 100, 0)} % vs ${at((num(r["cost-4.1-mini"], "reference", "evolveCachedShare") ?? Number.NaN) * 100, 0)} %`,
+      note: `$ per call ${at(num(r["cost-4.1-mini"], "onlinePerCallRatio"), 3)}; evolve prompt cached: ${percent(num(r["cost-4.1-mini"], "online", "evolveCachedShare"))} vs ${percent(num(r["cost-4.1-mini"], "reference", "evolveCachedShare"))}${missing("cost-4.1-mini", v, str(r["cost-4.1-mini"], "failed", "reference"), str(r["cost-4.1-mini"], "failed", "online"))}`,
     };
   })(),
   (() => {
@@ -237,7 +271,7 @@ const rows: Row[] = [
       value: v,
       target: "<= 0.35",
       ok: atMost(v, 0.35),
-      note: `$ per call ${at(num(r["cost-4.1-mini"], "batchPerCallRatio"), 3)}`,
+      note: `$ per call ${at(num(r["cost-4.1-mini"], "batchPerCallRatio"), 3)}${missing("cost-4.1-mini", v, str(r["cost-4.1-mini"], "failed", "reference"), str(r["cost-4.1-mini"], "failed", "batch"))}`,
     };
   })(),
   (() => {
@@ -257,7 +291,7 @@ const rows: Row[] = [
       value: v === null ? null : v * 100,
       target: "<= 2 %",
       ok: atMost(v, 0.02),
-      note: `$${at(num(r["aws-online"], "awsPer1000", "total"), 4)} AWS vs $${at(num(r["aws-online"], "llmPer1000"), 3)} LLM per 1,000 samples${baseUrl === undefined ? "" : ` (${server})`}`,
+      note: `$${at(num(r["aws-online"], "awsPer1000", "total"), 4)} AWS vs $${at(num(r["aws-online"], "llmPer1000"), 3)} LLM per 1,000 samples${baseUrl === undefined ? "" : ` (${server})`}${missing("aws-online", v, str(r["aws-online"], "incomplete"))}`,
     };
   })(),
   (() => {
@@ -267,7 +301,7 @@ const rows: Row[] = [
       value: v === null ? null : v * 100,
       target: "<= 2 %",
       ok: atMost(v, 0.02),
-      note: `$${at(num(r["aws-batch"], "awsPer1000", "total"), 4)} AWS vs $${at(num(r["aws-batch"], "llmPer1000"), 3)} LLM per 1,000 samples${baseUrl === undefined ? "" : ` (${server})`}`,
+      note: `$${at(num(r["aws-batch"], "awsPer1000", "total"), 4)} AWS vs $${at(num(r["aws-batch"], "llmPer1000"), 3)} LLM per 1,000 samples${baseUrl === undefined ? "" : ` (${server})`}${missing("aws-batch", v, str(r["aws-batch"], "incomplete"))}`,
     };
   })(),
 ];

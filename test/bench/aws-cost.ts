@@ -29,7 +29,13 @@ import { readStackTemplate, startEmulatedStack } from "../../functions/runtime/e
 import { ENV } from "../../functions/runtime/env.ts";
 import { writeLlavaBenchShard } from "../helpers/bench-shard.ts";
 import { ensureDynamoLocal } from "../helpers/dynamodb-local.ts";
-import { benchTokenLimit, type ForeignEndpoint, foreignEndpoint, serverName } from "../helpers/endpoint.ts";
+import {
+  benchTokenLimit,
+  type ForeignEndpoint,
+  foreignEndpoint,
+  probeBatchApi,
+  serverName,
+} from "../helpers/endpoint.ts";
 import { repoRoot } from "../helpers/files.ts";
 import { ensureMoto, motoClientConfig } from "../helpers/moto.ts";
 import { ReportCounts } from "../helpers/report.ts";
@@ -778,8 +784,11 @@ export interface AwsCostFigures {
   readonly llmPer1000: number;
   /** The same from the simulator's own token counts, as a cross-check; null against another server. */
   readonly llmPer1000FromSimulator: number | null;
-  /** awsPer1000.total / llmPer1000; target <= 0.02. */
-  readonly ratio: number;
+  /**
+   * awsPer1000.total / llmPer1000; target <= 0.02. Null when there is no such figure: a run that did not finish
+   * (`incomplete`), or no LLM cost at all.
+   */
+  readonly ratio: number | null;
   /** The usage behind the figures, for the whole run. */
   readonly usage: {
     readonly lambda: {
@@ -1348,7 +1357,10 @@ function summarize(input: {
     lambdaMeasuredPer1000: round(per1000(lambdaMeasuredDollars)),
     llmPer1000: round(llmPer1000),
     llmPer1000FromSimulator: simDollars === null ? null : round(per1000(simDollars)),
-    ratio: round(awsTotal / Math.max(1e-12, input.report.usage.costUsd), 4),
+    ratio:
+      input.incomplete !== undefined || input.report.usage.costUsd <= 0
+        ? null
+        : round(awsTotal / input.report.usage.costUsd, 4),
     usage: {
       lambda: {
         invocations: lambdaInvocations,
@@ -1422,13 +1434,20 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
       ? null
       : await benchTokenLimit(values.tpm, endpoint, values.model, 0).catch((error: unknown) => {
           console.error(
-            `[bench:aws-cost] ${(error as Error).message}; the stack's governor learns it instead`,
+            `[bench:aws-cost] ${(error as Error).message}; without it the stack's governor knows no limit and slows down only when answered 429`,
           );
           return null;
         });
   const [low, high] = values.latency.split("-").map(Number);
   const latencyMs: number | [number, number] = high === undefined ? Number(low) : [Number(low), high];
   const mode = z.enum(["online", "batch"]).parse(values.mode);
+  // Without files and batches endpoints a batch run would only stall: say so before starting the stack.
+  if (mode === "batch" && endpoint !== null) {
+    await probeBatchApi(endpoint).catch((error: unknown) => {
+      console.error(`[bench:aws-cost] ${(error as Error).message}; no batch figures`);
+      process.exit(1);
+    });
+  }
   const figures = await measureAwsCost({
     samples: Number(values.samples),
     latencyMs,
@@ -1454,7 +1473,8 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
     "CloudWatch Logs (estimate)": usd(a.cloudwatchLogs),
     "AWS total per 1,000 samples": usd(a.total),
     "LLM per 1,000 samples (report)": usd(figures.llmPer1000),
-    "AWS / LLM (target <= 2%)": `${(figures.ratio * 100).toFixed(2)}%`,
+    "AWS / LLM (target <= 2%)":
+      figures.ratio === null ? "none: the run did not finish" : `${(figures.ratio * 100).toFixed(2)}%`,
   });
   console.log("top operations (whole run):");
   console.table(
@@ -1473,6 +1493,6 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
   if (figures.incomplete) console.log(`INCOMPLETE RUN: ${figures.incomplete}`);
   if (values.json) writeFileSync(values.json, `${JSON.stringify(figures, null, 2)}\n`);
   console.log(JSON.stringify({ bench: "aws-cost", ...figures }));
-  // ensureMoto may have started moto: it stops with this process.
-  process.exit(0);
+  // ensureMoto may have started moto: it stops with this process. A run that did not finish is a failure.
+  process.exit(figures.incomplete === undefined ? 0 : 1);
 }

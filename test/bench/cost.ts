@@ -13,7 +13,7 @@
 // simulator starts each layout with a cold prefix cache; a foreign server keeps its cache between the three
 // runs (the later runs may find the earlier runs' prefixes still cached), so run those apart
 // with --layouts to keep them independent.
-import { mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
@@ -28,6 +28,7 @@ import { costOf, priceOf } from "../../functions/evolution/pricing.ts";
 import { evolveDirectionText } from "../../functions/evolution/prompts.ts";
 import type { ShardReport } from "../../functions/evolution/report.ts";
 import { Direction } from "../../functions/evolution/schemas.ts";
+import { layout } from "../../functions/pipeline/shard-config.ts";
 import type {
   BatchApi,
   BatchInfo,
@@ -38,7 +39,14 @@ import { LlmAnswerError } from "../../functions/ports/errors.ts";
 import type { ChatMessage, ContentPart, Llm, LlmRequest, LlmResponse } from "../../functions/ports/llm.ts";
 import { runLocal } from "../../functions/runtime/local.ts";
 import { writeBenchShard } from "../helpers/bench-shard.ts";
-import { type ForeignEndpoint, foreignEndpoint, serverName } from "../helpers/endpoint.ts";
+import {
+  benchTokenLimit,
+  type ForeignEndpoint,
+  foreignEndpoint,
+  probeBatchApi,
+  probeServer,
+  serverName,
+} from "../helpers/endpoint.ts";
 
 const KEY = "sk-bench-cost";
 
@@ -299,6 +307,7 @@ async function runOne(
   rounds: number,
   model: string,
   endpoint: ForeignEndpoint | null,
+  tokensPerMinute: number | null,
 ) {
   // A fresh simulator per run: each starts with a cold prefix cache, like a new day at the provider.
   const sim =
@@ -332,9 +341,15 @@ async function runOne(
       batch: { api: batchApi, codec: new OpenAiBatchCodec() },
       batchMinPollMs: endpoint === null ? 20 : 1_000,
       batchMaxPollMs: endpoint === null ? 200 : 30_000,
+      ...(tokensPerMinute === null ? {} : { rateLimit: { tokensPerMinute } }),
     });
+    if (result.stoppedFor !== null) throw new Error(`${kind} layout stopped: ${result.stoppedFor}`);
     const report = result.reports[0];
     if (!report) throw new Error(`${kind}: no report`);
+    if (report.counts.evolved === 0 && report.counts.failed > 0)
+      throw new Error(
+        `${kind} layout: all ${report.counts.failed} samples failed, so there is no cost per kept item; the first: ${firstFailure(join(out, layout.errors(kind, report.shard)))}`,
+      );
     process.stderr.write(
       `[bench:cost] ${kind} layout: ${report.usage.calls} calls, $${report.usage.costUsd.toFixed(4)} in ${((performance.now() - started) / 1000).toFixed(0)} s\n`,
     );
@@ -363,6 +378,18 @@ async function runOne(
     } satisfies CostRun;
   } finally {
     await sim?.close();
+  }
+}
+
+/** The reason of the first failed sample in a run's errors file. */
+function firstFailure(errorsFile: string): string {
+  if (!existsSync(errorsFile)) return "(no errors file)";
+  const first = readFileSync(errorsFile, "utf8").split("\n")[0] ?? "";
+  try {
+    const { reason } = JSON.parse(first) as { reason?: unknown };
+    return typeof reason === "string" ? reason : first;
+  } catch {
+    return first;
   }
 }
 
@@ -413,6 +440,10 @@ export interface CostFigures {
    */
   readonly onlinePerCallRatio: number | null;
   readonly batchPerCallRatio: number | null;
+  /** Layouts that did not finish, with the reason; their figures are null. */
+  readonly failed: Partial<Record<Layout, string>>;
+  /** Whether the server reports cached prompt tokens (null: the simulator, which does). */
+  readonly serverReportsCachedTokens: boolean | null;
 }
 
 const ratio = (ours: CostRun | null, base: number | null): number | null =>
@@ -431,6 +462,9 @@ export async function measureCost(
     endpoint?: ForeignEndpoint | null;
     /** The layouts to run, in this order (default all three). */
     layouts?: readonly Layout[];
+    /** The limit the runs' governor is told; by default it learns the server's from its headers. */
+    tokensPerMinute?: number | null;
+    say?: (line: string) => void;
   } = {},
 ): Promise<CostFigures> {
   // 200: kept items vary from run to run (the simulator's verdicts follow each prompt's hash), by up to 18%
@@ -440,12 +474,39 @@ export async function measureCost(
   const model = options.model ?? "gpt-4o-mini";
   const endpoint = options.endpoint ?? null;
   const layouts = new Set(options.layouts ?? LAYOUTS);
+  const say = options.say ?? ((line: string) => process.stderr.write(`[bench:cost] ${line}\n`));
+  const failed: Partial<Record<Layout, string>> = {};
+  let reportsCached: boolean | null = null;
+  if (endpoint !== null) {
+    reportsCached = (await probeServer(endpoint, model)).reportsCachedTokens;
+    if (!reportsCached)
+      say(
+        `${serverName(endpoint)} sends no usage.prompt_tokens_details.cached_tokens: every prompt token is priced uncached, in every layout, so the ratios show no caching`,
+      );
+    // Without files and batches endpoints the batch layout cannot run: say so before the online layouts' hours.
+    if (layouts.has("batch")) {
+      await probeBatchApi(endpoint).catch((error: unknown) => {
+        failed.batch = (error as Error).message;
+        layouts.delete("batch");
+        say(`batch layout left out: ${failed.batch}`);
+      });
+    }
+  }
   const dir = mkdtempSync(join(tmpdir(), "mmevol-bench-cost-"));
   try {
     const shard = writeBenchShard(dir, { samples, name: "cost", withBoxes: true });
     await makeImagesDistinct(join(dir, "images"));
-    const measured = async (kind: Layout) =>
-      layouts.has(kind) ? await runOne(kind, shard, dir, rounds, model, endpoint) : null;
+    // A layout that fails leaves its figures null; the others still run.
+    const measured = async (kind: Layout) => {
+      if (!layouts.has(kind)) return null;
+      try {
+        return await runOne(kind, shard, dir, rounds, model, endpoint, options.tokensPerMinute ?? null);
+      } catch (error) {
+        failed[kind] = error instanceof Error ? error.message : String(error);
+        say(`${kind} layout failed: ${failed[kind]}`);
+        return null;
+      }
+    };
     const reference = await measured("reference");
     const online = await measured("online");
     const batch = await measured("batch");
@@ -476,6 +537,8 @@ export async function measureCost(
       imageEarlyPerCallRatio: perCallRatio(imageEarly, reference),
       onlinePerCallRatio: perCallRatio(online, reference),
       batchPerCallRatio: perCallRatio(batch, reference),
+      failed,
+      serverReportsCachedTokens: reportsCached,
     };
   } finally {
     rmSync(dir, { recursive: true, force: true });
@@ -502,15 +565,20 @@ if (import.meta.main) {
       model: { type: "string", default: "gpt-4o-mini" },
       "base-url": { type: "string" },
       layouts: { type: "string" },
+      /** The limit the runs' governor is told, for a server whose headers do not say it. */
+      tpm: { type: "string" },
       json: { type: "string" },
     },
   });
+  const endpoint = foreignEndpoint(values["base-url"]);
   const figures = await measureCost({
     samples: Number(values.samples),
     rounds: Number(values.rounds),
     model: values.model,
-    endpoint: foreignEndpoint(values["base-url"]),
+    endpoint,
     layouts: parseLayouts(values.layouts),
+    tokensPerMinute:
+      values.tpm === undefined ? null : await benchTokenLimit(values.tpm, endpoint, values.model, 0),
   });
   const row = (name: string, r: CostRun | null) =>
     r === null
@@ -543,6 +611,9 @@ if (import.meta.main) {
     console.log(
       `images shrunk ${ours.imagesShrunk} for ${ours.evolveCallsWithImage} evolve calls with an image; judge calls with an image: ${ours.judgeCallsWithImage}`,
     );
+  for (const [kind, reason] of Object.entries(figures.failed))
+    console.log(`${kind} layout FAILED: ${reason}`);
   if (values.json) writeFileSync(values.json, `${JSON.stringify(figures, null, 2)}\n`);
   console.log(JSON.stringify({ onlineRatio: figures.onlineRatio, batchRatio: figures.batchRatio }));
+  if (Object.keys(figures.failed).length > 0) process.exitCode = 1;
 }

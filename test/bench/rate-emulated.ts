@@ -20,6 +20,7 @@ import { writeBenchShard } from "../helpers/bench-shard.ts";
 import { testBucket } from "../helpers/bucket.ts";
 import { ensureDynamoLocal } from "../helpers/dynamodb-local.ts";
 import {
+  awaitFullBudget,
   benchSamples,
   benchTokenLimit,
   type ForeignEndpoint,
@@ -28,7 +29,7 @@ import {
 } from "../helpers/endpoint.ts";
 import { tempDir } from "../helpers/files.ts";
 import { ensureMoto, motoClientConfig } from "../helpers/moto.ts";
-import { limiterCharge, parseTokenCharge, steadyUse } from "../helpers/rate-window.ts";
+import { limiterCharge, MIN_WINDOW_SECONDS, parseTokenCharge, steadyUse } from "../helpers/rate-window.ts";
 import { synthOnce } from "../helpers/synth-once.ts";
 
 interface Call {
@@ -122,7 +123,8 @@ export interface RateFigures {
   readonly share429: number;
   readonly steadyWindowSeconds: number;
   readonly steadyTokensPerMinute: number;
-  readonly useOfLimit: number;
+  /** Null when the steady window was under MIN_WINDOW_SECONDS: too short a run for a figure. */
+  readonly useOfLimit: number | null;
   readonly totalSeconds: number;
   /** The functions' warnings and errors, by message. */
   readonly warnings: Record<string, number>;
@@ -188,6 +190,8 @@ export async function measureEmulatedRate(
     for (const name of readdirSync(join(dir.path, "images")))
       await bucket.put(`seeds/${run}/images/${name}`, readFileSync(join(dir.path, "images", name)));
     await bucket.put(`seeds/${run}/run.json`, JSON.stringify({ rounds, model }));
+    // The shared governor and the steady window both start from a full budget: a foreign server's must be.
+    if (server !== null) await awaitFullBudget(server, model);
     const started = performance.now();
     await bucket.put(`seeds/${run}/rate.jsonl`, readFileSync(shard));
     const progress = setInterval(() => {
@@ -271,10 +275,14 @@ if (import.meta.main) {
     "429 share (target <= 1%)": `${(figures.share429 * 100).toFixed(2)}%`,
     "steady window (s)": figures.steadyWindowSeconds,
     "tokens/min charged in the window": figures.steadyTokensPerMinute,
-    "use of the limit (target >= 0.95)": figures.useOfLimit,
+    "use of the limit (target >= 0.95)": figures.useOfLimit ?? `none: window under ${MIN_WINDOW_SECONDS} s`,
     "total time (s)": figures.totalSeconds,
   });
   console.log("function warnings:", JSON.stringify(figures.warnings));
+  if (figures.useOfLimit === null)
+    console.log(
+      `The steady window was ${figures.steadyWindowSeconds} s, under the ${MIN_WINDOW_SECONDS} s a figure needs: run more --samples.`,
+    );
   if (values.json) writeFileSync(values.json, `${JSON.stringify(figures, null, 2)}\n`);
   console.log(JSON.stringify({ useOfLimit: figures.useOfLimit, share429: figures.share429 }));
   process.exit(0);

@@ -14,8 +14,14 @@ import { LlmAnswerError } from "../../functions/ports/errors.ts";
 import type { Llm, LlmRequest, LlmResponse } from "../../functions/ports/llm.ts";
 import { runLocal } from "../../functions/runtime/local.ts";
 import { writeBenchShard } from "../helpers/bench-shard.ts";
-import { benchSamples, benchTokenLimit, foreignEndpoint, serverName } from "../helpers/endpoint.ts";
-import { limiterCharge, parseTokenCharge, steadyUse } from "../helpers/rate-window.ts";
+import {
+  awaitFullBudget,
+  benchSamples,
+  benchTokenLimit,
+  foreignEndpoint,
+  serverName,
+} from "../helpers/endpoint.ts";
+import { limiterCharge, MIN_WINDOW_SECONDS, parseTokenCharge, steadyUse } from "../helpers/rate-window.ts";
 
 const { values } = parseArgs({
   options: {
@@ -116,6 +122,8 @@ try {
   // No client retries: every 429 reaches the governor (and the run's own retry), none is hidden.
   const server = endpoint ?? { apiKey: "bench", baseURL: sim?.url ?? "" };
   const meter = new MeteringLlm(new OpenAiLlm({ ...server, maxRetries: 0 }));
+  // The governor and the steady window both start from a full budget: a foreign server's must be.
+  if (endpoint !== null) await awaitFullBudget(endpoint, model);
   const started = performance.now();
   const result = await runLocal({
     shards: [shard],
@@ -146,8 +154,6 @@ try {
     tpm,
   );
   const useOfLimit = steady.useOfLimit;
-  const windowMinutes = steady.windowSeconds / 60;
-  const windowTokens = steady.tokensPerMinute * windowMinutes;
   const share429 = stats.requests > 0 ? stats.rateLimited / stats.requests : 0;
   const figures = {
     date: new Date().toISOString().slice(0, 10),
@@ -163,9 +169,10 @@ try {
     requests: stats.requests,
     rateLimited: stats.rateLimited,
     share429: +share429.toFixed(4),
-    steadyWindowSeconds: +(windowMinutes * 60).toFixed(1),
-    steadyTokensPerMinute: Math.round(windowTokens / windowMinutes),
-    useOfLimit: +useOfLimit.toFixed(3),
+    steadyWindowSeconds: steady.windowSeconds,
+    steadyTokensPerMinute: steady.tokensPerMinute,
+    /** Null when the steady window was under MIN_WINDOW_SECONDS: too short a run for a figure. */
+    useOfLimit,
     meanChargePerCall: Math.round(
       charged.reduce((sum, c) => sum + c.charged, 0) / Math.max(1, charged.length),
     ),
@@ -188,7 +195,7 @@ try {
     "429 share (target <= 1%)": `${(share429 * 100).toFixed(2)}%`,
     "steady window (s)": figures.steadyWindowSeconds,
     "tokens/min charged in the window": figures.steadyTokensPerMinute,
-    "use of the limit (target >= 0.95)": figures.useOfLimit,
+    "use of the limit (target >= 0.95)": useOfLimit ?? `none: window under ${MIN_WINDOW_SECONDS} s`,
     [`mean charge per call (prompt + ${tokenCharge === "usage" ? "completion" : "max_tokens"})`]:
       figures.meanChargePerCall,
     [`evolve max_tokens sent, mean (cap ${cap})`]: figures.evolveMeanMaxTokensSent,
@@ -198,6 +205,10 @@ try {
     [`calls in flight, most at once (concurrency ${concurrency})`]: figures.peakCallsInFlight,
     "total time (s)": figures.totalSeconds,
   });
+  if (useOfLimit === null)
+    console.log(
+      `The steady window was ${steady.windowSeconds} s, under the ${MIN_WINDOW_SECONDS} s a figure needs: run more --samples.`,
+    );
   if (values.json) writeFileSync(values.json, `${JSON.stringify(figures, null, 2)}\n`);
 } finally {
   await sim?.close();

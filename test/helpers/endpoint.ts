@@ -1,5 +1,11 @@
-import { OpenAiLlm } from "../../functions/adapters/openai/openai-llm.ts";
-import { LlmAnswerError } from "../../functions/ports/errors.ts";
+import { setTimeout as sleep } from "node:timers/promises";
+import OpenAI from "openai";
+import { scrubSecrets } from "../../functions/adapters/openai/classify.ts";
+import {
+  type RateLimitSnapshot,
+  readRateLimit,
+  toChatCompletionParams,
+} from "../../functions/adapters/openai/openai-llm.ts";
 import type { LlmRequest } from "../../functions/ports/llm.ts";
 
 /**
@@ -46,18 +52,118 @@ export const tinyRequest = (model: string, name: string): LlmRequest => ({
   seed: 1,
 });
 
+/** What one small request tells about a server: its `x-ratelimit-*` headers, and what its usage reports. */
+export interface ServerProbe extends RateLimitSnapshot {
+  /** Whether the answer's usage has `prompt_tokens_details.cached_tokens`; without it no token is priced cached. */
+  readonly reportsCachedTokens: boolean;
+}
+
+const NO_HEADERS: RateLimitSnapshot = {
+  limitRequests: null,
+  remainingRequests: null,
+  limitTokens: null,
+  remainingTokens: null,
+};
+
 /**
- * The server's tokens-per-minute limit for `model`, read from the `x-ratelimit-limit-tokens` header of one
- * small request (well under the 1,024 tokens of a cacheable prefix); null when the server sends none.
+ * One small request (well under the 1,024 tokens of a cacheable prefix) to `model`: the server's limits and
+ * what is left of them, and whether it reports cached tokens. A failure names the server and the reason, with
+ * the key scrubbed from whatever the server sent back.
  */
-export async function probeTokenLimit(endpoint: ForeignEndpoint, model: string): Promise<number | null> {
-  const llm = new OpenAiLlm({ ...endpoint, maxRetries: 2 });
-  const probe = llm.complete(tinyRequest(model, "Limit probe"));
-  // An answer cut short or off its schema still came with the headers; only they are wanted.
-  await probe.catch((error: unknown) => {
-    if (!(error instanceof LlmAnswerError)) throw error;
-  });
-  return llm.lastRateLimit(model)?.limitTokens ?? null;
+export async function probeServer(endpoint: ForeignEndpoint, model: string): Promise<ServerProbe> {
+  const client = new OpenAI({ ...endpoint, maxRetries: 2 });
+  try {
+    const { data, response } = await client.chat.completions
+      .create(toChatCompletionParams(tinyRequest(model, "Limit probe")))
+      .withResponse();
+    return {
+      ...(readRateLimit(response.headers) ?? NO_HEADERS),
+      reportsCachedTokens: typeof data.usage?.prompt_tokens_details?.cached_tokens === "number",
+    };
+  } catch (error) {
+    const reason = scrubSecrets(error instanceof Error ? error.message : String(error), [endpoint.apiKey]);
+    throw new Error(`a small request to ${serverName(endpoint)} (${model}) failed: ${reason}`);
+  }
+}
+
+/**
+ * Whether the server has the Batch API that batch mode needs, by listing one of its batches (as batch mode's
+ * recovery does). Throws, naming the server and the status, when it has not (404, 405, 501) or the call fails.
+ */
+export async function probeBatchApi(endpoint: ForeignEndpoint): Promise<void> {
+  const client = new OpenAI({ ...endpoint, maxRetries: 2 });
+  try {
+    await client.batches.list({ limit: 1 });
+  } catch (error) {
+    const status = error instanceof OpenAI.APIError ? error.status : undefined;
+    if (status === 404 || status === 405 || status === 501)
+      throw new Error(
+        `${serverName(endpoint)} has no Batch API (GET /batches answered ${status}): batch mode needs its files and batches endpoints`,
+      );
+    const reason = scrubSecrets(error instanceof Error ? error.message : String(error), [endpoint.apiKey]);
+    throw new Error(`the Batch API call GET /batches to ${serverName(endpoint)} failed: ${reason}`);
+  }
+}
+
+/** The server's tokens-per-minute limit for `model`, from its `x-ratelimit-limit-tokens` header; null if none. */
+export const probeTokenLimit = async (endpoint: ForeignEndpoint, model: string): Promise<number | null> =>
+  (await probeServer(endpoint, model)).limitTokens;
+
+/** Short of a full budget by at most this share of a minute counts as full (the probe spends a little). */
+const FULL_ENOUGH = 0.02;
+
+/**
+ * How much of a minute's refill the server's budget lacks, by its `x-ratelimit-*` headers: the larger of the
+ * tokens' and the requests' shortfall (the probe's own request not counted); null when they do not say.
+ */
+export function budgetShortfall(probe: RateLimitSnapshot): number | null {
+  const short = (limit: number | null, remaining: number | null, own: number) =>
+    limit === null || remaining === null || limit <= 0 ? null : Math.max(0, limit - remaining - own) / limit;
+  const tokens = short(probe.limitTokens, probe.remainingTokens, 0);
+  const requests = short(probe.limitRequests, probe.remainingRequests, 1);
+  if (tokens === null && requests === null) return null;
+  return Math.max(tokens ?? 0, requests ?? 0);
+}
+
+/**
+ * Waits until the server's budget for `model` is full again, as a rate benchmark's figures assume at its start
+ * (the governor starts with a full minute, and the steady window replays the run on a full bucket). A run just
+ * before, such as the other rate benchmark in `npm run bench`, leaves it spent: the new run's first minute then
+ * meets 429s and a lower use. Probes, waits the time the shortfall takes to refill at the limit, probes again
+ * (at most 5 times). A server that reports no remaining budget is waited on for a minute, after which any
+ * token bucket is full.
+ */
+export async function awaitFullBudget(
+  endpoint: ForeignEndpoint,
+  model: string,
+  options: { readonly say?: (line: string) => void; readonly wait?: (ms: number) => Promise<unknown> } = {},
+): Promise<ServerProbe> {
+  const say = options.say ?? ((line: string) => process.stderr.write(`${line}\n`));
+  const wait = options.wait ?? ((ms: number) => sleep(ms));
+  const server = serverName(endpoint);
+  for (let probes = 1; ; probes++) {
+    const probe = await probeServer(endpoint, model);
+    const shortfall = budgetShortfall(probe);
+    if (shortfall === null) {
+      say(
+        `${server} reports no remaining budget (x-ratelimit-remaining-*): waiting 60 s, after which it is full`,
+      );
+      await wait(60_000);
+      return probe;
+    }
+    if (shortfall <= FULL_ENOUGH) return probe;
+    if (probes === 5) {
+      say(
+        `${server}'s budget is still ${(shortfall * 100).toFixed(0)}% short after ${probes} probes: starting anyway`,
+      );
+      return probe;
+    }
+    const ms = Math.ceil(shortfall * 60_000) + 500;
+    say(
+      `${server}'s budget for ${model} is ${(shortfall * 100).toFixed(0)}% short of full (${probe.remainingTokens ?? "?"} of ${probe.limitTokens ?? "?"} tokens, ${probe.remainingRequests ?? "?"} of ${probe.limitRequests ?? "?"} requests left): waiting ${(ms / 1000).toFixed(0)} s for it to refill, as the rate figures assume a full budget at the start`,
+    );
+    await wait(ms);
+  }
 }
 
 /**

@@ -26,6 +26,12 @@ export interface ChargedCall {
 const SPENT = 0.1;
 
 /**
+ * A shorter steady window measures nothing: a few calls' 1-3 s latency and the bucket's starting level are
+ * most of it (a 10 s window of a 60-sample run read 0.6 one time and 1.3 the next).
+ */
+export const MIN_WINDOW_SECONDS = 30;
+
+/**
  * Tokens per minute over the steady part of a run, as a share of what the limit allowed in it. The provider's
  * limiter starts with a full minute of budget and refills it at the limit; replaying the run's charges on such
  * a bucket tells when that first minute was spent (at once with many calls in flight, over half a minute when
@@ -33,13 +39,14 @@ const SPENT = 0.1;
  * start, that leaves the bucket under a tenth full (or at the first one after `minStartMs` if none does), and
  * closes at the call by which 90% of the tokens had gone out (the tail runs out of work, not of budget). What
  * the limit allowed in it: its refill over the window plus what the bucket still held when it opened.
+ * A window under MIN_WINDOW_SECONDS has no figure (`useOfLimit` null): the run was too short for one.
  */
 export function steadyUse(
   calls: readonly ChargedCall[],
   started: number,
   tokensPerMinute: number,
   minStartMs = 15_000,
-): { windowSeconds: number; tokensPerMinute: number; useOfLimit: number } {
+): { windowSeconds: number; tokensPerMinute: number; useOfLimit: number | null } {
   const sorted = [...calls].sort((a, b) => a.at - b.at);
   const total = sorted.reduce((sum, c) => sum + c.charged, 0);
   let cumulative = 0;
@@ -68,9 +75,10 @@ export function steadyUse(
   const tokens = inWindow.reduce((sum, c) => sum + c.charged, 0);
   const minutes = (tailAt - start.at) / 60_000;
   const allowed = tokensPerMinute * minutes + start.level;
+  const long = minutes * 60 >= MIN_WINDOW_SECONDS;
   return {
     windowSeconds: +(minutes * 60).toFixed(1),
     tokensPerMinute: minutes > 0 ? Math.round(tokens / minutes) : 0,
-    useOfLimit: minutes > 0 ? +(tokens / allowed).toFixed(3) : Number.NaN,
+    useOfLimit: long ? +(tokens / allowed).toFixed(3) : null,
   };
 }

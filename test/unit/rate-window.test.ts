@@ -29,6 +29,18 @@ describe("steadyUse", () => {
     expect(use.useOfLimit).toBeLessThan(1.02);
   });
 
+  it("gives no figure for a run whose steady window is under 30 s", () => {
+    // The first minute at once, then the limit for 40 s: the window opens 15 s in and closes at 90% of the
+    // tokens, about 35 s in.
+    const short = steadyUse([{ at: 0, charged: limit }, ...steady(0.1, 40, 1000)], 0, limit);
+    expect(short.windowSeconds).toBeLessThan(30);
+    expect(short.windowSeconds).toBeGreaterThan(0);
+    expect(short.useOfLimit).toBeNull();
+    const long = steadyUse([{ at: 0, charged: limit }, ...steady(0.1, 60, 1000)], 0, limit);
+    expect(long.windowSeconds).toBeGreaterThanOrEqual(30);
+    expect(long.useOfLimit).not.toBeNull();
+  });
+
   it("counts the budget a run left in the bucket when it never ran short", () => {
     const use = steadyUse(steady(0, 120, 500), 0, limit);
     // Half the refill, and a full minute's bucket never spent.

@@ -100,7 +100,8 @@ const headerNumber = (headers: Headers, name: string): number | null => {
   return Number.isFinite(value) ? value : null;
 };
 
-const readRateLimit = (headers: Headers): RateLimitSnapshot | null => {
+/** The `x-ratelimit-*` headers of an answer; null when it has none. */
+export const readRateLimit = (headers: Headers): RateLimitSnapshot | null => {
   const snapshot: RateLimitSnapshot = {
     limitRequests: headerNumber(headers, "x-ratelimit-limit-requests"),
     remainingRequests: headerNumber(headers, "x-ratelimit-remaining-requests"),

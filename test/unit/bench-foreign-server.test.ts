@@ -1,0 +1,208 @@
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { OpenAiLlm } from "../../functions/adapters/openai/openai-llm.ts";
+import { type Simulator, startSimulator } from "../../functions/adapters/simulated/server.ts";
+import { measureCost } from "../bench/cost.ts";
+import {
+  awaitFullBudget,
+  budgetShortfall,
+  probeBatchApi,
+  probeServer,
+  tinyRequest,
+} from "../helpers/endpoint.ts";
+
+/**
+ * A compatible server as some are: no rate-limit headers, no prompt_tokens_details, no Batch API, and (with
+ * `refuse`) every chat completion with an image a 400. A 401 echoes the Authorization header, as a careless proxy might.
+ */
+async function startBareServer(): Promise<{
+  url: string;
+  refuse: { on: boolean };
+  close: () => Promise<void>;
+}> {
+  const refuse = { on: false };
+  const server: Server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on("data", (chunk: Buffer) => chunks.push(chunk));
+    req.on("end", () => {
+      const body = Buffer.concat(chunks).toString();
+      const json = (status: number, body: unknown) => {
+        res.writeHead(status, { "content-type": "application/json" });
+        res.end(JSON.stringify(body));
+      };
+      if (req.headers.authorization !== "Bearer sk-bare-secret-key")
+        return json(401, { error: { message: `bad key: ${req.headers.authorization}` } });
+      if (req.method === "POST" && req.url === "/v1/chat/completions") {
+        if (refuse.on && body.includes("image_url"))
+          return json(400, {
+            error: { message: "this server takes no images", type: "invalid_request_error" },
+          });
+        return json(200, {
+          id: "chatcmpl-1",
+          object: "chat.completion",
+          created: 1,
+          model: "gpt-4o-mini",
+          choices: [
+            { index: 0, message: { role: "assistant", content: '{"answer":"ok"}' }, finish_reason: "stop" },
+          ],
+          usage: { prompt_tokens: 12, completion_tokens: 4, total_tokens: 16 },
+        });
+      }
+      json(404, { detail: "Not Found" });
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/v1`,
+    refuse,
+    close: () => new Promise((resolve) => server.close(() => resolve())),
+  };
+}
+
+describe("how much of a minute a server's budget lacks", () => {
+  const full = { limitTokens: 10_000, remainingTokens: 10_000, limitRequests: 100, remainingRequests: 99 };
+  it("is the larger of the tokens' and the requests' shortfall, the probe's own request not counted", () => {
+    expect(budgetShortfall(full)).toBe(0);
+    expect(budgetShortfall({ ...full, remainingTokens: 2_500 })).toBe(0.75);
+    expect(budgetShortfall({ ...full, remainingRequests: 49 })).toBe(0.5);
+    expect(
+      budgetShortfall({ ...full, limitRequests: null, remainingRequests: null, remainingTokens: 9_000 }),
+    ).toBe(0.1);
+  });
+  it("is unknown when the headers do not say", () => {
+    expect(
+      budgetShortfall({
+        limitTokens: null,
+        remainingTokens: null,
+        limitRequests: null,
+        remainingRequests: null,
+      }),
+    ).toBeNull();
+    expect(budgetShortfall({ ...full, remainingTokens: null, remainingRequests: null })).toBeNull();
+  });
+});
+
+describe("a rate benchmark's start against another server", () => {
+  let limited: Simulator;
+  let bare: Awaited<ReturnType<typeof startBareServer>>;
+  beforeAll(async () => {
+    limited = await startSimulator({ tokensPerMinute: 50_000 });
+    bare = await startBareServer();
+  });
+  afterAll(async () => {
+    await limited.close();
+    await bare.close();
+  });
+
+  it("starts at once when the server's budget is full", async () => {
+    const waits: number[] = [];
+    const fresh = await startSimulator({ tokensPerMinute: 50_000 });
+    try {
+      const probe = await awaitFullBudget({ baseURL: fresh.url, apiKey: "sk-test" }, "gpt-4o-mini", {
+        say: () => {},
+        wait: async (ms) => waits.push(ms),
+      });
+      expect(waits).toEqual([]);
+      expect(probe.limitTokens).toBe(50_000);
+    } finally {
+      await fresh.close();
+    }
+  });
+
+  it("waits for a budget a run before it spent to refill, for the time the refill takes", async () => {
+    const endpoint = { baseURL: limited.url, apiKey: "sk-test" };
+    // A call charged its prompt and 25,000 max_tokens spends half of a 50,000 tokens-per-minute budget.
+    await new OpenAiLlm(endpoint).complete({ ...tinyRequest("gpt-4o-mini", "Spend"), maxTokens: 25_000 });
+    const waits: number[] = [];
+    const said: string[] = [];
+    await awaitFullBudget(endpoint, "gpt-4o-mini", {
+      say: (line) => said.push(line),
+      wait: async (ms) => waits.push(ms),
+    });
+    // Half a minute, and the simulator's clock did not move: probed again, up to 5 times, then it starts anyway.
+    expect(waits).toHaveLength(4);
+    expect(waits[0]).toBeGreaterThan(30_000);
+    expect(waits[0]).toBeLessThan(32_500);
+    expect(said[0]).toMatch(/budget for gpt-4o-mini is 5\d% short of full .*waiting 3\d s for it to refill/);
+    expect(said.at(-1)).toMatch(/still 5\d% short after 5 probes: starting anyway/);
+  });
+
+  it("waits a whole minute on a server that reports no remaining budget", async () => {
+    const waits: number[] = [];
+    const said: string[] = [];
+    const probe = await awaitFullBudget({ baseURL: bare.url, apiKey: "sk-bare-secret-key" }, "gpt-4o-mini", {
+      say: (line) => said.push(line),
+      wait: async (ms) => waits.push(ms),
+    });
+    expect(waits).toEqual([60_000]);
+    expect(said.join("\n")).toMatch(/reports no remaining budget .*waiting 60 s/);
+    expect(probe.reportsCachedTokens).toBe(false);
+  });
+});
+
+describe("probing a server", () => {
+  let sim: Simulator;
+  let bare: Awaited<ReturnType<typeof startBareServer>>;
+  beforeAll(async () => {
+    sim = await startSimulator({});
+    bare = await startBareServer();
+  });
+  afterAll(async () => {
+    await sim.close();
+    await bare.close();
+  });
+
+  it("tells whether its usage reports cached tokens", async () => {
+    expect(
+      (await probeServer({ baseURL: sim.url, apiKey: "sk-test" }, "gpt-4o-mini")).reportsCachedTokens,
+    ).toBe(true);
+    expect(
+      (await probeServer({ baseURL: bare.url, apiKey: "sk-bare-secret-key" }, "gpt-4o-mini"))
+        .reportsCachedTokens,
+    ).toBe(false);
+  });
+
+  it("names the server and the reason when it fails, without the key", async () => {
+    const failure = probeServer({ baseURL: bare.url, apiKey: "sk-wrong-but-secret-key" }, "gpt-4o-mini");
+    await expect(failure).rejects.toThrow(/a small request to 127\.0\.0\.1:\d+ \(gpt-4o-mini\) failed: 401/);
+    await expect(failure).rejects.not.toThrow(/sk-wrong-but-secret-key/);
+  });
+
+  it("finds the Batch API, or says the server has none", async () => {
+    await expect(probeBatchApi({ baseURL: sim.url, apiKey: "sk-test" })).resolves.toBeUndefined();
+    await expect(probeBatchApi({ baseURL: bare.url, apiKey: "sk-bare-secret-key" })).rejects.toThrow(
+      /127\.0\.0\.1:\d+ has no Batch API \(GET \/batches answered 404\)/,
+    );
+  });
+});
+
+describe("the cost benchmark against a server that cannot do the work", () => {
+  let bare: Awaited<ReturnType<typeof startBareServer>>;
+  beforeAll(async () => {
+    bare = await startBareServer();
+  });
+  afterAll(async () => {
+    await bare.close();
+  });
+
+  it("leaves out the batch layout at once, and names why every sample of the others failed", async () => {
+    bare.refuse.on = true;
+    const said: string[] = [];
+    const figures = await measureCost({
+      samples: 2,
+      rounds: 1,
+      endpoint: { baseURL: bare.url, apiKey: "sk-bare-secret-key" },
+      say: (line) => said.push(line),
+    });
+    expect(figures.failed.batch).toMatch(/has no Batch API/);
+    expect(figures.failed.reference).toMatch(
+      /reference layout: all 2 samples failed.*the first: .*takes no images/,
+    );
+    expect(figures.failed.online).toMatch(/online layout: all 2 samples failed/);
+    expect([figures.reference, figures.online, figures.batch]).toEqual([null, null, null]);
+    expect([figures.onlineRatio, figures.batchRatio]).toEqual([null, null]);
+    expect(figures.serverReportsCachedTokens).toBe(false);
+    expect(said.join("\n")).toMatch(/no usage\.prompt_tokens_details\.cached_tokens/);
+  }, 60_000);
+});
