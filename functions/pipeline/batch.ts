@@ -564,6 +564,9 @@ const metadataOf = (job: BatchJob): Record<string, string> => ({
   mmevol_shard: job.shard,
 });
 
+/** How far behind ours the provider's clock may be, when a batch it created is looked for by time. */
+const PROVIDER_CLOCK_SKEW_MS = 60 * 60_000;
+
 /** A job a crash left between recording and submitting: adopt its batch if the provider has it, else undo it. */
 async function recoverSubmitting(
   deps: TickDeps,
@@ -571,7 +574,10 @@ async function recoverSubmitting(
   job: BatchJob,
   now: number,
 ): Promise<void> {
-  const found = (await batch.api.listBatches(100)).find((info) => info.metadata.mmevol_job === job.id);
+  // Every batch created since the job was recorded, whatever else the organisation created since; the
+  // provider's clock may be behind ours.
+  const since = job.createdAt - PROVIDER_CLOCK_SKEW_MS;
+  const found = (await batch.api.listBatches(since)).find((info) => info.metadata.mmevol_job === job.id);
   if (found) {
     await deps.state.putBatchJob({
       ...job,

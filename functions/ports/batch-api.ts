@@ -35,6 +35,8 @@ export interface BatchInfo {
   readonly metadata: Readonly<Record<string, string>>;
   /** Why the batch failed as a whole (input validation), when it did. */
   readonly errors: readonly string[];
+  /** When the provider created it (ms since the epoch, its clock); null when it does not say. */
+  readonly createdAt: number | null;
 }
 
 export interface BatchApi {
@@ -43,8 +45,11 @@ export interface BatchApi {
   /** Creates a batch over an uploaded file for `/v1/chat/completions` with a 24 h window. */
   createBatch(inputFileId: string, metadata: Readonly<Record<string, string>>): Promise<BatchInfo>;
   getBatch(id: string): Promise<BatchInfo>;
-  /** The most recent batches (newest first), to find one whose creation was not recorded before a crash. */
-  listBatches(limit: number): Promise<BatchInfo[]>;
+  /**
+   * The batches created at `since` (ms since the epoch) or later, newest first, through every page: to find
+   * one whose creation was not recorded before a crash, however many others were created since.
+   */
+  listBatches(since: number): Promise<BatchInfo[]>;
   /** A file's content as text (output and error files are JSONL). */
   fileText(fileId: string): Promise<string>;
 }

@@ -128,8 +128,8 @@ class SecretKeyBatchApi implements BatchApi {
   getBatch(id: string): Promise<BatchInfo> {
     return this.#api().then((api) => api.getBatch(id));
   }
-  listBatches(limit: number): Promise<BatchInfo[]> {
-    return this.#api().then((api) => api.listBatches(limit));
+  listBatches(since: number): Promise<BatchInfo[]> {
+    return this.#api().then((api) => api.listBatches(since));
   }
   fileText(fileId: string): Promise<string> {
     return this.#api().then((api) => api.fileText(fileId));

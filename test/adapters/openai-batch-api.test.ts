@@ -124,15 +124,19 @@ describe("OpenAiBatchApi against the simulator", () => {
     expect(raw.completed_at).toBeGreaterThan(0);
   });
 
-  it("lists batches newest first, across pages of the raw client too", async () => {
+  it("lists batches newest first, those created since a time, across pages of the raw client too", async () => {
     const ids: string[] = [];
+    // The API's created_at is in whole seconds.
+    const since = Math.floor(Date.now() / 1000) * 1000;
     for (let i = 0; i < 3; i++) {
       const fileId = await api.uploadFile(`list-${i}.jsonl`, jsonl(requests(1, `l${i}`)));
       ids.push((await api.createBatch(fileId, { n: String(i) })).id);
     }
-    const listed = await api.listBatches(2);
-    expect(listed.map((b) => b.id)).toEqual([ids[2], ids[1]]);
-    expect(listed.map((b) => b.metadata.n)).toEqual(["2", "1"]);
+    const listed = await api.listBatches(since);
+    expect(listed.slice(0, 3).map((b) => b.id)).toEqual([ids[2], ids[1], ids[0]]);
+    expect(listed.slice(0, 3).map((b) => b.metadata.n)).toEqual(["2", "1", "0"]);
+    expect(listed.every((b) => b.createdAt !== null && b.createdAt >= since)).toBe(true);
+    expect(await api.listBatches(Date.now() + 60_000)).toEqual([]);
     const paged: string[] = [];
     for await (const batch of client.batches.list({ limit: 1 })) paged.push(batch.id);
     expect(paged.slice(0, 3)).toEqual([ids[2], ids[1], ids[0]]);

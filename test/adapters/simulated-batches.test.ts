@@ -157,17 +157,20 @@ describe("SimulatedBatches lifecycle", () => {
     expect(batches.stats().linesAnswered).toBe(3);
   });
 
-  it("lists newest first, up to the limit, and pages with after", async () => {
-    const batches = new SimulatedBatches();
+  it("lists newest first, those created since a time, and pages with after", async () => {
+    let now = 1_000_000;
+    const batches = new SimulatedBatches({ clock: { now: () => now } });
     const ids: string[] = [];
     for (let i = 0; i < 3; i++) {
       const file = await batches.uploadFile(`in-${i}.jsonl`, jsonl(requests(1, `b${i}`)));
       ids.push((await batches.createBatch(file, { n: String(i) })).id);
+      now += 1_000;
     }
-    const listed = await batches.listBatches(2);
+    const listed = await batches.listBatches(1_001_000);
     expect(listed.map((b) => b.id)).toEqual([ids[2], ids[1]]);
+    expect(listed.map((b) => b.createdAt)).toEqual([1_002_000, 1_001_000]);
     expect(listed.every((b) => b.status === "completed")).toBe(true);
-    expect(await batches.listBatches(0)).toEqual([]);
+    expect(await batches.listBatches(now)).toEqual([]);
     const first = await batches.list({ limit: 2 });
     expect(first).toMatchObject({ object: "list", has_more: true, first_id: ids[2], last_id: ids[1] });
     const second = await batches.list({ limit: 2, after: ids[1] ?? "" });

@@ -205,3 +205,40 @@ describe("two batchers at once (a scheduled tick that outlasts its minute)", () 
     expect(inner.stats()).toMatchObject({ batchesCreated: 2 });
   });
 });
+
+describe("a submission a crash cut short", () => {
+  it("is adopted by its metadata however many batches were created after it", async () => {
+    const inner = new SimulatedBatches({ completeAfterMs: Number.POSITIVE_INFINITY });
+    let crash = true;
+    let inputFile = "";
+    const f = await fixture(inner, {
+      uploadFile: async (name, content) => {
+        inputFile = await inner.uploadFile(name, content);
+        return inputFile;
+      },
+      // The provider creates the batch; the process dies before the job records its id.
+      createBatch: async (file, metadata) => {
+        const created = await inner.createBatch(file, metadata);
+        if (!crash) return created;
+        crash = false;
+        throw new Error("the container was stopped");
+      },
+      getBatch: (id) => inner.getBatch(id),
+      listBatches: (since) => inner.listBatches(since),
+      fileText: (id) => inner.fileText(id),
+    });
+    await expect(f.defer()).rejects.toMatchObject({ queued: true });
+    await expect(f.tick()).rejects.toThrow(/the container was stopped/);
+    const [crashed] = await f.state.listOpenBatchJobs("r1");
+    expect(crashed).toMatchObject({ status: "submitting", batchId: null });
+    // Before the restart, the organisation creates 150 other batches: more than one page of the listing.
+    for (let i = 0; i < 150; i++) await inner.createBatch(inputFile, { mmevol_job: `other-${i}` });
+    f.advance(1_000);
+    await f.tick();
+    expect(inner.stats().batchesCreated).toBe(151);
+    const [adopted] = await f.state.listOpenBatchJobs("r1");
+    expect(adopted).toMatchObject({ id: crashed?.id, status: "submitted" });
+    expect(adopted?.batchId).toMatch(/^batch/);
+    expect((await f.state.getBatchItem("r1", "s1", "h7"))?.status).toBe("submitted");
+  });
+});

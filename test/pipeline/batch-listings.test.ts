@@ -25,6 +25,7 @@ function slowProvider() {
         requestCounts: { total: 1, completed: 0, failed: 0 },
         metadata,
         errors: [],
+        createdAt: null,
       };
       batches.set(info.id, info);
       return info;

@@ -13,6 +13,8 @@ export type OpenAiBatchApiOptions = OpenAiClientOptions;
 export const MAX_BATCH_INPUT_BYTES = 200 * 1024 * 1024;
 /** The most batches one list page may ask for. */
 const MAX_PAGE = 100;
+/** The most batches one listing reads, against a server that never says when a batch was created. */
+const MAX_LISTED = 10_000;
 
 const BatchStatusSchema = z.enum([
   "validating",
@@ -44,6 +46,7 @@ const BatchObject = z.object({
     })
     .nullish(),
   metadata: z.record(z.string(), z.unknown()).nullish(),
+  created_at: z.number().nullish(),
   errors: z
     .object({
       data: z
@@ -86,6 +89,7 @@ const toBatchInfo = (batch: BatchObject): BatchInfo => ({
     ),
   ),
   errors: (batch.errors?.data ?? []).map(describeError),
+  createdAt: typeof batch.created_at === "number" ? batch.created_at * 1000 : null,
 });
 
 /** The BatchApi port over OpenAI's `/v1/files` and `/v1/batches` (or a compatible server's). */
@@ -132,18 +136,19 @@ export class OpenAiBatchApi implements BatchApi {
     return toBatchInfo(this.#parse("get batch", BatchObject, batch));
   }
 
-  async listBatches(limit: number): Promise<BatchInfo[]> {
-    if (limit <= 0) return [];
-    const raw = await this.#call("list batches", async () => {
-      const found: unknown[] = [];
-      // Pages follow `after`; stop as soon as there are enough, so no page is fetched for nothing.
-      for await (const batch of this.#client.batches.list({ limit: Math.min(limit, MAX_PAGE) })) {
+  async listBatches(since: number): Promise<BatchInfo[]> {
+    return this.#call("list batches", async () => {
+      const found: BatchInfo[] = [];
+      // Newest first, pages following `after`: stop at the first batch created before `since`, so no page is
+      // fetched for nothing. A server that gives no creation time is listed to the end, or to MAX_LISTED.
+      for await (const raw of this.#client.batches.list({ limit: MAX_PAGE })) {
+        const batch = toBatchInfo(this.#parse("list batches", BatchObject, raw));
+        if (batch.createdAt !== null && batch.createdAt < since) break;
         found.push(batch);
-        if (found.length >= limit) break;
+        if (found.length >= MAX_LISTED) break;
       }
       return found;
     });
-    return raw.map((batch) => toBatchInfo(this.#parse("list batches", BatchObject, batch)));
   }
 
   async fileText(fileId: string): Promise<string> {

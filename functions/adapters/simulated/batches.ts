@@ -486,9 +486,8 @@ export class SimulatedBatches implements BatchApi {
     return this.#info(batch);
   }
 
-  async listBatches(limit: number): Promise<BatchInfo[]> {
-    if (limit <= 0) return [];
-    const newest = this.#batches.slice(-limit).reverse();
+  async listBatches(since: number): Promise<BatchInfo[]> {
+    const newest = this.#batches.filter((batch) => batch.createdAtMs >= since).reverse();
     for (const batch of newest) await this.#advance(batch);
     return newest.map((batch) => this.#info(batch));
   }
@@ -845,6 +844,7 @@ export class SimulatedBatches implements BatchApi {
       errorFileId: batch.errorFileId,
       requestCounts: { ...batch.counts },
       metadata: { ...batch.metadata },
+      createdAt: batch.createdAtMs,
       errors:
         batch.status === "failed"
           ? batch.fileErrors.map(
