@@ -50,7 +50,7 @@ const concurrency = values.concurrency === "auto" ? "auto" : Number(values.concu
 const model = values.model;
 const endpoint = foreignEndpoint(values["base-url"]);
 const tpm = await benchTokenLimit(values.tpm, endpoint, model, 700_000);
-const samples = benchSamples(values.samples, tpm, { samples: 320, tpm: 700_000 });
+const samples = benchSamples(values.samples, tpm, { samples: 320, tpm: 700_000 }, endpoint !== null);
 const assumedTpm = values["assume-tpm"] === undefined ? tpm : Number(values["assume-tpm"]);
 const tokenCharge = parseTokenCharge(values["token-charge"]);
 

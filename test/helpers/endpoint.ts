@@ -192,25 +192,36 @@ export async function benchTokenLimit(
 }
 
 const SCALED_MINUTES = 4;
-/** What one sample's round charges a limit (an evolve and a judge call), about. */
+/**
+ * What one sample's round of the cost benchmarks charges a limit, about: an evolve and a judge call, in our
+ * layout and in the reference's (its flat 4,096 max_tokens charge more).
+ */
 export const TOKENS_PER_SAMPLE = 8_000;
+/**
+ * What one sample's round of a rate benchmark charges a limit: an evolve and a judge call, each its prompt and
+ * its sized max_tokens (2,718 and 2,787 a call against the foreign test server, 2026-11-28). The simulator's
+ * answers charge more, so a run sized with it lasts 4 minutes or more.
+ */
+export const RATE_TOKENS_PER_SAMPLE = 5_500;
 
 /** Fewest samples a rate benchmark scales down to at a low limit: 40 calls. */
 const MIN_SAMPLES = 20;
 
 /**
- * How many samples a rate benchmark runs: `--samples` when given; else the default, which fills a few minutes
- * at the default limit. A server with a higher limit gets about 4 minutes of work at its limit, counting 8,000
- * tokens a sample (two calls, each charged its prompt and max_tokens: less than our simulator charges, so 4
- * minutes or more): with less, its first minute's full bucket is most of the run and the steady window left
- * to measure is short (74 s at 400,000 tokens/min and 120 samples against the foreign server). A server with a
- * lower limit gets those 4 minutes too, up to the default's samples and at least 20: the default's 200 samples
- * at 30,000 tokens/min would take over an hour.
+ * How many samples a rate benchmark runs: `--samples` when given; against another server (`foreign`), about 4
+ * minutes of work at its limit, counting RATE_TOKENS_PER_SAMPLE, and at least 20 samples. With less, its first
+ * minute's full bucket is most of the run and the steady window left is short: 74 s at 400,000 tokens/min and
+ * 120 samples against the foreign test server; 111 s at 200,000 and 120 on the emulated stack, where the 6 s
+ * of refill its governor keeps unspent then cost 5% of the figure. With the simulator: the benchmark's
+ * default at the simulator's default limit (its answers charge more, so a few minutes); at a higher limit the
+ * 4 minutes; at a lower one those too, up to the default's samples and at least 20 (the default's 200 samples
+ * at 30,000 tokens/min would take over an hour).
  */
 export function benchSamples(
   given: string | undefined,
   tpm: number,
   defaults: { readonly samples: number; readonly tpm: number },
+  foreign = false,
 ): number {
   if (given !== undefined) {
     const samples = Number(given);
@@ -218,8 +229,9 @@ export function benchSamples(
       throw new Error(`--samples must be a positive integer, got ${given}`);
     return samples;
   }
+  const scaled = Math.ceil((SCALED_MINUTES * tpm) / RATE_TOKENS_PER_SAMPLE);
+  if (foreign) return Math.max(MIN_SAMPLES, scaled);
   if (tpm === defaults.tpm) return defaults.samples;
-  const scaled = Math.ceil((SCALED_MINUTES * tpm) / TOKENS_PER_SAMPLE);
   if (tpm < defaults.tpm) return Math.min(defaults.samples, Math.max(MIN_SAMPLES, scaled));
   return Math.max(defaults.samples, scaled);
 }

@@ -59,16 +59,24 @@ describe("the samples a rate benchmark runs", () => {
   const defaults = { samples: 60, tpm: 200_000 };
   it("are the default at the default limit, and grow or shrink with the limit", () => {
     expect(benchSamples(undefined, 200_000, defaults)).toBe(60);
-    // Under it, about 4 minutes of work too, up to the default's samples and at least 20.
-    expect(benchSamples(undefined, 100_000, defaults)).toBe(50);
-    expect(benchSamples(undefined, 30_000, defaults)).toBe(20);
-    expect(benchSamples(undefined, 30_000, { samples: 200, tpm: 700_000 })).toBe(20);
+    // Under it, about 4 minutes of work too (5,500 tokens a sample), up to the default's samples and at least 20.
+    expect(benchSamples(undefined, 100_000, defaults)).toBe(60);
+    expect(benchSamples(undefined, 50_000, defaults)).toBe(37);
+    expect(benchSamples(undefined, 20_000, defaults)).toBe(20);
+    expect(benchSamples(undefined, 30_000, { samples: 200, tpm: 700_000 })).toBe(22);
     expect(benchSamples(undefined, 400_000, { samples: 200, tpm: 700_000 })).toBe(200);
-    expect(benchSamples(undefined, 200_000, { samples: 200, tpm: 700_000 })).toBe(100);
-    // About 4 minutes of work at the limit, at 8,000 tokens a sample.
-    expect(benchSamples(undefined, 400_000, defaults)).toBe(200);
-    expect(benchSamples(undefined, 2_000_000, defaults)).toBe(1_000);
+    expect(benchSamples(undefined, 200_000, { samples: 200, tpm: 700_000 })).toBe(146);
+    // About 4 minutes of work at the limit, at 5,500 tokens a sample.
+    expect(benchSamples(undefined, 400_000, defaults)).toBe(291);
+    expect(benchSamples(undefined, 2_000_000, defaults)).toBe(1_455);
     expect(benchSamples(undefined, 700_000, { samples: 200, tpm: 700_000 })).toBe(200);
+  });
+
+  it("against another server, are about 4 minutes of work at its limit, whatever the default", () => {
+    expect(benchSamples(undefined, 200_000, defaults, true)).toBe(146);
+    expect(benchSamples(undefined, 700_000, { samples: 320, tpm: 700_000 }, true)).toBe(510);
+    expect(benchSamples(undefined, 10_000, defaults, true)).toBe(20);
+    expect(benchSamples("7", 200_000, defaults, true)).toBe(7);
   });
 
   it("are what --samples says, which must be a positive integer", () => {
