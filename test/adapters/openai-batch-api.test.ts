@@ -1,3 +1,5 @@
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
 import { OpenAI, toFile } from "openai";
 import type { ChatCompletionCreateParamsNonStreaming } from "openai/resources/chat/completions";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -241,4 +243,34 @@ describe("OpenAiBatchApi against the simulator", () => {
     expect(error).toMatchObject({ status: 413, code: "file_too_large" });
     expect(sim.batches.stats().filesUploaded).toBe(uploadsBefore);
   }, 60_000);
+});
+
+describe("OpenAiBatchApi against a server that says the creation time its own way", () => {
+  it("reads a batch whose created_at is not a time in seconds, as not said", async () => {
+    const createdAt: Record<string, unknown> = {
+      batch_iso: "2026-01-01T00:00:00Z",
+      batch_zero: 0,
+      batch_s: 1_800_000_000,
+    };
+    const server = createServer((req, res) => {
+      const id = req.url?.split("/").pop() ?? "";
+      res.writeHead(200, { "content-type": "application/json" });
+      res.end(
+        JSON.stringify({ id, status: "validating", input_file_id: "file-1", created_at: createdAt[id] }),
+      );
+    });
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    try {
+      const api = new OpenAiBatchApi({
+        apiKey: API_KEY,
+        baseURL: `http://127.0.0.1:${(server.address() as AddressInfo).port}/v1`,
+        maxRetries: 0,
+      });
+      expect(await api.getBatch("batch_iso")).toMatchObject({ id: "batch_iso", createdAt: null });
+      expect(await api.getBatch("batch_zero")).toMatchObject({ createdAt: null });
+      expect(await api.getBatch("batch_s")).toMatchObject({ createdAt: 1_800_000_000_000 });
+    } finally {
+      await new Promise((resolve) => server.close(resolve));
+    }
+  });
 });

@@ -39,6 +39,10 @@ const foreign = (args: readonly string[]): string[] => [
   ...(values.tpm === undefined ? [] : ["--tpm", values.tpm]),
 ];
 const server = baseUrl === undefined ? "simulator" : new URL(baseUrl).host;
+if (values.tpm !== undefined && baseUrl === undefined) {
+  process.stderr.write("--tpm gives another server's limit: use it with --base-url\n");
+  process.exit(2);
+}
 for (const option of ["samples", "tpm"] as const) {
   const given = values[option];
   if (given !== undefined && !/^[1-9]\d*$/.test(given)) {

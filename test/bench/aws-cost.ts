@@ -33,6 +33,7 @@ import {
   benchTokenLimit,
   type ForeignEndpoint,
   foreignEndpoint,
+  NoLimitHeaderError,
   probeBatchApi,
   serverName,
 } from "../helpers/endpoint.ts";
@@ -1433,8 +1434,14 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
     endpoint === null && values.tpm === undefined
       ? null
       : await benchTokenLimit(values.tpm, endpoint, values.model, 0).catch((error: unknown) => {
+          // A server that answered with no limit header: the run goes on without one. Any other failure
+          // (a wrong key, no server) would fail every call of the run too.
+          if (!(error instanceof NoLimitHeaderError)) {
+            console.error(`[bench:aws-cost] ${(error as Error).message}`);
+            process.exit(1);
+          }
           console.error(
-            `[bench:aws-cost] ${(error as Error).message}; without it the stack's governor knows no limit and slows down only when answered 429`,
+            `[bench:aws-cost] ${error.message}; without it the stack's governor knows no limit and slows down only when answered 429`,
           );
           return null;
         });
@@ -1444,7 +1451,14 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
   // Without files and batches endpoints a batch run would only stall: say so before starting the stack.
   if (mode === "batch" && endpoint !== null) {
     await probeBatchApi(endpoint).catch((error: unknown) => {
-      console.error(`[bench:aws-cost] ${(error as Error).message}; no batch figures`);
+      const reason = (error as Error).message;
+      console.error(`[bench:aws-cost] ${reason}; no batch figures`);
+      // `npm run bench` reads why from the figures.
+      if (values.json)
+        writeFileSync(
+          values.json,
+          `${JSON.stringify({ server: serverName(endpoint), mode, incomplete: reason, ratio: null }, null, 2)}\n`,
+        );
       process.exit(1);
     });
   }
@@ -1474,7 +1488,11 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
     "AWS total per 1,000 samples": usd(a.total),
     "LLM per 1,000 samples (report)": usd(figures.llmPer1000),
     "AWS / LLM (target <= 2%)":
-      figures.ratio === null ? "none: the run did not finish" : `${(figures.ratio * 100).toFixed(2)}%`,
+      figures.ratio !== null
+        ? `${(figures.ratio * 100).toFixed(2)}%`
+        : figures.incomplete !== undefined
+          ? "none: the run did not finish"
+          : "none: the run cost nothing at the LLM",
   });
   console.log("top operations (whole run):");
   console.table(

@@ -191,7 +191,7 @@ export async function measureEmulatedRate(
       await bucket.put(`seeds/${run}/images/${name}`, readFileSync(join(dir.path, "images", name)));
     await bucket.put(`seeds/${run}/run.json`, JSON.stringify({ rounds, model }));
     // The shared governor and the steady window both start from a full budget: a foreign server's must be.
-    if (server !== null) await awaitFullBudget(server, model);
+    if (server !== null) await awaitFullBudget(server, model, { limit: tpm });
     const started = performance.now();
     await bucket.put(`seeds/${run}/rate.jsonl`, readFileSync(shard));
     const progress = setInterval(() => {

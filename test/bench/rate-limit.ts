@@ -123,7 +123,7 @@ try {
   const server = endpoint ?? { apiKey: "bench", baseURL: sim?.url ?? "" };
   const meter = new MeteringLlm(new OpenAiLlm({ ...server, maxRetries: 0 }));
   // The governor and the steady window both start from a full budget: a foreign server's must be.
-  if (endpoint !== null) await awaitFullBudget(endpoint, model);
+  if (endpoint !== null) await awaitFullBudget(endpoint, model, { limit: tpm });
   const started = performance.now();
   const result = await runLocal({
     shards: [shard],

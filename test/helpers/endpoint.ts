@@ -56,6 +56,8 @@ export const tinyRequest = (model: string, name: string): LlmRequest => ({
 export interface ServerProbe extends RateLimitSnapshot {
   /** Whether the answer's usage has `prompt_tokens_details.cached_tokens`; without it no token is priced cached. */
   readonly reportsCachedTokens: boolean;
+  /** What the probe itself was charged, as a limiter charges: its prompt tokens plus its max_tokens. */
+  readonly ownTokens: number;
 }
 
 const NO_HEADERS: RateLimitSnapshot = {
@@ -73,12 +75,14 @@ const NO_HEADERS: RateLimitSnapshot = {
 export async function probeServer(endpoint: ForeignEndpoint, model: string): Promise<ServerProbe> {
   const client = new OpenAI({ ...endpoint, maxRetries: 2 });
   try {
+    const request = tinyRequest(model, "Limit probe");
     const { data, response } = await client.chat.completions
-      .create(toChatCompletionParams(tinyRequest(model, "Limit probe")))
+      .create(toChatCompletionParams(request))
       .withResponse();
     return {
       ...(readRateLimit(response.headers) ?? NO_HEADERS),
       reportsCachedTokens: typeof data.usage?.prompt_tokens_details?.cached_tokens === "number",
+      ownTokens: (data.usage?.prompt_tokens ?? 0) + (request.maxTokens ?? 0),
     };
   } catch (error) {
     const reason = scrubSecrets(error instanceof Error ? error.message : String(error), [endpoint.apiKey]);
@@ -113,16 +117,18 @@ export const probeTokenLimit = async (endpoint: ForeignEndpoint, model: string):
 const FULL_ENOUGH = 0.02;
 
 /**
- * How much of a minute's refill the server's budget lacks, by its `x-ratelimit-*` headers: the larger of the
- * tokens' and the requests' shortfall (the probe's own request not counted); null when they do not say.
+ * How much of a minute's refill the server's token budget lacks, by its `x-ratelimit-*-tokens` headers, the
+ * probe's own charge not counted; null when they do not say. `limit` stands in for a limit header the server
+ * does not send (as `--tpm` gives it). Tokens only: they are what the figures measure, and a request limit may
+ * be per day (some servers' is), which no wait of a minute refills.
  */
-export function budgetShortfall(probe: RateLimitSnapshot): number | null {
-  const short = (limit: number | null, remaining: number | null, own: number) =>
-    limit === null || remaining === null || limit <= 0 ? null : Math.max(0, limit - remaining - own) / limit;
-  const tokens = short(probe.limitTokens, probe.remainingTokens, 0);
-  const requests = short(probe.limitRequests, probe.remainingRequests, 1);
-  if (tokens === null && requests === null) return null;
-  return Math.max(tokens ?? 0, requests ?? 0);
+export function budgetShortfall(
+  probe: Pick<ServerProbe, "limitTokens" | "remainingTokens" | "ownTokens">,
+  limit: number | null = null,
+): number | null {
+  const of = probe.limitTokens ?? limit;
+  if (of === null || of <= 0 || probe.remainingTokens === null) return null;
+  return Math.max(0, of - Math.max(0, probe.remainingTokens) - probe.ownTokens) / of;
 }
 
 /**
@@ -130,23 +136,28 @@ export function budgetShortfall(probe: RateLimitSnapshot): number | null {
  * (the governor starts with a full minute, and the steady window replays the run on a full bucket). A run just
  * before, such as the other rate benchmark in `npm run bench`, leaves it spent: the new run's first minute then
  * meets 429s and a lower use. Probes, waits the time the shortfall takes to refill at the limit, probes again
- * (at most 5 times). A server that reports no remaining budget is waited on for a minute, after which any
- * token bucket is full.
+ * (at most 5 times). A server that reports no remaining tokens (or no limit, and `limit` does not give it) is
+ * waited on for a minute, after which any token bucket is full.
  */
 export async function awaitFullBudget(
   endpoint: ForeignEndpoint,
   model: string,
-  options: { readonly say?: (line: string) => void; readonly wait?: (ms: number) => Promise<unknown> } = {},
+  options: {
+    readonly say?: (line: string) => void;
+    readonly wait?: (ms: number) => Promise<unknown>;
+    /** The limit the benchmark was given (`--tpm`), for a server that sends no x-ratelimit-limit-tokens. */
+    readonly limit?: number | null;
+  } = {},
 ): Promise<ServerProbe> {
   const say = options.say ?? ((line: string) => process.stderr.write(`${line}\n`));
   const wait = options.wait ?? ((ms: number) => sleep(ms));
   const server = serverName(endpoint);
   for (let probes = 1; ; probes++) {
     const probe = await probeServer(endpoint, model);
-    const shortfall = budgetShortfall(probe);
+    const shortfall = budgetShortfall(probe, options.limit ?? null);
     if (shortfall === null) {
       say(
-        `${server} reports no remaining budget (x-ratelimit-remaining-*): waiting 60 s, after which it is full`,
+        `${server} does not report its remaining token budget (x-ratelimit-remaining-tokens and -limit-tokens): waiting 60 s, after which it is full`,
       );
       await wait(60_000);
       return probe;
@@ -160,7 +171,7 @@ export async function awaitFullBudget(
     }
     const ms = Math.ceil(shortfall * 60_000) + 500;
     say(
-      `${server}'s budget for ${model} is ${(shortfall * 100).toFixed(0)}% short of full (${probe.remainingTokens ?? "?"} of ${probe.limitTokens ?? "?"} tokens, ${probe.remainingRequests ?? "?"} of ${probe.limitRequests ?? "?"} requests left): waiting ${(ms / 1000).toFixed(0)} s for it to refill, as the rate figures assume a full budget at the start`,
+      `${server}'s token budget for ${model} is ${(shortfall * 100).toFixed(0)}% short of full (${probe.remainingTokens} of ${probe.limitTokens ?? options.limit} left): waiting ${(ms / 1000).toFixed(0)} s for it to refill, as the rate figures assume a full budget at the start`,
     );
     await wait(ms);
   }
@@ -183,12 +194,18 @@ export async function benchTokenLimit(
   }
   if (endpoint === null) return simulatorDefault;
   const learned = await probeTokenLimit(endpoint, model);
-  if (learned === null || learned <= 0) {
-    throw new Error(
+  if (learned === null || learned <= 0) throw new NoLimitHeaderError(endpoint, model);
+  return learned;
+}
+
+/** The server answered, but with no x-ratelimit-limit-tokens header: its limit must be given (`--tpm`). */
+export class NoLimitHeaderError extends Error {
+  constructor(endpoint: ForeignEndpoint, model: string) {
+    super(
       `${serverName(endpoint)} sent no x-ratelimit-limit-tokens header for ${model}: give its limit with --tpm`,
     );
+    this.name = "NoLimitHeaderError";
   }
-  return learned;
 }
 
 const SCALED_MINUTES = 4;

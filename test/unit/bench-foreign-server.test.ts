@@ -60,26 +60,25 @@ async function startBareServer(): Promise<{
   };
 }
 
-describe("how much of a minute a server's budget lacks", () => {
-  const full = { limitTokens: 10_000, remainingTokens: 10_000, limitRequests: 100, remainingRequests: 99 };
-  it("is the larger of the tokens' and the requests' shortfall, the probe's own request not counted", () => {
-    expect(budgetShortfall(full)).toBe(0);
-    expect(budgetShortfall({ ...full, remainingTokens: 2_500 })).toBe(0.75);
-    expect(budgetShortfall({ ...full, remainingRequests: 49 })).toBe(0.5);
-    expect(
-      budgetShortfall({ ...full, limitRequests: null, remainingRequests: null, remainingTokens: 9_000 }),
-    ).toBe(0.1);
+describe("how much of a minute a server's token budget lacks", () => {
+  // A fresh budget, as the probe left it: its own 100 tokens spent.
+  const fresh = { limitTokens: 10_000, remainingTokens: 9_900, ownTokens: 100 };
+  it("is the tokens' shortfall, the probe's own charge not counted", () => {
+    expect(budgetShortfall(fresh)).toBe(0);
+    expect(budgetShortfall({ ...fresh, remainingTokens: 2_400 })).toBe(0.75);
+    // At a small limit the probe's charge is a large share: a fresh budget is still full.
+    expect(budgetShortfall({ limitTokens: 3_000, remainingTokens: 2_897, ownTokens: 103 })).toBe(0);
+    expect(budgetShortfall({ ...fresh, remainingTokens: -500 })).toBe(0.99);
   });
-  it("is unknown when the headers do not say", () => {
-    expect(
-      budgetShortfall({
-        limitTokens: null,
-        remainingTokens: null,
-        limitRequests: null,
-        remainingRequests: null,
-      }),
-    ).toBeNull();
-    expect(budgetShortfall({ ...full, remainingTokens: null, remainingRequests: null })).toBeNull();
+  it("takes the limit given when the server sends remaining tokens and no limit", () => {
+    expect(budgetShortfall({ ...fresh, limitTokens: null, remainingTokens: 4_900 })).toBeNull();
+    expect(budgetShortfall({ ...fresh, limitTokens: null, remainingTokens: 4_900 }, 10_000)).toBe(0.5);
+    // A limit header wins over the one given.
+    expect(budgetShortfall({ ...fresh, remainingTokens: 4_900 }, 20_000)).toBe(0.5);
+  });
+  it("is unknown when the token headers do not say, whatever the request headers do", () => {
+    expect(budgetShortfall({ limitTokens: null, remainingTokens: null, ownTokens: 100 })).toBeNull();
+    expect(budgetShortfall({ ...fresh, remainingTokens: null })).toBeNull();
   });
 });
 
@@ -95,16 +94,16 @@ describe("a rate benchmark's start against another server", () => {
     await bare.close();
   });
 
-  it("starts at once when the server's budget is full", async () => {
+  it("starts at once when the server's budget is full, at a small limit too", async () => {
     const waits: number[] = [];
-    const fresh = await startSimulator({ tokensPerMinute: 50_000 });
+    const fresh = await startSimulator({ tokensPerMinute: 3_000 });
     try {
       const probe = await awaitFullBudget({ baseURL: fresh.url, apiKey: "sk-test" }, "gpt-4o-mini", {
         say: () => {},
         wait: async (ms) => waits.push(ms),
       });
       expect(waits).toEqual([]);
-      expect(probe.limitTokens).toBe(50_000);
+      expect(probe.limitTokens).toBe(3_000);
     } finally {
       await fresh.close();
     }
@@ -124,7 +123,9 @@ describe("a rate benchmark's start against another server", () => {
     expect(waits).toHaveLength(4);
     expect(waits[0]).toBeGreaterThan(30_000);
     expect(waits[0]).toBeLessThan(32_500);
-    expect(said[0]).toMatch(/budget for gpt-4o-mini is 5\d% short of full .*waiting 3\d s for it to refill/);
+    expect(said[0]).toMatch(
+      /token budget for gpt-4o-mini is 5\d% short of full \(\d+ of 50000 left\): waiting 3\d s for it to refill/,
+    );
     expect(said.at(-1)).toMatch(/still 5\d% short after 5 probes: starting anyway/);
   });
 
@@ -136,7 +137,7 @@ describe("a rate benchmark's start against another server", () => {
       wait: async (ms) => waits.push(ms),
     });
     expect(waits).toEqual([60_000]);
-    expect(said.join("\n")).toMatch(/reports no remaining budget .*waiting 60 s/);
+    expect(said.join("\n")).toMatch(/does not report its remaining token budget .*waiting 60 s/);
     expect(probe.reportsCachedTokens).toBe(false);
   });
 });

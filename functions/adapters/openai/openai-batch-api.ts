@@ -46,7 +46,8 @@ const BatchObject = z.object({
     })
     .nullish(),
   metadata: z.record(z.string(), z.unknown()).nullish(),
-  created_at: z.number().nullish(),
+  // Only a time in seconds is of use; anything else (an ISO string, a 0 placeholder) means "not said".
+  created_at: z.number().nullish().catch(null),
   errors: z
     .object({
       data: z
@@ -89,7 +90,7 @@ const toBatchInfo = (batch: BatchObject): BatchInfo => ({
     ),
   ),
   errors: (batch.errors?.data ?? []).map(describeError),
-  createdAt: typeof batch.created_at === "number" ? batch.created_at * 1000 : null,
+  createdAt: typeof batch.created_at === "number" && batch.created_at > 0 ? batch.created_at * 1000 : null,
 });
 
 /** The BatchApi port over OpenAI's `/v1/files` and `/v1/batches` (or a compatible server's). */
