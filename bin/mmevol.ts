@@ -8,7 +8,8 @@ import { OpenAiBatchApi } from "../functions/adapters/openai/openai-batch-api.ts
 import { OpenAiLlm } from "../functions/adapters/openai/openai-llm.ts";
 import { SimulatedBatches } from "../functions/adapters/simulated/batches.ts";
 import { SimulatedLlm } from "../functions/adapters/simulated/simulated-llm.ts";
-import { RunConfig, type RunConfigInput } from "../functions/evolution/config.ts";
+import { judgeModelOf, RunConfig, type RunConfigInput } from "../functions/evolution/config.ts";
+import { isPriced } from "../functions/evolution/pricing.ts";
 import { InvalidInputError, MmevolError } from "../functions/ports/errors.ts";
 import type { Llm } from "../functions/ports/llm.ts";
 import type { Logger } from "../functions/ports/runtime.ts";
@@ -153,6 +154,9 @@ async function runCommand(shards: string[], flags: RunFlags): Promise<void> {
     if (!statSync(shard).isFile())
       fail(`shard is not a file: ${shard} (give the .jsonl or .json files in it)`);
   }
+  // A wrong image root would make every sample's image unusable: each would pass through unevolved.
+  if (flags.images !== undefined && !(existsSync(flags.images) && statSync(flags.images).isDirectory()))
+    fail(`image root is not a directory: ${flags.images} (--images)`);
   const fromFile = flags.config ? loadConfigFile(flags.config) : {};
   const apiKey = process.env.OPENAI_API_KEY?.trim() || undefined;
   const baseURL = flags.baseUrl ?? (process.env.OPENAI_BASE_URL?.trim() || undefined);
@@ -206,6 +210,11 @@ async function runCommand(shards: string[], flags: RunFlags): Promise<void> {
   process.stderr.write(
     `mmevol: run "${run}", ${shards.length} shard(s), model ${config.model}${baseURL ? ` at ${baseURL}` : ""}, ${config.rounds} rounds, ${config.mode === "batch" ? "Batch API" : "online"}, concurrency ${flags.concurrency}, output ${flags.out}\n`,
   );
+  for (const model of new Set([config.model, judgeModelOf(config)]))
+    if (!isPriced(model, config.prices))
+      process.stderr.write(
+        `mmevol: no list price for model ${model}: its calls count as $0 in the report; give its prices under "prices" in run.json\n`,
+      );
 
   const controller = new AbortController();
   let interrupts = 0;
@@ -292,7 +301,7 @@ async function runCommand(shards: string[], flags: RunFlags): Promise<void> {
 const program = new Command()
   .name("mmevol")
   .description("Evolve multimodal instruction data (LLaVA format) with the MMEvol method")
-  .showHelpAfterError()
+  .showHelpAfterError("(run with --help for usage)")
   // Bad usage exits 2, as documented (commander's own is 1, which means "some work gave up: rerun"); help and
   // --version exit 0. Set before the commands are added, so each of them inherits it.
   .exitOverride((error) => process.exit(error.exitCode === 0 ? 0 : 2));

@@ -349,3 +349,52 @@ describe("OpenAiLlm", () => {
     expect(error).toMatchObject({ retryable: true, status: null });
   });
 });
+
+describe("OpenAiLlm against a model that refuses a request field", () => {
+  const refusal = (param: string, code = "unsupported_parameter") => ({
+    status: 400,
+    body: {
+      error: {
+        message: `Unsupported parameter: '${param}' is not supported with this model.`,
+        type: "invalid_request_error",
+        param,
+        code,
+      },
+    },
+  });
+
+  it("sends max_completion_tokens instead of max_tokens, and no temperature, from then on", async () => {
+    replies = [
+      refusal("max_tokens"),
+      refusal("temperature", "unsupported_value"),
+      { status: 200, body: completion({ content: answer }) },
+      { status: 200, body: completion({ content: answer }) },
+    ];
+    const client = llm();
+    const o = { ...request, model: "o4-mini" };
+    expect((await client.complete(o)).content).toBe(answer);
+    expect(seen).toHaveLength(3);
+    const last = seen[2]?.body as Record<string, unknown>;
+    expect(last.max_completion_tokens).toBe(request.maxTokens);
+    expect(last).not.toHaveProperty("max_tokens");
+    expect(last).not.toHaveProperty("temperature");
+    expect(last.seed).toBe(request.seed);
+    // The next request to that model goes without them at once; another model keeps them.
+    await client.complete(o);
+    expect(seen).toHaveLength(4);
+    expect(seen[3]?.body).toMatchObject({ max_completion_tokens: request.maxTokens });
+    replies = [{ status: 200, body: completion({ content: answer }) }];
+    await client.complete(request);
+    expect(seen[4]?.body).toMatchObject({ max_tokens: request.maxTokens, temperature: request.temperature });
+  });
+
+  it("fails as before on a field it cannot go without, or a field refused twice", async () => {
+    replies = [refusal("messages")];
+    await expect(llm().complete(request)).rejects.toMatchObject({ retryable: false, status: 400 });
+    expect(seen).toHaveLength(1);
+    seen = [];
+    replies = [refusal("seed"), refusal("seed")];
+    await expect(llm().complete(request)).rejects.toMatchObject({ retryable: false, status: 400 });
+    expect(seen).toHaveLength(2);
+  });
+});

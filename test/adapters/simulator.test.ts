@@ -2,7 +2,7 @@ import { OpenAI } from "openai";
 import sharp from "sharp";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { z } from "zod";
-import { type Simulator, startSimulator } from "../../functions/adapters/simulated/server.ts";
+import { formatDuration, type Simulator, startSimulator } from "../../functions/adapters/simulated/server.ts";
 import { SimulatedLlm } from "../../functions/adapters/simulated/simulated-llm.ts";
 import {
   countRequestTokens,
@@ -50,6 +50,33 @@ describe("token accounting", () => {
     // 3000x1000 -> 2048x683: 4x2 tiles.
     expect(imageTokens("gpt-4.1", "auto", 3000, 1000)).toBe(85 + 8 * 170);
     expect(imageTokens("gpt-4o-mini", "high", 512, 512)).toBe(2833 + 5667);
+  });
+
+  it("writes rate-limit resets as OpenAI does, minutes and seconds that carry over", () => {
+    expect([20, 1_500, 59_996, 60_000, 119_999, 361_250].map(formatDuration)).toEqual([
+      "20ms",
+      "1.5s",
+      "1m0s",
+      "1m0s",
+      "2m0s",
+      "6m1.25s",
+    ]);
+  });
+
+  it("bills gpt-4.1-mini, gpt-4.1-nano and o4-mini by 32-px patches times their multiplier, whatever the detail", () => {
+    // 16 x 12 patches.
+    expect(imageTokens("gpt-4.1-mini", "high", 512, 384)).toBe(Math.ceil(192 * 1.62));
+    expect(imageTokens("gpt-4.1-mini-2025-04-14", "low", 512, 384)).toBe(Math.ceil(192 * 1.62));
+    expect(imageTokens("gpt-4.1-nano", "auto", 512, 384)).toBe(Math.ceil(192 * 2.46));
+    expect(imageTokens("o4-mini", "high", 100, 100)).toBe(Math.ceil(16 * 1.72));
+    // A patch may reach past the edge: 33 px take two.
+    expect(imageTokens("gpt-4.1-mini", "high", 33, 32)).toBe(Math.ceil(2 * 1.62));
+    // Over 1,536 patches the image is scaled down to fit in them: 1,800 x 2,400 would take 4,200.
+    const large = imageTokens("gpt-4.1-mini", "high", 1800, 2400);
+    expect(large).toBeLessThanOrEqual(Math.ceil(1536 * 1.62));
+    expect(large).toBeGreaterThan(Math.ceil(1400 * 1.62));
+    // gpt-4.1 itself keeps the tiles.
+    expect(imageTokens("gpt-4.1", "low", 512, 384)).toBe(85);
   });
 
   it("reads JPEG and PNG sizes from data URL headers", () => {
@@ -102,6 +129,14 @@ describe("SimulatedLlm", () => {
     const other = await new SimulatedLlm().complete({ ...request, seed: 2 });
     expect(other.content).not.toBe(first.content);
     expect(other.usage.cachedTokens).toBe(0);
+  });
+
+  it("caches a prefix for the model that computed it only", async () => {
+    const request = buildRequest();
+    const llm = new SimulatedLlm();
+    await llm.complete(request);
+    expect((await llm.complete({ ...request, model: "gpt-4.1-mini" })).usage.cachedTokens).toBe(0);
+    expect((await llm.complete({ ...request, model: "gpt-4.1-mini" })).usage.cachedTokens).toBeGreaterThan(0);
   });
 
   it("cuts the answer at maxTokens like the provider, and reads it as OpenAiLlm does: unusable, and billed", async () => {

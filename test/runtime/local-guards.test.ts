@@ -127,14 +127,45 @@ describe("mmevol run's usage errors", () => {
         [["run", a, "-c", "0"], /from 1 to 1000/],
         [["run", a, "--timeout", "2147484"], /at most 2147483 seconds/],
         [["run", dir.path, "--dry-run"], /shard is not a file/],
+        [
+          ["run", a, "--dry-run", "--images", join(dir.path, "nowhere")],
+          /image root is not a directory: .*nowhere/,
+        ],
         [["run", a, b, "--dry-run", "--out", join(dir.path, "out")], /two shards have the name "train"/],
         [[], /Usage: mmevol/],
       ];
       for (const [args, reason] of cases) {
         const { code, stderr } = await runCli(args);
         expect({ args, code, reason: reason.test(stderr) }).toEqual({ args, code: 2, reason: true });
+        // The reason, not the whole help after it.
+        if (args.length > 0) expect(stderr).not.toMatch(/Options:/);
       }
       expect((await runCli(["run", "--help"])).code).toBe(0);
+    } finally {
+      dir.cleanup();
+    }
+  }, 60_000);
+
+  it("says so when the model has no price, as its calls then count as $0", async () => {
+    const dir = tempDir();
+    try {
+      const shard = writeBenchShard(dir.path, { samples: 1, name: "priced" });
+      const run = (model: string) =>
+        runCli([
+          "run",
+          shard,
+          "--dry-run",
+          "--model",
+          model,
+          "--rounds",
+          "1",
+          "--out",
+          join(dir.path, model),
+        ]);
+      expect((await run("my-azure-deployment")).stderr).toMatch(
+        /no list price for model my-azure-deployment: its calls count as \$0 in the report; give its prices under "prices" in run.json/,
+      );
+      expect((await run("gpt-4o-mini-2024-07-18")).stderr).not.toMatch(/no list price/);
     } finally {
       dir.cleanup();
     }

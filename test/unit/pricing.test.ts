@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import type { ModelPrice } from "../../functions/evolution/config.ts";
-import { costOf, PRICES, priceOf } from "../../functions/evolution/pricing.ts";
+import { costOf, isPriced, PRICES, priceOf } from "../../functions/evolution/pricing.ts";
 
 const MINI: ModelPrice = {
   input: 0.15,
@@ -23,6 +23,18 @@ describe("priceOf", () => {
     expect(priceOf("gpt-4o-2024-08-06")).toEqual(PRICES["gpt-4o"]);
     expect(priceOf("gpt-4.1-mini-2025-04-14")).toEqual(PRICES["gpt-4.1-mini"]);
     expect(priceOf("gpt-4.1-nano-2025-04-14")).toEqual(PRICES["gpt-4.1-nano"]);
+  });
+
+  it("prices the first gpt-4o snapshot at its own, higher list price", () => {
+    expect(priceOf("gpt-4o-2024-05-13")).toMatchObject({ input: 5, output: 15, batchInput: 2.5 });
+    expect(priceOf("gpt-4o-2024-11-20")).toEqual(PRICES["gpt-4o"]);
+  });
+
+  it("tells a model without a price, given or listed", () => {
+    expect(isPriced("gpt-4o-mini-2024-07-18")).toBe(true);
+    expect(isPriced("openai/gpt-4o-mini")).toBe(false);
+    expect(isPriced("my-azure-deployment")).toBe(false);
+    expect(isPriced("my-azure-deployment", { "my-azure-deployment": CUSTOM })).toBe(true);
   });
 
   it("does not take a different model that merely shares a prefix for a snapshot", () => {

@@ -132,25 +132,85 @@ export class OpenAiLlm implements Llm {
 
   async complete(request: LlmRequest): Promise<LlmResponse> {
     let raw: unknown;
-    try {
-      const { data, response } = await this.#client.chat.completions
-        .create(toChatCompletionParams(request))
-        .withResponse();
-      this.#rateLimits.set(request.model, readRateLimit(response.headers));
-      raw = data;
-    } catch (error) {
-      const failure = classifyFailure(error, this.#secrets);
-      this.#logger.warn("llm call failed", {
-        model: request.model,
-        status: failure.status,
-        retryable: failure.retryable,
-        error: failure.message,
-      });
-      throw failure;
+    for (;;) {
+      try {
+        const { data, response } = await this.#client.chat.completions
+          .create(adjusted(toChatCompletionParams(request), this.#refused.get(request.model)))
+          .withResponse();
+        this.#rateLimits.set(request.model, readRateLimit(response.headers));
+        raw = data;
+        break;
+      } catch (error) {
+        if (this.#learnRefused(request.model, error)) continue;
+        throw this.#failed(request, error);
+      }
     }
-
     return readCompletion(raw, request, this.#secrets);
   }
+
+  /** By model: the request fields its server refused, which its requests now go without (see ADJUSTABLE). */
+  readonly #refused = new Map<string, Set<AdjustableField>>();
+
+  /**
+   * A 400 that names one of ADJUSTABLE as not supported for this model (o-series and gpt-5 models refuse
+   * max_tokens and a temperature other than 1; some compatible servers refuse seed): noted, so this and every
+   * later request to the model is sent without it. The request that was refused was not run, so sending it
+   * again costs nothing. True when the request should go again.
+   */
+  #learnRefused(model: string, error: unknown): boolean {
+    if (!(error instanceof OpenAI.APIError) || error.status !== 400) return false;
+    const param = typeof error.param === "string" ? error.param : null;
+    const unsupported = error.code === "unsupported_parameter" || error.code === "unsupported_value";
+    const field = ADJUSTABLE.find((name) => name === param);
+    if (!unsupported || field === undefined) return false;
+    const refused = this.#refused.get(model) ?? new Set<AdjustableField>();
+    if (refused.has(field)) return false;
+    refused.add(field);
+    this.#refused.set(model, refused);
+    this.#logger.warn("the server refused a request field for this model; sending without it from now on", {
+      model,
+      field,
+      instead: field === "max_tokens" ? "max_completion_tokens" : "none (the model's default)",
+    });
+    return true;
+  }
+
+  /** The failure as the stages see it, logged with the key scrubbed. */
+  #failed(request: LlmRequest, error: unknown): LlmCallError {
+    const failure = classifyFailure(error, this.#secrets);
+    this.#logger.warn("llm call failed", {
+      model: request.model,
+      status: failure.status,
+      retryable: failure.retryable,
+      error: failure.message,
+    });
+    return failure;
+  }
+}
+
+/** Request fields a server may refuse for a model, and that a request can go without. */
+const ADJUSTABLE = ["max_tokens", "temperature", "seed"] as const;
+type AdjustableField = (typeof ADJUSTABLE)[number];
+
+/** The request without the fields refused for its model: max_tokens becomes max_completion_tokens. */
+function adjusted(
+  params: ChatCompletionCreateParamsNonStreaming,
+  refused: ReadonlySet<AdjustableField> | undefined,
+): ChatCompletionCreateParamsNonStreaming {
+  if (refused === undefined || refused.size === 0) return params;
+  const { max_tokens, temperature, seed, ...rest } = params;
+  return {
+    ...rest,
+    ...(refused.has("max_tokens")
+      ? max_tokens == null
+        ? {}
+        : { max_completion_tokens: max_tokens }
+      : max_tokens == null
+        ? {}
+        : { max_tokens }),
+    ...(refused.has("temperature") || temperature == null ? {} : { temperature }),
+    ...(refused.has("seed") || seed == null ? {} : { seed }),
+  };
 }
 
 /**

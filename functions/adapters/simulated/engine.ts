@@ -89,7 +89,8 @@ const ANY_OBJECT = {
 
 /** The deterministic model: the answer depends on the request only; the prefix cache on what came before. */
 export class SimulatedEngine {
-  readonly #cache = new PrefixCache();
+  /** One per model, as a provider's: a prefix another model computed is not cached for this one. */
+  readonly #caches = new Map<string, PrefixCache>();
 
   answer(prepared: PreparedRequest): SimAnswer {
     const { request, seedText, promptTokens } = prepared;
@@ -103,7 +104,12 @@ export class SimulatedEngine {
       content = decodeTokens(tokens);
       finishReason = "length";
     }
-    const shared = this.#cache.lookupAndRemember(prepared.stream);
+    let cache = this.#caches.get(request.model);
+    if (cache === undefined) {
+      cache = new PrefixCache();
+      this.#caches.set(request.model, cache);
+    }
+    const shared = cache.lookupAndRemember(prepared.stream);
     const cachedTokens = Math.min(shared, Math.floor(promptTokens / 128) * 128);
     return { content, promptTokens, cachedTokens, completionTokens: tokens.length, finishReason };
   }

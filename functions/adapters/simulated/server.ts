@@ -154,10 +154,12 @@ class MinuteBucket {
 }
 
 /** OpenAI's reset format: "20ms", "1.5s", "6m0s". */
-function formatDuration(ms: number): string {
+export function formatDuration(ms: number): string {
   if (ms < 1000) return `${Math.ceil(ms)}ms`;
-  const minutes = Math.floor(ms / 60_000);
-  const seconds = Math.round((ms - minutes * 60_000) / 10) / 100;
+  // Rounded to 10 ms before it is split, so 119,999 ms is 2m0s, not 1m60s.
+  const total = Math.round(ms / 10) * 10;
+  const minutes = Math.floor(total / 60_000);
+  const seconds = (total - minutes * 60_000) / 1000;
   return minutes > 0 ? `${minutes}m${seconds}s` : `${seconds}s`;
 }
 

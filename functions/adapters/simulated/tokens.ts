@@ -34,13 +34,45 @@ export function decodeTokens(tokens: number[]): string {
   return getEncoder().decode(tokens);
 }
 
-/** The provider's image rule: a base cost plus a cost per 512-px tile of the rescaled image. */
+/**
+ * Models billed by 32-px patches (at most 1,536 an image) times a multiplier, whatever the detail, as
+ * OpenAI's vision guide gives them; longest name first, as "gpt-4.1-mini" must not be taken for "gpt-4.1".
+ */
+const PATCH_MULTIPLIERS: readonly (readonly [string, number])[] = [
+  ["gpt-4.1-mini", 1.62],
+  ["gpt-4.1-nano", 2.46],
+  ["gpt-5-mini", 1.62],
+  ["gpt-5-nano", 2.46],
+  ["o4-mini", 1.72],
+];
+const PATCH = 32;
+const MAX_PATCHES = 1536;
+
+/** 32-px patches covering the image, scaled down first (keeping its aspect) when more than 1,536 would. */
+function patchesOf(width: number, height: number): number {
+  const cover = (w: number, h: number) => Math.ceil(w / PATCH) * Math.ceil(h / PATCH);
+  if (cover(width, height) <= MAX_PATCHES) return cover(width, height);
+  let scale = Math.sqrt((PATCH * PATCH * MAX_PATCHES) / (width * height));
+  // Then down to whole patches along the tighter side.
+  scale *= Math.min(
+    Math.floor((width * scale) / PATCH) / ((width * scale) / PATCH),
+    Math.floor((height * scale) / PATCH) / ((height * scale) / PATCH),
+  );
+  return Math.min(MAX_PATCHES, cover(width * scale, height * scale));
+}
+
+/**
+ * The provider's image rule: for most models a base cost plus a cost per 512-px tile of the rescaled image;
+ * for the patch-billed ones (PATCH_MULTIPLIERS) the image's 32-px patches times the model's multiplier.
+ */
 export function imageTokens(
   model: string,
   detail: "low" | "high" | "auto",
   width: number,
   height: number,
 ): number {
+  const patched = PATCH_MULTIPLIERS.find(([name]) => model.startsWith(name));
+  if (patched !== undefined) return Math.ceil(patchesOf(width, height) * patched[1]);
   const [base, tile] = model.startsWith("gpt-4o-mini") ? [2833, 5667] : [85, 170];
   if (detail === "low") return base;
   let w = width;
