@@ -41,6 +41,18 @@ const CLAIM_MS = 3 * 60_000;
 /** A delivery is `<message>#<receive>`: the message part survives redelivery, the receive part does not. */
 const messageOf = (delivery: string): string => delivery.split("#")[0] ?? delivery;
 
+/** A claim's owner: the work that pays and the delivery that holds it (older claims hold the delivery only). */
+const claimOwner = (payer: string, delivery: string): string => `${payer}\n${delivery}`;
+const ownerParts = (owner: string): { payer: string | null; delivery: string } => {
+  const cut = owner.lastIndexOf("\n");
+  return cut < 0
+    ? { payer: null, delivery: owner }
+    : { payer: owner.slice(0, cut), delivery: owner.slice(cut + 1) };
+};
+
+/** The longest another work's claim on the same request is waited for before looking again. */
+const OTHER_WORK_RECHECK_MS = 10_000;
+
 export function addUsage(total: UsageTotals, answer: StoredAnswer): UsageTotals {
   return {
     calls: total.calls + 1,
@@ -70,8 +82,14 @@ export async function askStructured<S extends z.ZodType>(
     schema: S;
     maxRetries: number;
     price: ModelPrice;
-    /** Who pays: one receive of one message, as `<message id>#<receive id>`. */
+    /** Who holds the call: one receive of one message, as `<message id>#<receive id>`. */
     delivery: string;
+    /**
+     * The work that pays: the same for every message and receive of one stage of one sample's round
+     * (`workKeyOf` the message), so a duplicate pays once and another sample with the same request not at all.
+     * Default: the delivery's message.
+     */
+    payer?: string;
     /** Batch mode: where the request is queued on a cache miss, and the message its answer brings back. */
     batch?: { run: string; shard: string; message: Message; maxTries: number };
     /** Online calls go out with `max_tokens` sized by `deps.sizer` under the request's own (see the sizer). */
@@ -79,6 +97,8 @@ export async function askStructured<S extends z.ZodType>(
   },
 ): Promise<Asked<z.infer<S>>> {
   let usage = zeroUsage();
+  const payer = options.payer ?? messageOf(options.delivery);
+  const owner = claimOwner(payer, options.delivery);
   let lastReason = "";
   // Sizes this request's tries until one is cut at a sized max_tokens: the rest go out at the request's own,
   // and that try does not count against maxRetries (sizing may cost a call, never a sample).
@@ -98,23 +118,35 @@ export async function askStructured<S extends z.ZodType>(
       const admitted = deps.llm.admit ? await deps.llm.admit(sent) : null;
       const claimMs = deps.claimMs ?? CLAIM_MS;
       const claimedAt = deps.clock.now();
-      const claim = await deps.state
-        .claimRequest(hash, options.delivery, claimMs)
-        .catch(async (error: unknown) => {
-          await admitted?.cancel();
-          throw error;
-        });
+      const claim = await deps.state.claimRequest(hash, owner, claimMs).catch(async (error: unknown) => {
+        await admitted?.cancel();
+        throw error;
+      });
       if (!claim.granted) {
         await admitted?.cancel();
+        const holder = ownerParts(claim.holder);
         // Another receive of this same message (a redelivery while it still runs, or after a crash): try again
-        // once that claim ends. Another message (a duplicate send): this one has nothing to do.
-        if (messageOf(claim.holder) === messageOf(options.delivery)) {
+        // once that claim ends.
+        if (messageOf(holder.delivery) === messageOf(options.delivery)) {
           throw new LlmCallError("this message is already being answered by another receive of it", {
             retryable: true,
             retryAfterMs: Math.max(1_000, claim.until - deps.clock.now() + 1_000),
             inFlight: true,
           });
         }
+        // Other work with the very same request (an identical sample): its answer is this one's too, stored
+        // within seconds; look again then, rather than drop this work as a duplicate.
+        if (holder.payer !== null && holder.payer !== payer) {
+          throw new LlmCallError("the same request is being answered for other work; its answer will serve", {
+            retryable: true,
+            retryAfterMs: Math.max(
+              1_000,
+              Math.min(OTHER_WORK_RECHECK_MS, claim.until - deps.clock.now() + 1_000),
+            ),
+            inFlight: true,
+          });
+        }
+        // Another message of this same work (a duplicate send): this one has nothing to do.
         throw new RequestInFlightError();
       }
       let fresh: StoredAnswer;
@@ -127,7 +159,7 @@ export async function askStructured<S extends z.ZodType>(
       } catch (error) {
         if (!(error instanceof LlmAnswerError)) {
           // No answer: give the claim up so a redelivery or a duplicate may try at once.
-          await deps.state.releaseClaim(hash, options.delivery);
+          await deps.state.releaseClaim(hash, owner);
           throw error;
         }
         // An answer cut at the token limit or empty is a bad answer, not a failed call: the try is spent
@@ -147,11 +179,12 @@ export async function askStructured<S extends z.ZodType>(
           claimMs,
         });
       }
-      await deps.state.putAnswer(hash, fresh);
-      answer = fresh;
+      answer = { ...fresh, paidBy: payer };
+      await deps.state.putAnswer(hash, answer);
     }
-    // Every answer is paid for, a spent try too.
-    usage = addUsage(usage, answer);
+    // Every answer is paid for, a spent try too: by the work that asked for it (again, after a crash), not by
+    // other work that found it stored.
+    if (answer.paidBy === undefined || answer.paidBy === payer) usage = addUsage(usage, answer);
     if (answer.unusable !== undefined) {
       lastReason = answer.unusable;
       if (sizer !== undefined && cutWhenSized(answer)) {

@@ -17,6 +17,7 @@ import { storedAnswer, unusableAnswer } from "./answers.ts";
 import { BatchBodyReader } from "./batch-bodies.ts";
 import type { StageDeps } from "./deps.ts";
 import { layout, pairKey, shardConfig } from "./shard-config.ts";
+import { workKeyOf } from "./sweep.ts";
 
 /** The provider's limits on one batch input file (OpenAI: 50,000 requests, 200 MB). */
 export const BATCH_MAX_REQUESTS = 50_000;
@@ -765,7 +766,12 @@ async function applyJob(
       // The stored answer is what the stage looks for first: the item is left "submitted" (marking it answered
       // was a write per request, 6% of batch mode's AWS cost). A crash before the job is marked applied
       // applies it again: the answer is kept as first stored, and the message goes twice (a duplicate).
-      await deps.state.putAnswer(hash, answer);
+      // Paid for by the work that queued it (see StoredAnswer.paidBy).
+      const queuedBy = Message.safeParse(item.message);
+      await deps.state.putAnswer(
+        hash,
+        queuedBy.success ? { ...answer, paidBy: workKeyOf(queuedBy.data) } : answer,
+      );
       resend(item);
       continue;
     }

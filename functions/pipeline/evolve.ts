@@ -11,6 +11,7 @@ import { addUsageTotals, askStructured } from "./ask.ts";
 import type { StageDeps, StageInput, StageResult } from "./deps.ts";
 import { endSample, failOrRetry, lostFinalize } from "./outcome.ts";
 import { loadShardConfig, samplePrefix } from "./shard-config.ts";
+import { workKeyOf } from "./sweep.ts";
 
 /** One evolve call: the sample's latest non-empty version, one direction, the image last. */
 export async function evolveSample(input: StageInput<EvolveMessage>, deps: StageDeps): Promise<StageResult> {
@@ -71,6 +72,7 @@ export async function evolveSample(input: StageInput<EvolveMessage>, deps: Stage
         sizeMaxTokens: config.sizeMaxTokens,
         price: priceOf(config.model, config.prices),
         delivery: input.delivery ?? `${run}/${shard}/${key}/evolve/${round}#local`,
+        payer: workKeyOf(input.message),
         ...(config.mode === "batch"
           ? { batch: { run, shard, message: input.message, maxTries: config.maxBatchTries } }
           : {}),

@@ -16,6 +16,7 @@ import { addUsageTotals, askStructured } from "./ask.ts";
 import type { StageDeps, StageInput, StageResult } from "./deps.ts";
 import { endSample, failOrRetry, lostFinalize } from "./outcome.ts";
 import { loadShardConfig } from "./shard-config.ts";
+import { workKeyOf } from "./sweep.ts";
 
 /** Instruction elimination: rule filters, then one text-only judge call; only improved items are kept. */
 export async function judgeSample(input: StageInput<JudgeMessage>, deps: StageDeps): Promise<StageResult> {
@@ -75,6 +76,7 @@ export async function judgeSample(input: StageInput<JudgeMessage>, deps: StageDe
           sizeMaxTokens: config.sizeMaxTokens,
           price: priceOf(model, config.prices),
           delivery: input.delivery ?? `${run}/${shard}/${key}/judge/${round}#local`,
+          payer: workKeyOf(input.message),
           ...(config.mode === "batch"
             ? { batch: { run, shard, message: input.message, maxTries: config.maxBatchTries } }
             : {}),

@@ -118,6 +118,12 @@ export const StoredAnswer = z.object({
   unusable: z.string().optional(),
   /** The `max_tokens` an unusable answer was cut at, when it was cut at the token limit. */
   cutAt: z.number().int().positive().optional(),
+  /**
+   * The work that paid for it (a stage of one sample's round, `workKeyOf` its message). Other work whose
+   * request is the same (an identical sample, a round that drew the same direction after all of the last
+   * one's items were eliminated) uses it without paying; absent in answers stored before it was kept.
+   */
+  paidBy: z.string().optional(),
 });
 export type StoredAnswer = z.infer<typeof StoredAnswer>;
 
