@@ -44,17 +44,24 @@ export class NoRateBudgetError extends LlmCallError {
 }
 
 /**
- * The provider refused the call because the account is out of credit (OpenAI: 429 `insufficient_quota`). No
- * wait cures it and no sample is at fault, so no sample fails for it: like waiting for another receive, it is
- * never a failed try. A local run stops (run the same command once the account is topped up); a deployed
- * stage puts its message back for `retryAfterMs` (15 minutes), and past the queue's receive limit it goes to
- * the dead-letter queue, for `mmevol redrive`.
+ * The provider refuses every call of this account, whatever the request: out of credit, or the key is not
+ * accepted. No wait cures it and no sample is at fault, so no sample fails for it: like waiting for another
+ * receive, it is never a failed try. A local run stops (run the same command once the account or the key is
+ * fixed); a deployed stage puts its message back for `retryAfterMs` (15 minutes, time for a key fixed in
+ * Secrets Manager to reach the functions), and past the queue's receive limit it goes to the dead-letter
+ * queue, for `mmevol redrive`.
  */
-export class QuotaExhaustedError extends LlmCallError {
+export class AccountRefusedError extends LlmCallError {
   constructor(message: string, options: { status?: number | null; cause?: unknown } = {}) {
     super(message, { retryable: true, retryAfterMs: 15 * 60_000, inFlight: true, ...options });
   }
 }
+
+/** The account is out of credit (OpenAI: 429 `insufficient_quota`). */
+export class QuotaExhaustedError extends AccountRefusedError {}
+
+/** The key is not accepted, or not allowed this model (HTTP 401, 403): every other call would be refused too. */
+export class KeyRefusedError extends AccountRefusedError {}
 
 /** The model answered, but not with what the schema asks for. */
 export class LlmAnswerError extends MmevolError {

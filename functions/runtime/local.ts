@@ -25,7 +25,7 @@ import {
   workKeyOf,
 } from "../pipeline/index.ts";
 import type { BatchPorts } from "../ports/batch-api.ts";
-import { InvalidInputError, QuotaExhaustedError } from "../ports/errors.ts";
+import { AccountRefusedError, InvalidInputError } from "../ports/errors.ts";
 import { type Faults, noFaults } from "../ports/faults.ts";
 import type { Llm } from "../ports/llm.ts";
 import { Message, type Stage, type WorkQueue } from "../ports/messages.ts";
@@ -295,11 +295,11 @@ async function runLocked(options: LocalRunOptions, out: string, started: number)
           }
           lastError.delete(received.id);
         } catch (error) {
-          if (error instanceof QuotaExhaustedError) {
+          if (error instanceof AccountRefusedError) {
             // Every other call would be refused too: stop, leaving the work unfinished for the next run.
             if (stoppedFor === null) {
               stoppedFor = error.message;
-              logger.error("the provider refused: the account is out of quota; stopping the run", {
+              logger.error("the provider refuses this account's calls; stopping the run", {
                 error: error.message,
               });
             }

@@ -201,7 +201,7 @@ describe("OpenAiBatchApi against the simulator", () => {
     const wrongKey = "sk-wrong-key-abcdefghijklmnop";
     const wrong = new OpenAiBatchApi({ apiKey: wrongKey, baseURL: sim.url, maxRetries: 0 });
     const denied = await failureOf(wrong.listBatches(5));
-    expect(denied).toMatchObject({ retryable: false, status: 401 });
+    expect(denied).toMatchObject({ name: "KeyRefusedError", status: 401 });
     expect(denied.message).not.toContain(wrongKey);
   });
 

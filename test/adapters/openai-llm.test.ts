@@ -281,7 +281,8 @@ describe("OpenAiLlm", () => {
   it("keeps the key out of a 401 message", async () => {
     replies = [{ status: 401, body: { error: { message: `Incorrect API key provided: ${API_KEY}.` } } }];
     const error = await failureOf(llm().complete(request));
-    expect(error).toMatchObject({ retryable: false, status: 401 });
+    // The key, not the request: a KeyRefusedError, which stops a run instead of failing its samples.
+    expect(error).toMatchObject({ name: "KeyRefusedError", retryable: true, inFlight: true, status: 401 });
     const message = error instanceof Error ? error.message : "";
     expect(message).toContain("Incorrect API key provided");
     expect(message).not.toContain(API_KEY);

@@ -363,4 +363,23 @@ describe("the pipeline against a foreign OpenAI-compatible server", () => {
       expect(resumed.stdout).toMatch(/2 lines = \d+ evolved \+ \d+ passed through \+ 0 failed \+ 0 rejected/);
     });
   });
+
+  it("(g) a key the server refuses (401) stops the run with no sample failed; the same command with the right key finishes it", async () => {
+    const server = await serve({ apiKey: API_KEY });
+    const dir = tempDir("mmevol-foreign-key-");
+    dirs.push(dir);
+    const shard = writeBenchShard(dir.path, { samples: 2, name: RUN });
+    const args = ["run", shard, "--out", join(dir.path, "out"), "--rounds", "1", "--quiet"];
+    const wrong = "sk-wrong-0123456789abcdefghijklmn";
+    const refused = await runCli(args, { OPENAI_API_KEY: wrong, OPENAI_BASE_URL: server.url });
+    expect(refused.code, refused.stderr).toBe(3);
+    expect(refused.stderr).toContain(
+      "mmevol: stopped: LLM call refused: the key was not accepted (HTTP 401)",
+    );
+    expect(refused.stderr).toContain("no sample failed for it");
+    expect(refused.stderr).not.toContain(wrong);
+    const resumed = await runCli(args, { OPENAI_API_KEY: API_KEY, OPENAI_BASE_URL: server.url });
+    expect(resumed.code, resumed.stderr).toBe(0);
+    expect(resumed.stdout).toMatch(/2 lines = \d+ evolved \+ \d+ passed through \+ 0 failed \+ 0 rejected/);
+  });
 });

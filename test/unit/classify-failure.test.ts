@@ -2,7 +2,13 @@ import { APIConnectionError, APIConnectionTimeoutError, APIError, APIUserAbortEr
 import { ContentFilterFinishReasonError } from "openai/core/error";
 import { describe, expect, it } from "vitest";
 import { classifyFailure, retryAfterMsOf, scrubSecrets } from "../../functions/adapters/openai/classify.ts";
-import { LlmAnswerError, LlmCallError, QuotaExhaustedError } from "../../functions/ports/errors.ts";
+import {
+  AccountRefusedError,
+  KeyRefusedError,
+  LlmAnswerError,
+  LlmCallError,
+  QuotaExhaustedError,
+} from "../../functions/ports/errors.ts";
 
 const apiError = (status: number, headers: Record<string, string> = {}, message = "boom"): APIError =>
   APIError.generate(status, { error: { message } }, undefined, new Headers(headers));
@@ -16,12 +22,23 @@ describe("classifyFailure", () => {
     expect(failure.message).toContain(String(status));
   });
 
-  it.each([400, 401, 403, 404, 422, 418])("HTTP %i is permanent", (status) => {
+  it.each([400, 404, 422, 418])("HTTP %i is permanent", (status) => {
     const failure = classifyFailure(apiError(status, { "retry-after": "5" }));
     expect(failure.retryable).toBe(false);
     expect(failure.status).toBe(status);
     expect(failure.retryAfterMs).toBeNull();
   });
+
+  it.each([401, 403])(
+    "HTTP %i is a KeyRefusedError: the key, not the request, so never a sample's failed try, back in 15 min",
+    (status) => {
+      const failure = classifyFailure(apiError(status, {}, "Incorrect API key provided."));
+      expect(failure).toBeInstanceOf(KeyRefusedError);
+      expect(failure).toBeInstanceOf(AccountRefusedError);
+      expect(failure).toMatchObject({ retryable: true, inFlight: true, status, retryAfterMs: 15 * 60_000 });
+      expect(failure.message).toContain(`the key was not accepted (HTTP ${status})`);
+    },
+  );
 
   it.each(["insufficient_quota", "billing_hard_limit_reached"])(
     "a 429 for an exhausted quota (%s) is a QuotaExhaustedError: never a sample's failed try, back in 15 min",

@@ -1,6 +1,6 @@
 import { APIConnectionError, APIError, APIUserAbortError } from "openai";
 import { ContentFilterFinishReasonError, LengthFinishReasonError } from "openai/core/error";
-import { LlmCallError, MmevolError, QuotaExhaustedError } from "../../ports/errors.ts";
+import { KeyRefusedError, LlmCallError, MmevolError, QuotaExhaustedError } from "../../ports/errors.ts";
 
 /** Statuses where the same request can succeed later (the openai client's own `shouldRetry` list). */
 const retryableStatuses: ReadonlySet<number> = new Set([408, 409, 429]);
@@ -106,9 +106,9 @@ const messageOf = (error: unknown): string => {
 
 /**
  * The one place that decides whether a failed LLM call is worth repeating. Retryable: 408, 409,
- * 429, >= 500, timeouts and dropped connections; a 429 for an exhausted quota is a QuotaExhaustedError, which
- * stops a local run. Everything else (400, 401, 403, 404, 422, content filter, refusal, anything unknown) is
- * permanent, so a sample fails fast with a reason.
+ * 429, >= 500, timeouts and dropped connections; a 429 for an exhausted quota is a QuotaExhaustedError and a 401
+ * or 403 a KeyRefusedError, which stop a local run with no sample failed. Everything else (400, 404, 422,
+ * content filter, refusal, anything unknown) is permanent, so a sample fails fast with a reason.
  * `secrets` are scrubbed from the message, along with anything shaped like a key.
  */
 export const classifyFailure = (error: unknown, secrets: readonly string[] = []): LlmCallError => {
@@ -135,6 +135,13 @@ export const classifyFailure = (error: unknown, secrets: readonly string[] = [])
       // Not a rate limit (no cut of the rate), and no sample's fault (none fails for it): see the error class.
       return new QuotaExhaustedError(
         `LLM call refused: the account is out of quota (${quota}): ${scrub(error.message)}`,
+        { status, cause: error },
+      );
+    }
+    if (status === 401 || status === 403) {
+      // The key, not the request: every sample would fail the same way (see the error class).
+      return new KeyRefusedError(
+        `LLM call refused: the key was not accepted (HTTP ${status}): ${scrub(error.message)}`,
         { status, cause: error },
       );
     }
