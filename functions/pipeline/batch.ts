@@ -734,10 +734,15 @@ async function applyJob(
 ): Promise<Message[]> {
   const config = shard === null ? null : shardConfig(shard);
   const messages: Message[] = [];
-  const resend = (item: BatchItem) => {
+  /** Sends the item's message again; returns it, or null when it cannot be read (logged). */
+  const resend = (item: BatchItem): Message | null => {
     const parsed = Message.safeParse(item.message);
-    if (parsed.success) messages.push(parsed.data);
-    else deps.logger.error("batch item has an unreadable message", { hash: item.hash });
+    if (parsed.success) {
+      messages.push(parsed.data);
+      return parsed.data;
+    }
+    deps.logger.error("batch item has an unreadable message", { hash: item.hash });
+    return null;
   };
   const lines: BatchOutputLine[] = [];
   for (const fileId of [info.outputFileId, info.errorFileId]) {
@@ -766,13 +771,12 @@ async function applyJob(
       // The stored answer is what the stage looks for first: the item is left "submitted" (marking it answered
       // was a write per request, 6% of batch mode's AWS cost). A crash before the job is marked applied
       // applies it again: the answer is kept as first stored, and the message goes twice (a duplicate).
-      // Paid for by the work that queued it (see StoredAnswer.paidBy).
-      const queuedBy = Message.safeParse(item.message);
+      // Paid for by the work that queued it (see StoredAnswer.paidBy). The messages go once the job is applied.
+      const queuedBy = resend(item);
       await deps.state.putAnswer(
         hash,
-        queuedBy.success ? { ...answer, paidBy: workKeyOf(queuedBy.data) } : answer,
+        queuedBy === null ? answer : { ...answer, paidBy: workKeyOf(queuedBy) },
       );
-      resend(item);
       continue;
     }
     const reason =

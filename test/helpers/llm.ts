@@ -19,3 +19,10 @@ export const answerOf = (promptTokens = 20, content = "{}"): LlmResponse => ({
   finishReason: "stop",
   refusal: null,
 });
+
+/** What the promise was rejected with; null when it resolved. */
+export const failureOf = (promise: Promise<unknown>): Promise<unknown> =>
+  promise.then(
+    () => null,
+    (error: unknown) => error,
+  );

@@ -9,7 +9,7 @@ import { NoRateBudgetError } from "../../functions/ports/errors.ts";
 import type { AdmittedCall, Llm, LlmResponse } from "../../functions/ports/llm.ts";
 import { silentLogger, systemClock } from "../../functions/ports/runtime.ts";
 import { tempDir } from "../helpers/files.ts";
-import { answerOf, textRequest } from "../helpers/llm.ts";
+import { answerOf, failureOf, textRequest } from "../helpers/llm.ts";
 
 /** An Llm behind a shared rate budget that has none left, or some, as the test says. */
 class BudgetedLlm implements Llm {
@@ -41,13 +41,6 @@ const options = {
   price: priceOf("gpt-4o-mini"),
   delivery: "message-1#receive-1",
 };
-
-/** What the promise was rejected with; null when it resolved. */
-const failureOf = (promise: Promise<unknown>): Promise<unknown> =>
-  promise.then(
-    () => null,
-    (error: unknown) => error,
-  );
 
 describe("askStructured and a shared rate budget", () => {
   const cleanups: (() => void)[] = [];

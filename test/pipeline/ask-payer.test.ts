@@ -9,7 +9,7 @@ import { LlmCallError } from "../../functions/ports/errors.ts";
 import type { Llm, LlmResponse } from "../../functions/ports/llm.ts";
 import { silentLogger, systemClock } from "../../functions/ports/runtime.ts";
 import { tempDir } from "../helpers/files.ts";
-import { answerOf, textRequest } from "../helpers/llm.ts";
+import { answerOf, failureOf, textRequest } from "../helpers/llm.ts";
 
 class CountingLlm implements Llm {
   calls = 0;
@@ -27,13 +27,6 @@ const ask = (payer: string, delivery: string) => ({
   delivery,
   payer,
 });
-
-/** What the promise was rejected with; null when it resolved. */
-const failureOf = (promise: Promise<unknown>): Promise<unknown> =>
-  promise.then(
-    () => null,
-    (error: unknown) => error,
-  );
 
 describe("who pays for an answer", () => {
   const cleanups: (() => void)[] = [];

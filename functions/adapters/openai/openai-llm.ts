@@ -199,15 +199,10 @@ function adjusted(
 ): ChatCompletionCreateParamsNonStreaming {
   if (refused === undefined || refused.size === 0) return params;
   const { max_tokens, temperature, seed, ...rest } = params;
+  const field = refused.has("max_tokens") ? "max_completion_tokens" : "max_tokens";
   return {
     ...rest,
-    ...(refused.has("max_tokens")
-      ? max_tokens == null
-        ? {}
-        : { max_completion_tokens: max_tokens }
-      : max_tokens == null
-        ? {}
-        : { max_tokens }),
+    ...(max_tokens == null ? {} : { [field]: max_tokens }),
     ...(refused.has("temperature") || temperature == null ? {} : { temperature }),
     ...(refused.has("seed") || seed == null ? {} : { seed }),
   };
