@@ -290,6 +290,13 @@ async function runCommand(shards: string[], flags: RunFlags): Promise<void> {
     );
   }
   process.stdout.write(`outputs:\n${result.outputs.map((o) => `  ${o}`).join("\n")}\n`);
+  for (const f of result.failures) {
+    const first = f.first === null ? "" : `; the first, line ${f.first.line}: ${f.first.reason}`;
+    process.stderr.write(
+      `mmevol: shard ${f.shard}: ${f.failed} sample(s) FAILED and are not in the training data${first}\nmmevol: each is listed with its reason in ${f.errorsFile}; a rerun does not retry them (fix the cause, then run their lines under a new --out)\n`,
+    );
+  }
+  if (result.failures.length > 0) process.exitCode = 4;
   if (result.deadLetters > 0) {
     process.stderr.write(
       `mmevol: ${result.deadLetters} message(s) gave up after repeated errors; run the same command to retry them\n`,
@@ -366,8 +373,8 @@ program
 Environment: OPENAI_API_KEY (never printed), OPENAI_BASE_URL. With neither set, the run is a dry run.
 Exit codes: 0 done; 1 some work gave up after repeated errors (rerun to retry it); 2 bad usage, or another
 run works on the same --out; 3 the provider says the account is out of quota or refuses the key (top it up
-or fix the key, rerun to resume);
-130 interrupted (rerun to resume).
+or fix the key, rerun to resume); 4 done, but some samples FAILED (each is in the errors file with its
+reason; a rerun does not retry them); 130 interrupted (rerun to resume).
 Examples:
   mmevol run examples/seeds/demo.jsonl --out out/demo --dry-run
   OPENAI_BASE_URL=http://127.0.0.1:11434/v1 mmevol run seeds.jsonl --model qwen2.5vl --out out/q`,

@@ -102,10 +102,30 @@ export interface LocalRunResult {
    */
   readonly stoppedFor: string | null;
   readonly reports: ShardReport[];
+  /** Per shard with FAILED samples: how many, the first one's line and reason, and the errors file. */
+  readonly failures: ShardFailures[];
   readonly deadLetters: number;
   readonly llm: LlmTotals;
   readonly elapsedMs: number;
   readonly outputs: string[];
+}
+
+export interface ShardFailures {
+  readonly shard: string;
+  readonly failed: number;
+  readonly first: { readonly line: number; readonly reason: string } | null;
+  readonly errorsFile: string;
+}
+
+/** The first FAILED sample in a finalized shard's errors file (JSON Lines, in line order). */
+function firstFailure(errors: string): ShardFailures["first"] {
+  for (const text of errors.split("\n")) {
+    if (!text) continue;
+    const entry = JSON.parse(text) as { kind?: string; line?: number; reason?: string };
+    if (entry.kind === "failed")
+      return { line: entry.line ?? 0, reason: entry.reason ?? "no reason recorded" };
+  }
+  return null;
 }
 
 /** Later stages first, so samples finish instead of piling up half done. */
@@ -400,18 +420,29 @@ async function runLocked(options: LocalRunOptions, out: string, started: number)
     progress();
 
     const reports: ShardReport[] = [];
+    const failures: ShardFailures[] = [];
     const outputs: string[] = [];
+    const decoder = new TextDecoder();
     for (const file of shardFiles) {
       const key = layout.report(options.run, file.name);
       if (await blobs.exists(key)) {
-        reports.push(JSON.parse(new TextDecoder().decode(await blobs.get(key))) as ShardReport);
+        const report = JSON.parse(decoder.decode(await blobs.get(key))) as ShardReport;
+        reports.push(report);
+        const errorsKey = layout.errors(options.run, file.name);
         outputs.push(
           join(out, layout.evolved(options.run, file.name)),
           join(out, layout.lineage(options.run, file.name)),
-          join(out, layout.errors(options.run, file.name)),
+          join(out, errorsKey),
           join(out, key),
           join(out, layout.reportHtml(options.run, file.name)),
         );
+        if (report.counts.failed > 0)
+          failures.push({
+            shard: file.name,
+            failed: report.counts.failed,
+            first: firstFailure(decoder.decode(await blobs.get(errorsKey))),
+            errorsFile: join(out, errorsKey),
+          });
       }
     }
     const dead = PRIORITY.flatMap((kind) => queues.deadLetters(kind));
@@ -431,6 +462,7 @@ async function runLocked(options: LocalRunOptions, out: string, started: number)
       interrupted: stop,
       stoppedFor,
       reports,
+      failures,
       deadLetters,
       llm: { ...llm.totals },
       elapsedMs: performance.now() - started,

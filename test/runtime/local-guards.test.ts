@@ -1,4 +1,6 @@
 import { readFileSync, writeFileSync } from "node:fs";
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { OpenAiBatchCodec } from "../../functions/adapters/openai/batch-codec.ts";
@@ -167,6 +169,41 @@ describe("mmevol run's usage errors", () => {
       );
       expect((await run("gpt-4o-mini-2024-07-18")).stderr).not.toMatch(/no list price/);
     } finally {
+      dir.cleanup();
+    }
+  }, 60_000);
+
+  it("exit 4 when samples FAILED, naming the first reason and the errors file", async () => {
+    const dir = tempDir();
+    // Every call is refused for good (a 400 that is not about a field): each sample fails at its first call.
+    const server = createServer((request, response) => {
+      request.resume();
+      request.on("end", () => {
+        response.writeHead(400, { "content-type": "application/json" });
+        response.end(
+          JSON.stringify({
+            error: { message: "Invalid image data", type: "invalid_request_error", code: null },
+          }),
+        );
+      });
+    });
+    await new Promise<void>((done) => server.listen(0, "127.0.0.1", done));
+    try {
+      const shard = writeBenchShard(dir.path, { samples: 3, name: "refused" });
+      const out = join(dir.path, "out");
+      const { port } = server.address() as AddressInfo;
+      const args = ["run", shard, "--rounds", "1", "--out", out, "--base-url", `http://127.0.0.1:${port}/v1`];
+      const { code, stderr } = await runCli(args, { OPENAI_API_KEY: "sk-test-not-a-real-key" });
+      expect(code).toBe(4);
+      expect(stderr).toMatch(
+        /shard refused: 3 sample\(s\) FAILED and are not in the training data; the first, line 1: .*Invalid image data/,
+      );
+      const errorsFile = join(out, layout.errors("out", "refused"));
+      expect(stderr).toContain(`listed with its reason in ${errorsFile}`);
+      expect(readFileSync(errorsFile, "utf8").trim().split("\n")).toHaveLength(3);
+      expect(stderr).not.toContain("sk-test-not-a-real-key");
+    } finally {
+      server.close();
       dir.cleanup();
     }
   }, 60_000);
