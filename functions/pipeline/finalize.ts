@@ -22,7 +22,7 @@ export async function finalizeShard(
   if (!shardRecord.ingested || shardRecord.pending > 0) return { next: [], outcome: "not ready" };
   const config = shardConfig(shardRecord);
   const builder = new ReportBuilder();
-  const evolved: string[] = [];
+  const evolved: TrainingRecord[] = [];
   const lineage: string[] = [];
   const errors: string[] = [];
 
@@ -36,8 +36,8 @@ export async function finalizeShard(
     builder.addUsage(record.usage);
     for (const round of record.rounds) builder.addRound(round.round, round.direction, round.verdicts);
     for (const version of record.versions) builder.addVersion(version.round, version.items);
-    for (const line of trainingRecords(record, config.dryRun)) {
-      evolved.push(line);
+    for (const training of trainingRecords(record, config.dryRun)) {
+      evolved.push(training);
       builder.trainingRecords += 1;
     }
     if (record.status !== "REJECTED") lineage.push(JSON.stringify(lineageOf(record)));
@@ -60,7 +60,10 @@ export async function finalizeShard(
   if (refused !== null) errors.push(JSON.stringify({ kind: "refused", line: 0, reason: refused }));
   const report: ShardReport = refused === null ? built : { ...built, refused };
   const jsonl = (lines: string[]) => (lines.length === 0 ? "" : `${lines.join("\n")}\n`);
-  await deps.blobs.put(layout.evolved(run, shard), jsonl(evolved), "application/x-ndjson");
+  const training = withUniqueIds(evolved, (id, renamed) =>
+    deps.logger.warn("training record id taken by an input id: renamed", { run, shard, id, renamed }),
+  );
+  await deps.blobs.put(layout.evolved(run, shard), jsonl(training), "application/x-ndjson");
   deps.faults?.point("finalize:mid-write");
   await deps.blobs.put(layout.lineage(run, shard), jsonl(lineage), "application/x-ndjson");
   await deps.blobs.put(layout.errors(run, shard), jsonl(errors), "application/x-ndjson");
@@ -72,16 +75,48 @@ export async function finalizeShard(
   return { next: [], outcome: first ? "finalized" : "duplicate" };
 }
 
-function trainingRecords(record: SampleRecord, dryRun: boolean): string[] {
+/** One line of the training data: its id, and whether the id is the input's own or one made for a round. */
+interface TrainingRecord {
+  readonly id: string;
+  readonly made: boolean;
+  readonly record: Record<string, unknown>;
+}
+
+/**
+ * The training lines, each id once. A passed-through sample keeps its input id; a round's record is
+ * `<id>-r<round>`, which an input id can already be (`k-r1` next to `k`, as when earlier output is fed back
+ * in). Ids unique in the input (ingest rejects repeats) stay unique here: a made id that an input id took is
+ * renamed `<id>-r<round>.<n>`, the first n free, and `mmevol.source` / `mmevol.round` still say what it is.
+ */
+function withUniqueIds(
+  records: readonly TrainingRecord[],
+  onRename: (id: string, renamed: string) => void,
+): string[] {
+  const taken = new Set(records.filter((r) => !r.made).map((r) => r.id));
+  return records.map(({ id, made, record }) => {
+    if (!made) return JSON.stringify(record);
+    let unique = id;
+    for (let n = 2; taken.has(unique); n += 1) unique = `${id}.${n}`;
+    taken.add(unique);
+    if (unique !== id) onRename(id, unique);
+    return JSON.stringify({ ...record, id: unique });
+  });
+}
+
+function trainingRecords(record: SampleRecord, dryRun: boolean): TrainingRecord[] {
   const sample = record.sample;
   if (!sample) return [];
   const dry = dryRun ? { dryRun: true } : {};
   if (record.status === "PASSED_THROUGH") {
     const seed = record.versions[0]?.items ?? sample.items;
     return [
-      JSON.stringify(
-        sampleToLlava(sample, seed, { mmevol: { source: sample.id, round: 0, passedThrough: true, ...dry } }),
-      ),
+      {
+        id: sample.id,
+        made: false,
+        record: sampleToLlava(sample, seed, {
+          mmevol: { source: sample.id, round: 0, passedThrough: true, ...dry },
+        }),
+      },
     ];
   }
   if (record.status !== "DONE") return [];
@@ -98,7 +133,8 @@ function trainingRecords(record: SampleRecord, dryRun: boolean): string[] {
           ...dry,
         },
       });
-      return JSON.stringify({ ...out, id: `${sample.id}-r${version.round}` });
+      const id = `${sample.id}-r${version.round}`;
+      return { id, made: true, record: { ...out, id } };
     });
 }
 

@@ -118,6 +118,47 @@ describe("item ids", () => {
   });
 });
 
+describe("training record ids", () => {
+  it("stay unique when an input id is another sample's round id (k-r1 next to k): the made one is renamed", async () => {
+    const dir = tempDir();
+    try {
+      const seeds = readFileSync(writeBenchShard(dir.path, { samples: 3, name: "seed" }), "utf8")
+        .trim()
+        .split("\n")
+        .map((line) => JSON.parse(line) as { id: string; image: string; conversations: unknown });
+      // Each evolved sample k is followed by text-only k-r1 and k-r2, which pass through with their own ids.
+      const lines = seeds.flatMap((seed, i) => [
+        { ...seed, id: `k${i}` },
+        ...[1, 2].map((round) => ({ id: `k${i}-r${round}`, conversations: seed.conversations })),
+      ]);
+      const shard = join(dir.path, "mixed.jsonl");
+      writeFileSync(shard, lines.map((line) => JSON.stringify(line)).join("\n"));
+      const out = join(dir.path, "out");
+      const result = await runLocal({
+        shards: [shard],
+        out,
+        run: "r",
+        concurrency: 2,
+        config: { rounds: 2, dryRun: true },
+        llm: new SimulatedLlm(),
+      });
+      const records = readFileSync(join(out, layout.evolved("r", "mixed")), "utf8")
+        .trim()
+        .split("\n")
+        .map((line) => JSON.parse(line) as { id: string; mmevol: { source: string; round: number } });
+      expect(records).toHaveLength(result.reports[0]?.trainingRecords ?? -1);
+      expect(new Set(records.map((r) => r.id)).size).toBe(records.length);
+      const made = records.filter((r) => r.mmevol.round > 0);
+      expect(made.length).toBeGreaterThan(0);
+      for (const record of made) expect(record.id).toBe(`${record.mmevol.source}-r${record.mmevol.round}.2`);
+      for (const line of lines.filter((l) => !("image" in l)))
+        expect(records.find((r) => r.id === line.id)?.mmevol).toMatchObject({ source: line.id, round: 0 });
+    } finally {
+      dir.cleanup();
+    }
+  });
+});
+
 describe("mmevol run's usage errors", () => {
   it("exit 2 with a one-line reason (bad options, a directory, shards that share a name); help exits 0", async () => {
     const dir = tempDir();
