@@ -8,6 +8,8 @@ export interface BlobStore {
   /** Byte size, or null when the object does not exist. */
   size(key: string): Promise<number | null>;
   list(prefix: string): Promise<string[]>;
+  /** Where a key's object is, for messages a person reads: a file's path locally, `s3://bucket/key` in AWS. */
+  describe(key: string): string;
 }
 
 export class BlobNotFoundError extends Error {

@@ -32,6 +32,9 @@ class MemoryBlobs implements BlobStore {
   async list(prefix: string): Promise<string[]> {
     return [...this.objects.keys()].filter((key) => key.startsWith(prefix)).sort();
   }
+  describe(key: string): string {
+    return `memory:${key}`;
+  }
 }
 
 const CACHE = "work/run-1/images/";
@@ -190,7 +193,7 @@ describe("SharpImagePreparer", () => {
     const preparer = new SharpImagePreparer({ blobs, cachePrefix: CACHE, maxInputBytes: 100 });
 
     expect((await invalidInput(preparer.prepare("nope.png", options))).message).toBe(
-      "image not found: nope.png",
+      "image not found: memory:nope.png",
     );
     expect((await invalidInput(preparer.prepare("empty.png", options))).message).toContain("image is empty");
     const big = await invalidInput(preparer.prepare("big.png", options));
@@ -208,7 +211,7 @@ describe("SharpImagePreparer", () => {
     const preparer = new SharpImagePreparer({ blobs, cachePrefix: CACHE });
 
     const noise = await invalidInput(preparer.prepare("noise.png", options));
-    expect(noise.message).toMatch(/^image cannot be decoded: noise\.png: .+/);
+    expect(noise.message).toMatch(/^image cannot be decoded: memory:noise\.png: .+/);
     expect(await invalidInput(preparer.prepare("truncated.png", options))).toBeInstanceOf(InvalidInputError);
     expect(await blobs.list(CACHE)).toEqual([]);
   });

@@ -89,7 +89,10 @@ describe("a shard with bad lines", () => {
     expect(reasons[5]).toMatch(/^line 9: conversations/);
     const passed = errors.filter((e) => e.kind === "passed_through");
     expect(passed.map((e) => e.line)).toEqual([11]);
-    expect(String(passed[0]?.reason)).toMatch(/image not found/);
+    // Named where the user put it (the shard's directory here), not by the run's internal key (images/images/…).
+    expect(String(passed[0]?.reason)).toBe(
+      `image unusable: image not found: ${join(dir.path, "images/missing.png")}`,
+    );
 
     const report = readJson(join(out, "reports/r/bad.json"));
     const counts = ReportCounts.parse(report.counts);

@@ -15,6 +15,7 @@ function countingBlobs(path: string): { blobs: BlobStore; puts: string[]; fail: 
     exists: (key) => inner.exists(key),
     size: (key) => inner.size(key),
     list: (prefix) => inner.list(prefix),
+    describe: (key) => inner.describe(key),
     put: async (key, body, contentType) => {
       if (fail.next) {
         fail.next = false;

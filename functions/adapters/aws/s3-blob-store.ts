@@ -91,6 +91,10 @@ export class S3BlobStore implements BlobStore {
     return head.etag.replace(/^"|"$/g, "");
   }
 
+  describe(key: string): string {
+    return `s3://${this.bucket}/${key}`;
+  }
+
   /** Every key starting with `prefix`, at any depth, in S3's (byte) order. */
   async list(prefix: string): Promise<string[]> {
     const keys: string[] = [];

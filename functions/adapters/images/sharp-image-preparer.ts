@@ -172,11 +172,11 @@ export class SharpImagePreparer implements ImagePreparer {
 
   async #readSource(imagePath: string, maxBytes: number): Promise<Uint8Array> {
     const size = await this.#blobs.size(imagePath);
-    if (size === null) throw new InvalidInputError(`image not found: ${imagePath}`);
-    if (size === 0) throw new InvalidInputError(`image is empty: ${imagePath}`);
+    if (size === null) throw new InvalidInputError(`image not found: ${this.#blobs.describe(imagePath)}`);
+    if (size === 0) throw new InvalidInputError(`image is empty: ${this.#blobs.describe(imagePath)}`);
     if (size > maxBytes) {
       throw new InvalidInputError(
-        `image is ${size} bytes, over the limit of ${maxBytes} bytes (maxImageBytes): ${imagePath}`,
+        `image is ${size} bytes, over the limit of ${maxBytes} bytes (maxImageBytes): ${this.#blobs.describe(imagePath)}`,
       );
     }
     return this.#blobs.get(imagePath);
@@ -194,14 +194,14 @@ export class SharpImagePreparer implements ImagePreparer {
       const meta = await sharp(source, { failOn: "error", limitInputPixels: false }).metadata();
       if (meta.format === undefined || !acceptedFormats.has(meta.format)) {
         throw new InvalidInputError(
-          `image format ${meta.format ?? "unknown"} is not supported: ${imagePath}`,
+          `image format ${meta.format ?? "unknown"} is not supported: ${this.#blobs.describe(imagePath)}`,
         );
       }
       // The header alone tells the size: refuse a bomb here, with the limit named, before anything is decoded.
       const pixels = (meta.width ?? 0) * (meta.height ?? 0);
       if (pixels > maxPixels) {
         throw new InvalidInputError(
-          `image is ${meta.width}x${meta.height} (${pixels} pixels), over the pixel limit of ${maxPixels} (maxImagePixels): ${imagePath}`,
+          `image is ${meta.width}x${meta.height} (${pixels} pixels), over the pixel limit of ${maxPixels} (maxImagePixels): ${this.#blobs.describe(imagePath)}`,
         );
       }
       const { data, info } = await sharp(source, decoderOptions)
@@ -213,9 +213,12 @@ export class SharpImagePreparer implements ImagePreparer {
       return { data, width: info.width, height: info.height };
     } catch (error) {
       if (error instanceof InvalidInputError) throw error;
-      throw new InvalidInputError(`image cannot be decoded: ${imagePath}: ${reasonOf(error)}`, {
-        cause: error,
-      });
+      throw new InvalidInputError(
+        `image cannot be decoded: ${this.#blobs.describe(imagePath)}: ${reasonOf(error)}`,
+        {
+          cause: error,
+        },
+      );
     }
   }
 }

@@ -115,6 +115,14 @@ export class FsBlobStore implements BlobStore {
   }
 
   /** Maps a key to its file, refusing anything that could escape the root. */
+  describe(key: string): string {
+    try {
+      return this.pathOf(key);
+    } catch {
+      return key;
+    }
+  }
+
   private pathOf(key: string): string {
     const refuse = (why: string): never => {
       throw new InvalidInputError(`invalid blob key ${JSON.stringify(key)}: ${why}`);

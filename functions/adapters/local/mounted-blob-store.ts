@@ -49,6 +49,10 @@ export class MountedBlobStore implements BlobStore {
     const r = this.#route(key);
     return r.store.size(r.key);
   }
+  describe(key: string): string {
+    const r = this.#route(key);
+    return r.store.describe(r.key);
+  }
   async list(prefix: string): Promise<string[]> {
     const r = this.#route(prefix);
     const mount = this.#mounts.find((m) => prefix.startsWith(m.prefix));
