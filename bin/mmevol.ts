@@ -175,8 +175,27 @@ async function runCommand(shards: string[], flags: RunFlags): Promise<void> {
   };
   const checked = RunConfig.safeParse(input);
   if (!checked.success) {
+    // Say where each bad setting came from: the flag that set it, or the file (a flag overrides the file).
+    const given: Record<string, string | undefined> = {
+      rounds: flags.rounds === undefined ? undefined : "--rounds",
+      model: flags.model === undefined ? undefined : "--model",
+      judgeModel: flags.judgeModel === undefined ? undefined : "--judge-model",
+      seed: flags.seed === undefined ? undefined : "--seed",
+      imageDetail: flags.detail === undefined ? undefined : "--detail",
+    };
+    const sourceOf = (key: string): string => {
+      const flag = given[key];
+      if (flag !== undefined) return ` (${flag})`;
+      return flags.config !== undefined && (key in fromFile || key === "") ? ` (in ${flags.config})` : "";
+    };
     fail(
-      `invalid settings: ${checked.error.issues.map((i) => `${i.path.join(".") || "(root)"}: ${i.message}`).join("; ")}`,
+      `invalid settings: ${checked.error.issues
+        .map((i) => {
+          const key = String(i.path[0] ?? "");
+          const where = i.code === "unrecognized_keys" ? sourceOf("") : sourceOf(key);
+          return `${i.path.join(".") || "(root)"}: ${i.message}${where}`;
+        })
+        .join("; ")}`,
     );
   }
   const config = checked.data;

@@ -165,7 +165,21 @@ describe("mmevol run's usage errors", () => {
     try {
       const a = writeBenchShard(join(dir.path, "a"), { samples: 1, name: "train" });
       const b = writeBenchShard(join(dir.path, "b"), { samples: 1, name: "train" });
+      const config = join(dir.path, "run.json");
+      writeFileSync(config, JSON.stringify({ rounds: 0, model: "gpt-4o-mini", colour: "red" }));
+      const escaped = config.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
       const cases: [string[], RegExp][] = [
+        // A bad setting says where it came from: the file, or the flag that set it.
+        [
+          ["run", a, "--dry-run", "--config", config],
+          new RegExp(
+            `rounds: .*>=1 \\(in ${escaped}\\); \\(root\\): Unrecognized key: "colour" \\(in ${escaped}\\)`,
+          ),
+        ],
+        [
+          ["run", a, "--dry-run", "--config", config, "--rounds", "2", "--model", ""],
+          /model: .* \(--model\)/,
+        ],
         [["run", a, "--bogus"], /unknown option '--bogus'/],
         [["run", a, "-c", "0"], /from 1 to 1000/],
         [["run", a, "--timeout", "2147484"], /at most 2147483 seconds/],
