@@ -226,9 +226,10 @@ async function runCommand(shards: string[], flags: RunFlags): Promise<void> {
     codec: new OpenAiBatchCodec(apiKey === undefined ? [] : [apiKey]),
   };
   const run = flags.run ?? basename(flags.out);
-  process.stderr.write(
-    `mmevol: run "${run}", ${shards.length} shard(s), model ${config.model}${baseURL ? ` at ${baseURL}` : ""}, ${config.rounds} rounds, ${config.mode === "batch" ? "Batch API" : "online"}, concurrency ${flags.concurrency}, output ${flags.out}\n`,
-  );
+  if (flags.quiet !== true)
+    process.stderr.write(
+      `mmevol: run "${run}", ${shards.length} shard(s), model ${config.model}${baseURL ? ` at ${baseURL}` : ""}, ${config.rounds} rounds, ${config.mode === "batch" ? "Batch API" : "online"}, concurrency ${flags.concurrency}, output ${flags.out}\n`,
+    );
   for (const model of new Set([config.model, judgeModelOf(config)]))
     if (!isPriced(model, config.prices))
       process.stderr.write(
@@ -384,7 +385,7 @@ program
     "--batch",
     "send each round through the provider's Batch API: half price, answers within 24 h (polls until done; rerun to resume)",
   )
-  .option("-q, --quiet", "no progress output")
+  .option("-q, --quiet", "no banner and no progress lines (warnings, errors and the summary still print)")
   .option("-v, --verbose", "log every retry and warning to stderr")
   .addHelpText(
     "after",

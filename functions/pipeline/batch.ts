@@ -194,6 +194,16 @@ export interface BatchTickResult {
   readonly queued: number;
   /** When the next open job is due a poll (or the next shard settles); null when nothing waits. */
   readonly nextAt: number | null;
+  /** What the answers this tick stored cost, at batch prices (for progress; the report counts from the state). */
+  readonly paid: BatchPaid;
+}
+
+export interface BatchPaid {
+  answers: number;
+  promptTokens: number;
+  cachedTokens: number;
+  completionTokens: number;
+  costUsd: number;
 }
 
 type TickDeps = Pick<StageDeps, "state" | "blobs" | "logger" | "batch" | "defaults">;
@@ -277,6 +287,7 @@ export async function batchTick(deps: TickDeps, options: BatchTickOptions): Prom
   let submitted = 0;
   let applied = 0;
   let queuedLeft = 0;
+  const paid: BatchPaid = { answers: 0, promptTokens: 0, cachedTokens: 0, completionTokens: 0, costUsd: 0 };
   let nextAt: number | null = null;
   const due = (at: number) => {
     nextAt = nextAt === null ? at : Math.min(nextAt, at);
@@ -327,7 +338,14 @@ export async function batchTick(deps: TickDeps, options: BatchTickOptions): Prom
       due(options.now);
       return;
     }
-    const resent = await applyJob(deps, batch, job, info, await deps.state.getShard(job.run, job.shard));
+    const resent = await applyJob(
+      deps,
+      batch,
+      job,
+      info,
+      await deps.state.getShard(job.run, job.shard),
+      paid,
+    );
     // Collected before the job is closed: if closing it fails, the next tick applies it again (the answers
     // are stored; the stages take a message again as a no-op).
     messages.push(...resent);
@@ -412,6 +430,7 @@ export async function batchTick(deps: TickDeps, options: BatchTickOptions): Prom
     open: stillOpen.length + submitted,
     queued: queuedLeft,
     nextAt,
+    paid,
   };
   if (failures.length > 0) throw new BatchTickError(failures, result, firstError);
   return result;
@@ -731,6 +750,7 @@ async function applyJob(
   job: BatchJob,
   info: BatchInfo,
   shard: ShardRecord | null,
+  paid: BatchPaid,
 ): Promise<Message[]> {
   const config = shard === null ? null : shardConfig(shard);
   const messages: Message[] = [];
@@ -777,6 +797,11 @@ async function applyJob(
         hash,
         queuedBy === null ? answer : { ...answer, paidBy: workKeyOf(queuedBy) },
       );
+      paid.answers += 1;
+      paid.promptTokens += answer.promptTokens;
+      paid.cachedTokens += answer.cachedTokens;
+      paid.completionTokens += answer.completionTokens;
+      paid.costUsd += answer.costUsd;
       continue;
     }
     const reason =

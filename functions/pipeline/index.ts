@@ -5,7 +5,13 @@ import { finalizeShard } from "./finalize.ts";
 import { ingestShard } from "./ingest.ts";
 import { judgeSample } from "./judge.ts";
 
-export { BatchTickError, type BatchTickResult, batchTick, DeferredToBatchError } from "./batch.ts";
+export {
+  type BatchPaid,
+  BatchTickError,
+  type BatchTickResult,
+  batchTick,
+  DeferredToBatchError,
+} from "./batch.ts";
 export type { StageDeps, StageResult } from "./deps.ts";
 export { evolveSample } from "./evolve.ts";
 export { finalizeShard } from "./finalize.ts";

@@ -14,6 +14,7 @@ import type { ShardReport } from "../evolution/report.ts";
 import { BatchBodyWriter } from "../pipeline/batch-bodies.ts";
 import { CompletionSizer } from "../pipeline/completion-sizer.ts";
 import {
+  type BatchPaid,
   BatchTickError,
   type BatchTickResult,
   batchTick,
@@ -185,7 +186,7 @@ async function runLocked(options: LocalRunOptions, out: string, started: number)
   // Inside the governor, so the time a call waits for budget is not taken for its latency.
   const pacing = new CallPacing(options.llm);
   const governors = new Map<string, RateGovernor>();
-  const llm = new CountingLlm(governed(pacing, options.rateLimit, governors), {});
+  const llm = new CountingLlm(governed(pacing, options.rateLimit, governors), options.config.prices ?? {});
   const concurrency = (): number =>
     options.concurrency === "auto"
       ? pacing.concurrency((model) => governors.get(model)?.knownLimits() ?? null)
@@ -246,14 +247,33 @@ async function runLocked(options: LocalRunOptions, out: string, started: number)
     options.signal?.addEventListener("abort", () => {
       stop = true;
     });
+    // What batches answered, at batch prices: progress shows it with the online calls' cost.
+    const batchPaid: BatchPaid = {
+      answers: 0,
+      promptTokens: 0,
+      cachedTokens: 0,
+      completionTokens: 0,
+      costUsd: 0,
+    };
+    const addPaid = (paid: BatchPaid) => {
+      for (const key of Object.keys(batchPaid) as (keyof BatchPaid)[]) batchPaid[key] += paid[key];
+    };
     const progress = () => {
       if (!options.onProgress) return;
+      const t = llm.totals;
       options.onProgress(
         snapshot(
           state,
           options.run,
           shardFiles.map((f) => f.name),
-          llm.totals,
+          {
+            ...t,
+            calls: t.calls + batchPaid.answers,
+            promptTokens: t.promptTokens + batchPaid.promptTokens,
+            cachedTokens: t.cachedTokens + batchPaid.cachedTokens,
+            completionTokens: t.completionTokens + batchPaid.completionTokens,
+            costUsd: t.costUsd + batchPaid.costUsd,
+          },
           performance.now() - started,
         ),
       );
@@ -370,10 +390,12 @@ async function runLocked(options: LocalRunOptions, out: string, started: number)
           maxPollMs: options.batchMaxPollMs ?? 60_000,
         });
         tickFailures = 0;
+        addPaid(tick.paid);
       } catch (error) {
         // The provider or the network failed mid-tick: every step of a tick can be redone, so try again with
         // backoff, as a restarted run would; a failure that persists ends the run (state kept for a rerun).
         // The batches the tick applied before it failed send their messages first.
+        if (error instanceof BatchTickError) addPaid(error.result.paid);
         if (error instanceof BatchTickError && error.result.messages.length > 0) {
           await tracked.send(error.result.messages);
           await drain();

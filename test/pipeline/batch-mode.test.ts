@@ -11,7 +11,7 @@ import { SimulatedLlm } from "../../functions/adapters/simulated/simulated-llm.t
 import type { BatchApi } from "../../functions/ports/batch-api.ts";
 import type { Llm, LlmRequest, LlmResponse } from "../../functions/ports/llm.ts";
 import { type Logger, silentLogger } from "../../functions/ports/runtime.ts";
-import { runLocal } from "../../functions/runtime/local.ts";
+import { type Progress, runLocal } from "../../functions/runtime/local.ts";
 import { demoShard, readJson, tempDir } from "../helpers/files.ts";
 import { ReportCounts } from "../helpers/report.ts";
 
@@ -47,7 +47,11 @@ async function run(options: {
   const out = options.out ?? join(dir.path, options.name ?? "out");
   const llm = new CountedLlm(options.llm ?? new SimulatedLlm());
   const api = options.api ?? new SimulatedBatches();
+  let progress: Progress | null = null;
   const result = await runLocal({
+    onProgress: (p) => {
+      progress = p;
+    },
     shards: [demoShard],
     out,
     run: "demo",
@@ -60,9 +64,11 @@ async function run(options: {
     ...(options.signal ? { signal: options.signal } : {}),
     ...(options.logger ? { logger: options.logger } : {}),
   });
-  if (result.interrupted) return { out, llm, api, result, report: {}, counts: null };
+  const last = progress as Progress | null;
+  if (result.interrupted) return { out, llm, api, result, report: {}, counts: null, progress: last };
   const report = readJson(join(out, "reports/demo/demo.json"));
-  return { out, llm, api, result, report, counts: ReportCounts.parse(report.counts) as ReportCounts | null };
+  const counts = ReportCounts.parse(report.counts) as ReportCounts | null;
+  return { out, llm, api, result, report, counts, progress: last };
 }
 
 const usageOf = (report: Record<string, unknown>) =>
@@ -86,6 +92,9 @@ describe("batch mode on the local runner", () => {
     // Half of list price for every token, against online's cached-prefix discount: well under online.
     expect(u.costUsd).toBeLessThan(o.costUsd * 0.75);
     expect(u.costUsd).toBeGreaterThan(0);
+    // Progress shows what the batches cost as they are applied (it showed $0 in batch mode).
+    expect(batch.progress?.llm).toMatchObject({ calls: u.calls, promptTokens: u.promptTokens });
+    expect(batch.progress?.llm.costUsd).toBeCloseTo(u.costUsd, 9);
     // One batch per stage per round: evolve and judge of 3 rounds.
     const stats = (batch.api as SimulatedBatches).stats();
     expect(stats.batchesCreated).toBe(6);

@@ -207,7 +207,7 @@ describe("mmevol run's usage errors", () => {
     const dir = tempDir();
     try {
       const shard = writeBenchShard(dir.path, { samples: 1, name: "priced" });
-      const run = (model: string) =>
+      const run = (model: string, ...more: string[]) =>
         runCli([
           "run",
           shard,
@@ -218,11 +218,18 @@ describe("mmevol run's usage errors", () => {
           "1",
           "--out",
           join(dir.path, model),
+          ...more,
         ]);
       expect((await run("my-azure-deployment")).stderr).toMatch(
         /no list price for model my-azure-deployment: its calls count as \$0 in the report; give its prices under "prices" in run.json/,
       );
-      expect((await run("gpt-4o-mini-2024-07-18")).stderr).not.toMatch(/no list price/);
+      const priced = await run("gpt-4o-mini-2024-07-18");
+      expect(priced.stderr).not.toMatch(/no list price/);
+      expect(priced.stderr).toMatch(/^mmevol: run "gpt-4o-mini-2024-07-18"/m);
+      // -q: no banner, but the warning still shows.
+      const quiet = await run("my-other-deployment", "-q");
+      expect(quiet.stderr).not.toMatch(/^mmevol: run "/m);
+      expect(quiet.stderr).toMatch(/no list price for model my-other-deployment/);
     } finally {
       dir.cleanup();
     }
