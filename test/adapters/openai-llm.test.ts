@@ -288,19 +288,20 @@ describe("OpenAiLlm", () => {
     expect(message).not.toContain(API_KEY);
   });
 
-  it("fails permanently on a refusal", async () => {
-    replies = [{ status: 200, body: completion({ content: null, refusal: "I can't help with that." }) }];
-    const error = await failureOf(llm().complete(request));
-    expect(error).toBeInstanceOf(LlmCallError);
-    expect(error).toMatchObject({ retryable: false });
-    expect(error instanceof Error ? error.message : "").toContain("I can't help with that.");
-  });
-
-  it("fails permanently on the content filter", async () => {
-    replies = [{ status: 200, body: completion({ content: "" }, "content_filter") }];
-    const error = await failureOf(llm().complete(request));
-    expect(error).toBeInstanceOf(LlmCallError);
-    expect(error).toMatchObject({ retryable: false });
+  it("reads a refusal and a content-filter stop as unusable answers, with what they were billed", async () => {
+    replies = [
+      { status: 200, body: completion({ content: null, refusal: "I can't help with that." }) },
+      { status: 200, body: completion({ content: "" }, "content_filter") },
+    ];
+    const billed = { promptTokens: 1200, cachedTokens: 1024, completionTokens: 80 };
+    const refused = await failureOf(llm().complete(request));
+    expect(refused).toBeInstanceOf(LlmAnswerError);
+    expect(refused).toMatchObject({ retryable: true, usage: billed });
+    expect(refused instanceof Error ? refused.message : "").toContain("I can't help with that.");
+    const filtered = await failureOf(llm().complete(request));
+    expect(filtered).toBeInstanceOf(LlmAnswerError);
+    expect(filtered).toMatchObject({ retryable: true, usage: billed });
+    expect(filtered instanceof Error ? filtered.message : "").toContain("content filter");
   });
 
   it("asks to re-ask when the answer was cut at max_tokens or is empty", async () => {

@@ -210,8 +210,9 @@ function adjusted(
 
 /**
  * Reads a chat completion body (a direct answer or a Batch API output line's `response.body`) into an answer:
- * a refusal or a content-filter stop is a failed call, an answer cut at the token limit or empty is an
- * unusable answer, anything unreadable is a server fault worth asking again.
+ * a refusal, a content-filter stop, an answer cut at the token limit or an empty one is an unusable answer
+ * (billed: the caller stores what it cost as a spent try and asks again, up to `maxAnswerRetries`), anything
+ * unreadable is a server fault worth asking again.
  */
 export function readCompletion(
   raw: unknown,
@@ -235,20 +236,18 @@ export function readCompletion(
   const refusal = choice.message.refusal ?? null;
   const content = choice.message.content ?? "";
 
-  if (refusal !== null && refusal !== "") {
-    throw new LlmCallError(`model refused: ${scrubSecrets(refusal, secrets)}`, {
-      retryable: false,
-      status: 200,
-    });
-  }
-  if (finishReason === "content_filter") {
-    throw new LlmCallError("LLM answer blocked by the content filter", { retryable: false, status: 200 });
-  }
   const usage = {
     promptTokens: body.usage?.prompt_tokens ?? 0,
     cachedTokens: body.usage?.prompt_tokens_details?.cached_tokens ?? 0,
     completionTokens: body.usage?.completion_tokens ?? 0,
   };
+  // Answered and billed, but not an answer: a try spent, as an empty one (the model samples again).
+  if (refusal !== null && refusal !== "")
+    throw new LlmAnswerError(`model refused: ${scrubSecrets(refusal, secrets).slice(0, 500)}`, { usage });
+  if (finishReason === "content_filter")
+    throw new LlmAnswerError("answer blocked by the content filter (finish_reason content_filter)", {
+      usage,
+    });
   if (finishReason === "length") {
     throw new LlmAnswerError(
       `answer cut at the token limit${request.maxTokens === undefined ? "" : ` (max_tokens ${request.maxTokens})`}`,
