@@ -63,6 +63,17 @@ export class QuotaExhaustedError extends AccountRefusedError {}
 /** The key is not accepted, or not allowed this model (HTTP 401, 403): every other call would be refused too. */
 export class KeyRefusedError extends AccountRefusedError {}
 
+/**
+ * A request larger than the model's whole tokens-per-minute limit (OpenAI: 429 "Request too large … Limit 30000,
+ * Requested 36153"). Sent with status 429 like a rate limit, but no wait cures it: permanent for this request,
+ * and nothing about the rate (the governor neither cuts it nor keeps the reservation).
+ */
+export class RequestTooLargeError extends LlmCallError {
+  constructor(message: string, options: { status?: number | null; cause?: unknown } = {}) {
+    super(message, { retryable: false, ...options });
+  }
+}
+
 /** The model answered, but not with what the schema asks for. */
 export class LlmAnswerError extends MmevolError {
   /** What the provider billed for the answer, when it said: an answer cut at the token limit is paid in full. */

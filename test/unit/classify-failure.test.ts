@@ -8,6 +8,7 @@ import {
   LlmAnswerError,
   LlmCallError,
   QuotaExhaustedError,
+  RequestTooLargeError,
 } from "../../functions/ports/errors.ts";
 
 const apiError = (status: number, headers: Record<string, string> = {}, message = "boom"): APIError =>
@@ -64,6 +65,23 @@ describe("classifyFailure", () => {
       expect(rate.inFlight).toBe(false);
     },
   );
+
+  it("a 429 for a request over the model's whole per-minute limit is permanent: no wait helps", () => {
+    const body = {
+      error: {
+        message:
+          "Request too large for gpt-4o in organization org-x on tokens per min (TPM): Limit 30000, Requested 36153. The input or output tokens must be reduced in order to run successfully.",
+        type: "tokens",
+        code: "rate_limit_exceeded",
+      },
+    };
+    const failure = classifyFailure(
+      APIError.generate(429, body, undefined, new Headers({ "retry-after": "1" })),
+    );
+    expect(failure).toBeInstanceOf(RequestTooLargeError);
+    expect(failure).toMatchObject({ retryable: false, inFlight: false, status: 429 });
+    expect(failure.message).toContain("Limit 30000, Requested 36153");
+  });
 
   it("reads retry-after in seconds on a 429", () => {
     const failure = classifyFailure(apiError(429, { "retry-after": "7" }, "Rate limit reached"));

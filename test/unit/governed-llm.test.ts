@@ -1,6 +1,8 @@
+import { APIError } from "openai";
 import { describe, expect, it } from "vitest";
 import { estimateRequestTokens, GovernedLlm } from "../../functions/adapters/governor/governed-llm.ts";
 import type { Governor, RemainingSnapshot, Reservation } from "../../functions/adapters/governor/governor.ts";
+import { classifyFailure } from "../../functions/adapters/openai/classify.ts";
 import { LlmCallError, QuotaExhaustedError } from "../../functions/ports/errors.ts";
 import type { Llm, LlmRequest, LlmResponse } from "../../functions/ports/llm.ts";
 import { answerOf, textRequest } from "../helpers/llm.ts";
@@ -98,9 +100,28 @@ describe("GovernedLlm with an asynchronous governor", () => {
     expect(governor.log).toEqual(["acquired", "settled 0 uncharged", "rate limited 500"]);
   });
 
-  it("gives a 429 that is not a rate limit (an exhausted quota) back without cutting the rate", async () => {
+  it.each([
+    ["an exhausted quota", new QuotaExhaustedError("out of quota", { status: 429 })],
+    [
+      "a request over the whole per-minute limit",
+      classifyFailure(
+        APIError.generate(
+          429,
+          {
+            error: {
+              message:
+                "Request too large for gpt-4o in organization org-x on tokens per min (TPM): Limit 30000, Requested 36153. The input or output tokens must be reduced in order to run successfully.",
+              type: "tokens",
+              code: "rate_limit_exceeded",
+            },
+          },
+          undefined,
+          new Headers(),
+        ),
+      ),
+    ],
+  ])("gives a 429 that is not a rate limit (%s) back without cutting the rate", async (_, refused) => {
     const governor = new AsyncGovernor();
-    const refused = new QuotaExhaustedError("out of quota", { status: 429 });
     const failing: Llm = {
       complete: async () => {
         throw refused;

@@ -1,4 +1,4 @@
-import { AccountRefusedError, LlmCallError } from "../../ports/errors.ts";
+import { AccountRefusedError, LlmCallError, RequestTooLargeError } from "../../ports/errors.ts";
 import type { AdmittedCall, Llm, LlmRequest, LlmResponse } from "../../ports/llm.ts";
 import { countPromptTokens } from "../simulated/tokens.ts";
 import type { Governor, RemainingSnapshot, Reservation } from "./governor.ts";
@@ -76,7 +76,7 @@ export class GovernedLlm implements Llm {
     try {
       response = await this.#inner.complete(request);
     } catch (error) {
-      if (error instanceof AccountRefusedError) {
+      if (error instanceof AccountRefusedError || error instanceof RequestTooLargeError) {
         // Refused, not limited: nothing was charged, and it says nothing about the rate.
         await reservation.settle(0, false);
       } else if (error instanceof LlmCallError && error.status === 429) {

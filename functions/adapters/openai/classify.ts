@@ -1,6 +1,12 @@
 import { APIConnectionError, APIError, APIUserAbortError } from "openai";
 import { ContentFilterFinishReasonError, LengthFinishReasonError } from "openai/core/error";
-import { KeyRefusedError, LlmCallError, MmevolError, QuotaExhaustedError } from "../../ports/errors.ts";
+import {
+  KeyRefusedError,
+  LlmCallError,
+  MmevolError,
+  QuotaExhaustedError,
+  RequestTooLargeError,
+} from "../../ports/errors.ts";
 
 /** Statuses where the same request can succeed later (the openai client's own `shouldRetry` list). */
 const retryableStatuses: ReadonlySet<number> = new Set([408, 409, 429]);
@@ -107,8 +113,9 @@ const messageOf = (error: unknown): string => {
 /**
  * The one place that decides whether a failed LLM call is worth repeating. Retryable: 408, 409,
  * 429, >= 500, timeouts and dropped connections; a 429 for an exhausted quota is a QuotaExhaustedError and a 401
- * or 403 a KeyRefusedError, which stop a local run with no sample failed. Everything else (400, 404, 422,
- * content filter, refusal, anything unknown) is permanent, so a sample fails fast with a reason.
+ * or 403 a KeyRefusedError, which stop a local run with no sample failed; a 429 for a request over the whole
+ * per-minute limit is a permanent RequestTooLargeError. Everything else (400, 404, 422, anything unknown) is
+ * permanent, so a sample fails fast with a reason.
  * `secrets` are scrubbed from the message, along with anything shaped like a key.
  */
 export const classifyFailure = (error: unknown, secrets: readonly string[] = []): LlmCallError => {
@@ -142,6 +149,14 @@ export const classifyFailure = (error: unknown, secrets: readonly string[] = [])
       // The key, not the request: every sample would fail the same way (see the error class).
       return new KeyRefusedError(
         `LLM call refused: the key was not accepted (HTTP ${status}): ${scrub(error.message)}`,
+        { status, cause: error },
+      );
+    }
+    // OpenAI's 429 for a request over the whole per-minute limit: "Request too large for gpt-4o in organization
+    // org-… on tokens per min (TPM): Limit 30000, Requested 36153. The input or output tokens must be reduced…".
+    if (status === 429 && /^(429 )?request too large\b/i.test(error.message)) {
+      return new RequestTooLargeError(
+        `LLM call refused: the request is larger than the model's per-minute limit, so no wait helps (HTTP 429): ${scrub(error.message)}`,
         { status, cause: error },
       );
     }
