@@ -110,7 +110,9 @@ export async function askStructured<S extends z.ZodType>(
     // The hash is the request as configured, whatever max_tokens goes out: a rerun finds the same answers.
     const hash = answerHash(request, options.imageDigest, attempt);
     let answer = await deps.state.getAnswer(hash);
-    if (!answer && options.batch) await deferToBatch(deps, options.batch, request, hash);
+    // "answered": the same request of other work was answered while this one was about to wait for it.
+    if (!answer && options.batch && (await deferToBatch(deps, options.batch, request, hash)) === "answered")
+      answer = await deps.state.getAnswer(hash);
     if (!answer) {
       const sent = sizer === undefined ? request : { ...request, maxTokens: sizer.maxTokensFor(request) };
       // The rate budget first, then the claim: a message with no budget steps aside before it claims (a claim

@@ -1,4 +1,4 @@
-import { randomBytes } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { z } from "zod";
 import { priceOf } from "../evolution/pricing.ts";
 import {
@@ -80,7 +80,8 @@ export class DeferredToBatchError extends MmevolError {
 
 /**
  * Batch mode, at a cache miss: queue the request for the shard's next batch, or go on online when it already
- * failed in `maxTries` batches. Returns "online" in that case; otherwise throws DeferredToBatchError.
+ * failed in `maxTries` batches. Returns "online" in that case, "answered" when the answer was stored while this
+ * work was about to wait for it; otherwise throws DeferredToBatchError.
  */
 export async function deferToBatch(
   deps: Pick<StageDeps, "state" | "batch" | "clock">,
@@ -92,26 +93,14 @@ export async function deferToBatch(
   },
   request: LlmRequest,
   hash: string,
-): Promise<"online"> {
+  looks = 0,
+): Promise<"online" | "answered"> {
   const { run, shard } = target;
   if (!deps.batch)
     throw new MmevolError("batch mode needs a Batch API, and none is configured", { retryable: false });
   const existing = await deps.state.getBatchItem(run, shard, hash);
-  if (existing?.status === "queued") throw new DeferredToBatchError(false);
-  // An item stays "submitted" once its answer is stored (applyJob writes the answer only): one submitted this
-  // long ago with no answer stored had it expire, or its batch is lost.
-  if (existing?.status === "submitted" && deps.clock.now() - existing.updatedAt <= SUBMITTED_ITEM_LOST_MS)
-    throw new DeferredToBatchError(false);
-  // Older, and its job not applied yet: a local run resumed days later runs its stages before its first tick.
-  // If the provider has finished that batch, it holds the answer and the tick applies it; one still running
-  // this long after its 24 h window is lost. Rare, so the listing and the look cost little.
-  if (existing?.status === "submitted" && existing.job !== null) {
-    const job = (await deps.state.listOpenBatchJobs(run)).find(
-      (open) => open.shard === shard && open.id === existing.job,
-    );
-    if (job?.batchId && (await batchFinished(deps.batch.api, job.batchId, deps.clock.now())))
-      throw new DeferredToBatchError(false);
-  }
+  if (existing !== null && (await inBatch(deps, existing)))
+    return waitFor(deps, target, request, existing, looks);
   // Submitted or answered (as earlier versions marked them) and the answer is gone, or failed in too many
   // batches: ask online.
   if (existing !== null && (existing.status !== "failed" || existing.tries >= target.maxTries))
@@ -120,7 +109,7 @@ export async function deferToBatch(
   // next batch with the body it was queued with.
   const body =
     existing?.body ?? (await deps.batch.bodies.write(run, shard, hash, deps.batch.codec.encode(request)));
-  const { queued } = await deps.state.queueBatchItem(
+  const { queued, item } = await deps.state.queueBatchItem(
     {
       run,
       shard,
@@ -137,7 +126,73 @@ export async function deferToBatch(
     },
     existing,
   );
-  throw new DeferredToBatchError(queued);
+  // Queued by other work between the read and this write (two samples with the same request at once).
+  if (!queued) return waitFor(deps, target, request, item, looks);
+  throw new DeferredToBatchError(true);
+}
+
+/** Whether the item's answer is still to come from a batch: it is queued, or submitted and not lost. */
+async function inBatch(
+  deps: Pick<StageDeps, "state" | "batch" | "clock">,
+  item: BatchItem,
+): Promise<boolean> {
+  if (item.status === "queued") return true;
+  if (item.status !== "submitted") return false;
+  // An item stays "submitted" once its answer is stored (applyJob writes the answer only): one submitted this
+  // long ago with no answer stored had it expire, or its batch is lost.
+  if (deps.clock.now() - item.updatedAt <= SUBMITTED_ITEM_LOST_MS) return true;
+  // Older, and its job not applied yet: a local run resumed days later runs its stages before its first tick.
+  // If the provider has finished that batch, it holds the answer and the tick applies it; one still running
+  // this long after its 24 h window is lost. Rare, so the listing and the look cost little.
+  if (item.job === null || !deps.batch) return false;
+  const job = (await deps.state.listOpenBatchJobs(item.run)).find(
+    (open) => open.shard === item.shard && open.id === item.job,
+  );
+  return Boolean(job?.batchId && (await batchFinished(deps.batch.api, job.batchId, deps.clock.now())));
+}
+
+/** The key of other work waiting for request `hash` (a "waiting" item): `<hash>~<digest of the work key>`. */
+export const waiterKey = (hash: string, work: string): string =>
+  `${hash}~${createHash("sha256").update(work).digest("hex").slice(0, 24)}`;
+const waitedHash = (key: string): string => key.slice(0, key.indexOf("~"));
+
+/**
+ * The request is in a batch already. Its item's own work gets its message back with the answer; other work
+ * with the very same request (another sample of the shard, an identical line) is recorded as waiting for it,
+ * so the apply of that batch sends its message too: the request is paid once, and no sample is left for the
+ * sweeper. Then it looks at the answer and the item again: an apply lists the waiting items after it stored
+ * the answers and failed the items, so one that missed this work had done either.
+ */
+async function waitFor(
+  deps: Pick<StageDeps, "state" | "batch" | "clock">,
+  target: Parameters<typeof deferToBatch>[1],
+  request: LlmRequest,
+  existing: BatchItem,
+  looks: number,
+): Promise<"online" | "answered"> {
+  const work = workKeyOf(target.message);
+  const owner = Message.safeParse(existing.message);
+  if (owner.success && workKeyOf(owner.data) === work) throw new DeferredToBatchError(false);
+  const { item } = await deps.state.queueBatchItem({
+    run: target.run,
+    shard: target.shard,
+    hash: waiterKey(existing.hash, work),
+    status: "waiting",
+    model: request.model,
+    body: existing.body,
+    message: { ...target.message },
+    job: null,
+    tries: 0,
+    error: null,
+    updatedAt: 0,
+  });
+  // This work waited for the request before (its batch failed, and another sample queued it again): wait again.
+  if (item.status === "answered") await deps.state.updateBatchItem(item, { status: "waiting" });
+  if ((await deps.state.getAnswer(existing.hash)) !== null) return "answered";
+  const now = await deps.state.getBatchItem(target.run, target.shard, existing.hash);
+  if ((now !== null && (await inBatch(deps, now))) || looks >= 2) throw new DeferredToBatchError(false);
+  // Its batch failed meanwhile: queue it again, or go online, as if it had not been waited for.
+  return deferToBatch(deps, target, request, existing.hash, looks + 1);
 }
 
 /** Recent looks at a batch's status, per API client: every request of a resumed round asks about the same few. */
@@ -780,6 +835,8 @@ async function applyJob(
   const members = new Map<string, BatchItem>();
   for (const item of await deps.state.listBatchItems(job.run, job.shard, "submitted", { job: job.id }))
     members.set(item.hash, item);
+  /** The requests whose answer is now stored, or whose item failed: other work waiting for them goes too. */
+  const settled = new Set(members.keys());
   for (const line of lines) {
     const hash = typeof line.custom_id === "string" ? line.custom_id : "";
     const item = members.get(hash);
@@ -816,6 +873,15 @@ async function applyJob(
     const reason = `no answer in batch ${info.id} (${info.status})`;
     if (await deps.state.updateBatchItem(item, { status: "failed", error: reason })) resend(item);
   }
+  // Other work with the same requests (see waitFor), listed once every answer is stored and item failed: its
+  // stage finds the answer stored (paid for by the work that queued it), or the item failed and queues it again.
+  if (settled.size > 0)
+    for (const waiting of await deps.state.listBatchItems(job.run, job.shard, "waiting"))
+      if (
+        settled.has(waitedHash(waiting.hash)) &&
+        (await deps.state.updateBatchItem(waiting, { status: "answered" }))
+      )
+        resend(waiting);
   return messages;
 }
 

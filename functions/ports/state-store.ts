@@ -132,10 +132,12 @@ export type StoredAnswer = z.infer<typeof StoredAnswer>;
  * the answer's cache key and the batch line's `custom_id`. `message` is the stage message to send again once
  * the answer is stored, so the answer is applied by the same stage logic as online. Statuses: queued (for the
  * next batch), submitted (in a job, and still once its answer is stored: the stored answer is what counts),
- * failed (the batch gave no answer: queued again, or asked online past the tries). "answered" items were
- * written by earlier versions only.
+ * failed (the batch gave no answer: queued again, or asked online past the tries), waiting (other work whose
+ * request is byte for byte one already queued or submitted in the shard: keyed `<hash>~<work>`, never
+ * submitted; its message is sent again when the batch that carries the hash is applied), answered (a waiting
+ * item whose message was sent; earlier versions also marked submitted items so).
  */
-export const BatchItemStatus = z.enum(["queued", "submitted", "failed", "answered"]);
+export const BatchItemStatus = z.enum(["queued", "submitted", "failed", "answered", "waiting"]);
 export type BatchItemStatus = z.infer<typeof BatchItemStatus>;
 export const BatchItem = z.object({
   run: z.string(),
@@ -242,6 +244,7 @@ export interface StateStore {
    * Batch mode. Queues a request unless it is already queued, submitted or answered; a failed one is queued
    * again (its `tries` kept). Returns the stored item and whether this call queued it. `existing` is the stored
    * item as the caller just read it (null: there is none), which spares a read; the write checks it either way.
+   * An item given as "waiting" is written as such (a follower of another item, see BatchItemStatus).
    */
   queueBatchItem(item: BatchItem, existing?: BatchItem | null): Promise<{ queued: boolean; item: BatchItem }>;
   getBatchItem(run: string, shard: string, hash: string): Promise<BatchItem | null>;

@@ -363,7 +363,7 @@ export class DynamoStateStore implements StateStore {
       if (existing !== null && existing.status !== "failed") return { queued: false, item: existing };
       const next: BatchItem = {
         ...parsed,
-        status: "queued",
+        status: parsed.status === "waiting" ? "waiting" : "queued",
         tries: existing?.tries ?? parsed.tries,
         updatedAt: this.clock.now(),
       };
