@@ -317,6 +317,12 @@ async function runCommand(shards: string[], flags: RunFlags): Promise<void> {
     );
   }
   if (result.failures.length > 0) process.exitCode = 4;
+  for (const u of result.unfinished) {
+    process.stderr.write(
+      `mmevol: shard ${u.shard} is not finished (${u.openSamples} sample(s) still open, no report yet); run the same command to continue\n`,
+    );
+    process.exitCode = 1;
+  }
   if (result.deadLetters > 0) {
     process.stderr.write(
       `mmevol: ${result.deadLetters} message(s) gave up after repeated errors; run the same command to retry them\n`,

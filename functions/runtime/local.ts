@@ -31,7 +31,7 @@ import { type Faults, noFaults } from "../ports/faults.ts";
 import type { Llm } from "../ports/llm.ts";
 import { Message, type Stage, type WorkQueue } from "../ports/messages.ts";
 import { type Clock, type Logger, silentLogger, systemClock } from "../ports/runtime.ts";
-import { emptyStatusCounts, type SampleStatus } from "../ports/state-store.ts";
+import { emptyStatusCounts, type SampleStatus, TERMINAL_STATUSES } from "../ports/state-store.ts";
 import { CallPacing } from "./call-pacing.ts";
 import { CountingLlm, type LlmTotals } from "./counting-llm.ts";
 import { FaultyQueue, faultsFromEnv } from "./faults.ts";
@@ -105,6 +105,12 @@ export interface LocalRunResult {
   readonly reports: ShardReport[];
   /** Per shard with FAILED samples: how many, the first one's line and reason, and the errors file. */
   readonly failures: ShardFailures[];
+  /**
+   * Shards the run ended without finishing (no report written), with their samples not yet terminal: work left
+   * for the next run of the same command (dead letters, or work dropped again after the idle sweeps). Empty
+   * when every shard finished; not filled when the run was interrupted.
+   */
+  readonly unfinished: { readonly shard: string; readonly openSamples: number }[];
   readonly deadLetters: number;
   readonly llm: LlmTotals;
   readonly elapsedMs: number;
@@ -379,51 +385,56 @@ async function runLocked(options: LocalRunOptions, out: string, started: number)
     // Batch mode: the queues are idle, so every sample that waits for an answer has queued its request. Submit
     // them, poll with backoff, apply the answers, run the stages they bring back; until nothing waits.
     let tickFailures = 0;
-    while (deps.batch && !stop) {
-      let tick: BatchTickResult;
-      try {
-        tick = await batchTick(deps, {
-          now: clock.now(),
-          run: options.run,
-          settleMs: 0,
-          minPollMs: options.batchMinPollMs ?? 1_000,
-          maxPollMs: options.batchMaxPollMs ?? 60_000,
-        });
-        tickFailures = 0;
-        addPaid(tick.paid);
-      } catch (error) {
-        // The provider or the network failed mid-tick: every step of a tick can be redone, so try again with
-        // backoff, as a restarted run would; a failure that persists ends the run (state kept for a rerun).
-        // The batches the tick applied before it failed send their messages first.
-        if (error instanceof BatchTickError) addPaid(error.result.paid);
-        if (error instanceof BatchTickError && error.result.messages.length > 0) {
-          await tracked.send(error.result.messages);
-          await drain();
+    const runBatches = async () => {
+      while (deps.batch && !stop) {
+        let tick: BatchTickResult;
+        try {
+          tick = await batchTick(deps, {
+            now: clock.now(),
+            run: options.run,
+            settleMs: 0,
+            minPollMs: options.batchMinPollMs ?? 1_000,
+            maxPollMs: options.batchMaxPollMs ?? 60_000,
+          });
+          tickFailures = 0;
+          addPaid(tick.paid);
+        } catch (error) {
+          // The provider or the network failed mid-tick: every step of a tick can be redone, so try again with
+          // backoff, as a restarted run would; a failure that persists ends the run (state kept for a rerun).
+          // The batches the tick applied before it failed send their messages first.
+          if (error instanceof BatchTickError) addPaid(error.result.paid);
+          if (error instanceof BatchTickError && error.result.messages.length > 0) {
+            await tracked.send(error.result.messages);
+            await drain();
+          }
+          tickFailures += 1;
+          if (tickFailures > 5) throw error;
+          const delay = Math.min(60_000, (options.batchMinPollMs ?? 1_000) * 2 ** tickFailures);
+          logger.warn("batch step failed, trying again", {
+            attempt: tickFailures,
+            delayMs: delay,
+            error: error instanceof Error ? error.message : String(error),
+          });
+          await sleep(delay, undefined, { signal: options.signal }).catch(() => undefined);
+          continue;
         }
-        tickFailures += 1;
-        if (tickFailures > 5) throw error;
-        const delay = Math.min(60_000, (options.batchMinPollMs ?? 1_000) * 2 ** tickFailures);
-        logger.warn("batch step failed, trying again", {
-          attempt: tickFailures,
-          delayMs: delay,
-          error: error instanceof Error ? error.message : String(error),
-        });
-        await sleep(delay, undefined, { signal: options.signal }).catch(() => undefined);
-        continue;
+        if (tick.messages.length > 0) {
+          await tracked.send(tick.messages);
+          await drain();
+          continue;
+        }
+        if (tick.open === 0 && tick.queued === 0 && tick.submitted === 0) break;
+        const wait = Math.max(10, Math.min(60_000, (tick.nextAt ?? clock.now() + 1_000) - clock.now()));
+        await sleep(wait, undefined, { signal: options.signal }).catch(() => undefined);
       }
-      if (tick.messages.length > 0) {
-        await tracked.send(tick.messages);
-        await drain();
-        continue;
-      }
-      if (tick.open === 0 && tick.queued === 0 && tick.submitted === 0) break;
-      const wait = Math.max(10, Math.min(60_000, (tick.nextAt ?? clock.now() + 1_000) - clock.now()));
-      await sleep(wait, undefined, { signal: options.signal }).catch(() => undefined);
-    }
+    };
     // Idle: nothing queued and nothing running, so unfinished work without a queued (or dead) message was
-    // dropped somewhere; give it its message again, whatever its age. Bounded, so a stage that keeps dropping
-    // the same work cannot loop forever (the state keeps it for the next run and `mmevol status`).
-    for (let round = 0; round < 3 && !stop; round += 1) {
+    // dropped somewhere; give it its message again, whatever its age, and run the batches what it brings back
+    // queued. Bounded, so a stage that keeps dropping the same work cannot loop forever (the state keeps it for
+    // the next run, which the result's `unfinished` asks for, and `mmevol status` shows).
+    for (let sweeps = 0; !stop; sweeps += 1) {
+      await runBatches();
+      if (stop || sweeps === 3) break;
       const { messages } = await sweepStuck(deps, {
         now: clock.now(),
         stuckAfterMs: 0,
@@ -443,11 +454,20 @@ async function runLocked(options: LocalRunOptions, out: string, started: number)
 
     const reports: ShardReport[] = [];
     const failures: ShardFailures[] = [];
+    const unfinished: LocalRunResult["unfinished"][number][] = [];
     const outputs: string[] = [];
     const decoder = new TextDecoder();
     for (const file of shardFiles) {
       const key = layout.report(options.run, file.name);
-      if (await blobs.exists(key)) {
+      if (!(await blobs.exists(key))) {
+        if (!stop) {
+          const counts = state.countByStatus(options.run, file.name);
+          const open = Object.entries(counts)
+            .filter(([status]) => !TERMINAL_STATUSES.has(status as SampleStatus))
+            .reduce((n, [, count]) => n + count, 0);
+          unfinished.push({ shard: file.name, openSamples: open });
+        }
+      } else {
         const report = JSON.parse(decoder.decode(await blobs.get(key))) as ShardReport;
         reports.push(report);
         const errorsKey = layout.errors(options.run, file.name);
@@ -485,6 +505,7 @@ async function runLocked(options: LocalRunOptions, out: string, started: number)
       stoppedFor,
       reports,
       failures,
+      unfinished,
       deadLetters,
       llm: { ...llm.totals },
       elapsedMs: performance.now() - started,
