@@ -331,8 +331,13 @@ async function runCommand(shards: string[], flags: RunFlags): Promise<void> {
   }
 }
 
+const { version } = JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")) as {
+  version: string;
+};
+
 const program = new Command()
   .name("mmevol")
+  .version(version, "-V, --version", "print the version")
   .description("Evolve multimodal instruction data (LLaVA format) with the MMEvol method")
   .showHelpAfterError("(run with --help for usage)")
   // Bad usage exits 2, as documented (commander's own is 1, which means "some work gave up: rerun"); help and

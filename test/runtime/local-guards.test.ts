@@ -11,7 +11,7 @@ import { InvalidInputError } from "../../functions/ports/errors.ts";
 import { runLocal } from "../../functions/runtime/local.ts";
 import { writeBenchShard } from "../helpers/bench-shard.ts";
 import { runCli } from "../helpers/cli.ts";
-import { tempDir } from "../helpers/files.ts";
+import { repoRoot, tempDir } from "../helpers/files.ts";
 
 describe("the local runner refuses what it cannot run whole", () => {
   it("two shards with one name (a/train.jsonl, b/train.jsonl): refused, before anything is read", async () => {
@@ -198,6 +198,11 @@ describe("mmevol run's usage errors", () => {
         if (args.length > 0) expect(stderr).not.toMatch(/Options:/);
       }
       expect((await runCli(["run", "--help"])).code).toBe(0);
+      const printed = await runCli(["--version"]);
+      expect(printed.code).toBe(0);
+      expect(printed.stdout.trim()).toBe(
+        (JSON.parse(readFileSync(join(repoRoot, "package.json"), "utf8")) as { version: string }).version,
+      );
     } finally {
       dir.cleanup();
     }
