@@ -72,13 +72,13 @@ function loadConfigFile(path: string): Record<string, unknown> {
   return { ...value };
 }
 
-function stderrLogger(verbose: boolean): Logger {
+function stderrLogger(verbose: boolean, quiet: boolean): Logger {
   const write = (level: string, message: string, fields?: Readonly<Record<string, unknown>>) =>
     process.stderr.write(`${level} ${message}${fields ? ` ${JSON.stringify(fields)}` : ""}\n`);
   return {
     debug: (m, f) => verbose && write("debug", m, f),
-    // Batch progress is news a user waits for (minutes to hours): always shown.
-    info: (m, f) => (verbose || m.startsWith("batch ")) && write("info", m, f),
+    // Batch progress is news a user waits for (minutes to hours): shown unless -q asks for no progress lines.
+    info: (m, f) => (verbose || (!quiet && m.startsWith("batch "))) && write("info", m, f),
     warn: (m, f) => verbose && write("warn", m, f),
     error: (m, f) => write("error", m, f),
   };
@@ -181,6 +181,7 @@ async function runCommand(shards: string[], flags: RunFlags): Promise<void> {
       model: flags.model === undefined ? undefined : "--model",
       judgeModel: flags.judgeModel === undefined ? undefined : "--judge-model",
       seed: flags.seed === undefined ? undefined : "--seed",
+      weights: flags.weights === undefined ? undefined : "--weights",
       imageDetail: flags.detail === undefined ? undefined : "--detail",
     };
     const sourceOf = (key: string): string => {
@@ -259,7 +260,7 @@ async function runCommand(shards: string[], flags: RunFlags): Promise<void> {
     config: { ...input, dryRun },
     llm,
     batch,
-    logger: stderrLogger(flags.verbose === true),
+    logger: stderrLogger(flags.verbose === true, flags.quiet === true),
     onProgress: printer.update,
     signal: controller.signal,
     ...(flags.tpm !== undefined || flags.rpm !== undefined

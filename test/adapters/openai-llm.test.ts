@@ -400,3 +400,24 @@ describe("OpenAiLlm against a model that refuses a request field", () => {
     expect(seen).toHaveLength(2);
   });
 });
+
+describe("a 429 'Request too large'", () => {
+  it("is sent once: no wait helps, so the client must not retry it either", async () => {
+    const tooLarge = {
+      status: 429,
+      headers: { "retry-after": "0" },
+      body: {
+        error: {
+          message:
+            "Request too large for gpt-4o in organization org-x on tokens per min (TPM): Limit 30000, Requested 36153. The input or output tokens must be reduced in order to run successfully.",
+          type: "tokens",
+          code: "rate_limit_exceeded",
+        },
+      },
+    };
+    replies = [tooLarge, tooLarge, tooLarge];
+    const error = await failureOf(llm().complete(request));
+    expect(error).toMatchObject({ retryable: false, status: 429 });
+    expect(seen).toHaveLength(1);
+  });
+});

@@ -275,3 +275,54 @@ describe("mmevol run's usage errors", () => {
     }
   }, 60_000);
 });
+
+describe("mmevol run's messages", () => {
+  it("a bad --weights is blamed on the flag, not on the --config file it overrides", async () => {
+    const dir = tempDir();
+    try {
+      const shard = writeBenchShard(dir.path, { samples: 1, name: "w" });
+      const config = join(dir.path, "run.json");
+      writeFileSync(config, JSON.stringify({ weights: { perception: 1, reasoning: 0, interaction: 0 } }));
+      const out = join(dir.path, "out");
+      const { code, stderr } = await runCli([
+        "run",
+        shard,
+        "--dry-run",
+        "--config",
+        config,
+        "--weights",
+        "0,0,0",
+        "--out",
+        out,
+      ]);
+      expect(code).toBe(2);
+      expect(stderr).toMatch(/weights: direction weights must not all be zero \(--weights\)/);
+      expect(stderr).not.toContain(`(in ${config})`);
+    } finally {
+      dir.cleanup();
+    }
+  }, 60_000);
+
+  it("-q prints no batch progress lines (README: 'no banner and no progress lines on stderr')", async () => {
+    const dir = tempDir();
+    try {
+      const shard = writeBenchShard(dir.path, { samples: 2, name: "q" });
+      const out = join(dir.path, "out");
+      const { code, stderr } = await runCli([
+        "run",
+        shard,
+        "--dry-run",
+        "--batch",
+        "--rounds",
+        "1",
+        "-q",
+        "--out",
+        out,
+      ]);
+      expect(code).toBe(0);
+      expect(stderr).not.toMatch(/^info batch (submitted|waiting|applied)/m);
+    } finally {
+      dir.cleanup();
+    }
+  }, 60_000);
+});

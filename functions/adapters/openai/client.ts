@@ -27,7 +27,7 @@ export function createOpenAiClient(
     baseURL: options.baseURL,
     timeout: options.timeoutMs ?? defaultTimeoutMs,
     maxRetries: options.maxRetries ?? 2,
-    fetch: options.fetch,
+    fetch: noRetryWhenTooLarge(options.fetch ?? globalThis.fetch),
     // Only the message is forwarded: the client's extra arguments carry request details.
     logLevel: "warn",
     logger: {
@@ -37,4 +37,23 @@ export function createOpenAiClient(
       debug: (message) => logger.debug(scrub(message)),
     },
   });
+}
+
+/**
+ * OpenAI's 429 "Request too large …" is a request over the model's whole per-minute limit: no wait helps
+ * (classifyFailure makes it a permanent RequestTooLargeError). Marked `x-should-retry: false`, so the client
+ * does not send it again `maxRetries` times first.
+ */
+function noRetryWhenTooLarge(inner: typeof fetch): typeof fetch {
+  return async (input, init) => {
+    const response = await inner(input, init);
+    if (response.status !== 429 || response.headers.has("x-should-retry")) return response;
+    const text = await response.clone().text();
+    if (!/"message"\s*:\s*"request too large\b/i.test(text)) return response;
+    const headers = new Headers(response.headers);
+    headers.set("x-should-retry", "false");
+    headers.delete("content-encoding");
+    headers.delete("content-length");
+    return new Response(text, { status: response.status, statusText: response.statusText, headers });
+  };
 }
