@@ -1,4 +1,5 @@
 import { createHash } from "node:crypto";
+import type { RunConfig } from "../evolution/config.ts";
 import { parseRecord } from "../evolution/formats.ts";
 import { resolveImageKey } from "../evolution/image-path.ts";
 import { itemId } from "../evolution/rounds.ts";
@@ -17,7 +18,7 @@ const RAW_LIMIT = 2_000;
 export const locate = (entry: Pick<ShardEntry, "line" | "index">): string =>
   entry.index === undefined ? `line ${entry.line}` : `element ${entry.index} (line ${entry.line})`;
 
-async function readRunJson(deps: StageDeps, run: string): Promise<unknown> {
+async function readRunJson(deps: Pick<StageDeps, "blobs">, run: string): Promise<unknown> {
   const key = layout.runJson(run);
   if (!(await deps.blobs.exists(key))) return undefined;
   const text = new TextDecoder().decode(await deps.blobs.get(key));
@@ -133,6 +134,16 @@ export function shardRefusal(size: number, maxShardBytes: number): string | null
   return `shard refused: ${size} bytes exceeds the ${maxShardBytes}-byte shard limit (maxShardBytes); no line was read`;
 }
 
+/** The settings a shard of this run, read from `key`, is created with: the run's defaults and its run.json. */
+export async function shardSettings(
+  deps: Pick<StageDeps, "blobs" | "defaults">,
+  run: string,
+  key: string,
+): Promise<RunConfig & { imageRoot: string }> {
+  const config = resolveRunConfig(deps.defaults, await readRunJson(deps, run));
+  return { ...config, imageRoot: config.imageRoot ?? key.slice(0, key.lastIndexOf("/") + 1) };
+}
+
 /**
  * Registers the shard once per uploaded object: the same key and ETag (a redelivered event, or the same file
  * dropped twice) finds the existing shard; the same key with new content becomes a new shard `<name>.<etag>`;
@@ -156,9 +167,7 @@ async function registerShard(
       : existing.key === key
         ? `${message.shard}.${message.etag.replace(/[^A-Za-z0-9]/g, "").slice(0, 12)}`
         : byKey;
-  const runJson = await readRunJson(deps, run);
-  const config = resolveRunConfig(deps.defaults, runJson);
-  const withRoot = { ...config, imageRoot: config.imageRoot ?? key.slice(0, key.lastIndexOf("/") + 1) };
+  const withRoot = await shardSettings(deps, run, key);
   const now = deps.clock.now();
   // Another file may take the name between the look above and this create (two uploads at once): the shard
   // created is then not ours, and this file takes its own by its key.

@@ -1,4 +1,5 @@
-import { mkdirSync, writeFileSync } from "node:fs";
+import { createHash } from "node:crypto";
+import { createReadStream, mkdirSync, statSync, writeFileSync } from "node:fs";
 import { basename, dirname, extname, join, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { z } from "zod";
@@ -22,6 +23,7 @@ import {
   recoverMessages,
   runStage,
   type StageDeps,
+  shardSettings,
   sweepStuck,
   workKeyOf,
 } from "../pipeline/index.ts";
@@ -31,7 +33,12 @@ import { type Faults, noFaults } from "../ports/faults.ts";
 import type { Llm } from "../ports/llm.ts";
 import { Message, type Stage, type WorkQueue } from "../ports/messages.ts";
 import { type Clock, type Logger, silentLogger, systemClock } from "../ports/runtime.ts";
-import { emptyStatusCounts, type SampleStatus, TERMINAL_STATUSES } from "../ports/state-store.ts";
+import {
+  emptyStatusCounts,
+  type SampleStatus,
+  type ShardRecord,
+  TERMINAL_STATUSES,
+} from "../ports/state-store.ts";
 import { CallPacing } from "./call-pacing.ts";
 import { CountingLlm, type LlmTotals } from "./counting-llm.ts";
 import { FaultyQueue, faultsFromEnv } from "./faults.ts";
@@ -122,6 +129,46 @@ export interface ShardFailures {
   readonly failed: number;
   readonly first: { readonly line: number; readonly reason: string } | null;
   readonly errorsFile: string;
+}
+
+/** A shard file's identity: the SHA-256 of its bytes, read as a stream (a shard may be gigabytes). */
+async function contentDigest(path: string): Promise<string> {
+  const hash = createHash("sha256");
+  for await (const chunk of createReadStream(path, { highWaterMark: 1 << 20 })) hash.update(chunk as Buffer);
+  return `sha256-${hash.digest("hex")}`;
+}
+
+/**
+ * Refuses to resume a shard from another file (changed since, or another file of the same name) or with other
+ * settings (rounds, model, a dry run against a real one…): the output directory holds what the first run made.
+ */
+async function assertSameShard(
+  deps: StageDeps,
+  stored: ShardRecord,
+  path: string,
+  digest: string,
+  out: string,
+): Promise<void> {
+  const again = `use a new --out (or --run NAME) for a new run, or the same file and settings to continue this one`;
+  // States written before the digest was kept hold the file's size instead ("size-<bytes>").
+  const sameFile = stored.etag.startsWith("size-")
+    ? stored.etag === `size-${statSync(path).size}`
+    : stored.etag === digest;
+  if (!sameFile)
+    throw new InvalidInputError(
+      `${out} already holds run "${stored.run}" of shard ${stored.shard} made from another file (${path} changed since, or is not the file it was made from): ${again}`,
+    );
+  const now: Record<string, unknown> = await shardSettings(deps, stored.run, stored.key);
+  const changed = [...new Set([...Object.keys(stored.config), ...Object.keys(now)])]
+    .filter((key) => JSON.stringify(stored.config[key]) !== JSON.stringify(now[key]))
+    .map(
+      (key) =>
+        `${key} ${JSON.stringify(stored.config[key]) ?? "unset"} -> ${JSON.stringify(now[key]) ?? "unset"}`,
+    );
+  if (changed.length > 0)
+    throw new InvalidInputError(
+      `${out} already holds run "${stored.run}" of shard ${stored.shard} made with other settings (${changed.join(", ")}): ${again}`,
+    );
 }
 
 /** The first FAILED sample in a finalized shard's errors file (JSON Lines, in line order). */
@@ -232,8 +279,17 @@ async function runLocked(options: LocalRunOptions, out: string, started: number)
   // Cleared however the run ends: a ticker left running after a failure would query the closed state.
   const timers: ReturnType<typeof setInterval>[] = [];
   try {
-    // Resume: everything unfinished is found again from the state alone; new shards start with ingest.
-    const known = new Set((await state.listShards(options.run)).map((s) => s.shard));
+    // Resume: everything unfinished is found again from the state alone; new shards start with ingest. A
+    // shard this output already holds resumes only from the same file with the same settings: its state was
+    // made from them, and another file or other settings would be ignored without a word.
+    const known = new Map((await state.listShards(options.run)).map((s) => [s.shard, s]));
+    const digests = new Map<string, string>();
+    for (const file of shardFiles) {
+      const digest = await contentDigest(file.path);
+      digests.set(file.name, digest);
+      const stored = known.get(file.name);
+      if (stored !== undefined) await assertSameShard(deps, stored, file.path, digest, out);
+    }
     const initial: Message[] = await recoverMessages(deps, options.run);
     for (const file of shardFiles) {
       if (!known.has(file.name)) {
@@ -242,6 +298,7 @@ async function runLocked(options: LocalRunOptions, out: string, started: number)
           run: options.run,
           shard: file.name,
           key: `seeds/${options.run}/${file.name}${file.ext}`,
+          ...(digests.has(file.name) ? { etag: digests.get(file.name) } : {}),
         });
       }
     }

@@ -34,6 +34,33 @@ describe("the local runner refuses what it cannot run whole", () => {
     }
   });
 
+  it("resumes a shard only from the same file with the same settings: another file, other rounds or a real run over a dry one are refused", async () => {
+    const dir = tempDir();
+    try {
+      const shard = writeBenchShard(dir.path, { samples: 2, name: "same" });
+      const out = join(dir.path, "out");
+      const run = (config: { rounds: number; dryRun: boolean }) =>
+        runLocal({ shards: [shard], out, run: "r", concurrency: 2, config, llm: new SimulatedLlm() });
+      const first = await run({ rounds: 1, dryRun: true });
+      expect(first.reports).toHaveLength(1);
+      // The same command again: nothing to do, the same outputs.
+      expect((await run({ rounds: 1, dryRun: true })).reports).toEqual(first.reports);
+      await expect(run({ rounds: 2, dryRun: true })).rejects.toThrow(
+        /made with other settings \(rounds 1 -> 2\): use a new --out/,
+      );
+      await expect(run({ rounds: 1, dryRun: false })).rejects.toThrow(
+        /other settings \(dryRun true -> false\)/,
+      );
+      writeFileSync(shard, `${readFileSync(shard, "utf8").trim().split("\n")[0]}\n`);
+      await expect(run({ rounds: 1, dryRun: true })).rejects.toThrow(
+        new RegExp(`made from another file \\(${shard.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")} changed since`),
+      );
+      await expect(run({ rounds: 1, dryRun: true })).rejects.toBeInstanceOf(InvalidInputError);
+    } finally {
+      dir.cleanup();
+    }
+  });
+
   it("a run that fails leaves no timer behind to query its closed state", async () => {
     const dir = tempDir();
     const uncaught: unknown[] = [];
