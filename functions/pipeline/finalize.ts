@@ -23,6 +23,7 @@ export async function finalizeShard(
   const config = shardConfig(shardRecord);
   const builder = new ReportBuilder();
   const evolved: TrainingRecord[] = [];
+  const inputIds = new Set<string>();
   const lineage: string[] = [];
   const errors: string[] = [];
 
@@ -36,6 +37,7 @@ export async function finalizeShard(
     builder.addUsage(record.usage);
     for (const round of record.rounds) builder.addRound(round.round, round.direction, round.verdicts);
     for (const version of record.versions) builder.addVersion(version.round, version.items);
+    if (record.sample) inputIds.add(record.sample.id);
     for (const training of trainingRecords(record, config.dryRun)) {
       evolved.push(training);
       builder.trainingRecords += 1;
@@ -60,7 +62,7 @@ export async function finalizeShard(
   if (refused !== null) errors.push(JSON.stringify({ kind: "refused", line: 0, reason: refused }));
   const report: ShardReport = refused === null ? built : { ...built, refused };
   const jsonl = (lines: string[]) => (lines.length === 0 ? "" : `${lines.join("\n")}\n`);
-  const training = withUniqueIds(evolved, (id, renamed) =>
+  const training = withUniqueIds(evolved, inputIds, (id, renamed) =>
     deps.logger.warn("training record id taken by an input id: renamed", { run, shard, id, renamed }),
   );
   await deps.blobs.put(layout.evolved(run, shard), jsonl(training), "application/x-ndjson");
@@ -85,14 +87,16 @@ interface TrainingRecord {
 /**
  * The training lines, each id once. A passed-through sample keeps its input id; a round's record is
  * `<id>-r<round>`, which an input id can already be (`k-r1` next to `k`, as when earlier output is fed back
- * in). Ids unique in the input (ingest rejects repeats) stay unique here: a made id that an input id took is
- * renamed `<id>-r<round>.<n>`, the first n free, and `mmevol.source` / `mmevol.round` still say what it is.
+ * in). Ids unique in the input (ingest rejects repeats) stay unique here, and a made id never names another
+ * input line: one that an input id took (whether that line's record is in the training data or not) is renamed
+ * `<id>-r<round>.<n>`, the first n free, and `mmevol.source` / `mmevol.round` still say what it is.
  */
 function withUniqueIds(
   records: readonly TrainingRecord[],
+  inputIds: ReadonlySet<string>,
   onRename: (id: string, renamed: string) => void,
 ): string[] {
-  const taken = new Set(records.filter((r) => !r.made).map((r) => r.id));
+  const taken = new Set(inputIds);
   return records.map(({ id, made, record }) => {
     if (!made) return JSON.stringify(record);
     let unique = id;

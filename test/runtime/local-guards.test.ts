@@ -153,11 +153,16 @@ describe("training record ids", () => {
         .trim()
         .split("\n")
         .map((line) => JSON.parse(line) as { id: string; image: string; conversations: unknown });
-      // Each evolved sample k is followed by text-only k-r1 and k-r2, which pass through with their own ids.
-      const lines = seeds.flatMap((seed, i) => [
-        { ...seed, id: `k${i}` },
-        ...[1, 2].map((round) => ({ id: `k${i}-r${round}`, conversations: seed.conversations })),
-      ]);
+      // Each evolved sample k is followed by text-only k-r1 and k-r2, which pass through with their own ids;
+      // j and j-r1 both evolve, so j-r1 is an input id with no training record of that id.
+      const lines: { id: string; image?: string; conversations: unknown }[] = [
+        ...seeds.flatMap((seed, i) => [
+          { ...seed, id: `k${i}` },
+          ...[1, 2].map((round) => ({ id: `k${i}-r${round}`, conversations: seed.conversations })),
+        ]),
+        { ...seeds[0], id: "j", conversations: seeds[0]?.conversations },
+        { ...seeds[1], id: "j-r1", conversations: seeds[1]?.conversations },
+      ];
       const shard = join(dir.path, "mixed.jsonl");
       writeFileSync(shard, lines.map((line) => JSON.stringify(line)).join("\n"));
       const out = join(dir.path, "out");
@@ -177,8 +182,13 @@ describe("training record ids", () => {
       expect(new Set(records.map((r) => r.id)).size).toBe(records.length);
       const made = records.filter((r) => r.mmevol.round > 0);
       expect(made.length).toBeGreaterThan(0);
-      for (const record of made) expect(record.id).toBe(`${record.mmevol.source}-r${record.mmevol.round}.2`);
-      for (const line of lines.filter((l) => !("image" in l)))
+      const inputIds = new Set(lines.map((line) => line.id));
+      for (const record of made) {
+        const id = `${record.mmevol.source}-r${record.mmevol.round}`;
+        expect(record.id).toBe(inputIds.has(id) ? `${id}.2` : id);
+      }
+      expect(made.some((r) => r.mmevol.source === "j" && r.mmevol.round === 1)).toBe(true);
+      for (const line of lines.filter((l) => l.image === undefined))
         expect(records.find((r) => r.id === line.id)?.mmevol).toMatchObject({ source: line.id, round: 0 });
     } finally {
       dir.cleanup();
