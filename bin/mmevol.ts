@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 import { existsSync, readFileSync, statSync } from "node:fs";
-import { basename } from "node:path";
+import { basename, dirname, resolve } from "node:path";
 import { SingleBar } from "cli-progress";
 import { Command, InvalidArgumentError, Option } from "commander";
 import { OpenAiBatchCodec } from "../functions/adapters/openai/batch-codec.ts";
@@ -13,7 +13,7 @@ import { isPriced } from "../functions/evolution/pricing.ts";
 import { InvalidInputError, MmevolError } from "../functions/ports/errors.ts";
 import type { Llm } from "../functions/ports/llm.ts";
 import type { Logger } from "../functions/ports/runtime.ts";
-import { type Progress, runLocal } from "../functions/runtime/local.ts";
+import { type ErrorTally, type Progress, runLocal } from "../functions/runtime/local.ts";
 import { RunDirectoryBusyError } from "../functions/runtime/run-lock.ts";
 import { concurrencyArg, positiveInt, timeoutSeconds } from "./commands/arguments.ts";
 import { registerStatusCommands } from "./commands/register.ts";
@@ -226,7 +226,8 @@ async function runCommand(shards: string[], flags: RunFlags): Promise<void> {
         }),
     codec: new OpenAiBatchCodec(apiKey === undefined ? [] : [apiKey]),
   };
-  const run = flags.run ?? basename(flags.out);
+  // By default the output directory's name, in the characters a run name may hold.
+  const run = flags.run ?? basename(resolve(flags.out)).replace(/[^A-Za-z0-9._-]/g, "_");
   if (flags.quiet !== true)
     process.stderr.write(
       `mmevol: run "${run}", ${shards.length} shard(s), model ${config.model}${baseURL ? ` at ${baseURL}` : ""}, ${config.rounds} rounds, ${config.mode === "batch" ? "Batch API" : "online"}, concurrency ${flags.concurrency}, output ${flags.out}\n`,
@@ -310,14 +311,36 @@ async function runCommand(shards: string[], flags: RunFlags): Promise<void> {
       ].join("\n") + "\n",
     );
   }
-  process.stdout.write(`outputs:\n${result.outputs.map((o) => `  ${o}`).join("\n")}\n`);
-  for (const f of result.failures) {
-    const first = f.first === null ? "" : `; the first, line ${f.first.line}: ${f.first.reason}`;
+  process.stdout.write(
+    result.outputs.length === 0
+      ? "outputs: none yet (no shard finished)\n"
+      : `outputs:\n${result.outputs.map((o) => `  ${o}`).join("\n")}\n`,
+  );
+  const imageRoot = resolve(flags.images ?? dirname(resolve(shards[0] ?? ".")));
+  const imagesHint = ` (image paths resolve under ${imageRoot}${flags.images === undefined ? ", the first shard's directory: --images sets another" : ""})`;
+  // The reasons kept in the errors file may start with what this line says already.
+  const firstOf = (t: ErrorTally) =>
+    t.first === null
+      ? ""
+      : `; the first, line ${t.first.line}: ${t.first.reason.replace(`line ${t.first.line}: `, "").replace(/^image unusable: /, "")}`;
+  for (const p of result.problems) {
+    if (p.rejected.count > 0)
+      process.stderr.write(
+        `mmevol: shard ${p.shard}: ${p.rejected.count} line(s) rejected as invalid input${firstOf(p.rejected)}\n`,
+      );
+    if (p.unusableImage.count > 0)
+      process.stderr.write(
+        `mmevol: shard ${p.shard}: ${p.unusableImage.count} sample(s) passed through unevolved, their image unusable${firstOf(p.unusableImage)}${imagesHint}\n`,
+      );
+    if (p.failed.count > 0)
+      process.stderr.write(
+        `mmevol: shard ${p.shard}: ${p.failed.count} sample(s) FAILED and are not in the training data${firstOf(p.failed)}\n`,
+      );
     process.stderr.write(
-      `mmevol: shard ${f.shard}: ${f.failed} sample(s) FAILED and are not in the training data${first}\nmmevol: each is listed with its reason in ${f.errorsFile}; a rerun does not retry them (fix the cause, then run their lines under a new --out)\n`,
+      `mmevol: each is listed with its reason in ${p.errorsFile}${p.failed.count > 0 ? "; a rerun does not retry FAILED samples (fix the cause, then run their lines under a new --out)" : ""}\n`,
     );
   }
-  if (result.failures.length > 0) process.exitCode = 4;
+  if (result.problems.some((p) => p.failed.count > 0)) process.exitCode = 4;
   for (const u of result.unfinished) {
     process.stderr.write(
       `mmevol: shard ${u.shard} is not finished (${u.openSamples} sample(s) still open, no report yet); run the same command to continue\n`,
@@ -350,7 +373,7 @@ program
   .description("evolve seed shards on this machine (resumable: run the same command again to continue)")
   .argument("<shards...>", "seed shards: JSON Lines or one JSON array of LLaVA records")
   .option("-o, --out <dir>", "output directory", "out/mmevol")
-  .option("--run <name>", "run name (default: the output directory's name)")
+  .option("--run <name>", "run name: letters, digits, '.', '_', '-' (default: the output directory's name)")
   .option("--images <dir>", "directory that image paths resolve under (default: the first shard's directory)")
   .option(
     "-c, --concurrency <n|auto>",

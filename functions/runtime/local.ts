@@ -110,8 +110,11 @@ export interface LocalRunResult {
    */
   readonly stoppedFor: string | null;
   readonly reports: ShardReport[];
-  /** Per shard with FAILED samples: how many, the first one's line and reason, and the errors file. */
-  readonly failures: ShardFailures[];
+  /**
+   * Per finished shard with entries in its errors file: how many samples FAILED, lines were rejected and
+   * images were unusable (the sample passed through unevolved), each with the first one's line and reason.
+   */
+  readonly problems: ShardProblems[];
   /**
    * Shards the run ended without finishing (no report written), with their samples not yet terminal: work left
    * for the next run of the same command (dead letters, or work dropped again after the idle sweeps). Empty
@@ -124,11 +127,19 @@ export interface LocalRunResult {
   readonly outputs: string[];
 }
 
-export interface ShardFailures {
+/** How many entries of one kind a shard's errors file holds, and the first (in line order). */
+export interface ErrorTally {
+  count: number;
+  first: { readonly line: number; readonly reason: string } | null;
+}
+
+export interface ShardProblems {
   readonly shard: string;
-  readonly failed: number;
-  readonly first: { readonly line: number; readonly reason: string } | null;
   readonly errorsFile: string;
+  readonly failed: ErrorTally;
+  readonly rejected: ErrorTally;
+  /** Samples passed through unevolved because their image could not be used (missing, unreadable, too big). */
+  readonly unusableImage: ErrorTally;
 }
 
 /** A shard file's identity: the SHA-256 of its bytes, read as a stream (a shard may be gigabytes). */
@@ -171,15 +182,32 @@ async function assertSameShard(
     );
 }
 
-/** The first FAILED sample in a finalized shard's errors file (JSON Lines, in line order). */
-function firstFailure(errors: string): ShardFailures["first"] {
+const ErrorEntry = z.object({
+  kind: z.string(),
+  line: z.number().catch(0),
+  reason: z.string().nullish().catch(null),
+});
+
+/** Tallies a finalized shard's errors file (JSON Lines, in line order), or null when it is empty. */
+function problemsOf(shard: string, errorsFile: string, errors: string): ShardProblems | null {
+  const tally = (): ErrorTally => ({ count: 0, first: null });
+  const problems = { shard, errorsFile, failed: tally(), rejected: tally(), unusableImage: tally() };
+  const tallies: Record<string, ErrorTally> = {
+    failed: problems.failed,
+    rejected: problems.rejected,
+    refused: problems.rejected,
+    passed_through: problems.unusableImage,
+  };
   for (const text of errors.split("\n")) {
-    if (!text) continue;
-    const entry = JSON.parse(text) as { kind?: string; line?: number; reason?: string };
-    if (entry.kind === "failed")
-      return { line: entry.line ?? 0, reason: entry.reason ?? "no reason recorded" };
+    if (!text.trim()) continue;
+    const entry = ErrorEntry.safeParse(JSON.parse(text));
+    const counted = entry.success ? tallies[entry.data.kind] : undefined;
+    if (!entry.success || counted === undefined) continue;
+    counted.count += 1;
+    counted.first ??= { line: entry.data.line, reason: entry.data.reason ?? "no reason recorded" };
   }
-  return null;
+  const any = problems.failed.count + problems.rejected.count + problems.unusableImage.count > 0;
+  return any ? problems : null;
 }
 
 /** Later stages first, so samples finish instead of piling up half done. */
@@ -210,6 +238,11 @@ export async function runLocal(options: LocalRunOptions): Promise<LocalRunResult
   const started = performance.now();
   const duplicate = duplicateShardNames(options.shards);
   if (duplicate !== null) throw new InvalidInputError(duplicate);
+  // It names a folder in every output path (evolved/<run>/…): one segment, no more.
+  if (!/^[A-Za-z0-9._-]+$/.test(options.run) || /^\.\.?$/.test(options.run))
+    throw new InvalidInputError(
+      `run name ${JSON.stringify(options.run)} is not usable: letters, digits, '.', '_' and '-' only, and not '.' or '..' (--run)`,
+    );
   const out = resolve(options.out);
   mkdirSync(join(out, ".mmevol"), { recursive: true });
   // Before the state is opened: a second run on the same directory would drop this one's claims and pay again.
@@ -510,7 +543,7 @@ async function runLocked(options: LocalRunOptions, out: string, started: number)
     progress();
 
     const reports: ShardReport[] = [];
-    const failures: ShardFailures[] = [];
+    const problems: ShardProblems[] = [];
     const unfinished: LocalRunResult["unfinished"][number][] = [];
     const outputs: string[] = [];
     const decoder = new TextDecoder();
@@ -535,13 +568,8 @@ async function runLocked(options: LocalRunOptions, out: string, started: number)
           join(out, key),
           join(out, layout.reportHtml(options.run, file.name)),
         );
-        if (report.counts.failed > 0)
-          failures.push({
-            shard: file.name,
-            failed: report.counts.failed,
-            first: firstFailure(decoder.decode(await blobs.get(errorsKey))),
-            errorsFile: join(out, errorsKey),
-          });
+        const found = problemsOf(file.name, join(out, errorsKey), decoder.decode(await blobs.get(errorsKey)));
+        if (found !== null) problems.push(found);
       }
     }
     const dead = PRIORITY.flatMap((kind) => queues.deadLetters(kind));
@@ -561,7 +589,7 @@ async function runLocked(options: LocalRunOptions, out: string, started: number)
       interrupted: stop,
       stoppedFor,
       reports,
-      failures,
+      problems,
       unfinished,
       deadLetters,
       llm: { ...llm.totals },

@@ -218,6 +218,11 @@ describe("mmevol run's usage errors", () => {
           /model: .* \(--model\)/,
         ],
         [["run", a, "--bogus"], /unknown option '--bogus'/],
+        [
+          ["run", a, "--dry-run", "--run", "../x", "--out", join(dir.path, "o")],
+          /run name "\.\.\/x" is not usable/,
+        ],
+        [["run", a, "--dry-run", "--run", "", "--out", join(dir.path, "o")], /run name "" is not usable/],
         [["run", a, "-c", "0"], /from 1 to 1000/],
         [["run", a, "--timeout", "2147484"], /at most 2147483 seconds/],
         [["run", dir.path, "--dry-run"], /shard is not a file/],
@@ -314,6 +319,43 @@ describe("mmevol run's usage errors", () => {
 });
 
 describe("mmevol run's messages", () => {
+  it("say how many lines were rejected and images unusable, with the first reason and where images resolve", async () => {
+    const dir = tempDir();
+    try {
+      const shard = writeBenchShard(dir.path, { samples: 2, name: "partly" });
+      const missing = JSON.stringify({
+        id: "gone",
+        image: "images/missing.png",
+        conversations: [
+          { from: "human", value: "<image>\nq" },
+          { from: "gpt", value: "a" },
+        ],
+      });
+      writeFileSync(shard, `${readFileSync(shard, "utf8")}{"broken\n${missing}\n`);
+      const { code, stderr } = await runCli([
+        "run",
+        shard,
+        "--dry-run",
+        "--rounds",
+        "1",
+        "--out",
+        join(dir.path, "out"),
+      ]);
+      expect(code).toBe(0);
+      expect(stderr).toContain(
+        "mmevol: shard partly: 1 line(s) rejected as invalid input; the first, line 3: invalid JSON",
+      );
+      expect(stderr).toContain(
+        `mmevol: shard partly: 1 sample(s) passed through unevolved, their image unusable; the first, line 4: image not found: ${join(dir.path, "images/missing.png")} (image paths resolve under ${dir.path}, the first shard's directory: --images sets another)`,
+      );
+      expect(stderr).toContain(
+        `each is listed with its reason in ${join(dir.path, "out", layout.errors("out", "partly"))}`,
+      );
+    } finally {
+      dir.cleanup();
+    }
+  }, 60_000);
+
   it("a bad --weights is blamed on the flag, not on the --config file it overrides", async () => {
     const dir = tempDir();
     try {
