@@ -288,7 +288,7 @@ async function runCommand(shards: string[], flags: RunFlags): Promise<void> {
 
   if (result.stoppedFor !== null) {
     process.stderr.write(
-      `mmevol: stopped: ${result.stoppedFor}\nmmevol: no sample failed for it; answered calls are stored. Fix the key or top up the account, then run the same command to continue\n`,
+      `mmevol: stopped: ${result.stoppedFor}\nmmevol: no sample failed for it; answered calls are stored: ${result.stoppedRemedy ?? "run the same command to continue"}\n`,
     );
     process.exit(3);
   }
@@ -427,8 +427,8 @@ program
     `
 Environment: OPENAI_API_KEY (never printed), OPENAI_BASE_URL. With neither set, the run is a dry run.
 Exit codes: 0 done; 1 some work gave up after repeated errors (rerun to retry it); 2 bad usage, or another
-run works on the same --out; 3 the provider says the account is out of quota or refuses the key (top it up
-or fix the key, rerun to resume); 4 done, but some samples FAILED (each is in the errors file with its
+run works on the same --out; 3 the provider says the account is out of quota or refuses the key, or the
+endpoint cannot be reached (top it up, fix the key or the endpoint, rerun to resume); 4 done, but some samples FAILED (each is in the errors file with its
 reason; a rerun does not retry them); 130 interrupted (rerun to resume).
 Examples:
   mmevol run examples/seeds/demo.jsonl --out out/demo --dry-run

@@ -52,16 +52,32 @@ export class NoRateBudgetError extends LlmCallError {
  * queue, for `mmevol redrive`.
  */
 export class AccountRefusedError extends LlmCallError {
+  /** What the user can do about it, for the message that stops a local run. */
+  readonly remedy: string = "fix the account, then run the same command to continue";
   constructor(message: string, options: { status?: number | null; cause?: unknown } = {}) {
     super(message, { retryable: true, retryAfterMs: 15 * 60_000, inFlight: true, ...options });
   }
 }
 
 /** The account is out of credit (OpenAI: 429 `insufficient_quota`). */
-export class QuotaExhaustedError extends AccountRefusedError {}
+export class QuotaExhaustedError extends AccountRefusedError {
+  override readonly remedy = "top up the account, then run the same command to continue";
+}
 
 /** The key is not accepted, or not allowed this model (HTTP 401, 403): every other call would be refused too. */
-export class KeyRefusedError extends AccountRefusedError {}
+export class KeyRefusedError extends AccountRefusedError {
+  override readonly remedy = "fix the key (OPENAI_API_KEY), then run the same command to continue";
+}
+
+/**
+ * The endpoint cannot be reached at all (connection refused, no such host, no route), after the client's own
+ * retries: a wrong base URL or a server that is down, which every other call would meet too. No sample is at
+ * fault, so none fails for it (an unreachable server used to fail every sample within seconds).
+ */
+export class EndpointUnreachableError extends AccountRefusedError {
+  override readonly remedy =
+    "check the endpoint (--base-url or OPENAI_BASE_URL) and that its server is up, then run the same command to continue";
+}
 
 /**
  * A request larger than the model's whole tokens-per-minute limit (OpenAI: 429 "Request too large … Limit 30000,

@@ -109,6 +109,8 @@ export interface LocalRunResult {
    * quota); null otherwise. `interrupted` is then true too: the same command resumes the run.
    */
   readonly stoppedFor: string | null;
+  /** What to do about `stoppedFor` before running the same command again. */
+  readonly stoppedRemedy: string | null;
   readonly reports: ShardReport[];
   /**
    * Per finished shard with entries in its errors file: how many samples FAILED, lines were rejected and
@@ -340,6 +342,7 @@ async function runLocked(options: LocalRunOptions, out: string, started: number)
     let busy = 0;
     let stop = false;
     let stoppedFor: string | null = null;
+    let stoppedRemedy: string | null = null;
     options.signal?.addEventListener("abort", () => {
       stop = true;
     });
@@ -435,6 +438,7 @@ async function runLocked(options: LocalRunOptions, out: string, started: number)
             // Every other call would be refused too: stop, leaving the work unfinished for the next run.
             if (stoppedFor === null) {
               stoppedFor = error.message;
+              stoppedRemedy = error.remedy;
               logger.error("the provider refuses this account's calls; stopping the run", {
                 error: error.message,
               });
@@ -588,6 +592,7 @@ async function runLocked(options: LocalRunOptions, out: string, started: number)
     return {
       interrupted: stop,
       stoppedFor,
+      stoppedRemedy,
       reports,
       problems,
       unfinished,

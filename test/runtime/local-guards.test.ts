@@ -5,6 +5,7 @@ import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { OpenAiBatchCodec } from "../../functions/adapters/openai/batch-codec.ts";
 import { SimulatedBatches } from "../../functions/adapters/simulated/batches.ts";
+import { startSimulator } from "../../functions/adapters/simulated/server.ts";
 import { SimulatedLlm } from "../../functions/adapters/simulated/simulated-llm.ts";
 import { layout } from "../../functions/pipeline/shard-config.ts";
 import { InvalidInputError } from "../../functions/ports/errors.ts";
@@ -319,6 +320,42 @@ describe("mmevol run's usage errors", () => {
 });
 
 describe("mmevol run's messages", () => {
+  it("an endpoint nothing listens on stops the run with exit 3, no sample failed; the right one finishes it", async () => {
+    const dir = tempDir();
+    // A port that was free a moment ago: nothing listens there.
+    const probe = createServer();
+    await new Promise<void>((done) => probe.listen(0, "127.0.0.1", done));
+    const { port } = probe.address() as AddressInfo;
+    await new Promise<void>((done) => probe.close(() => done()));
+    try {
+      const shard = writeBenchShard(dir.path, { samples: 2, name: "unreached" });
+      const out = join(dir.path, "out");
+      const run = (baseUrl: string) =>
+        runCli(["run", shard, "--rounds", "1", "--out", out, "--base-url", baseUrl], {
+          OPENAI_API_KEY: "sk-test-unreached",
+        });
+      const first = await run(`http://127.0.0.1:${port}/v1`);
+      expect(first.code).toBe(3);
+      expect(first.stderr).toMatch(/stopped: cannot reach the LLM endpoint \(ECONNREFUSED\)/);
+      expect(first.stderr).toMatch(
+        /no sample failed for it; .*check the endpoint \(--base-url or OPENAI_BASE_URL\)/,
+      );
+      const sim = await startSimulator();
+      try {
+        const second = await run(sim.url);
+        expect(second.code).toBe(0);
+        expect(second.stdout).toMatch(
+          /shard unreached: 2 lines = \d evolved \+ \d passed through \+ 0 failed \+ 0 rejected/,
+        );
+        expect(sim.stats().requests).toBeGreaterThan(0);
+      } finally {
+        await sim.close();
+      }
+    } finally {
+      dir.cleanup();
+    }
+  }, 120_000);
+
   it("say how many lines were rejected and images unusable, with the first reason and where images resolve", async () => {
     const dir = tempDir();
     try {

@@ -4,6 +4,7 @@ import { describe, expect, it } from "vitest";
 import { classifyFailure, retryAfterMsOf, scrubSecrets } from "../../functions/adapters/openai/classify.ts";
 import {
   AccountRefusedError,
+  EndpointUnreachableError,
   KeyRefusedError,
   LlmAnswerError,
   LlmCallError,
@@ -65,6 +66,31 @@ describe("classifyFailure", () => {
       expect(rate.inFlight).toBe(false);
     },
   );
+
+  it.each(["ECONNREFUSED", "ENOTFOUND", "EHOSTUNREACH"])(
+    "no connection at all (%s) is an EndpointUnreachableError: the endpoint, not the request, so never a failed try",
+    (code) => {
+      const cause = Object.assign(new TypeError("fetch failed"), {
+        cause: Object.assign(new Error(`connect ${code} 127.0.0.1:9`), { code }),
+      });
+      const failure = classifyFailure(new APIConnectionError({ cause }));
+      expect(failure).toBeInstanceOf(EndpointUnreachableError);
+      expect(failure).toBeInstanceOf(AccountRefusedError);
+      expect(failure).toMatchObject({ retryable: true, inFlight: true });
+      expect(failure.message).toContain(`cannot reach the LLM endpoint (${code})`);
+    },
+  );
+
+  it("a connection reset or a timeout stays a plain retryable failure, a try of the sample's", () => {
+    const reset = Object.assign(new TypeError("fetch failed"), {
+      cause: Object.assign(new Error("socket hang up"), { code: "ECONNRESET" }),
+    });
+    for (const error of [new APIConnectionError({ cause: reset }), new APIConnectionTimeoutError()]) {
+      const failure = classifyFailure(error);
+      expect(failure).not.toBeInstanceOf(AccountRefusedError);
+      expect(failure).toMatchObject({ retryable: true, inFlight: false });
+    }
+  });
 
   it("a 429 for a request over the model's whole per-minute limit is permanent: no wait helps", () => {
     const body = {

@@ -1,6 +1,7 @@
-import { APIConnectionError, APIError, APIUserAbortError } from "openai";
+import { APIConnectionError, APIConnectionTimeoutError, APIError, APIUserAbortError } from "openai";
 import { ContentFilterFinishReasonError, LengthFinishReasonError } from "openai/core/error";
 import {
+  EndpointUnreachableError,
   KeyRefusedError,
   LlmCallError,
   MmevolError,
@@ -19,6 +20,16 @@ const exhaustedQuotaCodes: ReadonlySet<string> = new Set([
   "insufficient_quota",
   "billing_hard_limit_reached",
   "billing_not_active",
+]);
+
+/** Failures to connect at all: nothing listens there, or the host or the network is unknown. */
+const unreachableCodes: ReadonlySet<string> = new Set([
+  "ECONNREFUSED",
+  "ENOTFOUND",
+  "EAI_AGAIN",
+  "EHOSTUNREACH",
+  "ENETUNREACH",
+  "ENETDOWN",
 ]);
 
 /** Socket and undici failures: the request never got an answer, so asking again can help. */
@@ -127,6 +138,19 @@ export const classifyFailure = (error: unknown, secrets: readonly string[] = [])
   }
   if (error instanceof APIUserAbortError) {
     return new LlmCallError(`LLM call aborted: ${scrub(error.message)}`, { retryable: false, cause: error });
+  }
+  // No connection at all, after the client's retries: the endpoint, not the request (see the error class).
+  if (error instanceof APIConnectionError && !(error instanceof APIConnectionTimeoutError)) {
+    const code = causeChain(error)
+      .map(codeOf)
+      .find((c): c is string => c !== null && unreachableCodes.has(c));
+    if (code !== undefined)
+      return new EndpointUnreachableError(
+        `cannot reach the LLM endpoint (${code}): ${scrub(error.message)}`,
+        {
+          cause: error,
+        },
+      );
   }
   // Covers APIConnectionTimeoutError too: no answer arrived, so nothing says the request was bad.
   if (error instanceof APIConnectionError) {
