@@ -50,6 +50,7 @@ interface RunFlags {
   tpm?: number;
   rpm?: number;
   batch?: boolean;
+  retryFailed?: boolean;
   quiet?: boolean;
   verbose?: boolean;
 }
@@ -261,6 +262,7 @@ async function runCommand(shards: string[], flags: RunFlags): Promise<void> {
     config: { ...input, dryRun },
     llm,
     batch,
+    ...(flags.retryFailed === true ? { retryFailed: true } : {}),
     logger: stderrLogger(flags.verbose === true, flags.quiet === true),
     onProgress: printer.update,
     signal: controller.signal,
@@ -337,7 +339,7 @@ async function runCommand(shards: string[], flags: RunFlags): Promise<void> {
         `mmevol: shard ${p.shard}: ${p.failed.count} sample(s) FAILED and are not in the training data${firstOf(p.failed)}\n`,
       );
     process.stderr.write(
-      `mmevol: each is listed with its reason in ${p.errorsFile}${p.failed.count > 0 ? "; a rerun does not retry FAILED samples (fix the cause, then run their lines under a new --out)" : ""}\n`,
+      `mmevol: each is listed with its reason in ${p.errorsFile}${p.failed.count > 0 ? "; fix the cause, then run the same command with --retry-failed to evolve them again (answers already stored are not paid again)" : ""}\n`,
     );
   }
   if (result.problems.some((p) => p.failed.count > 0)) process.exitCode = 4;
@@ -420,6 +422,10 @@ program
     "--batch",
     "send each round through the provider's Batch API: half price, answers within 24 h (polls until done; rerun to resume)",
   )
+  .option(
+    "--retry-failed",
+    "start FAILED samples of this --out again from their seed, once the cause is fixed (stored answers are reused, not paid again)",
+  )
   .option("-q, --quiet", "no banner and no progress lines (warnings, errors and the summary still print)")
   .option("-v, --verbose", "log every retry and warning to stderr")
   .addHelpText(
@@ -429,7 +435,7 @@ Environment: OPENAI_API_KEY (never printed), OPENAI_BASE_URL. With neither set, 
 Exit codes: 0 done; 1 some work gave up after repeated errors (rerun to retry it); 2 bad usage, or another
 run works on the same --out; 3 the provider says the account is out of quota or refuses the key, or the
 endpoint cannot be reached (top it up, fix the key or the endpoint, rerun to resume); 4 done, but some samples FAILED (each is in the errors file with its
-reason; a rerun does not retry them); 130 interrupted (rerun to resume).
+reason; rerun with --retry-failed once the cause is fixed); 130 interrupted (rerun to resume).
 Examples:
   mmevol run examples/seeds/demo.jsonl --out out/demo --dry-run
   OPENAI_BASE_URL=http://127.0.0.1:11434/v1 mmevol run seeds.jsonl --model qwen2.5vl --out out/q`,

@@ -64,6 +64,11 @@ export interface LocalRunOptions {
   readonly onProgress?: (progress: Progress) => void;
   /** How often progress is reported, in ms. */
   readonly progressEveryMs?: number;
+  /**
+   * FAILED samples of shards this output already holds start again from their seed (stored answers make the
+   * rounds before the failure free): after the cause of a failure is fixed (a timeout too short, a server down).
+   */
+  readonly retryFailed?: boolean;
   /** Aborting stops taking new work; work in flight finishes, and the next run continues. */
   readonly signal?: AbortSignal;
   /** Test-only fault injection; by default read from MMEVOL_TEST_FAULTS, else none. */
@@ -323,7 +328,12 @@ async function runLocked(options: LocalRunOptions, out: string, started: number)
       const digest = await contentDigest(file.path);
       digests.set(file.name, digest);
       const stored = known.get(file.name);
-      if (stored !== undefined) await assertSameShard(deps, stored, file.path, digest, out);
+      if (stored === undefined) continue;
+      await assertSameShard(deps, stored, file.path, digest, out);
+      if (options.retryFailed) {
+        const reopened = state.reopenFailed(options.run, file.name);
+        if (reopened > 0) logger.warn("FAILED samples start again", { shard: file.name, samples: reopened });
+      }
     }
     const initial: Message[] = await recoverMessages(deps, options.run);
     for (const file of shardFiles) {

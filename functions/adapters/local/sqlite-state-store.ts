@@ -17,6 +17,7 @@ import {
   StoredAnswer,
   TERMINAL_STATUSES,
   type TransitionResult,
+  zeroUsage,
 } from "../../ports/state-store.ts";
 
 // Re-exported so code that imported it from here keeps working; it lives in the ports, shared with DynamoDB.
@@ -386,6 +387,60 @@ export class SqliteStateStore implements StateStore {
   /** Drops every claim: a local run is the only process on its state, so claims of a killed run are void. */
   releaseAllClaims(): void {
     this.db.exec("DELETE FROM claims");
+  }
+
+  /**
+   * Local runs only (`mmevol run --retry-failed`): every FAILED sample of the shard starts again from its seed
+   * (INGESTED, round 0), and the shard is open again, so the run evolves them anew and finalizes the shard once
+   * more. The answers stored for their earlier calls are found again by their requests, so the rounds before
+   * the failure cost nothing; only the calls that never answered are made. Returns how many were reopened.
+   */
+  reopenFailed(run: string, shard: string): number {
+    return this.inTransaction(() => {
+      const current = this.readShard(run, shard);
+      if (current === null) return 0;
+      const failed = this.db
+        .prepare("SELECT record FROM samples WHERE run = ? AND shard = ? AND status = 'FAILED'")
+        .all(run, shard)
+        .map((row) => parseJson(SampleRecord, row));
+      for (const record of failed) {
+        const seed = record.versions.find((version) => version.round === 0);
+        const next = SampleRecord.parse({
+          ...record,
+          status: "INGESTED",
+          round: 0,
+          version: record.version + 1,
+          versions: seed === undefined ? [] : [seed],
+          rounds: [],
+          pending: null,
+          attempts: 0,
+          error: null,
+          usage: zeroUsage(),
+          updatedAt: this.clock.now(),
+        });
+        const written = this.stmt.putSample.run(
+          next.status,
+          next.round,
+          next.version,
+          JSON.stringify(next),
+          run,
+          shard,
+          record.key,
+          record.status,
+          record.round,
+          record.version,
+        );
+        if (!changed(written)) throw new Error(`sample ${run}/${shard}/${record.key} changed while reopened`);
+      }
+      if (failed.length > 0)
+        this.writeShard({
+          ...current,
+          pending: current.pending + failed.length,
+          finalized: false,
+          updatedAt: this.clock.now(),
+        });
+      return failed.length;
+    });
   }
 
   /** Samples of a shard per status (every status present, zero when none), for progress display. */
