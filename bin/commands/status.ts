@@ -10,6 +10,7 @@ import { SqliteStateStore } from "../../functions/adapters/local/sqlite-state-st
 import { InvalidInputError } from "../../functions/ports/errors.ts";
 import type { Stage } from "../../functions/ports/messages.ts";
 import { DEAD_LETTERS_FILE, DeadLetterRecord } from "../../functions/runtime/local.ts";
+import { activeRunPid } from "../../functions/runtime/run-lock.ts";
 import { awsClientsFor, QUEUE_STAGES, readStackOutputs } from "./outputs.ts";
 import { formatSummaries, type ShardSummary, summarizeShards } from "./summary.ts";
 
@@ -63,7 +64,15 @@ export async function localStatus(options: LocalStatusOptions): Promise<LocalSta
       ...(options.run === undefined ? {} : { run: options.run }),
     });
     const deadLetters = readDeadLetters(options.out);
-    const lines = formatSummaries(shards);
+    const pid = activeRunPid(options.out);
+    const lines = [
+      pid === null
+        ? shards.every((s) => s.finalized)
+          ? "no run is going on in this directory"
+          : "no run is going on in this directory: `mmevol run` with the same shards and --out continues the unfinished shards"
+        : `a run is going on in this directory (pid ${pid})`,
+      ...formatSummaries(shards),
+    ];
     lines.push(`dead letters of the last run: ${deadLetters.length}`);
     for (const d of deadLetters) {
       lines.push(

@@ -6,9 +6,13 @@ import {
   type StateStore,
   TERMINAL_STATUSES,
 } from "../../functions/ports/state-store.ts";
+import { BATCH_WAIT_MS } from "../../functions/runtime/env.ts";
 
 export interface StuckSample {
   readonly key: string;
+  /** The sample's line in its shard, and its id there (null for a line that had none usable). */
+  readonly line: number;
+  readonly id: string | null;
   readonly status: SampleStatus;
   readonly round: number;
   readonly ageMs: number;
@@ -28,6 +32,8 @@ export interface ShardSummary {
   /** Non-terminal samples not updated for longer than the deadline, oldest first. */
   readonly stuck: readonly StuckSample[];
   readonly shardAgeMs: number;
+  /** Provider batches of this shard not applied yet (batch mode): its samples wait for them. */
+  readonly openBatches: number;
 }
 
 export interface SummaryOptions {
@@ -36,12 +42,27 @@ export interface SummaryOptions {
   readonly run?: string;
   /** Read the samples of finalized shards too (cheap locally; a full table read on a deployed stack). */
   readonly scanFinalized: boolean;
+  /**
+   * How long a sample of a shard with a provider batch open may wait before it counts as stuck (the batch's
+   * 24 h window); default 25 h, as the sweeper's.
+   */
+  readonly batchWaitMs?: number;
 }
 
 /** Every shard's progress and stuck samples, from the state store alone (paged: any shard size). */
 export async function summarizeShards(state: StateStore, options: SummaryOptions): Promise<ShardSummary[]> {
   const summaries: ShardSummary[] = [];
+  const openBatches = new Map<string, number>();
+  for (const job of await state.listOpenBatchJobs(options.run)) {
+    const key = JSON.stringify([job.run, job.shard]);
+    openBatches.set(key, (openBatches.get(key) ?? 0) + 1);
+  }
   for (const shard of await state.listShards(options.run)) {
+    const batches = openBatches.get(JSON.stringify([shard.run, shard.shard])) ?? 0;
+    const stuckAfterMs =
+      batches > 0
+        ? Math.max(options.stuckAfterMs, options.batchWaitMs ?? BATCH_WAIT_MS)
+        : options.stuckAfterMs;
     let counts: Record<SampleStatus, number> | null = null;
     let oldest: number | null = null;
     const stuck: StuckSample[] = [];
@@ -52,8 +73,15 @@ export async function summarizeShards(state: StateStore, options: SummaryOptions
         if (TERMINAL_STATUSES.has(sample.status) || nextMessageOf(sample) === null) continue;
         const ageMs = options.now - sample.updatedAt;
         oldest = Math.max(oldest ?? 0, ageMs);
-        if (ageMs > options.stuckAfterMs)
-          stuck.push({ key: sample.key, status: sample.status, round: sample.round, ageMs });
+        if (ageMs > stuckAfterMs)
+          stuck.push({
+            key: sample.key,
+            line: sample.line,
+            id: sample.sample?.id ?? null,
+            status: sample.status,
+            round: sample.round,
+            ageMs,
+          });
       }
       stuck.sort((a, b) => b.ageMs - a.ageMs);
     }
@@ -68,6 +96,7 @@ export async function summarizeShards(state: StateStore, options: SummaryOptions
       oldestOpenAgeMs: oldest,
       stuck,
       shardAgeMs: options.now - shard.updatedAt,
+      openBatches: batches,
     });
   }
   return summaries;
@@ -85,7 +114,7 @@ export function formatSummaries(summaries: readonly ShardSummary[], maxStuck = 1
   if (summaries.length === 0) return ["no shards"];
   const lines: string[] = [];
   for (const s of summaries) {
-    const phase = s.finalized ? "finalized" : s.ingested ? "running" : "ingesting";
+    const phase = s.finalized ? "finalized" : s.ingested ? "unfinished" : "ingesting";
     lines.push(
       `${s.run}/${s.shard}: ${phase}, ${s.lines} lines, pending ${s.pending}, updated ${age(s.shardAgeMs)} ago`,
     );
@@ -97,10 +126,16 @@ export function formatSummaries(summaries: readonly ShardSummary[], maxStuck = 1
     }
     if (s.oldestOpenAgeMs !== null)
       lines.push(`  oldest unfinished sample: ${age(s.oldestOpenAgeMs)} since its last step`);
+    if (s.openBatches > 0)
+      lines.push(
+        `  waiting for ${s.openBatches} provider batch(es) (answers within 24 h): its samples count as stuck only after that`,
+      );
     if (s.stuck.length > 0) {
       lines.push(`  stuck (no step for longer than the deadline): ${s.stuck.length}`);
       for (const stuck of s.stuck.slice(0, maxStuck))
-        lines.push(`    ${stuck.key}: ${stuck.status} round ${stuck.round}, ${age(stuck.ageMs)}`);
+        lines.push(
+          `    line ${stuck.line}${stuck.id === null ? "" : ` (id ${JSON.stringify(stuck.id)})`}: ${stuck.status} round ${stuck.round}, ${age(stuck.ageMs)} (key ${stuck.key})`,
+        );
       if (s.stuck.length > maxStuck) lines.push(`    ... and ${s.stuck.length - maxStuck} more`);
     }
   }

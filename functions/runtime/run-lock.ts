@@ -86,6 +86,12 @@ export function takeRunLock(out: string): RunLock {
   throw new RunDirectoryBusyError(out, readPid(path));
 }
 
+/** The pid of the live process running on this output directory, or null when no run is going on there. */
+export function activeRunPid(out: string): number | null {
+  const holder = holderOf(runLockPath(out));
+  return typeof holder === "number" ? holder : null;
+}
+
 /** A lock file as read when it was found stale: what it held and when it was written. */
 interface StaleLock {
   readonly text: string;

@@ -91,7 +91,7 @@ describe("mmevol status / redrive on a deployed (emulated) stack", () => {
     expect(text).toContain("dead letters 1");
     expect(text).toContain(dead);
     expect(text).toContain("raises their receive counts");
-    expect(text).toContain("stuck-one: JUDGING round 2");
+    expect(text).toMatch(/line 1: JUDGING round 2, 1h0m \(key stuck-one\)/);
 
     const redriven = await deployedRedrive({ outputs: outputsFile, queue: "all" });
     expect(redriven.moved).toEqual({ ingest: 0, evolve: 1, judge: 0, finalize: 0 });
@@ -160,6 +160,11 @@ describe("mmevol status / redrive on a local run", () => {
     expect(status.lines.join("\n")).toContain(
       "finalize tiny/tiny: 6 deliveries, last error: no space left on device",
     );
+    // Nothing runs now: the state says what is unfinished, not that it runs.
+    expect(status.lines[0]).toBe(
+      "no run is going on in this directory: `mmevol run` with the same shards and --out continues the unfinished shards",
+    );
+    expect(status.lines[1]).toMatch(/^tiny\/tiny: unfinished, 3 lines/);
 
     const redrive = await localRedrive({ out });
     expect(redrive.requeued).toHaveLength(1);
@@ -175,5 +180,6 @@ describe("mmevol status / redrive on a local run", () => {
     const done = await localStatus({ out, stuckAfterMs: 30 * 60_000 });
     expect(done.shards[0]).toMatchObject({ finalized: true, counts: { PASSED_THROUGH: 3 } });
     expect(done.lines.join("\n")).toContain("dead letters of the last run: 0");
+    expect(done.lines[0]).toBe("no run is going on in this directory");
   }, 20_000);
 });

@@ -5,6 +5,7 @@ import path from "node:path";
 import { afterAll, describe, expect, it, vi } from "vitest";
 import { localRedrive } from "../../bin/commands/redrive.ts";
 import {
+  activeRunPid,
   processStartTime,
   RunDirectoryBusyError,
   runLockPath,
@@ -53,8 +54,11 @@ describe("takeRunLock", () => {
     expect(error.pid).toBe(process.pid);
     expect(error.message).toContain(`pid ${process.pid}`);
     expect(error.message).toContain(out);
+    // What `mmevol status` says: a run is going on here, by this pid; then none.
+    expect(activeRunPid(out)).toBe(process.pid);
     lock.release();
     expect(existsSync(file)).toBe(false);
+    expect(activeRunPid(out)).toBeNull();
     takeRunLock(out).release();
   });
 
