@@ -1,8 +1,9 @@
 #!/usr/bin/env node
 import { existsSync, readFileSync, statSync } from "node:fs";
-import { basename, dirname, resolve } from "node:path";
+import { basename, dirname, join, resolve } from "node:path";
 import { SingleBar } from "cli-progress";
 import { Command, InvalidArgumentError, Option } from "commander";
+import { SqliteStateStore } from "../functions/adapters/local/sqlite-state-store.ts";
 import { OpenAiBatchCodec } from "../functions/adapters/openai/batch-codec.ts";
 import { OpenAiBatchApi } from "../functions/adapters/openai/openai-batch-api.ts";
 import { OpenAiLlm } from "../functions/adapters/openai/openai-llm.ts";
@@ -149,6 +150,18 @@ function progressPrinter(quiet: boolean) {
   };
 }
 
+/** Whether the state of output directory `out` holds run `run` (read only; false when there is no state). */
+async function holdsRun(out: string, run: string): Promise<boolean> {
+  const path = join(resolve(out), ".mmevol", "state.sqlite");
+  if (!existsSync(path)) return false;
+  const state = new SqliteStateStore(path);
+  try {
+    return (await state.listShards(run)).length > 0;
+  } finally {
+    state.close();
+  }
+}
+
 async function runCommand(shards: string[], flags: RunFlags): Promise<void> {
   for (const shard of shards) {
     if (!existsSync(shard)) fail(`shard not found: ${shard}`);
@@ -228,7 +241,11 @@ async function runCommand(shards: string[], flags: RunFlags): Promise<void> {
     codec: new OpenAiBatchCodec(apiKey === undefined ? [] : [apiKey]),
   };
   // By default the output directory's name, in the characters a run name may hold.
-  const run = flags.run ?? basename(resolve(flags.out)).replace(/[^A-Za-z0-9._-]/g, "_");
+  // An --out made before held its run under the directory's name as given (any characters): continued as such.
+  const safeName = basename(resolve(flags.out)).replace(/[^A-Za-z0-9._-]/g, "_");
+  const givenName = basename(flags.out);
+  const run =
+    flags.run ?? (givenName !== safeName && (await holdsRun(flags.out, givenName)) ? givenName : safeName);
   if (flags.quiet !== true)
     process.stderr.write(
       `mmevol: run "${run}", ${shards.length} shard(s), model ${config.model}${baseURL ? ` at ${baseURL}` : ""}, ${config.rounds} rounds, ${config.mode === "batch" ? "Batch API" : "online"}, concurrency ${flags.concurrency}, output ${flags.out}\n`,
@@ -319,7 +336,9 @@ async function runCommand(shards: string[], flags: RunFlags): Promise<void> {
       : `outputs:\n${result.outputs.map((o) => `  ${o}`).join("\n")}\n`,
   );
   const imageRoot = resolve(flags.images ?? dirname(resolve(shards[0] ?? ".")));
-  const imagesHint = ` (image paths resolve under ${imageRoot}${flags.images === undefined ? ", the first shard's directory: --images sets another" : ""})`;
+  // Samples that passed through are final in this --out: the hint must not suggest a rerun with another root
+  // changes them (it did nothing, exit 0), nor call this run's root the one their reason was found under.
+  const imagesHint = ` (this run resolves image paths under ${imageRoot}${flags.images === undefined ? ", the first shard's directory: --images sets another" : ""}; samples already passed through stay so in this --out: use a new --out to evolve them with other images)`;
   // The reasons kept in the errors file may start with what this line says already.
   const firstOf = (t: ErrorTally) =>
     t.first === null

@@ -94,6 +94,11 @@ export async function askStructured<S extends z.ZodType>(
     batch?: { run: string; shard: string; message: Message; maxTries: number };
     /** Online calls go out with `max_tokens` sized by `deps.sizer` under the request's own (see the sizer). */
     sizeMaxTokens?: boolean;
+    /**
+     * How many times the sample was started again after it FAILED (`--retry-failed`): each adds a fresh set of
+     * tries after the stored ones, so answers that failed it before are not all there is to read again.
+     */
+    retries?: number;
   },
 ): Promise<Asked<z.infer<S>>> {
   let usage = zeroUsage();
@@ -106,7 +111,8 @@ export async function askStructured<S extends z.ZodType>(
   const cutWhenSized = (answer: StoredAnswer) =>
     answer.cutAt !== undefined && answer.cutAt < request.maxTokens;
   let sizedCuts = 0;
-  for (let attempt = 0; attempt <= options.maxRetries + sizedCuts; attempt++) {
+  const retried = (options.retries ?? 0) * (options.maxRetries + 1);
+  for (let attempt = 0; attempt <= options.maxRetries + sizedCuts + retried; attempt++) {
     // The hash is the request as configured, whatever max_tokens goes out: a rerun finds the same answers.
     const hash = answerHash(request, options.imageDigest, attempt);
     let answer = await deps.state.getAnswer(hash);
@@ -204,7 +210,7 @@ export async function askStructured<S extends z.ZodType>(
     deps.logger.warn("schema-invalid answer", { schema: request.schemaName, attempt, reason: lastReason });
   }
   throw new AnswerRejectedError(
-    `${request.schemaName}: answer invalid after ${options.maxRetries + 1 + sizedCuts} tries: ${lastReason}`,
+    `${request.schemaName}: answer invalid after ${options.maxRetries + 1 + sizedCuts + retried} tries: ${lastReason}`,
     usage,
   );
 }

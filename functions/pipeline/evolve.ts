@@ -73,6 +73,7 @@ export async function evolveSample(input: StageInput<EvolveMessage>, deps: Stage
         price: priceOf(config.model, config.prices),
         delivery: input.delivery ?? `${run}/${shard}/${key}/evolve/${round}#local`,
         payer: workKeyOf(input.message),
+        retries: record.retries ?? 0,
         ...(config.mode === "batch"
           ? { batch: { run, shard, message: input.message, maxTries: config.maxBatchTries } }
           : {}),

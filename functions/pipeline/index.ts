@@ -15,7 +15,7 @@ export {
 export type { StageDeps, StageResult } from "./deps.ts";
 export { evolveSample } from "./evolve.ts";
 export { finalizeShard } from "./finalize.ts";
-export { ingestShard, shardSettings } from "./ingest.ts";
+export { givenSettingKeys, ingestShard, shardSettings } from "./ingest.ts";
 export { judgeSample } from "./judge.ts";
 export { layout, parseSeedKey, resolveRunConfig } from "./shard-config.ts";
 export {

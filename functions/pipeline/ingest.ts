@@ -144,6 +144,16 @@ export async function shardSettings(
   return { ...config, imageRoot: config.imageRoot ?? key.slice(0, key.lastIndexOf("/") + 1) };
 }
 
+/** The settings this run sets itself (the runtime's defaults as given, and its run.json), not left to defaults. */
+export async function givenSettingKeys(
+  deps: Pick<StageDeps, "blobs" | "defaults">,
+  run: string,
+): Promise<Set<string>> {
+  const runJson = await readRunJson(deps, run);
+  const own = typeof runJson === "object" && runJson !== null && !Array.isArray(runJson) ? runJson : {};
+  return new Set([...Object.keys(deps.defaults), ...Object.keys(own)]);
+}
+
 /**
  * Registers the shard once per uploaded object: the same key and ETag (a redelivered event, or the same file
  * dropped twice) finds the existing shard; the same key with new content becomes a new shard `<name>.<etag>`;

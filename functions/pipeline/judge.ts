@@ -77,6 +77,7 @@ export async function judgeSample(input: StageInput<JudgeMessage>, deps: StageDe
           price: priceOf(model, config.prices),
           delivery: input.delivery ?? `${run}/${shard}/${key}/judge/${round}#local`,
           payer: workKeyOf(input.message),
+          retries: record.retries ?? 0,
           ...(config.mode === "batch"
             ? { batch: { run, shard, message: input.message, maxTries: config.maxBatchTries } }
             : {}),

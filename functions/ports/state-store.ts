@@ -70,6 +70,12 @@ export const SampleRecord = z.object({
     })
     .nullable(),
   attempts: z.number().int().nonnegative(),
+  /**
+   * How many times `mmevol run --retry-failed` started this sample again after it FAILED. Each retry gives its
+   * requests fresh tries past the stored ones: answers stored before are read first (not paid again), but
+   * stored answers that were all unusable or invalid would otherwise be replayed and fail it again at once.
+   */
+  retries: z.number().int().nonnegative().optional(),
   error: z.string().nullable(),
   /** The raw input line, for rejected records (truncated). */
   raw: z.string().nullable(),

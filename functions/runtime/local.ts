@@ -10,7 +10,7 @@ import { FsBlobStore } from "../adapters/local/fs-blob-store.ts";
 import { MemoryQueues, type Received } from "../adapters/local/memory-queue.ts";
 import { type Mount, MountedBlobStore } from "../adapters/local/mounted-blob-store.ts";
 import { SqliteStateStore } from "../adapters/local/sqlite-state-store.ts";
-import type { RunConfigInput } from "../evolution/config.ts";
+import { judgeModelOf, RunConfig, type RunConfigInput } from "../evolution/config.ts";
 import type { ShardReport } from "../evolution/report.ts";
 import { BatchBodyWriter } from "../pipeline/batch-bodies.ts";
 import { CompletionSizer } from "../pipeline/completion-sizer.ts";
@@ -19,6 +19,7 @@ import {
   BatchTickError,
   type BatchTickResult,
   batchTick,
+  givenSettingKeys,
   layout,
   recoverMessages,
   runStage,
@@ -176,12 +177,22 @@ async function assertSameShard(
     throw new InvalidInputError(
       `${out} already holds run "${stored.run}" of shard ${stored.shard} made from another file (${path} changed since, or is not the file it was made from): ${again}`,
     );
-  const now: Record<string, unknown> = await shardSettings(deps, stored.run, stored.key);
-  const changed = [...new Set([...Object.keys(stored.config), ...Object.keys(now)])]
-    .filter((key) => JSON.stringify(stored.config[key]) !== JSON.stringify(now[key]))
+  // Compared as the pipeline reads them (shardConfig): a setting added since the state was made has its default
+  // there, and the judge model left unset is the model. Only the settings this run gives are compared: one left
+  // to its default is the stored one, which the shard keeps using (a default that changed between versions,
+  // as maxLineBytes did, must not refuse the same command on an older --out).
+  const normal = (config: Record<string, unknown>): Record<string, unknown> => {
+    const parsed = RunConfig.safeParse(config);
+    return parsed.success ? { ...parsed.data, judgeModel: judgeModelOf(parsed.data) } : config;
+  };
+  const before = normal(stored.config);
+  const now = normal(await shardSettings(deps, stored.run, stored.key));
+  const given = await givenSettingKeys(deps, stored.run);
+  if (given.has("model")) given.add("judgeModel");
+  const changed = [...new Set([...Object.keys(before), ...Object.keys(now)])]
+    .filter((key) => given.has(key) && JSON.stringify(before[key]) !== JSON.stringify(now[key]))
     .map(
-      (key) =>
-        `${key} ${JSON.stringify(stored.config[key]) ?? "unset"} -> ${JSON.stringify(now[key]) ?? "unset"}`,
+      (key) => `${key} ${JSON.stringify(before[key]) ?? "unset"} -> ${JSON.stringify(now[key]) ?? "unset"}`,
     );
   if (changed.length > 0)
     throw new InvalidInputError(
@@ -240,16 +251,18 @@ function duplicateShardNames(paths: readonly string[]): string | null {
   return null;
 }
 
+const runNameRefusal = (run: string): string =>
+  `run name ${JSON.stringify(run)} is not usable: letters, digits, '.', '_' and '-' only, and not '.' or '..' (--run)`;
+
 /** Runs the whole pipeline in this process on a directory, SQLite and in-process queues. Resumable. */
 export async function runLocal(options: LocalRunOptions): Promise<LocalRunResult> {
   const started = performance.now();
   const duplicate = duplicateShardNames(options.shards);
   if (duplicate !== null) throw new InvalidInputError(duplicate);
-  // It names a folder in every output path (evolved/<run>/…): one segment, no more.
-  if (!/^[A-Za-z0-9._-]+$/.test(options.run) || /^\.\.?$/.test(options.run))
-    throw new InvalidInputError(
-      `run name ${JSON.stringify(options.run)} is not usable: letters, digits, '.', '_' and '-' only, and not '.' or '..' (--run)`,
-    );
+  // It names a folder in every output path (evolved/<run>/…): one segment, no more. (A new run's name is held
+  // to fewer characters once the state is open: one this --out already holds, from before, is continued.)
+  if (!/^[^/\\\0]+$/.test(options.run) || /^\.\.?$/.test(options.run))
+    throw new InvalidInputError(runNameRefusal(options.run));
   const out = resolve(options.out);
   mkdirSync(join(out, ".mmevol"), { recursive: true });
   // Before the state is opened: a second run on the same directory would drop this one's claims and pay again.
@@ -323,6 +336,8 @@ async function runLocked(options: LocalRunOptions, out: string, started: number)
     // shard this output already holds resumes only from the same file with the same settings: its state was
     // made from them, and another file or other settings would be ignored without a word.
     const known = new Map((await state.listShards(options.run)).map((s) => [s.shard, s]));
+    if (known.size === 0 && !/^[A-Za-z0-9._-]+$/.test(options.run))
+      throw new InvalidInputError(runNameRefusal(options.run));
     const digests = new Map<string, string>();
     for (const file of shardFiles) {
       const digest = await contentDigest(file.path);
@@ -510,6 +525,20 @@ async function runLocked(options: LocalRunOptions, out: string, started: number)
           if (error instanceof BatchTickError && error.result.messages.length > 0) {
             await tracked.send(error.result.messages);
             await drain();
+          }
+          // The provider refuses the account or cannot be reached at all: stop as the stages do (exit 3 and its
+          // remedy), not after five more ticks as a run that gave up (exit 1).
+          const refused = error instanceof BatchTickError ? error.cause : error;
+          if (refused instanceof AccountRefusedError) {
+            if (stoppedFor === null) {
+              stoppedFor = refused.message;
+              stoppedRemedy = refused.remedy;
+              logger.error("the provider refuses this account's batch calls; stopping the run", {
+                error: refused.message,
+              });
+            }
+            stop = true;
+            break;
           }
           tickFailures += 1;
           if (tickFailures > 5) throw error;

@@ -383,7 +383,7 @@ describe("mmevol run's messages", () => {
         "mmevol: shard partly: 1 line(s) rejected as invalid input; the first, line 3: invalid JSON",
       );
       expect(stderr).toContain(
-        `mmevol: shard partly: 1 sample(s) passed through unevolved, their image unusable; the first, line 4: image not found: ${join(dir.path, "images/missing.png")} (image paths resolve under ${dir.path}, the first shard's directory: --images sets another)`,
+        `mmevol: shard partly: 1 sample(s) passed through unevolved, their image unusable; the first, line 4: image not found: ${join(dir.path, "images/missing.png")} (this run resolves image paths under ${dir.path}, the first shard's directory: --images sets another; samples already passed through stay so in this --out: use a new --out to evolve them with other images)`,
       );
       expect(stderr).toContain(
         `each is listed with its reason in ${join(dir.path, "out", layout.errors("out", "partly"))}`,

@@ -414,6 +414,7 @@ export class SqliteStateStore implements StateStore {
           rounds: [],
           pending: null,
           attempts: 0,
+          retries: (record.retries ?? 0) + 1,
           error: null,
           usage: zeroUsage(),
           updatedAt: this.clock.now(),
