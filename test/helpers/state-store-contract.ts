@@ -419,6 +419,25 @@ export function describeStateStoreContract(
       expect((await store.getBatchItem("r1", "s1", "h1"))?.status).toBe("queued");
     });
 
+    it("keeps waiting items (other work waiting for a request, `<hash>~<work>`) apart from the requests", async () => {
+      const store = await open();
+      expect((await store.queueBatchItem(item("h1"))).queued).toBe(true);
+      const waiter = await store.queueBatchItem(
+        item("h1~w2", {
+          status: "waiting",
+          message: { kind: "judge", run: "r1", shard: "s1", sample: "2", round: 1 },
+        }),
+      );
+      expect(waiter).toMatchObject({ queued: true, item: { status: "waiting", hash: "h1~w2" } });
+      // Queued once: the same work waiting again finds it.
+      expect((await store.queueBatchItem(item("h1~w2", { status: "waiting" }))).queued).toBe(false);
+      expect((await store.listBatchItems("r1", "s1", "waiting")).map((i) => i.hash)).toEqual(["h1~w2"]);
+      expect((await store.listBatchItems("r1", "s1", "queued")).map((i) => i.hash)).toEqual(["h1"]);
+      expect(await store.updateBatchItem(waiter.item, { status: "answered" })).toBe(true);
+      expect(await store.getBatchItem("r1", "s1", "h1~w2")).toMatchObject({ status: "answered" });
+      expect(await store.listBatchItems("r1", "s1", "waiting")).toEqual([]);
+    });
+
     it("queues with the caller's read of the item, and still refuses when that read is out of date", async () => {
       const store = await open();
       // The caller read nothing there: queued.

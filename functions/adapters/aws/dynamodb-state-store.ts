@@ -50,6 +50,12 @@ const SAMPLE_PREFIX = "SAMPLE#";
 const ANSWER_SK = "ANSWER";
 const SHARDS_GSI_PK = "SHARDS";
 const BATCH_ITEM_PREFIX = "BATCH#";
+/**
+ * Waiting items (other work waiting for a request already in a batch, keyed `<hash>~<work>`) under their own
+ * prefix: an applied batch lists them, and a Query of `BATCH#` would read every request item of the shard to
+ * find none (a read of the whole shard per applied batch, where this reads nothing when no work waits).
+ */
+const WAITING_ITEM_PREFIX = "BATCHWAIT#";
 const OPEN_JOBS_GSI_PK = "BATCHJOBS";
 
 /** A transaction holds at most 100 items: 99 sample puts plus the shard's counter update. */
@@ -102,7 +108,7 @@ const shardPk = (run: string, shard: string): string => `SHARD#${run}#${shard}`;
 const shardKey = (run: string, shard: string) => ({ [PK]: shardPk(run, shard), [SK]: SHARD_SK });
 const batchItemKey = (run: string, shard: string, hash: string) => ({
   [PK]: shardPk(run, shard),
-  [SK]: `${BATCH_ITEM_PREFIX}${hash}`,
+  [SK]: `${hash.includes("~") ? WAITING_ITEM_PREFIX : BATCH_ITEM_PREFIX}${hash}`,
 });
 const sampleKey = (run: string, shard: string, key: string) => ({
   [PK]: shardPk(run, shard),
@@ -428,7 +434,7 @@ export class DynamoStateStore implements StateStore {
           ExpressionAttributeNames: { "#pk": PK, "#sk": SK, "#status": "status", ...byJob.names },
           ExpressionAttributeValues: {
             ":pk": shardPk(run, shard),
-            ":prefix": BATCH_ITEM_PREFIX,
+            ":prefix": status === "waiting" ? WAITING_ITEM_PREFIX : BATCH_ITEM_PREFIX,
             ":status": status,
             ...byJob.values,
           },
