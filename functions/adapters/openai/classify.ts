@@ -22,11 +22,13 @@ const exhaustedQuotaCodes: ReadonlySet<string> = new Set([
   "billing_not_active",
 ]);
 
-/** Failures to connect at all: nothing listens there, or the host or the network is unknown. */
+/**
+ * Failures to connect at all: nothing listens there, or the host or the network is unknown. Not EAI_AGAIN, a
+ * resolver's "try again later": a short DNS outage stays a retryable failure of the call.
+ */
 const unreachableCodes: ReadonlySet<string> = new Set([
   "ECONNREFUSED",
   "ENOTFOUND",
-  "EAI_AGAIN",
   "EHOSTUNREACH",
   "ENETUNREACH",
   "ENETDOWN",
