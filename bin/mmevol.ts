@@ -100,9 +100,11 @@ const duration = (ms: number) => {
 
 function progressPrinter(quiet: boolean) {
   const done = (p: Progress) => p.counts.DONE + p.counts.PASSED_THROUGH + p.counts.FAILED + p.counts.REJECTED;
+  // From the samples that went through the rounds: text-only and rejected lines end at once, and counted in
+  // the rate they made the first estimate seconds for a run of minutes.
   const eta = (p: Progress) => {
-    const d = done(p);
-    return d === 0 || p.total === 0 ? "?" : duration((p.elapsedMs / d) * (p.total - d));
+    const worked = p.counts.DONE + p.counts.FAILED;
+    return worked === 0 || p.total === 0 ? "?" : duration((p.elapsedMs / worked) * (p.total - done(p)));
   };
   if (quiet) return { update: (_: Progress) => {}, stop: () => {} };
   if (process.stderr.isTTY) {
