@@ -368,6 +368,15 @@ async function runLocked(options: LocalRunOptions, out: string, started: number)
     let stop = false;
     let stoppedFor: string | null = null;
     let stoppedRemedy: string | null = null;
+    /** The provider refuses this account's calls, or cannot be reached: the run stops, failing no sample. */
+    const stopFor = (error: AccountRefusedError) => {
+      if (stoppedFor === null) {
+        stoppedFor = error.message;
+        stoppedRemedy = error.remedy;
+        logger.error("the provider refuses this account's calls; stopping the run", { error: error.message });
+      }
+      stop = true;
+    };
     options.signal?.addEventListener("abort", () => {
       stop = true;
     });
@@ -461,14 +470,7 @@ async function runLocked(options: LocalRunOptions, out: string, started: number)
         } catch (error) {
           if (error instanceof AccountRefusedError) {
             // Every other call would be refused too: stop, leaving the work unfinished for the next run.
-            if (stoppedFor === null) {
-              stoppedFor = error.message;
-              stoppedRemedy = error.remedy;
-              logger.error("the provider refuses this account's calls; stopping the run", {
-                error: error.message,
-              });
-            }
-            stop = true;
+            stopFor(error);
             queues.release(kind, received.id, 0);
             continue;
           }
@@ -530,14 +532,7 @@ async function runLocked(options: LocalRunOptions, out: string, started: number)
           // remedy), not after five more ticks as a run that gave up (exit 1).
           const refused = error instanceof BatchTickError ? error.cause : error;
           if (refused instanceof AccountRefusedError) {
-            if (stoppedFor === null) {
-              stoppedFor = refused.message;
-              stoppedRemedy = refused.remedy;
-              logger.error("the provider refuses this account's batch calls; stopping the run", {
-                error: refused.message,
-              });
-            }
-            stop = true;
+            stopFor(refused);
             break;
           }
           tickFailures += 1;

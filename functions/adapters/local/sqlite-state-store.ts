@@ -228,7 +228,7 @@ export class SqliteStateStore implements StateStore {
   }
 
   async transition(current: SampleRecord, update: SampleUpdate): Promise<TransitionResult> {
-    const { run, shard, key } = current;
+    const { run, shard } = current;
     const next = SampleRecord.parse({
       ...current,
       ...update,
@@ -236,21 +236,7 @@ export class SqliteStateStore implements StateStore {
       updatedAt: this.clock.now(),
     });
     // One conditional UPDATE: the stored record is not read (see the port).
-    const write = () =>
-      changed(
-        this.stmt.putSample.run(
-          next.status,
-          next.round,
-          next.version,
-          JSON.stringify(next),
-          run,
-          shard,
-          key,
-          current.status,
-          current.round,
-          current.version,
-        ),
-      );
+    const write = () => this.replaceSample(current, next);
     const becameTerminal = TERMINAL_STATUSES.has(next.status) && !TERMINAL_STATUSES.has(current.status);
     if (!becameTerminal) return { applied: write(), shardPending: null };
     return this.inTransaction(() =>
@@ -419,19 +405,8 @@ export class SqliteStateStore implements StateStore {
           usage: zeroUsage(),
           updatedAt: this.clock.now(),
         });
-        const written = this.stmt.putSample.run(
-          next.status,
-          next.round,
-          next.version,
-          JSON.stringify(next),
-          run,
-          shard,
-          record.key,
-          record.status,
-          record.round,
-          record.version,
-        );
-        if (!changed(written)) throw new Error(`sample ${run}/${shard}/${record.key} changed while reopened`);
+        if (!this.replaceSample(record, next))
+          throw new Error(`sample ${run}/${shard}/${record.key} changed while reopened`);
       }
       if (failed.length > 0)
         this.writeShard({
@@ -475,6 +450,24 @@ export class SqliteStateStore implements StateStore {
   }
 
   /** Adds `delta` to the shard's pending count (inside the caller's transaction); returns the new count. */
+  /** Writes `next` over the sample if it is still `current` (status, round and version); whether it did. */
+  private replaceSample(current: SampleRecord, next: SampleRecord): boolean {
+    return changed(
+      this.stmt.putSample.run(
+        next.status,
+        next.round,
+        next.version,
+        JSON.stringify(next),
+        current.run,
+        current.shard,
+        current.key,
+        current.status,
+        current.round,
+        current.version,
+      ),
+    );
+  }
+
   private addPending(run: string, shard: string, delta: number): number {
     const current = this.readShard(run, shard);
     if (current === null) throw new ShardNotFoundError(run, shard);
