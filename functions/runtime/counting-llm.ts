@@ -1,6 +1,7 @@
 import type { ModelPrice } from "../evolution/config.ts";
 import { costOf, priceOf } from "../evolution/pricing.ts";
-import type { AdmittedCall, Llm, LlmRequest, LlmResponse } from "../ports/llm.ts";
+import { LlmAnswerError } from "../ports/errors.ts";
+import type { AdmittedCall, Llm, LlmRequest, LlmResponse, LlmUsage } from "../ports/llm.ts";
 
 export interface LlmTotals {
   calls: number;
@@ -48,17 +49,23 @@ export class CountingLlm implements Llm {
     return this.#count(request, () => this.#inner.complete(request));
   }
 
+  #paid(request: LlmRequest, usage: LlmUsage): void {
+    this.totals.calls += 1;
+    this.totals.promptTokens += usage.promptTokens;
+    this.totals.cachedTokens += usage.cachedTokens;
+    this.totals.completionTokens += usage.completionTokens;
+    this.totals.costUsd += costOf(priceOf(request.model, this.#prices), usage);
+  }
+
   async #count(request: LlmRequest, send: () => Promise<LlmResponse>): Promise<LlmResponse> {
     const started = performance.now();
     try {
       const response = await send();
-      this.totals.calls += 1;
-      this.totals.promptTokens += response.usage.promptTokens;
-      this.totals.cachedTokens += response.usage.cachedTokens;
-      this.totals.completionTokens += response.usage.completionTokens;
-      this.totals.costUsd += costOf(priceOf(request.model, this.#prices), response.usage);
+      this.#paid(request, response.usage);
       return response;
     } catch (error) {
+      // An unusable answer (cut, empty, refused) was answered and billed all the same.
+      if (error instanceof LlmAnswerError && error.usage !== null) this.#paid(request, error.usage);
       this.totals.failures += 1;
       throw error;
     } finally {
