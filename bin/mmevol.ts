@@ -455,8 +455,9 @@ program
 Environment: OPENAI_API_KEY (never printed), OPENAI_BASE_URL. With neither set, the run is a dry run.
 Exit codes: 0 done; 1 some work gave up after repeated errors (rerun to retry it); 2 bad usage, or another
 run works on the same --out; 3 the provider says the account is out of quota or refuses the key, or the
-endpoint cannot be reached (top it up, fix the key or the endpoint, rerun to resume); 4 done, but some samples FAILED (each is in the errors file with its
-reason; rerun with --retry-failed once the cause is fixed); 130 interrupted (rerun to resume).
+endpoint cannot be reached (top it up, fix the key or the endpoint, rerun to resume); 4 done, but some
+samples FAILED (each is in the errors file with its reason; rerun with --retry-failed once the cause is
+fixed); 130 interrupted (rerun to resume).
 Examples:
   mmevol run examples/seeds/demo.jsonl --out out/demo --dry-run
   OPENAI_BASE_URL=http://127.0.0.1:11434/v1 mmevol run seeds.jsonl --model qwen2.5vl --out out/q`,

@@ -4,7 +4,7 @@ import type { ModelPrice } from "../evolution/config.ts";
 import { LlmAnswerError, LlmCallError, MmevolError } from "../ports/errors.ts";
 import type { LlmRequest } from "../ports/llm.ts";
 import type { Message } from "../ports/messages.ts";
-import { type StoredAnswer, type UsageTotals, zeroUsage } from "../ports/state-store.ts";
+import { addUsage, type StoredAnswer, type UsageTotals, zeroUsage } from "../ports/state-store.ts";
 import { storedAnswer, unusableAnswer } from "./answers.ts";
 import { deferToBatch } from "./batch.ts";
 import type { StageDeps } from "./deps.ts";
@@ -52,16 +52,6 @@ const ownerParts = (owner: string): { payer: string | null; delivery: string } =
 
 /** The longest another work's claim on the same request is waited for before looking again. */
 const OTHER_WORK_RECHECK_MS = 10_000;
-
-export function addUsage(total: UsageTotals, answer: StoredAnswer): UsageTotals {
-  return {
-    calls: total.calls + 1,
-    promptTokens: total.promptTokens + answer.promptTokens,
-    cachedTokens: total.cachedTokens + answer.cachedTokens,
-    completionTokens: total.completionTokens + answer.completionTokens,
-    costUsd: total.costUsd + answer.costUsd,
-  };
-}
 
 export interface Asked<T> {
   readonly value: T;
@@ -232,16 +222,6 @@ export class AnswerRejectedError extends MmevolError {
     super(message, { retryable: false });
     this.usage = usage;
   }
-}
-
-export function addUsageTotals(a: UsageTotals, b: UsageTotals): UsageTotals {
-  return {
-    calls: a.calls + b.calls,
-    promptTokens: a.promptTokens + b.promptTokens,
-    cachedTokens: a.cachedTokens + b.cachedTokens,
-    completionTokens: a.completionTokens + b.completionTokens,
-    costUsd: a.costUsd + b.costUsd,
-  };
 }
 
 function describeIssue(issue: z.core.$ZodIssue): string {

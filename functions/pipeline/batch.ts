@@ -12,7 +12,16 @@ import { BlobNotFoundError } from "../ports/blob-store.ts";
 import { LlmAnswerError, MmevolError } from "../ports/errors.ts";
 import type { LlmRequest } from "../ports/llm.ts";
 import { Message } from "../ports/messages.ts";
-import type { BatchItem, BatchJob, ShardRecord, StoredAnswer } from "../ports/state-store.ts";
+import {
+  addUsage,
+  addUsageTotals,
+  type BatchItem,
+  type BatchJob,
+  type ShardRecord,
+  type StoredAnswer,
+  type UsageTotals,
+  zeroUsage,
+} from "../ports/state-store.ts";
 import { storedAnswer, unusableAnswer } from "./answers.ts";
 import { BatchBodyReader } from "./batch-bodies.ts";
 import type { StageDeps } from "./deps.ts";
@@ -250,15 +259,7 @@ export interface BatchTickResult {
   /** When the next open job is due a poll (or the next shard settles); null when nothing waits. */
   readonly nextAt: number | null;
   /** What the answers this tick stored cost, at batch prices (for progress; the report counts from the state). */
-  readonly paid: BatchPaid;
-}
-
-export interface BatchPaid {
-  answers: number;
-  promptTokens: number;
-  cachedTokens: number;
-  completionTokens: number;
-  costUsd: number;
+  readonly paid: UsageTotals;
 }
 
 type TickDeps = Pick<StageDeps, "state" | "blobs" | "logger" | "batch" | "defaults">;
@@ -342,7 +343,7 @@ export async function batchTick(deps: TickDeps, options: BatchTickOptions): Prom
   let submitted = 0;
   let applied = 0;
   let queuedLeft = 0;
-  const paid: BatchPaid = { answers: 0, promptTokens: 0, cachedTokens: 0, completionTokens: 0, costUsd: 0 };
+  let paid = zeroUsage();
   let nextAt: number | null = null;
   const due = (at: number) => {
     nextAt = nextAt === null ? at : Math.min(nextAt, at);
@@ -393,17 +394,11 @@ export async function batchTick(deps: TickDeps, options: BatchTickOptions): Prom
       due(options.now);
       return;
     }
-    const resent = await applyJob(
-      deps,
-      batch,
-      job,
-      info,
-      await deps.state.getShard(job.run, job.shard),
-      paid,
-    );
+    const resent = await applyJob(deps, batch, job, info, await deps.state.getShard(job.run, job.shard));
     // Collected before the job is closed: if closing it fails, the next tick applies it again (the answers
     // are stored; the stages take a message again as a no-op).
-    messages.push(...resent);
+    messages.push(...resent.messages);
+    paid = addUsageTotals(paid, resent.paid);
     applied += 1;
     await deps.state.putBatchJob({
       ...job,
@@ -413,7 +408,7 @@ export async function batchTick(deps: TickDeps, options: BatchTickOptions): Prom
       updatedAt: options.now,
       error: info.errors.length > 0 ? info.errors.join("; ").slice(0, 1000) : null,
     });
-    deps.logger.info("batch applied", { job: job.id, status: info.status, messages: resent.length });
+    deps.logger.info("batch applied", { job: job.id, status: info.status, messages: resent.messages.length });
   };
 
   const stepShard = async (shard: ShardRecord, stillOpen: readonly BatchJob[]): Promise<void> => {
@@ -805,10 +800,10 @@ async function applyJob(
   job: BatchJob,
   info: BatchInfo,
   shard: ShardRecord | null,
-  paid: BatchPaid,
-): Promise<Message[]> {
+): Promise<{ messages: Message[]; paid: UsageTotals }> {
   const config = shard === null ? null : shardConfig(shard);
   const messages: Message[] = [];
+  let paid = zeroUsage();
   /** Sends the item's message again; returns it, or null when it cannot be read (logged). */
   const resend = (item: BatchItem): Message | null => {
     const parsed = Message.safeParse(item.message);
@@ -854,11 +849,7 @@ async function applyJob(
         hash,
         queuedBy === null ? answer : { ...answer, paidBy: workKeyOf(queuedBy) },
       );
-      paid.answers += 1;
-      paid.promptTokens += answer.promptTokens;
-      paid.cachedTokens += answer.cachedTokens;
-      paid.completionTokens += answer.completionTokens;
-      paid.costUsd += answer.costUsd;
+      paid = addUsage(paid, answer);
       continue;
     }
     const reason =
@@ -882,7 +873,7 @@ async function applyJob(
         (await deps.state.updateBatchItem(waiting, { status: "answered" }))
       )
         resend(waiting);
-  return messages;
+  return { messages, paid };
 }
 
 /** An answered line as a stored answer at batch prices; an unusable answer is stored as a spent try. */

@@ -6,7 +6,6 @@ import { ingestShard } from "./ingest.ts";
 import { judgeSample } from "./judge.ts";
 
 export {
-  type BatchPaid,
   BatchTickError,
   type BatchTickResult,
   batchTick,
@@ -15,7 +14,7 @@ export {
 export type { StageDeps, StageResult } from "./deps.ts";
 export { evolveSample } from "./evolve.ts";
 export { finalizeShard } from "./finalize.ts";
-export { givenSettingKeys, ingestShard, shardSettings } from "./ingest.ts";
+export { ingestShard, shardSettings } from "./ingest.ts";
 export { judgeSample } from "./judge.ts";
 export { layout, parseSeedKey, resolveRunConfig } from "./shard-config.ts";
 export {

@@ -134,24 +134,22 @@ export function shardRefusal(size: number, maxShardBytes: number): string | null
   return `shard refused: ${size} bytes exceeds the ${maxShardBytes}-byte shard limit (maxShardBytes); no line was read`;
 }
 
-/** The settings a shard of this run, read from `key`, is created with: the run's defaults and its run.json. */
+/**
+ * The settings a shard of this run, read from `key`, is created with (the run's defaults and its run.json), and
+ * which of them the run sets itself rather than leaving to their defaults (`given`).
+ */
 export async function shardSettings(
   deps: Pick<StageDeps, "blobs" | "defaults">,
   run: string,
   key: string,
-): Promise<RunConfig & { imageRoot: string }> {
-  const config = resolveRunConfig(deps.defaults, await readRunJson(deps, run));
-  return { ...config, imageRoot: config.imageRoot ?? key.slice(0, key.lastIndexOf("/") + 1) };
-}
-
-/** The settings this run sets itself (the runtime's defaults as given, and its run.json), not left to defaults. */
-export async function givenSettingKeys(
-  deps: Pick<StageDeps, "blobs" | "defaults">,
-  run: string,
-): Promise<Set<string>> {
+): Promise<{ config: RunConfig & { imageRoot: string }; given: Set<string> }> {
   const runJson = await readRunJson(deps, run);
+  const config = resolveRunConfig(deps.defaults, runJson);
   const own = typeof runJson === "object" && runJson !== null && !Array.isArray(runJson) ? runJson : {};
-  return new Set([...Object.keys(deps.defaults), ...Object.keys(own)]);
+  return {
+    config: { ...config, imageRoot: config.imageRoot ?? key.slice(0, key.lastIndexOf("/") + 1) },
+    given: new Set([...Object.keys(deps.defaults), ...Object.keys(own)]),
+  };
 }
 
 /**
@@ -177,7 +175,7 @@ async function registerShard(
       : existing.key === key
         ? `${message.shard}.${message.etag.replace(/[^A-Za-z0-9]/g, "").slice(0, 12)}`
         : byKey;
-  const withRoot = await shardSettings(deps, run, key);
+  const { config: withRoot } = await shardSettings(deps, run, key);
   const now = deps.clock.now();
   // Another file may take the name between the look above and this create (two uploads at once): the shard
   // created is then not ours, and this file takes its own by its key.

@@ -11,8 +11,8 @@ import {
 import { priceOf } from "../evolution/pricing.ts";
 import type { Item, RoundRecord, Verdict, Version } from "../evolution/schemas.ts";
 import type { JudgeMessage } from "../ports/messages.ts";
-import { zeroUsage } from "../ports/state-store.ts";
-import { addUsageTotals, askStructured } from "./ask.ts";
+import { addUsageTotals, zeroUsage } from "../ports/state-store.ts";
+import { askStructured } from "./ask.ts";
 import type { StageDeps, StageInput, StageResult } from "./deps.ts";
 import { endSample, failOrRetry, lostFinalize } from "./outcome.ts";
 import { loadShardConfig } from "./shard-config.ts";

@@ -1,8 +1,8 @@
 import type { RunConfig } from "../evolution/config.ts";
 import { LlmCallError } from "../ports/errors.ts";
 import type { Message } from "../ports/messages.ts";
-import { type SampleRecord, type SampleUpdate, zeroUsage } from "../ports/state-store.ts";
-import { AnswerRejectedError, addUsageTotals, RequestInFlightError } from "./ask.ts";
+import { addUsageTotals, type SampleRecord, type SampleUpdate, zeroUsage } from "../ports/state-store.ts";
+import { AnswerRejectedError, RequestInFlightError } from "./ask.ts";
 import { DeferredToBatchError } from "./batch.ts";
 import type { StageDeps, StageResult } from "./deps.ts";
 

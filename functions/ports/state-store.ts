@@ -46,6 +46,27 @@ export const zeroUsage = (): UsageTotals => ({
   costUsd: 0,
 });
 
+/** The totals with one more paid answer. */
+export function addUsage(total: UsageTotals, answer: StoredAnswer): UsageTotals {
+  return {
+    calls: total.calls + 1,
+    promptTokens: total.promptTokens + answer.promptTokens,
+    cachedTokens: total.cachedTokens + answer.cachedTokens,
+    completionTokens: total.completionTokens + answer.completionTokens,
+    costUsd: total.costUsd + answer.costUsd,
+  };
+}
+
+export function addUsageTotals(a: UsageTotals, b: UsageTotals): UsageTotals {
+  return {
+    calls: a.calls + b.calls,
+    promptTokens: a.promptTokens + b.promptTokens,
+    cachedTokens: a.cachedTokens + b.cachedTokens,
+    completionTokens: a.completionTokens + b.completionTokens,
+    costUsd: a.costUsd + b.costUsd,
+  };
+}
+
 /** Everything the pipeline knows about one input line. `key` is unique within the shard (the line). */
 export const SampleRecord = z.object({
   run: z.string(),

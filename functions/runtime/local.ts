@@ -15,11 +15,9 @@ import type { ShardReport } from "../evolution/report.ts";
 import { BatchBodyWriter } from "../pipeline/batch-bodies.ts";
 import { CompletionSizer } from "../pipeline/completion-sizer.ts";
 import {
-  type BatchPaid,
   BatchTickError,
   type BatchTickResult,
   batchTick,
-  givenSettingKeys,
   layout,
   recoverMessages,
   runStage,
@@ -35,10 +33,13 @@ import type { Llm } from "../ports/llm.ts";
 import { Message, type Stage, type WorkQueue } from "../ports/messages.ts";
 import { type Clock, type Logger, silentLogger, systemClock } from "../ports/runtime.ts";
 import {
+  addUsageTotals,
   emptyStatusCounts,
   type SampleStatus,
   type ShardRecord,
   TERMINAL_STATUSES,
+  type UsageTotals,
+  zeroUsage,
 } from "../ports/state-store.ts";
 import { CallPacing } from "./call-pacing.ts";
 import { CountingLlm, type LlmTotals } from "./counting-llm.ts";
@@ -186,8 +187,9 @@ async function assertSameShard(
     return parsed.success ? { ...parsed.data, judgeModel: judgeModelOf(parsed.data) } : config;
   };
   const before = normal(stored.config);
-  const now = normal(await shardSettings(deps, stored.run, stored.key));
-  const given = await givenSettingKeys(deps, stored.run);
+  const settings = await shardSettings(deps, stored.run, stored.key);
+  const now = normal(settings.config);
+  const given = settings.given;
   if (given.has("model")) given.add("judgeModel");
   const changed = [...new Set([...Object.keys(before), ...Object.keys(now)])]
     .filter((key) => given.has(key) && JSON.stringify(before[key]) !== JSON.stringify(now[key]))
@@ -381,32 +383,18 @@ async function runLocked(options: LocalRunOptions, out: string, started: number)
       stop = true;
     });
     // What batches answered, at batch prices: progress shows it with the online calls' cost.
-    const batchPaid: BatchPaid = {
-      answers: 0,
-      promptTokens: 0,
-      cachedTokens: 0,
-      completionTokens: 0,
-      costUsd: 0,
-    };
-    const addPaid = (paid: BatchPaid) => {
-      for (const key of Object.keys(batchPaid) as (keyof BatchPaid)[]) batchPaid[key] += paid[key];
+    let batchPaid = zeroUsage();
+    const addPaid = (paid: UsageTotals) => {
+      batchPaid = addUsageTotals(batchPaid, paid);
     };
     const progress = () => {
       if (!options.onProgress) return;
-      const t = llm.totals;
       options.onProgress(
         snapshot(
           state,
           options.run,
           shardFiles.map((f) => f.name),
-          {
-            ...t,
-            calls: t.calls + batchPaid.answers,
-            promptTokens: t.promptTokens + batchPaid.promptTokens,
-            cachedTokens: t.cachedTokens + batchPaid.cachedTokens,
-            completionTokens: t.completionTokens + batchPaid.completionTokens,
-            costUsd: t.costUsd + batchPaid.costUsd,
-          },
+          { ...llm.totals, ...addUsageTotals(llm.totals, batchPaid) },
           performance.now() - started,
         ),
       );

@@ -1,4 +1,6 @@
+import type { BatchApi } from "../../functions/ports/batch-api.ts";
 import type { LlmRequest, LlmResponse } from "../../functions/ports/llm.ts";
+import { type Logger, silentLogger } from "../../functions/ports/runtime.ts";
 
 /** A small text request, as the governor and ask tests send it. */
 export const textRequest: LlmRequest = {
@@ -26,3 +28,26 @@ export const failureOf = (promise: Promise<unknown>): Promise<unknown> =>
     () => null,
     (error: unknown) => error,
   );
+
+/** A logger that keeps the message of every warning, and drops the rest. */
+export function warningsLogger(): { logger: Logger; warnings: string[] } {
+  const warnings: string[] = [];
+  return { logger: { ...silentLogger, warn: (message) => warnings.push(message) }, warnings };
+}
+
+/**
+ * A Batch API that cannot take new work (every upload, create and listing throws `error`) while batches already
+ * made can still be read from `existing`.
+ */
+export function batchApiDown(error: () => Error, existing: BatchApi): BatchApi {
+  const down = async (): Promise<never> => {
+    throw error();
+  };
+  return {
+    uploadFile: down,
+    createBatch: down,
+    listBatches: down,
+    getBatch: (id) => existing.getBatch(id),
+    fileText: (id) => existing.fileText(id),
+  };
+}

@@ -53,6 +53,41 @@ export const sampleRecord = (key: string, overrides: Partial<SampleRecord> = {})
   ...overrides,
 });
 
+/** A batch job of shard r1/s1, being submitted (no file or batch yet). */
+export const batchJob = (id: string, overrides: Partial<BatchJob> = {}): BatchJob => ({
+  run: "r1",
+  shard: "s1",
+  id,
+  status: "submitting",
+  model: "gpt-4o-mini",
+  items: 2,
+  bytes: 100,
+  fileId: null,
+  batchId: null,
+  remoteStatus: null,
+  polls: 0,
+  nextPollAt: 0,
+  createdAt: 0,
+  updatedAt: 0,
+  error: null,
+  ...overrides,
+});
+
+/** A job of one request submitted at `at`, its batch still running at the provider. */
+export const submittedBatchJob = (id: string, at: number, overrides: Partial<BatchJob> = {}): BatchJob =>
+  batchJob(id, {
+    status: "submitted",
+    items: 1,
+    fileId: "file-1",
+    batchId: "batch-1",
+    remoteStatus: "in_progress",
+    polls: 3,
+    nextPollAt: at,
+    createdAt: at,
+    updatedAt: at,
+    ...overrides,
+  });
+
 export const answer = (content: string): StoredAnswer => ({
   content,
   promptTokens: 10,
@@ -371,24 +406,7 @@ export function describeStateStoreContract(
       updatedAt: 0,
       ...overrides,
     });
-    const job = (id: string, overrides: Partial<BatchJob> = {}): BatchJob => ({
-      run: "r1",
-      shard: "s1",
-      id,
-      status: "submitting",
-      model: "gpt-4o-mini",
-      items: 2,
-      bytes: 100,
-      fileId: null,
-      batchId: null,
-      remoteStatus: null,
-      polls: 0,
-      nextPollAt: 0,
-      createdAt: 0,
-      updatedAt: 0,
-      error: null,
-      ...overrides,
-    });
+    const job = batchJob;
 
     it("queues a request once, and again only after it failed, keeping its tries", async () => {
       const store = await open();

@@ -5,10 +5,10 @@ import { OpenAiBatchCodec } from "../../functions/adapters/openai/batch-codec.ts
 import { SimulatedBatches } from "../../functions/adapters/simulated/batches.ts";
 import { SimulatedLlm } from "../../functions/adapters/simulated/simulated-llm.ts";
 import type { Faults } from "../../functions/ports/faults.ts";
-import { type Logger, silentLogger } from "../../functions/ports/runtime.ts";
 import { runLocal } from "../../functions/runtime/local.ts";
 import { writeBenchShard } from "../helpers/bench-shard.ts";
 import { tempDir } from "../helpers/files.ts";
+import { warningsLogger } from "../helpers/llm.ts";
 
 const dirs: { cleanup: () => void }[] = [];
 afterAll(() => {
@@ -33,8 +33,7 @@ describe("batch mode, work dropped while the batches ran", () => {
       },
       duplicate: () => false,
     };
-    const warnings: string[] = [];
-    const logger: Logger = { ...silentLogger, warn: (message) => warnings.push(message) };
+    const { logger, warnings } = warningsLogger();
     const out = join(dir.path, "out");
     const result = await runLocal({
       shards: [shard],

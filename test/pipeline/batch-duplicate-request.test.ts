@@ -12,9 +12,9 @@ import {
 import { SimulatedLlm } from "../../functions/adapters/simulated/simulated-llm.ts";
 import type { BatchApi } from "../../functions/ports/batch-api.ts";
 import type { Llm, LlmRequest, LlmResponse } from "../../functions/ports/llm.ts";
-import { type Logger, silentLogger } from "../../functions/ports/runtime.ts";
 import { runLocal } from "../../functions/runtime/local.ts";
 import { demoShard, readJson, readJsonl, repoRoot, tempDir } from "../helpers/files.ts";
+import { warningsLogger } from "../helpers/llm.ts";
 import { ReportCounts } from "../helpers/report.ts";
 
 const dirs: { cleanup: () => void }[] = [];
@@ -90,8 +90,7 @@ describe("batch mode, two samples of one shard with the same request in one roun
     const sims = new SimulatedBatches({ engine: new OrdinalBlindEngine() });
     const { api, lines } = recordingApi(sims);
     const llm = new CountedLlm();
-    const warnings: string[] = [];
-    const logger: Logger = { ...silentLogger, warn: (message) => warnings.push(message) };
+    const { logger, warnings } = warningsLogger();
     const result = await runLocal({
       shards: [shard],
       images: join(repoRoot, "examples/seeds"),

@@ -13,6 +13,7 @@ import type { Llm, LlmRequest, LlmResponse } from "../../functions/ports/llm.ts"
 import { type Logger, silentLogger } from "../../functions/ports/runtime.ts";
 import { type Progress, runLocal } from "../../functions/runtime/local.ts";
 import { demoShard, readJson, tempDir } from "../helpers/files.ts";
+import { warningsLogger } from "../helpers/llm.ts";
 import { ReportCounts } from "../helpers/report.ts";
 
 const dirs: { cleanup: () => void }[] = [];
@@ -119,8 +120,7 @@ describe("batch mode on the local runner", () => {
     const out = join(dir.path, "out");
     mkdirSync(join(out, "work/demo/batches"), { recursive: true });
     writeFileSync(join(out, "work/demo/batches/limits.json"), "{ not json");
-    const warnings: string[] = [];
-    const logger: Logger = { ...silentLogger, warn: (message) => warnings.push(message) };
+    const { logger, warnings } = warningsLogger();
     const { llm, counts } = await run({ mode: "batch", out, logger });
     expect(warnings).toContain("unreadable batch limits file, ignored");
     expect(counts).toMatchObject({ failed: 0, addsUp: true });

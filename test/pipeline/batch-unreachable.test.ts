@@ -7,16 +7,13 @@ import { EndpointUnreachableError } from "../../functions/ports/errors.ts";
 import { runLocal } from "../../functions/runtime/local.ts";
 import { writeBenchShard } from "../helpers/bench-shard.ts";
 import { tempDir } from "../helpers/files.ts";
+import { batchApiDown } from "../helpers/llm.ts";
 
 describe("batch mode with an endpoint that cannot be reached", () => {
   it("stops the run with the reason and its remedy (exit 3), as online mode does, not a rejected run (exit 1)", async () => {
     const dir = tempDir();
     try {
       const shard = writeBenchShard(dir.path, { samples: 2, name: "b" });
-      const api = new SimulatedBatches();
-      const down = async (): Promise<never> => {
-        throw new EndpointUnreachableError("cannot reach the LLM endpoint (ECONNREFUSED): Connection error.");
-      };
       const result = await runLocal({
         shards: [shard],
         out: join(dir.path, "out"),
@@ -25,13 +22,11 @@ describe("batch mode with an endpoint that cannot be reached", () => {
         config: { rounds: 1, dryRun: true, mode: "batch" },
         llm: new SimulatedLlm(),
         batch: {
-          api: {
-            uploadFile: down,
-            createBatch: down,
-            listBatches: down,
-            getBatch: (id) => api.getBatch(id),
-            fileText: (id) => api.fileText(id),
-          },
+          api: batchApiDown(
+            () =>
+              new EndpointUnreachableError("cannot reach the LLM endpoint (ECONNREFUSED): Connection error."),
+            new SimulatedBatches(),
+          ),
           codec: new OpenAiBatchCodec(),
         },
         batchMinPollMs: 1,

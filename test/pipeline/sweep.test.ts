@@ -11,7 +11,7 @@ import { recoverMessages, sweepStuck } from "../../functions/pipeline/sweep.ts";
 import type { CrashPoint } from "../../functions/ports/faults.ts";
 import { silentLogger } from "../../functions/ports/runtime.ts";
 import { tempDir } from "../helpers/files.ts";
-import { sampleRecord, shardRecord } from "../helpers/state-store-contract.ts";
+import { sampleRecord, shardRecord, submittedBatchJob } from "../helpers/state-store-contract.ts";
 
 const MINUTE = 60_000;
 
@@ -79,23 +79,7 @@ describe("sweepStuck", () => {
       sampleRecord("in-batch", { status: "EVOLVING", round: 1, updatedAt: t0 }),
       sampleRecord("online", { shard: "s2", status: "EVOLVING", round: 1, updatedAt: t0 }),
     ]);
-    await state.putBatchJob({
-      run: "r1",
-      shard: "s1",
-      id: "job-1",
-      status: "submitted",
-      model: "gpt-4o-mini",
-      items: 1,
-      bytes: 100,
-      fileId: "file-1",
-      batchId: "batch-1",
-      remoteStatus: "in_progress",
-      polls: 3,
-      nextPollAt: t0,
-      createdAt: t0,
-      updatedAt: t0,
-      error: null,
-    });
+    await state.putBatchJob(submittedBatchJob("job-1", t0));
     const sweep = () =>
       sweepStuck(
         { state },

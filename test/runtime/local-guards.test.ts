@@ -13,6 +13,7 @@ import { runLocal } from "../../functions/runtime/local.ts";
 import { writeBenchShard } from "../helpers/bench-shard.ts";
 import { runCli } from "../helpers/cli.ts";
 import { repoRoot, tempDir } from "../helpers/files.ts";
+import { batchApiDown } from "../helpers/llm.ts";
 
 describe("the local runner refuses what it cannot run whole", () => {
   it("two shards with one name (a/train.jsonl, b/train.jsonl): refused, before anything is read", async () => {
@@ -69,10 +70,6 @@ describe("the local runner refuses what it cannot run whole", () => {
     process.on("uncaughtException", onUncaught);
     try {
       const shard = writeBenchShard(dir.path, { samples: 2, name: "s" });
-      const api = new SimulatedBatches();
-      const down = async (): Promise<never> => {
-        throw new Error("network down");
-      };
       let ended = false;
       let progressAfterEnd = 0;
       await expect(
@@ -85,13 +82,7 @@ describe("the local runner refuses what it cannot run whole", () => {
           llm: new SimulatedLlm(),
           // Every upload fails: the batch step gives up after its retries and the run rejects.
           batch: {
-            api: {
-              uploadFile: down,
-              createBatch: down,
-              listBatches: down,
-              getBatch: (id) => api.getBatch(id),
-              fileText: (id) => api.fileText(id),
-            },
+            api: batchApiDown(() => new Error("network down"), new SimulatedBatches()),
             codec: new OpenAiBatchCodec(),
           },
           batchMinPollMs: 1,

@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { formatSummaries, summarizeShards } from "../../bin/commands/summary.ts";
 import { SqliteStateStore } from "../../functions/adapters/local/sqlite-state-store.ts";
-import { sampleRecord, shardRecord } from "../helpers/state-store-contract.ts";
+import { sampleRecord, shardRecord, submittedBatchJob } from "../helpers/state-store-contract.ts";
 
 const HOUR = 60 * 60_000;
 
@@ -32,23 +32,7 @@ describe("mmevol status's summary", () => {
           }),
         ]);
       }
-      await store.putBatchJob({
-        run: "r1",
-        shard: "batched",
-        id: "job-1",
-        status: "submitted",
-        model: "gpt-4o-mini",
-        items: 1,
-        bytes: 100,
-        fileId: "file-1",
-        batchId: "batch-1",
-        remoteStatus: "in_progress",
-        polls: 3,
-        nextPollAt: now,
-        createdAt: now - HOUR,
-        updatedAt: now - HOUR,
-        error: null,
-      });
+      await store.putBatchJob(submittedBatchJob("job-1", now - HOUR, { shard: "batched", nextPollAt: now }));
       const summaries = await summarizeShards(store, { now, stuckAfterMs: 30 * 60_000, scanFinalized: true });
       const byShard = new Map(summaries.map((s) => [s.shard, s]));
       expect(byShard.get("online")).toMatchObject({ openBatches: 0, stuck: [{ line: 7, id: "cat-online" }] });

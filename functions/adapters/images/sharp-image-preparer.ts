@@ -172,11 +172,12 @@ export class SharpImagePreparer implements ImagePreparer {
 
   async #readSource(imagePath: string, maxBytes: number): Promise<Uint8Array> {
     const size = await this.#blobs.size(imagePath);
-    if (size === null) throw new InvalidInputError(`image not found: ${this.#blobs.describe(imagePath)}`);
-    if (size === 0) throw new InvalidInputError(`image is empty: ${this.#blobs.describe(imagePath)}`);
+    const where = this.#blobs.describe(imagePath);
+    if (size === null) throw new InvalidInputError(`image not found: ${where}`);
+    if (size === 0) throw new InvalidInputError(`image is empty: ${where}`);
     if (size > maxBytes) {
       throw new InvalidInputError(
-        `image is ${size} bytes, over the limit of ${maxBytes} bytes (maxImageBytes): ${this.#blobs.describe(imagePath)}`,
+        `image is ${size} bytes, over the limit of ${maxBytes} bytes (maxImageBytes): ${where}`,
       );
     }
     return this.#blobs.get(imagePath);
@@ -189,19 +190,18 @@ export class SharpImagePreparer implements ImagePreparer {
     maxPixels: number,
   ): Promise<{ data: Uint8Array; width: number; height: number }> {
     const decoderOptions = { limitInputPixels: maxPixels, failOn: "error" } as const;
+    const where = this.#blobs.describe(imagePath);
     try {
       // Header only, so no pixel cap is needed here; sharp's own cap would hide the sizes behind a bare message.
       const meta = await sharp(source, { failOn: "error", limitInputPixels: false }).metadata();
       if (meta.format === undefined || !acceptedFormats.has(meta.format)) {
-        throw new InvalidInputError(
-          `image format ${meta.format ?? "unknown"} is not supported: ${this.#blobs.describe(imagePath)}`,
-        );
+        throw new InvalidInputError(`image format ${meta.format ?? "unknown"} is not supported: ${where}`);
       }
       // The header alone tells the size: refuse a bomb here, with the limit named, before anything is decoded.
       const pixels = (meta.width ?? 0) * (meta.height ?? 0);
       if (pixels > maxPixels) {
         throw new InvalidInputError(
-          `image is ${meta.width}x${meta.height} (${pixels} pixels), over the pixel limit of ${maxPixels} (maxImagePixels): ${this.#blobs.describe(imagePath)}`,
+          `image is ${meta.width}x${meta.height} (${pixels} pixels), over the pixel limit of ${maxPixels} (maxImagePixels): ${where}`,
         );
       }
       const { data, info } = await sharp(source, decoderOptions)
@@ -213,12 +213,9 @@ export class SharpImagePreparer implements ImagePreparer {
       return { data, width: info.width, height: info.height };
     } catch (error) {
       if (error instanceof InvalidInputError) throw error;
-      throw new InvalidInputError(
-        `image cannot be decoded: ${this.#blobs.describe(imagePath)}: ${reasonOf(error)}`,
-        {
-          cause: error,
-        },
-      );
+      throw new InvalidInputError(`image cannot be decoded: ${where}: ${reasonOf(error)}`, {
+        cause: error,
+      });
     }
   }
 }

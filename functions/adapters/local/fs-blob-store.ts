@@ -114,7 +114,7 @@ export class FsBlobStore implements BlobStore {
     }
   }
 
-  /** Maps a key to its file, refusing anything that could escape the root. */
+  /** The key's file path (the key itself when it is not a valid key). */
   describe(key: string): string {
     try {
       return this.pathOf(key);
@@ -123,6 +123,7 @@ export class FsBlobStore implements BlobStore {
     }
   }
 
+  /** Maps a key to its file, refusing anything that could escape the root. */
   private pathOf(key: string): string {
     const refuse = (why: string): never => {
       throw new InvalidInputError(`invalid blob key ${JSON.stringify(key)}: ${why}`);

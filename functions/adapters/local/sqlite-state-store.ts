@@ -449,7 +449,6 @@ export class SqliteStateStore implements StateStore {
     this.stmt.putShard.run(JSON.stringify(parsed), parsed.run, parsed.shard);
   }
 
-  /** Adds `delta` to the shard's pending count (inside the caller's transaction); returns the new count. */
   /** Writes `next` over the sample if it is still `current` (status, round and version); whether it did. */
   private replaceSample(current: SampleRecord, next: SampleRecord): boolean {
     return changed(
@@ -468,6 +467,7 @@ export class SqliteStateStore implements StateStore {
     );
   }
 
+  /** Adds `delta` to the shard's pending count (inside the caller's transaction); returns the new count. */
   private addPending(run: string, shard: string, delta: number): number {
     const current = this.readShard(run, shard);
     if (current === null) throw new ShardNotFoundError(run, shard);

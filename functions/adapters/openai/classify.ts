@@ -34,6 +34,13 @@ const unreachableCodes: ReadonlySet<string> = new Set([
   "ENETDOWN",
 ]);
 
+/**
+ * Whether a 429's message is OpenAI's for a request over the model's whole per-minute limit, which no wait cures:
+ * "Request too large for gpt-4o in organization org-… on tokens per min (TPM): Limit 30000, Requested 36153. The
+ * input or output tokens must be reduced…" (the client's error message puts the status in front).
+ */
+export const isRequestTooLarge = (message: string): boolean => /^(429 )?request too large\b/i.test(message);
+
 /** Socket and undici failures: the request never got an answer, so asking again can help. */
 const transientNetworkCodes: ReadonlySet<string> = new Set([
   "ECONNRESET",
@@ -178,9 +185,7 @@ export const classifyFailure = (error: unknown, secrets: readonly string[] = [])
         { status, cause: error },
       );
     }
-    // OpenAI's 429 for a request over the whole per-minute limit: "Request too large for gpt-4o in organization
-    // org-… on tokens per min (TPM): Limit 30000, Requested 36153. The input or output tokens must be reduced…".
-    if (status === 429 && /^(429 )?request too large\b/i.test(error.message)) {
+    if (status === 429 && isRequestTooLarge(error.message)) {
       return new RequestTooLargeError(
         `LLM call refused: the request is larger than the model's per-minute limit, so no wait helps (HTTP 429): ${scrub(error.message)}`,
         { status, cause: error },

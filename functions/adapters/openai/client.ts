@@ -1,6 +1,6 @@
 import { OpenAI } from "openai";
 import type { Logger } from "../../ports/runtime.ts";
-import { scrubSecrets } from "./classify.ts";
+import { isRequestTooLarge, scrubSecrets } from "./classify.ts";
 
 /** How both OpenAI adapters reach an endpoint: the key, where, and the client's own timeout and retries. */
 export interface OpenAiClientOptions {
@@ -39,6 +39,16 @@ export function createOpenAiClient(
   });
 }
 
+/** The `error.message` of an error body, or "" when it has none. */
+function errorMessageOf(body: string): string {
+  try {
+    const message: unknown = JSON.parse(body)?.error?.message;
+    return typeof message === "string" ? message : "";
+  } catch {
+    return "";
+  }
+}
+
 /**
  * OpenAI's 429 "Request too large …" is a request over the model's whole per-minute limit: no wait helps
  * (classifyFailure makes it a permanent RequestTooLargeError). Marked `x-should-retry: false`, so the client
@@ -49,7 +59,7 @@ function noRetryWhenTooLarge(inner: typeof fetch): typeof fetch {
     const response = await inner(input, init);
     if (response.status !== 429 || response.headers.has("x-should-retry")) return response;
     const text = await response.clone().text();
-    if (!/"message"\s*:\s*"request too large\b/i.test(text)) return response;
+    if (!isRequestTooLarge(errorMessageOf(text))) return response;
     const headers = new Headers(response.headers);
     headers.set("x-should-retry", "false");
     headers.delete("content-encoding");
