@@ -6,8 +6,10 @@ import {
   SendMessageBatchCommand,
   type SQSClient,
 } from "@aws-sdk/client-sqs";
+import { SqsWorkQueue } from "../../functions/adapters/aws/sqs-work-queue.ts";
+import { nextMessageOf } from "../../functions/pipeline/sweep.ts";
 import type { Message, Stage } from "../../functions/ports/messages.ts";
-import { type StateStore, TERMINAL_STATUSES } from "../../functions/ports/state-store.ts";
+import { type SampleRecord, type StateStore, TERMINAL_STATUSES } from "../../functions/ports/state-store.ts";
 import { DEAD_LETTERS_FILE, type DeadLetterRecord } from "../../functions/runtime/local.ts";
 import { withRunLock } from "../../functions/runtime/run-lock.ts";
 import { awsClientsFor, QUEUE_STAGES, readStackOutputs } from "./outputs.ts";
@@ -156,4 +158,86 @@ export async function deployedRedrive(options: DeployedRedriveOptions): Promise<
     lines.push(`${stage}: moved ${n} message(s) from the dead-letter queue back to the ${stage} queue`);
   }
   return { moved, lines };
+}
+
+export interface FailedRedrive {
+  /** The samples started again, by shard. */
+  readonly reopened: readonly {
+    readonly run: string;
+    readonly shard: string;
+    readonly samples: SampleRecord[];
+  }[];
+  readonly lines: string[];
+}
+
+/** Starts the FAILED samples of every shard (of one run, when given) again, in the state. */
+async function reopenAll(state: StateStore, run: string | undefined): Promise<FailedRedrive["reopened"]> {
+  const reopened: { run: string; shard: string; samples: SampleRecord[] }[] = [];
+  for (const shard of await state.listShards(run)) {
+    const samples = await state.reopenFailed(shard.run, shard.shard);
+    if (samples.length > 0) reopened.push({ run: shard.run, shard: shard.shard, samples });
+  }
+  return reopened;
+}
+
+/** What a `--failed` redrive did, shard by shard, with the lines of the samples (the first ten). */
+function reopenedLines(reopened: FailedRedrive["reopened"], run: string | undefined): string[] {
+  const total = reopened.reduce((n, r) => n + r.samples.length, 0);
+  if (total === 0) return [`no FAILED samples${run === undefined ? "" : ` in run ${run}`}: nothing to retry`];
+  return [
+    `${total} FAILED sample(s) start again from their seed; answers already stored are read back, not paid again`,
+    ...reopened.map(({ run, shard, samples }) => {
+      const lines = samples.map((s) => s.line).sort((a, b) => a - b);
+      const shown =
+        lines.slice(0, 10).join(", ") + (lines.length > 10 ? `, ... (${lines.length - 10} more)` : "");
+      return `  ${run}/${shard}: ${samples.length} sample(s), line(s) ${shown}`;
+    }),
+  ];
+}
+
+/**
+ * `mmevol redrive --failed --out DIR`: the local run's FAILED samples start again from their seed, as
+ * `mmevol run --retry-failed` does; the next `mmevol run` on the same output evolves them and writes the
+ * shard's outputs again.
+ */
+export async function localRedriveFailed(options: {
+  readonly out: string;
+  readonly run?: string;
+}): Promise<FailedRedrive> {
+  // openLocalState names a missing state; with one, a run going on must not have its samples changed under it.
+  openLocalState(options.out).close();
+  return withRunLock(resolve(options.out), async () => {
+    const state = openLocalState(options.out);
+    try {
+      const reopened = await reopenAll(state, options.run);
+      const lines = reopenedLines(reopened, options.run);
+      if (reopened.length > 0)
+        lines.push(`run the same \`mmevol run ... --out ${options.out}\` command again: it evolves them`);
+      return { reopened, lines };
+    } finally {
+      state.close();
+    }
+  });
+}
+
+/**
+ * `mmevol redrive --failed --outputs FILE`: a deployed stack's FAILED samples start again from their seed
+ * (their shard opens again), and their evolve messages go to the evolve queue; the last of them to finish
+ * finalizes the shard again, which rewrites its evolved data, lineage and report with them. A message that
+ * could not be sent is found again by the sweeper (the sample is INGESTED, not yet updated).
+ */
+export async function deployedRedriveFailed(options: {
+  readonly outputs: string;
+  readonly stack?: string;
+  readonly endpoint?: string;
+  readonly run?: string;
+}): Promise<FailedRedrive> {
+  const outputs = readStackOutputs(options.outputs, options.stack);
+  const { sqs, state } = awsClientsFor(outputs, options.endpoint);
+  const reopened = await reopenAll(state, options.run);
+  const messages = reopened.flatMap((r) => r.samples.map(nextMessageOf).filter((m) => m !== null));
+  await new SqsWorkQueue({ client: sqs, queueUrls: { evolve: outputs.queues.evolve.url } }).send(messages);
+  const lines = reopenedLines(reopened, options.run);
+  if (messages.length > 0) lines.push(`sent ${messages.length} evolve message(s) to the evolve queue`);
+  return { reopened, lines };
 }

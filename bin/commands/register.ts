@@ -1,7 +1,7 @@
 import { type Command, InvalidArgumentError, Option } from "commander";
 import { MmevolError } from "../../functions/ports/errors.ts";
 import type { Stage } from "../../functions/ports/messages.ts";
-import { deployedRedrive, localRedrive } from "./redrive.ts";
+import { deployedRedrive, deployedRedriveFailed, localRedrive, localRedriveFailed } from "./redrive.ts";
 import { deployedStatus, localStatus } from "./status.ts";
 
 const minutes = (value: string): number => {
@@ -118,6 +118,11 @@ receive counts go up. Use --peek 0 to only count them.`,
         .default("all"),
     )
     .option("--max <n>", "move at most this many messages per queue", count)
+    .option(
+      "--failed",
+      "instead of dead letters: start the FAILED samples again from their seed (once the cause is fixed)",
+    )
+    .option("--run <name>", "with --failed: only this run's samples")
     .addHelpText(
       "after",
       `${TARGET_HELP}
@@ -126,18 +131,33 @@ batches), where they start over with a fresh receive count; prints how many move
 Local run: a local run keeps no queue once it exits; its queue is the state, and every \`mmevol run\` starts by
 re-queuing all unfinished work from it. So redrive checks the last run's dead letters against the state, sets
 the list aside (.mmevol/dead-letters.<time>.redriven.jsonl) and tells you to run the same \`mmevol run\` again,
-which retries them with fresh delivery counts. Fix the cause first (see \`mmevol status --out DIR\`).`,
+which retries them with fresh delivery counts. Fix the cause first (see \`mmevol status --out DIR\`).
+
+With --failed: every FAILED sample (of --run, or of every run) starts again from its seed, its shard opens
+again, and the answers it already got are read back, not paid again; when the last of them finishes, the
+shard's evolved data, lineage and report are written again with them. A deployed stack gets their evolve
+messages at once; a local run evolves them at the next \`mmevol run\` on the same output (as
+\`mmevol run --retry-failed\` does). Dead letters are left as they are.`,
     )
-    .action((flags: Target & { queue: Stage | "all"; max?: number }) =>
+    .action((flags: Target & { queue: Stage | "all"; max?: number; failed?: boolean; run?: string }) =>
       report(async () => {
         const where = target(flags);
+        const aws = {
+          ...(flags.stack === undefined ? {} : { stack: flags.stack }),
+          ...(flags.endpoint === undefined ? {} : { endpoint: flags.endpoint }),
+        };
+        if (flags.failed) {
+          const run = flags.run === undefined ? {} : { run: flags.run };
+          if ("local" in where) return localRedriveFailed({ out: where.local, ...run });
+          return deployedRedriveFailed({ outputs: where.outputs, ...run, ...aws });
+        }
+        if (flags.run !== undefined) throw new InvalidArgumentError("--run goes with --failed");
         if ("local" in where) return localRedrive({ out: where.local });
         return deployedRedrive({
           outputs: where.outputs,
           queue: flags.queue,
           ...(flags.max === undefined ? {} : { max: flags.max }),
-          ...(flags.stack === undefined ? {} : { stack: flags.stack }),
-          ...(flags.endpoint === undefined ? {} : { endpoint: flags.endpoint }),
+          ...aws,
         });
       }),
     );

@@ -40,6 +40,9 @@ export const describeMessage = (m: DeadLetterRecord["message"]): string =>
     ? `${m.kind} ${m.run}/${m.shard}/${m.sample} round ${m.round}`
     : `${m.kind} ${m.run}/${m.shard}`;
 
+const anyFailed = (shards: readonly ShardSummary[]): boolean =>
+  shards.some((shard) => (shard.counts?.FAILED ?? 0) > 0);
+
 export interface LocalStatusOptions {
   readonly out: string;
   readonly run?: string;
@@ -80,6 +83,10 @@ export async function localStatus(options: LocalStatusOptions): Promise<LocalSta
       );
     }
     if (deadLetters.length > 0) lines.push("  `mmevol redrive --out DIR` queues them for the next run");
+    if (anyFailed(shards))
+      lines.push(
+        "FAILED samples start again from their seed, once the cause is fixed, with `mmevol run ... --retry-failed`",
+      );
     return { shards, deadLetters, lines };
   } finally {
     state.close();
@@ -191,5 +198,9 @@ export async function deployedStatus(options: DeployedStatusOptions): Promise<De
     lines.push("  `mmevol redrive --outputs FILE` moves dead letters back to their queues");
   }
   lines.push(...formatSummaries(shards));
+  if (anyFailed(shards))
+    lines.push(
+      "FAILED samples start again from their seed, once the cause is fixed, with `mmevol redrive --failed --outputs FILE`",
+    );
   return { queues, shards, lines };
 }

@@ -106,6 +106,30 @@ export const SampleRecord = z.object({
 export type SampleRecord = z.infer<typeof SampleRecord>;
 
 /**
+ * A FAILED sample started again from its seed (`mmevol run --retry-failed`, `mmevol redrive --failed`):
+ * INGESTED at round 0 with only its seed version, its attempts and usage back to zero, one more retry (which
+ * gives its requests fresh tries past the stored ones), the version bumped. Its earlier answers stay stored
+ * under their requests, so the rounds before the failure are read back, not paid again.
+ */
+export function reopenedRecord(record: SampleRecord, now: number): SampleRecord {
+  const seed = record.versions.find((version) => version.round === 0);
+  return SampleRecord.parse({
+    ...record,
+    status: "INGESTED",
+    round: 0,
+    version: record.version + 1,
+    versions: seed === undefined ? [] : [seed],
+    rounds: [],
+    pending: null,
+    attempts: 0,
+    retries: (record.retries ?? 0) + 1,
+    error: null,
+    usage: zeroUsage(),
+    updatedAt: now,
+  });
+}
+
+/**
  * What a store checks when records are first stored (putSamples): the envelope. The sample and its seed
  * version were just built through the Sample schema (parseRecord), so they are checked for shape only, not
  * copied through zod a second time: at ingest that copy was a third of everything allocated per line.
@@ -253,6 +277,13 @@ export interface StateStore {
    * so a matching version means the stored record is that one, and the store does not read it again.
    */
   transition(current: SampleRecord, update: SampleUpdate): Promise<TransitionResult>;
+  /**
+   * Starts every FAILED sample of the shard again (reopenedRecord) and opens the shard again: its pending count
+   * goes up by one per sample, in the same write, and it is no longer finalized, so the last of them to finish
+   * finalizes it once more and its outputs are written again with them. Returns the reopened records: the
+   * caller sends their next messages (nextMessageOf). A sample that changed meanwhile is left as it is.
+   */
+  reopenFailed(run: string, shard: string): Promise<SampleRecord[]>;
   /** Ends ingest once: sets `lines`, drops the ingest's hold on `pending`. Returns the pending count, or null if already ended. */
   completeIngest(run: string, shard: string, lines: number): Promise<number | null>;
   /** Marks the shard finalized once; false when it already was. */

@@ -348,8 +348,9 @@ async function runLocked(options: LocalRunOptions, out: string, started: number)
       if (stored === undefined) continue;
       await assertSameShard(deps, stored, file.path, digest, out);
       if (options.retryFailed) {
-        const reopened = state.reopenFailed(options.run, file.name);
-        if (reopened > 0) logger.warn("FAILED samples start again", { shard: file.name, samples: reopened });
+        const reopened = await state.reopenFailed(options.run, file.name);
+        if (reopened.length > 0)
+          logger.warn("FAILED samples start again", { shard: file.name, samples: reopened.length });
       }
     }
     const initial: Message[] = await recoverMessages(deps, options.run);

@@ -1,8 +1,13 @@
 import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { CreateQueueCommand, GetQueueAttributesCommand, SendMessageCommand } from "@aws-sdk/client-sqs";
+import {
+  CreateQueueCommand,
+  GetQueueAttributesCommand,
+  ReceiveMessageCommand,
+  SendMessageCommand,
+} from "@aws-sdk/client-sqs";
 import { afterAll, describe, expect, it } from "vitest";
-import { deployedRedrive, localRedrive } from "../../bin/commands/redrive.ts";
+import { deployedRedrive, deployedRedriveFailed, localRedrive } from "../../bin/commands/redrive.ts";
 import { deployedStatus, localStatus } from "../../bin/commands/status.ts";
 import { createTable } from "../../functions/adapters/aws/create-table.ts";
 import { DynamoStateStore } from "../../functions/adapters/aws/dynamodb-state-store.ts";
@@ -26,7 +31,8 @@ describe("mmevol status / redrive on a deployed (emulated) stack", () => {
   const dir = tempDir();
   afterAll(() => dir.cleanup());
 
-  it("shows a dead letter and a stuck sample, moves the letter back, and shows it gone", async () => {
+  /** Queues with dead-letter queues, a table and an outputs file naming them, as the emulator writes it. */
+  async function emulatedOutputs() {
     const { endpoint } = await ensureMoto();
     const sqs = sqsClient(endpoint);
     const prefix = uniqueName("sr");
@@ -58,9 +64,14 @@ describe("mmevol status / redrive on a deployed (emulated) stack", () => {
     await createTable(dynamo, table);
     outputs.TableName = table;
     outputs.BucketName = `${prefix}-bucket`;
-    const outputsFile = join(dir.path, "emulated-outputs.json");
+    const outputsFile = join(dir.path, `${prefix}-outputs.json`);
     writeFileSync(outputsFile, JSON.stringify({ [`${prefix}-stack`]: outputs }));
 
+    return { endpoint, sqs, prefix, urls, table, dynamo, outputsFile };
+  }
+
+  it("shows a dead letter and a stuck sample, moves the letter back, and shows it gone", async () => {
+    const { sqs, prefix, urls, table, dynamo, outputsFile } = await emulatedOutputs();
     const hourAgo = Date.now() - 60 * 60_000;
     const state = new DynamoStateStore({
       client: documentClient(dynamo),
@@ -106,6 +117,62 @@ describe("mmevol status / redrive on a deployed (emulated) stack", () => {
     expect(evolveAfter).toMatchObject({ deadLetters: 0, visible: 1 });
     expect(after.lines.join("\n")).not.toContain(dead);
     expect(after.queues.every((q) => q.deadLetters === 0)).toBe(true);
+  }, 30_000);
+
+  it("with --failed, starts FAILED samples again from their seed and sends their evolve messages", async () => {
+    const { sqs, prefix, urls, table, dynamo, outputsFile } = await emulatedOutputs();
+    const state = new DynamoStateStore({ client: documentClient(dynamo), table });
+    await state.createShard(shardRecord({ run: prefix }));
+    const seed = { round: 0, direction: null, from: null, items: [] };
+    await state.putSamples([
+      sampleRecord("a", { run: prefix, line: 3, versions: [seed] }),
+      sampleRecord("b", { run: prefix, line: 7 }),
+    ]);
+    await state.completeIngest(prefix, "s1", 2);
+    const a = await state.getSample(prefix, "s1", "a");
+    const b = await state.getSample(prefix, "s1", "b");
+    if (a === null || b === null) throw new Error("samples not stored");
+    await state.transition(a, { status: "FAILED", round: 2, error: "evolve: answer invalid after 3 tries" });
+    await state.transition(b, { status: "DONE", round: 3 });
+    expect(await state.markFinalized(prefix, "s1")).toBe(true);
+
+    const redriven = await deployedRedriveFailed({ outputs: outputsFile, run: prefix });
+    expect(redriven.reopened.map((r) => r.samples.map((s) => s.key))).toEqual([["a"]]);
+    expect(redriven.lines.join("\n")).toContain(`${prefix}/s1: 1 sample(s), line(s) 3`);
+    expect(await state.getSample(prefix, "s1", "a")).toMatchObject({
+      status: "INGESTED",
+      round: 0,
+      versions: [seed],
+      retries: 1,
+      error: null,
+    });
+    expect(await state.getShard(prefix, "s1")).toMatchObject({ pending: 1, finalized: false });
+    const got = await sqs.send(
+      new ReceiveMessageCommand({ QueueUrl: urls.evolve?.url, MaxNumberOfMessages: 10, WaitTimeSeconds: 1 }),
+    );
+    expect((got.Messages ?? []).map((m) => JSON.parse(m.Body ?? ""))).toEqual([
+      { kind: "evolve", run: prefix, shard: "s1", sample: "a", round: 1 },
+    ]);
+    // Unfinished now, the shard's counts show in status, without a FAILED one left to hint at.
+    const status = await deployedStatus({ outputs: outputsFile, run: prefix, stuckAfterMs: 60_000, peek: 0 });
+    expect(status.shards[0]?.counts).toMatchObject({ INGESTED: 1, DONE: 1, FAILED: 0 });
+    expect(status.lines.join("\n")).not.toContain("redrive --failed");
+    // Nothing FAILED is left.
+    const again = await deployedRedriveFailed({ outputs: outputsFile, run: prefix });
+    expect(again.reopened).toEqual([]);
+    expect(again.lines).toEqual([`no FAILED samples in run ${prefix}: nothing to retry`]);
+  }, 30_000);
+
+  it("names `redrive --failed` when an unfinished shard holds FAILED samples", async () => {
+    const { prefix, table, dynamo, outputsFile } = await emulatedOutputs();
+    const state = new DynamoStateStore({ client: documentClient(dynamo), table });
+    await state.createShard(shardRecord({ run: prefix }));
+    await state.putSamples([sampleRecord("a", { run: prefix }), sampleRecord("b", { run: prefix })]);
+    const a = await state.getSample(prefix, "s1", "a");
+    if (a === null) throw new Error("sample not stored");
+    await state.transition(a, { status: "FAILED", error: "judge: answer invalid after 3 tries" });
+    const status = await deployedStatus({ outputs: outputsFile, run: prefix, stuckAfterMs: 60_000, peek: 0 });
+    expect(status.lines.join("\n")).toContain("`mmevol redrive --failed --outputs FILE`");
   }, 30_000);
 });
 

@@ -353,6 +353,54 @@ export function describeStateStoreContract(
       expect((await store.getShard("r1", "s1"))?.pending).toBe(0);
     });
 
+    it("reopens only FAILED samples, from their seed, and opens the finalized shard again by as many", async () => {
+      const store = await open();
+      await store.createShard(shardRecord());
+      const seed = { round: 0, direction: null, from: null, items: [] };
+      const evolved = { round: 1, direction: "perception" as const, from: 0, items: [] };
+      const spent = { calls: 2, promptTokens: 10, cachedTokens: 0, completionTokens: 5, costUsd: 0.01 };
+      await store.putSamples(["a", "b", "c"].map((key) => sampleRecord(key)));
+      expect(await store.completeIngest("r1", "s1", 3)).toBe(3);
+      const a = present(await store.getSample("r1", "s1", "a"));
+      await store.transition(a, {
+        status: "FAILED",
+        round: 2,
+        versions: [seed, evolved],
+        attempts: 5,
+        error: "judge: answer invalid after 3 tries",
+        usage: spent,
+      });
+      await store.transition(present(await store.getSample("r1", "s1", "b")), { status: "DONE" });
+      await store.transition(present(await store.getSample("r1", "s1", "c")), { status: "FAILED" });
+      expect(await store.markFinalized("r1", "s1")).toBe(true);
+
+      const reopened = await store.reopenFailed("r1", "s1");
+      expect(reopened.map((r) => r.key).sort()).toEqual(["a", "c"]);
+      const again = present(await store.getSample("r1", "s1", "a"));
+      expect(again).toMatchObject({
+        status: "INGESTED",
+        round: 0,
+        versions: [seed],
+        rounds: [],
+        attempts: 0,
+        retries: 1,
+        error: null,
+        usage: zeroUsage(),
+      });
+      expect(reopened.find((r) => r.key === "a")).toEqual(again);
+      expect((await store.getSample("r1", "s1", "b"))?.status).toBe("DONE");
+      expect(await store.getShard("r1", "s1")).toMatchObject({ pending: 2, finalized: false });
+      // Nothing FAILED is left: a second call changes nothing.
+      expect(await store.reopenFailed("r1", "s1")).toEqual([]);
+      expect((await store.getShard("r1", "s1"))?.pending).toBe(2);
+      // The reopened samples count down to zero again, and the shard finalizes once more.
+      expect((await store.transition(again, { status: "DONE" })).shardPending).toBe(1);
+      const c = present(await store.getSample("r1", "s1", "c"));
+      expect((await store.transition(c, { status: "DONE" })).shardPending).toBe(0);
+      expect(await store.markFinalized("r1", "s1")).toBe(true);
+      expect(await store.reopenFailed("r1", "unknown")).toEqual([]);
+    });
+
     it(`pages through ${bulk} samples in key order`, async () => {
       const store = await open();
       await store.createShard(shardRecord());

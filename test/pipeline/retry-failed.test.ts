@@ -1,6 +1,8 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
+import { localRedriveFailed } from "../../bin/commands/redrive.ts";
+import { localStatus } from "../../bin/commands/status.ts";
 import { SimulatedLlm } from "../../functions/adapters/simulated/simulated-llm.ts";
 import { LlmCallError } from "../../functions/ports/errors.ts";
 import type { Llm, LlmRequest, LlmResponse } from "../../functions/ports/llm.ts";
@@ -66,5 +68,34 @@ describe("--retry-failed", () => {
     expect(retried.reports[0]?.usage.calls).toBe((failedUsage ?? 0) + 3);
     const training = readFileSync(join(out, "evolved/r/retry.jsonl"), "utf8").trim().split("\n");
     expect(training.length).toBe(retried.reports[0]?.trainingRecords);
+  });
+
+  it("`mmevol redrive --failed --out` reopens them in the state, and the next plain run evolves them", async () => {
+    const dir = tempDir();
+    dirs.push(dir);
+    const shard = writeBenchShard(dir.path, { samples: 2, name: "redrive" });
+    const out = join(dir.path, "out");
+    const run = (llm: Llm) =>
+      runLocal({ shards: [shard], out, run: "r", concurrency: 2, config: { rounds: 1 }, llm });
+    expect((await run(new JudgeOutage(true))).reports[0]?.counts).toMatchObject({ failed: 2 });
+    const status = await localStatus({ out, stuckAfterMs: 60_000 });
+    expect(status.lines.join("\n")).toContain("--retry-failed");
+
+    const redriven = await localRedriveFailed({ out });
+    expect(redriven.lines[0]).toMatch(/^2 FAILED sample\(s\) start again from their seed/);
+    expect(redriven.lines[1]).toBe("  r/redrive: 2 sample(s), line(s) 1, 2");
+    expect(redriven.lines.at(-1)).toContain(`mmevol run ... --out ${out}`);
+    expect((await localStatus({ out, stuckAfterMs: 60_000 })).shards[0]).toMatchObject({
+      finalized: false,
+      pending: 2,
+      counts: { INGESTED: 2, FAILED: 0 },
+    });
+
+    const fixed = new JudgeOutage(false);
+    const second = await run(fixed);
+    expect(second.reports[0]?.counts).toMatchObject({ lines: 2, failed: 0, addsUp: true });
+    expect(fixed.answered.get("evolve") ?? 0).toBe(0);
+    expect(fixed.answered.get("judge")).toBe(2);
+    expect((await localRedriveFailed({ out })).lines).toEqual(["no FAILED samples: nothing to retry"]);
   });
 });

@@ -18,6 +18,7 @@ import {
   BatchJob,
   type ClaimResult,
   NewSampleRecord,
+  reopenedRecord,
   SampleRecord,
   type SampleUpdate,
   ShardRecord,
@@ -274,6 +275,40 @@ export class DynamoStateStore implements StateStore {
     const after = await this.getShard(run, shard);
     if (after === null) throw new ShardNotFoundError(run, shard);
     return { applied: true, shardPending: after.pending };
+  }
+
+  async reopenFailed(run: string, shard: string): Promise<SampleRecord[]> {
+    const reopened: SampleRecord[] = [];
+    for await (const record of this.listSamples(run, shard)) {
+      if (record.status !== "FAILED") continue;
+      const next = reopenedRecord(record, this.clock.now());
+      // One transaction per sample, each with its own count: a sample written by another since the listing
+      // loses alone, and a crash half-way leaves every count right (rare work; two items a write).
+      const reasons = await this.transact([
+        {
+          Put: {
+            TableName: this.table,
+            Item: sampleItem(next),
+            ConditionExpression: "#status = :failed AND #version = :ev",
+            ExpressionAttributeNames: names("#status", "#version"),
+            ExpressionAttributeValues: { ":failed": "FAILED", ":ev": record.version },
+          },
+        },
+        {
+          Update: {
+            TableName: this.table,
+            Key: shardKey(run, shard),
+            UpdateExpression: "SET #updatedAt = :now, #finalized = :no ADD #pending :one",
+            ConditionExpression: "attribute_exists(#pk)",
+            ExpressionAttributeNames: names("#pk", "#updatedAt", "#finalized", "#pending"),
+            ExpressionAttributeValues: { ":now": next.updatedAt, ":no": false, ":one": 1 },
+          },
+        },
+      ]);
+      if (reasons === null) reopened.push(next);
+      else if (reasons[1] === CONDITION_FAILED) throw new ShardNotFoundError(run, shard);
+    }
+    return reopened;
   }
 
   async completeIngest(run: string, shard: string, lines: number): Promise<number | null> {

@@ -9,6 +9,7 @@ import {
   type ClaimResult,
   emptyStatusCounts,
   NewSampleRecord,
+  reopenedRecord,
   SampleRecord,
   SampleStatus,
   type SampleUpdate,
@@ -17,7 +18,6 @@ import {
   StoredAnswer,
   TERMINAL_STATUSES,
   type TransitionResult,
-  zeroUsage,
 } from "../../ports/state-store.ts";
 
 // Re-exported so code that imported it from here keeps working; it lives in the ports, shared with DynamoDB.
@@ -375,47 +375,28 @@ export class SqliteStateStore implements StateStore {
     this.db.exec("DELETE FROM claims");
   }
 
-  /**
-   * Local runs only (`mmevol run --retry-failed`): every FAILED sample of the shard starts again from its seed
-   * (INGESTED, round 0), and the shard is open again, so the run evolves them anew and finalizes the shard once
-   * more. The answers stored for their earlier calls are found again by their requests, so the rounds before
-   * the failure cost nothing; only the calls that never answered are made. Returns how many were reopened.
-   */
-  reopenFailed(run: string, shard: string): number {
+  async reopenFailed(run: string, shard: string): Promise<SampleRecord[]> {
     return this.inTransaction(() => {
       const current = this.readShard(run, shard);
-      if (current === null) return 0;
+      if (current === null) return [];
       const failed = this.db
         .prepare("SELECT record FROM samples WHERE run = ? AND shard = ? AND status = 'FAILED'")
         .all(run, shard)
         .map((row) => parseJson(SampleRecord, row));
-      for (const record of failed) {
-        const seed = record.versions.find((version) => version.round === 0);
-        const next = SampleRecord.parse({
-          ...record,
-          status: "INGESTED",
-          round: 0,
-          version: record.version + 1,
-          versions: seed === undefined ? [] : [seed],
-          rounds: [],
-          pending: null,
-          attempts: 0,
-          retries: (record.retries ?? 0) + 1,
-          error: null,
-          usage: zeroUsage(),
-          updatedAt: this.clock.now(),
-        });
+      const reopened = failed.map((record) => {
+        const next = reopenedRecord(record, this.clock.now());
         if (!this.replaceSample(record, next))
           throw new Error(`sample ${run}/${shard}/${record.key} changed while reopened`);
-      }
-      if (failed.length > 0)
+        return next;
+      });
+      if (reopened.length > 0)
         this.writeShard({
           ...current,
-          pending: current.pending + failed.length,
+          pending: current.pending + reopened.length,
           finalized: false,
           updatedAt: this.clock.now(),
         });
-      return failed.length;
+      return reopened;
     });
   }
 
