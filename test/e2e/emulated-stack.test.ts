@@ -1,7 +1,10 @@
 import { readFileSync } from "node:fs";
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
 import { ListObjectsV2Command, PutObjectCommand, S3Client } from "@aws-sdk/client-s3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { z } from "zod";
+import { deployedRedriveFailed } from "../../bin/commands/redrive.ts";
 import { type Simulator, startSimulator } from "../../functions/adapters/simulated/server.ts";
 import { type EmulatedStack, startEmulatedStack } from "../../functions/runtime/emulated-stack.ts";
 import { ENV } from "../../functions/runtime/env.ts";
@@ -13,6 +16,53 @@ import { synthOnce } from "../helpers/synth-once.ts";
 
 const SECRET = "sk-e2e-secret-must-never-be-logged-0123456789";
 
+/**
+ * A pass-through in front of the simulator that answers every judge request with a 400 while `down()` says
+ * so: a model endpoint that refuses the judge for good, until it is fixed.
+ */
+async function startGate(target: string, down: () => boolean): Promise<Server> {
+  const server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on("data", (chunk: Buffer) => chunks.push(chunk));
+    req.on("end", async () => {
+      const body = Buffer.concat(chunks);
+      if (down() && req.url?.endsWith("/chat/completions") && body.includes('"name":"judge"')) {
+        res.writeHead(400, { "content-type": "application/json" });
+        res.end(JSON.stringify({ error: { message: "the judge is down", type: "invalid_request_error" } }));
+        return;
+      }
+      try {
+        const headers = Object.fromEntries(
+          Object.entries(req.headers).filter(
+            (entry): entry is [string, string] =>
+              typeof entry[1] === "string" && !["host", "content-length", "connection"].includes(entry[0]),
+          ),
+        );
+        const answer = await fetch(`${target.replace(/\/v1$/, "")}${req.url ?? ""}`, {
+          method: req.method ?? "GET",
+          headers,
+          ...(body.length > 0 ? { body } : {}),
+        });
+        const out = Buffer.from(await answer.arrayBuffer());
+        const passed: Record<string, string> = {};
+        answer.headers.forEach((value, key) => {
+          if (!["content-length", "content-encoding", "transfer-encoding", "connection"].includes(key))
+            passed[key] = value;
+        });
+        res.writeHead(answer.status, passed);
+        res.end(out);
+      } catch (error) {
+        res.writeHead(502);
+        res.end(String(error));
+      }
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return server;
+}
+
+const gateUrl = (server: Server): string => `http://127.0.0.1:${(server.address() as AddressInfo).port}/v1`;
+
 describe("the synthesized stack on the emulator, end to end", () => {
   let cdkOut = "";
   let stack: EmulatedStack;
@@ -20,15 +70,20 @@ describe("the synthesized stack on the emulator, end to end", () => {
   let s3: S3Client;
   const lines: string[] = [];
 
+  /** While true, the model's endpoint refuses every judge request with a 400 (a permanent error). */
+  let judgeDown = false;
+  let gate: Server;
+
   beforeAll(async () => {
     const { endpoint } = await ensureMoto();
     cdkOut = await synthOnce();
     sim = await startSimulator({ apiKey: SECRET });
+    gate = await startGate(sim.url, () => judgeDown);
     stack = await startEmulatedStack({
       cdkOut,
       endpoint,
       apiKey: SECRET,
-      functionEnv: { [ENV.openaiBaseUrl]: sim.url, POWERTOOLS_LOG_LEVEL: "INFO" },
+      functionEnv: { [ENV.openaiBaseUrl]: gateUrl(gate), POWERTOOLS_LOG_LEVEL: "INFO" },
       // The batcher's EventBridge schedule, at test speed.
       scheduleEverySeconds: 2,
       onLine: (line) => lines.push(line),
@@ -43,6 +98,7 @@ describe("the synthesized stack on the emulator, end to end", () => {
 
   afterAll(async () => {
     await stack?.stop();
+    await new Promise((resolve) => gate?.close(resolve));
     await sim?.close();
   });
 
@@ -117,6 +173,43 @@ describe("the synthesized stack on the emulator, end to end", () => {
     // Two rounds, each an evolve batch and a judge batch.
     expect(sim.batches.stats().batchesCreated).toBe(4);
   }, 180_000);
+
+  it("starts FAILED samples again with `mmevol redrive --failed`, and writes the shard's outputs again", async () => {
+    await testBucket(s3, stack.bucket).uploadDemoImages("seeds/e2ef/");
+    // Its own seed: the first run's answers are stored under requests this run would make too.
+    await put("seeds/e2ef/run.json", JSON.stringify({ rounds: 1, seed: 11 }));
+    const Report = z.object({ counts: ReportCounts, trainingRecords: z.number() });
+    const report = async () => Report.parse(JSON.parse(await text("reports/e2ef/demo.json")));
+    judgeDown = true;
+    try {
+      await put("seeds/e2ef/demo.jsonl", readFileSync(demoShard, "utf8"));
+      await waitForKey("reports/e2ef/demo.json");
+    } finally {
+      judgeDown = false;
+    }
+    const failed = await report();
+    expect(failed.counts).toMatchObject({ evolved: 0, addsUp: true });
+    expect(failed.counts.failed).toBeGreaterThan(0);
+    const evolveCalls = () => sim.stats().log.filter((e) => e.schemaName?.startsWith("evolve_")).length;
+    const evolvedBefore = evolveCalls();
+
+    const redriven = await deployedRedriveFailed({ outputs: stack.outputsFile, run: "e2ef" });
+    expect(redriven.reopened.flatMap((r) => r.samples)).toHaveLength(failed.counts.failed);
+    const until = Date.now() + 150_000;
+    let again = failed;
+    while (again.counts.failed > 0) {
+      if (Date.now() > until) throw new Error(`report not written again\n${lines.slice(-40).join("\n")}`);
+      await new Promise((r) => setTimeout(r, 500));
+      again = await report();
+    }
+    expect(again.counts).toMatchObject({ lines: failed.counts.lines, failed: 0, addsUp: true });
+    expect(again.counts.evolved).toBeGreaterThan(0);
+    expect(again.trainingRecords).toBeGreaterThan(failed.trainingRecords);
+    // The evolve answers stored before the judge failed were read back, not asked again.
+    expect(evolveCalls()).toBe(evolvedBefore);
+    const evolved = (await text("evolved/e2ef/demo.jsonl")).split("\n").filter(Boolean);
+    expect(evolved.length).toBe(again.trainingRecords);
+  }, 240_000);
 
   it("logs each stage invocation once, with its records' outcomes, not a line per record", async () => {
     const entries = lines.flatMap((line) => {
