@@ -389,9 +389,16 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
           "file",
         ),
       );
-    // Refused before reading when the declared length says so; the rest of the body is drained, not kept.
+    // Refused without keeping it when the declared length says so. The answer waits until the body is drained:
+    // sent while the client still uploads, the connection could close under it, and the client read a reset
+    // connection instead of the 413 (a test saw it on a loaded machine).
     if (Number(req.headers["content-length"] ?? 0) > MAX_UPLOAD_BODY_BYTES) {
-      req.resume();
+      await new Promise<void>((resolve) => {
+        req.once("end", resolve);
+        req.once("close", resolve);
+        req.once("error", () => resolve());
+        req.resume();
+      });
       return tooLarge();
     }
     const bytes = await readBytes(req, MAX_UPLOAD_BODY_BYTES);
