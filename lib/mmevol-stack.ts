@@ -19,6 +19,7 @@ import { TABLE_SCHEMA } from "../functions/adapters/aws/table-schema.ts";
 import { type DirectionWeights, RunConfig } from "../functions/evolution/config.ts";
 import {
   ENV,
+  IMAGE_WAIT_MS,
   LLM_FUNCTION_TIMEOUT_SECONDS,
   LLM_MAX_RETRIES,
   LLM_TIMEOUT_MS,
@@ -268,7 +269,10 @@ export class MmevolStack extends Stack {
     });
 
     // Image paths resolve under the run's image root, which may be anywhere in the bucket: read all, write work/.
-    const evolve = stageFunction("evolve", "Evolve", llmEnvironment)
+    const evolve = stageFunction("evolve", "Evolve", {
+      ...llmEnvironment,
+      [ENV.imageWaitMs]: String(IMAGE_WAIT_MS),
+    })
       .bindTable(this.table)
       .bindBucket(this.bucket, { read: [""], write: ["work/"] })
       // Its own queue too: a message that finds no rate budget goes back to it as a delayed copy.

@@ -37,6 +37,13 @@ export interface StageDeps {
   readonly remainingMs?: () => number;
   /** How long a receive may hold a request it pays for (below the queue's visibility timeout). */
   readonly claimMs?: number;
+  /**
+   * A deployed stack's wait for images: an image not found within this long after its shard arrived is looked
+   * for again (ImageNotUploadedError, every tenth of it, at most a minute apart), since the shard may have been
+   * uploaded before its images; after it, the sample passes through as for any unusable image. Absent (a
+   * local run, whose images are files in place): no wait.
+   */
+  readonly imageWaitMs?: number;
   /** Sizes online calls' max_tokens from the completions seen (one per process); absent: always the caps. */
   readonly sizer?: CompletionSizer;
   /** Batch mode's Batch API and wire format; absent when the runtime offers online calls only. */

@@ -3,7 +3,7 @@ import { resolveImageKey } from "../evolution/image-path.ts";
 import { priceOf } from "../evolution/pricing.ts";
 import { buildEvolveMessages, EVOLVE_SCHEMA, EvolveAnswer } from "../evolution/prompts.ts";
 import { candidatesFrom, latestNonEmpty } from "../evolution/rounds.ts";
-import { InvalidInputError } from "../ports/errors.ts";
+import { ImageNotFoundError, ImageNotUploadedError, InvalidInputError } from "../ports/errors.ts";
 import type { PreparedImage } from "../ports/images.ts";
 import type { EvolveMessage } from "../ports/messages.ts";
 import { addUsageTotals, TERMINAL_STATUSES } from "../ports/state-store.ts";
@@ -93,6 +93,16 @@ export async function evolveSample(input: StageInput<EvolveMessage>, deps: Stage
     deps.faults?.point("evolve:after-state-write");
     return { next: [{ kind: "judge", run, shard, sample: key, round }], outcome: `evolved:${direction}` };
   } catch (error) {
+    // Not in the bucket yet, shortly after the shard arrived: its upload may still be running.
+    if (error instanceof ImageNotFoundError && deps.imageWaitMs !== undefined) {
+      const arrived = (await deps.state.getShard(run, shard))?.createdAt ?? 0;
+      const left = arrived + deps.imageWaitMs - deps.clock.now();
+      if (left > 0)
+        throw new ImageNotUploadedError(
+          `${error.message} (yet: looking again for ${Math.ceil(left / 60_000)} more minute(s), in case it is still being uploaded)`,
+          Math.min(left, Math.min(60_000, Math.ceil(deps.imageWaitMs / 10))),
+        );
+    }
     // An image that cannot be used means the sample cannot be evolved: it passes through, with the reason kept.
     if (error instanceof InvalidInputError) {
       return endSample(

@@ -34,14 +34,24 @@ export class LlmCallError extends MmevolError {
 }
 
 /**
- * The shared rate budget is spent for now: the call was not made. Not a failed try; the message waits
- * `retryAfterMs` on its queue (no Lambda sleeps) and comes back.
+ * The work cannot be done yet, through no fault of its sample, and nothing was paid: not a failed try. A
+ * deployed stage puts a copy of its message back on the queue, delayed (so the wait never counts toward the
+ * dead-letter limit; no Lambda sleeps), and acknowledges the original; a local run looks again later.
  */
-export class NoRateBudgetError extends LlmCallError {
+export class NotYetError extends LlmCallError {
   constructor(message: string, retryAfterMs: number) {
     super(message, { retryable: true, retryAfterMs, inFlight: true });
   }
 }
+
+/** The shared rate budget is spent for now: the call was not made; the message comes back after `retryAfterMs`. */
+export class NoRateBudgetError extends NotYetError {}
+
+/**
+ * A deployed stack's image that is not in the bucket yet, shortly after its shard arrived: an upload of a
+ * shard and its images (`aws s3 cp --recursive`) may put the shard first, and the images minutes later.
+ */
+export class ImageNotUploadedError extends NotYetError {}
 
 /**
  * The provider refuses every call of this account, whatever the request: out of credit, or the key is not
@@ -112,6 +122,9 @@ export class InvalidInputError extends MmevolError {
     super(message, { retryable: false, ...options });
   }
 }
+
+/** The image a sample names is not where its path resolves: unusable, unless an upload is still under way. */
+export class ImageNotFoundError extends InvalidInputError {}
 
 /** A write that needs the shard record found none: a wiring bug (ingest creates the shard first), not a retry case. */
 export class ShardNotFoundError extends MmevolError {

@@ -24,6 +24,8 @@ export const ENV = {
   llmMaxRetries: "MMEVOL_LLM_MAX_RETRIES",
   /** How long one receive may hold a request it pays for; must stay below the queue's visibility timeout. */
   claimMs: "MMEVOL_CLAIM_MS",
+  /** Evolve: how long after its shard arrived a missing image is looked for again (an upload still running). */
+  imageWaitMs: "MMEVOL_IMAGE_WAIT_MS",
   /** The sweeper re-sends work whose state has not moved for this many ms. */
   sweepAfterMs: "MMEVOL_SWEEP_AFTER_MS",
   /** Batch mode: a shard's round is submitted once no request was added for this many ms (default 60 000). */
@@ -62,6 +64,7 @@ export const LambdaEnv = z.object({
   [ENV.llmTimeoutMs]: z.coerce.number().int().positive().default(60_000),
   [ENV.llmMaxRetries]: z.coerce.number().int().nonnegative().default(1),
   [ENV.claimMs]: z.coerce.number().int().positive().optional(),
+  [ENV.imageWaitMs]: z.coerce.number().int().nonnegative().optional(),
   [ENV.sweepAfterMs]: z.coerce.number().int().positive().optional(),
   [ENV.batchSettleMs]: z.coerce.number().int().nonnegative().optional(),
   [ENV.batchPollMs]: z.coerce.number().int().positive().optional(),
@@ -90,6 +93,13 @@ export const LLM_FUNCTION_TIMEOUT_SECONDS = Math.ceil((LLM_TIMEOUT_MS * (LLM_MAX
  * with the queue's visibility timeout (minutes each), so the deadline is long; a re-send is harmless anyway.
  */
 export const SWEEP_AFTER_MS = 2 * 60 * 60_000;
+/**
+ * How long the deployed evolve stage looks for an image that is not in the bucket yet after its shard arrived:
+ * `aws s3 cp --recursive` of a folder may upload the shard first and its images over the next minutes. Past
+ * it, the sample passes through as for any unusable image. Well under SWEEP_AFTER_MS: a waiting sample's state
+ * does not move.
+ */
+export const IMAGE_WAIT_MS = 30 * 60_000;
 /**
  * A sample of a shard with a batch open is stuck only after this long: the provider's 24-hour batch window,
  * and an hour to apply the answers.

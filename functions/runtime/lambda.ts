@@ -30,7 +30,7 @@ import { CompletionSizer } from "../pipeline/completion-sizer.ts";
 import { runStage, type StageDeps } from "../pipeline/index.ts";
 import type { BatchApi, BatchInfo } from "../ports/batch-api.ts";
 import type { BlobStore } from "../ports/blob-store.ts";
-import { InvalidInputError, NoRateBudgetError } from "../ports/errors.ts";
+import { InvalidInputError, NoRateBudgetError, NotYetError } from "../ports/errors.ts";
 import type { Faults } from "../ports/faults.ts";
 import { noFaults } from "../ports/faults.ts";
 import type { Llm, LlmRequest, LlmResponse } from "../ports/llm.ts";
@@ -41,6 +41,10 @@ import { ENV, type LambdaEnv, readLambdaEnv } from "./env.ts";
 import { FaultyQueue, faultsFromEnv } from "./faults.ts";
 import { GatheredSends } from "./gathered-sends.ts";
 
+const imageWaitOf = (config: LambdaEnv): { imageWaitMs?: number } => {
+  const imageWaitMs = config[ENV.imageWaitMs];
+  return imageWaitMs === undefined ? {} : { imageWaitMs };
+};
 const claimOf = (config: LambdaEnv): { claimMs?: number } => {
   const claimMs = config[ENV.claimMs];
   return claimMs === undefined ? {} : { claimMs };
@@ -263,6 +267,7 @@ export function createLambdaRuntime(stage: Stage, env: NodeJS.ProcessEnv = proce
       bodies: new BatchBodyWriter(blobs),
     },
     ...claimOf(config),
+    ...imageWaitOf(config),
   };
   return { deps, sqs, llm, flushGovernors: () => governed.flush(), logger, metrics };
 }
@@ -313,9 +318,13 @@ export function makeSqsHandler<S extends z.ZodType<Message>>(
     }
   };
 
-  const requeueDelayed = async (record: SQSRecord, error: NoRateBudgetError): Promise<boolean> => {
+  const requeueDelayed = async (record: SQSRecord, error: NotYetError): Promise<boolean> => {
     const waits = Number(record.messageAttributes?.[BUDGET_WAITS_ATTRIBUTE]?.stringValue) || 0;
-    const seconds = budgetDelaySeconds(waits, error.retryAfterMs);
+    // A budget waiter backs off (see budgetDelaySeconds); other work comes back when it said it might be done.
+    const seconds =
+      error instanceof NoRateBudgetError
+        ? budgetDelaySeconds(waits, error.retryAfterMs)
+        : Math.min(900, Math.max(1, Math.ceil((error.retryAfterMs ?? 60_000) / 1000)));
     try {
       await sqs.send(
         new SendMessageCommand({
@@ -323,12 +332,24 @@ export function makeSqsHandler<S extends z.ZodType<Message>>(
           MessageBody: record.body,
           DelaySeconds: seconds,
           MessageAttributes: {
-            [BUDGET_WAITS_ATTRIBUTE]: { DataType: "Number", StringValue: String(waits + 1) },
+            [BUDGET_WAITS_ATTRIBUTE]: {
+              DataType: "Number",
+              StringValue: String(error instanceof NoRateBudgetError ? waits + 1 : waits),
+            },
           },
         }),
       );
-      metrics.addMetric("rate_budget_waits", MetricUnit.Count, 1);
-      logger.debug("no rate budget, message delayed", { messageId: record.messageId, seconds });
+      if (error instanceof NoRateBudgetError) {
+        metrics.addMetric("rate_budget_waits", MetricUnit.Count, 1);
+        logger.debug("no rate budget, message delayed", { messageId: record.messageId, seconds });
+      } else {
+        metrics.addMetric("input_waits", MetricUnit.Count, 1);
+        logger.debug("not ready yet, message delayed", {
+          messageId: record.messageId,
+          seconds,
+          reason: error.message,
+        });
+      }
       return true;
     } catch (sendError) {
       logger.warn("could not delay the message; it returns by visibility", { error: String(sendError) });
@@ -368,10 +389,14 @@ export function makeSqsHandler<S extends z.ZodType<Message>>(
         metrics.addMetric(`outcome_${result.outcome.split(":")[0]}`, MetricUnit.Count, 1);
       }
     } catch (error) {
-      // No rate budget: a copy goes back on the queue, delayed until the budget refills, and this receive
-      // succeeds. Waiting by visibility would count a receive and dead-letter a message that only waited.
-      if (error instanceof NoRateBudgetError && (await requeueDelayed(record, error))) {
-        count(outcomes, "waiting for rate budget");
+      // No rate budget (or an image still being uploaded): a copy goes back on the queue, delayed until the
+      // budget refills, and this receive succeeds. Waiting by visibility would count a receive and dead-letter a
+      // message that only waited.
+      if (error instanceof NotYetError && (await requeueDelayed(record, error))) {
+        count(
+          outcomes,
+          error instanceof NoRateBudgetError ? "waiting for rate budget" : "waiting for its input",
+        );
         return;
       }
       logger.warn("record failed, back to the queue", {

@@ -83,7 +83,12 @@ describe("the synthesized stack on the emulator, end to end", () => {
       cdkOut,
       endpoint,
       apiKey: SECRET,
-      functionEnv: { [ENV.openaiBaseUrl]: gateUrl(gate), POWERTOOLS_LOG_LEVEL: "INFO" },
+      functionEnv: {
+        [ENV.openaiBaseUrl]: gateUrl(gate),
+        POWERTOOLS_LOG_LEVEL: "INFO",
+        // Images missing after their shard arrived are looked for again for 20 s (every 2 s), not 30 minutes.
+        [ENV.imageWaitMs]: "20000",
+      },
       // The batcher's EventBridge schedule, at test speed.
       scheduleEverySeconds: 2,
       onLine: (line) => lines.push(line),
@@ -210,6 +215,32 @@ describe("the synthesized stack on the emulator, end to end", () => {
     const evolved = (await text("evolved/e2ef/demo.jsonl")).split("\n").filter(Boolean);
     expect(evolved.length).toBe(again.trainingRecords);
   }, 240_000);
+
+  it("evolves the samples of a shard uploaded before its images, once the images arrive", async () => {
+    const Report = z.object({ counts: ReportCounts });
+    await put("seeds/e2ei/run.json", JSON.stringify({ rounds: 1, seed: 13 }));
+    await put("seeds/e2ei/demo.jsonl", readFileSync(demoShard, "utf8"));
+    // The shard is in: its samples find no image for a few seconds.
+    const waitedBefore = lines.filter((l) => l.includes('"waiting for its input"')).length;
+    const until = Date.now() + 30_000;
+    while (lines.filter((l) => l.includes('"waiting for its input"')).length === waitedBefore) {
+      if (Date.now() > until)
+        throw new Error(`no sample waited for its image\n${lines.slice(-40).join("\n")}`);
+      await new Promise((r) => setTimeout(r, 250));
+    }
+    await testBucket(s3, stack.bucket).uploadDemoImages("seeds/e2ei/");
+    await waitForKey("reports/e2ei/demo.json");
+    const report = Report.parse(JSON.parse(await text("reports/e2ei/demo.json")));
+    expect(report.counts).toMatchObject({ failed: 0, addsUp: true });
+    expect(report.counts.evolved).toBeGreaterThan(0);
+    // No sample passed through for want of its image: the errors file names each one that did (a round that
+    // keeps nothing of a sample passes it through too, with no error).
+    const bucket = testBucket(s3, stack.bucket);
+    const errors = (await bucket.exists("errors/e2ei/demo.jsonl"))
+      ? await text("errors/e2ei/demo.jsonl")
+      : "";
+    expect(errors).not.toContain("image unusable");
+  }, 120_000);
 
   it("logs each stage invocation once, with its records' outcomes, not a line per record", async () => {
     const entries = lines.flatMap((line) => {

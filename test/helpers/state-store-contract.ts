@@ -53,6 +53,35 @@ export const sampleRecord = (key: string, overrides: Partial<SampleRecord> = {})
   ...overrides,
 });
 
+/**
+ * A record of r1/s1 whose sample has one seed item and the given image paths, ready for the evolve stage: the
+ * sample and its seed version (round 0).
+ */
+export const seededSampleRecord = (key: string, images: readonly string[]): SampleRecord => {
+  const item = {
+    id: "s1-r0-i1",
+    parent: null,
+    question: "What is it?",
+    answer: "A mug.",
+    steps: [],
+    objects: [],
+    skills: [],
+    format: "",
+    imagePosition: "",
+  };
+  const sample = {
+    id: "x",
+    line: 1,
+    images: [...images],
+    caption: null,
+    boxes: [],
+    items: [item],
+    extra: {},
+    source: "llava",
+  } as unknown as SampleRecord["sample"];
+  return sampleRecord(key, { sample, versions: [{ round: 0, direction: null, from: null, items: [item] }] });
+};
+
 /** A batch job of shard r1/s1, being submitted (no file or batch yet). */
 export const batchJob = (id: string, overrides: Partial<BatchJob> = {}): BatchJob => ({
   run: "r1",

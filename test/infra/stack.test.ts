@@ -336,6 +336,8 @@ describe("MmevolStack template (defaults)", () => {
           ENV.llmMaxRetries,
           ENV.tokensPerMinute,
           ENV.requestsPerMinute,
+          // How long an image not uploaded yet is looked for again after its shard arrived.
+          ENV.imageWaitMs,
         ],
         judge: [
           ENV.table,

@@ -1,40 +1,16 @@
 import { describe, expect, it } from "vitest";
 import { SqliteStateStore } from "../../functions/adapters/local/sqlite-state-store.ts";
-import type { Sample } from "../../functions/evolution/schemas.ts";
 import type { StageDeps } from "../../functions/pipeline/deps.ts";
 import { evolveSample } from "../../functions/pipeline/evolve.ts";
 import { silentLogger, systemClock } from "../../functions/ports/runtime.ts";
-import { sampleRecord, shardRecord } from "../helpers/state-store-contract.ts";
+import { seededSampleRecord, shardRecord } from "../helpers/state-store-contract.ts";
 
 describe("evolve, redelivered after it ended its shard's last sample", () => {
   it("sends the finalize again, as judge does, instead of leaving the shard to the sweeper", async () => {
     const state = new SqliteStateStore(":memory:");
     await state.createShard(shardRecord({ config: { rounds: 1 } }));
-    const item = {
-      id: "s1-r0-i1",
-      parent: null,
-      question: "What is it?",
-      answer: "A mug.",
-      steps: [],
-      objects: [],
-      skills: [],
-      format: "",
-      imagePosition: "",
-    };
     // An image outside the image root: evolve passes the sample through, and it was the shard's last.
-    const sample = {
-      id: "x",
-      line: 1,
-      images: ["../../outside.png"],
-      caption: null,
-      boxes: [],
-      items: [item],
-      extra: {},
-      source: "llava",
-    } as unknown as Sample;
-    await state.putSamples([
-      sampleRecord("k1", { sample, versions: [{ round: 0, direction: null, from: null, items: [item] }] }),
-    ]);
+    await state.putSamples([seededSampleRecord("k1", ["../../outside.png"])]);
     expect(await state.completeIngest("r1", "s1", 1)).toBe(1);
     const deps = { state, clock: systemClock, logger: silentLogger, defaults: {} } as unknown as StageDeps;
     const message = { kind: "evolve" as const, run: "r1", shard: "s1", sample: "k1", round: 1 };

@@ -2,7 +2,7 @@ import { createHash } from "node:crypto";
 import { availableParallelism } from "node:os";
 import sharp from "sharp";
 import { BlobNotFoundError, type BlobStore } from "../../ports/blob-store.ts";
-import { InvalidInputError } from "../../ports/errors.ts";
+import { ImageNotFoundError, InvalidInputError } from "../../ports/errors.ts";
 import type { ImagePreparer, PreparedImage } from "../../ports/images.ts";
 
 export interface SharpImagePreparerOptions {
@@ -173,7 +173,7 @@ export class SharpImagePreparer implements ImagePreparer {
   async #readSource(imagePath: string, maxBytes: number): Promise<Uint8Array> {
     const size = await this.#blobs.size(imagePath);
     const where = this.#blobs.describe(imagePath);
-    if (size === null) throw new InvalidInputError(`image not found: ${where}`);
+    if (size === null) throw new ImageNotFoundError(`image not found: ${where}`);
     if (size === 0) throw new InvalidInputError(`image is empty: ${where}`);
     if (size > maxBytes) {
       throw new InvalidInputError(
