@@ -30,7 +30,9 @@ import { ENV } from "../../functions/runtime/env.ts";
 import { writeLlavaBenchShard } from "../helpers/bench-shard.ts";
 import { ensureDynamoLocal } from "../helpers/dynamodb-local.ts";
 import {
+  BenchSetupError,
   benchTokenLimit,
+  exitOnSetupError,
   type ForeignEndpoint,
   foreignEndpoint,
   NoLimitHeaderError,
@@ -1411,6 +1413,7 @@ function summarize(input: {
 }
 
 if (process.argv[1] === fileURLToPath(import.meta.url)) {
+  exitOnSetupError("aws-cost");
   const { values } = parseArgs({
     options: {
       samples: { type: "string", default: "200" },
@@ -1438,7 +1441,7 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
           // (a wrong key, no server) would fail every call of the run too.
           if (!(error instanceof NoLimitHeaderError)) {
             console.error(`[bench:aws-cost] ${(error as Error).message}`);
-            process.exit(1);
+            process.exit(error instanceof BenchSetupError ? error.exitCode : 1);
           }
           console.error(
             `[bench:aws-cost] ${error.message}; without it the stack's governor knows no limit and slows down only when answered 429`,
@@ -1459,7 +1462,7 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
           values.json,
           `${JSON.stringify({ server: serverName(endpoint), mode, incomplete: reason, ratio: null }, null, 2)}\n`,
         );
-      process.exit(1);
+      process.exit(error instanceof BenchSetupError ? error.exitCode : 1);
     });
   }
   const figures = await measureAwsCost({

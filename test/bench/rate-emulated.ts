@@ -23,6 +23,7 @@ import {
   awaitFullBudget,
   benchSamples,
   benchTokenLimit,
+  exitOnSetupError,
   type ForeignEndpoint,
   foreignEndpoint,
   serverName,
@@ -240,6 +241,7 @@ export async function measureEmulatedRate(
 }
 
 if (import.meta.main) {
+  exitOnSetupError("rate-emulated");
   const { values } = parseArgs({
     options: {
       /**

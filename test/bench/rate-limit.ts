@@ -18,11 +18,13 @@ import {
   awaitFullBudget,
   benchSamples,
   benchTokenLimit,
+  exitOnSetupError,
   foreignEndpoint,
   serverName,
 } from "../helpers/endpoint.ts";
 import { limiterCharge, MIN_WINDOW_SECONDS, parseTokenCharge, steadyUse } from "../helpers/rate-window.ts";
 
+exitOnSetupError("rate");
 const { values } = parseArgs({
   options: {
     /**

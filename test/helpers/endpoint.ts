@@ -1,12 +1,52 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import OpenAI from "openai";
-import { scrubSecrets } from "../../functions/adapters/openai/classify.ts";
+import { classifyFailure, scrubSecrets } from "../../functions/adapters/openai/classify.ts";
 import {
   type RateLimitSnapshot,
   readRateLimit,
   toChatCompletionParams,
 } from "../../functions/adapters/openai/openai-llm.ts";
+import { AccountRefusedError } from "../../functions/ports/errors.ts";
 import type { LlmRequest } from "../../functions/ports/llm.ts";
+
+/**
+ * Why a benchmark cannot start against a server, said in one line and no stack trace: `exitCode` 2 for a bad
+ * option (as `mmevol run`), 3 when the server refuses the key or the account or cannot be reached (as
+ * `mmevol run`), 1 otherwise.
+ */
+export class BenchSetupError extends Error {
+  readonly exitCode: 1 | 2 | 3;
+  constructor(message: string, exitCode: 1 | 2 | 3 = 1) {
+    super(message);
+    this.name = "BenchSetupError";
+    this.exitCode = exitCode;
+  }
+}
+
+/** A failed call of a probe, named: exit code 3 when the key or the account is refused or the server unreachable. */
+function probeFailure(endpoint: ForeignEndpoint, what: string, error: unknown): BenchSetupError {
+  const reason = scrubSecrets(error instanceof Error ? error.message : String(error), [endpoint.apiKey]);
+  const refused = classifyFailure(error, [endpoint.apiKey]) instanceof AccountRefusedError;
+  return new BenchSetupError(`${what} failed: ${reason}`, refused ? 3 : 1);
+}
+
+/**
+ * A benchmark run as a script: a BenchSetupError (a wrong key, no server, a bad option, no limit header) ends
+ * it with its message on stderr and its exit code, instead of an uncaught error's stack trace; anything else
+ * is a bug and keeps its stack.
+ */
+export function exitOnSetupError(tag: string): void {
+  const end = (error: unknown) => {
+    if (error instanceof BenchSetupError) {
+      process.stderr.write(`[bench:${tag}] ${error.message}\n`);
+      process.exit(error.exitCode);
+    }
+    process.stderr.write(`${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
+    process.exit(1);
+  };
+  process.on("uncaughtException", end);
+  process.on("unhandledRejection", end);
+}
 
 /**
  * An OpenAI-compatible server outside this repository that a benchmark measures instead of the simulator
@@ -24,10 +64,13 @@ export function foreignEndpoint(baseUrl: string | undefined): ForeignEndpoint | 
   try {
     url = new URL(baseUrl);
   } catch {
-    throw new Error(`--base-url must be an http(s) URL such as http://localhost:8000/v1, got ${baseUrl}`);
+    throw new BenchSetupError(
+      `--base-url must be an http(s) URL such as http://localhost:8000/v1, got ${baseUrl}`,
+      2,
+    );
   }
   if (url.protocol !== "http:" && url.protocol !== "https:") {
-    throw new Error(`--base-url must be an http(s) URL, got ${url.protocol} in ${baseUrl}`);
+    throw new BenchSetupError(`--base-url must be an http(s) URL, got ${url.protocol} in ${baseUrl}`, 2);
   }
   return { baseURL: baseUrl.replace(/\/+$/, ""), apiKey: process.env.OPENAI_API_KEY || "sk-none" };
 }
@@ -85,8 +128,7 @@ export async function probeServer(endpoint: ForeignEndpoint, model: string): Pro
       ownTokens: (data.usage?.prompt_tokens ?? 0) + (request.maxTokens ?? 0),
     };
   } catch (error) {
-    const reason = scrubSecrets(error instanceof Error ? error.message : String(error), [endpoint.apiKey]);
-    throw new Error(`a small request to ${serverName(endpoint)} (${model}) failed: ${reason}`);
+    throw probeFailure(endpoint, `a small request to ${serverName(endpoint)} (${model})`, error);
   }
 }
 
@@ -101,11 +143,10 @@ export async function probeBatchApi(endpoint: ForeignEndpoint): Promise<void> {
   } catch (error) {
     const status = error instanceof OpenAI.APIError ? error.status : undefined;
     if (status === 404 || status === 405 || status === 501)
-      throw new Error(
+      throw new BenchSetupError(
         `${serverName(endpoint)} has no Batch API (GET /batches answered ${status}): batch mode needs its files and batches endpoints`,
       );
-    const reason = scrubSecrets(error instanceof Error ? error.message : String(error), [endpoint.apiKey]);
-    throw new Error(`the Batch API call GET /batches to ${serverName(endpoint)} failed: ${reason}`);
+    throw probeFailure(endpoint, `the Batch API call GET /batches to ${serverName(endpoint)}`, error);
   }
 }
 
@@ -179,17 +220,35 @@ export async function awaitFullBudget(
 
 /**
  * The limit a rate benchmark measures use against: the one given, else (a foreign server) the one its headers
- * report, else the simulator's default. Throws when a foreign server reports none and none was given.
+ * report, else the simulator's default. Throws when a foreign server reports none and none was given. A limit
+ * given above the one a server's header reports is not the one that applies: the governors believe the lower
+ * header (as the server enforces it), so a run goes at that rate, and use measured against the higher figure
+ * would read as a miss. The header's is taken then, and said; a limit given below the header's is kept (the
+ * governor is told it, and paces under the server's).
  */
 export async function benchTokenLimit(
   given: string | undefined,
   endpoint: ForeignEndpoint | null,
   model: string,
   simulatorDefault: number,
+  say: (line: string) => void = (line) => process.stderr.write(`${line}\n`),
 ): Promise<number> {
   if (given !== undefined) {
     const tpm = Number(given);
-    if (!Number.isInteger(tpm) || tpm <= 0) throw new Error(`--tpm must be a positive integer, got ${given}`);
+    if (!Number.isInteger(tpm) || tpm <= 0)
+      throw new BenchSetupError(`--tpm must be a positive integer, got ${given}`, 2);
+    if (endpoint === null) return tpm;
+    const reported = await probeTokenLimit(endpoint, model);
+    if (reported !== null && reported > 0 && reported < tpm) {
+      say(
+        `${serverName(endpoint)} reports a limit of ${reported} tokens/min for ${model} (x-ratelimit-limit-tokens), below --tpm ${tpm}: the rate governor paces to the lower one, so the figures are measured against ${reported}`,
+      );
+      return reported;
+    }
+    if (reported !== null && reported > tpm)
+      say(
+        `${serverName(endpoint)} reports a limit of ${reported} tokens/min for ${model}, above --tpm ${tpm}: the governor is told ${tpm}, and use is measured against it`,
+      );
     return tpm;
   }
   if (endpoint === null) return simulatorDefault;
@@ -199,10 +258,11 @@ export async function benchTokenLimit(
 }
 
 /** The server answered, but with no x-ratelimit-limit-tokens header: its limit must be given (`--tpm`). */
-export class NoLimitHeaderError extends Error {
+export class NoLimitHeaderError extends BenchSetupError {
   constructor(endpoint: ForeignEndpoint, model: string) {
     super(
       `${serverName(endpoint)} sent no x-ratelimit-limit-tokens header for ${model}: give its limit with --tpm`,
+      2,
     );
     this.name = "NoLimitHeaderError";
   }
@@ -243,7 +303,7 @@ export function benchSamples(
   if (given !== undefined) {
     const samples = Number(given);
     if (!Number.isInteger(samples) || samples <= 0)
-      throw new Error(`--samples must be a positive integer, got ${given}`);
+      throw new BenchSetupError(`--samples must be a positive integer, got ${given}`, 2);
     return samples;
   }
   const scaled = Math.ceil((SCALED_MINUTES * tpm) / RATE_TOKENS_PER_SAMPLE);
