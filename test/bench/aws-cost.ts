@@ -741,6 +741,8 @@ export interface AwsCostOptions {
   latencyMs?: number | [number, number];
   /** Written into the run's run.json as "mode" (default "online"). */
   mode?: "online" | "batch";
+  /** Written into the run's run.json as "model" when given (else the stack's default, gpt-4o-mini). */
+  model?: string;
   /** Give up after this long (default 60 minutes). */
   timeoutMinutes?: number;
   /**
@@ -776,7 +778,8 @@ export interface AwsCostFigures {
   readonly mode: "online" | "batch";
   readonly samples: number;
   readonly rounds: number;
-  readonly latencyMs: number | [number, number];
+  /** The simulator's latency; null against another server, whose own latency applies. */
+  readonly latencyMs: number | [number, number] | null;
   readonly minutes: number;
   readonly counts: z.infer<typeof ReportCounts>;
   /** AWS cost of the run per 1,000 input samples, by service (US dollars). */
@@ -961,7 +964,7 @@ export async function measureAwsCost(opts: AwsCostOptions = {}): Promise<AwsCost
       new PutObjectCommand({
         Bucket: stack.bucket,
         Key: `seeds/${run}/run.json`,
-        Body: JSON.stringify({ mode }),
+        Body: JSON.stringify({ mode, ...(opts.model === undefined ? {} : { model: opts.model }) }),
       }),
     );
     await s3.send(
@@ -1055,7 +1058,7 @@ export async function measureAwsCost(opts: AwsCostOptions = {}): Promise<AwsCost
       server: serverName(endpoint),
       mode,
       samples,
-      latencyMs,
+      latencyMs: endpoint === null ? latencyMs : null,
       minutes,
       report,
       proxy,
@@ -1142,7 +1145,7 @@ function summarize(input: {
   incomplete?: string;
   mode: "online" | "batch";
   samples: number;
-  latencyMs: number | [number, number];
+  latencyMs: number | [number, number] | null;
   minutes: number;
   report: z.infer<typeof Report>;
   proxy: CountingProxy;
@@ -1469,6 +1472,7 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
     samples: Number(values.samples),
     latencyMs,
     mode,
+    model: values.model,
     timeoutMinutes: Number(values["timeout-minutes"]),
     dynamodb: z.enum(["local", "moto"]).parse(values.dynamodb),
     endpoint,

@@ -75,7 +75,10 @@ async function startMeteringProxy(
               let charged = 0;
               if (up.statusCode === 200) {
                 try {
-                  const sent = JSON.parse(body.toString()) as { max_tokens?: number };
+                  const sent = JSON.parse(body.toString()) as {
+                    max_tokens?: number;
+                    max_completion_tokens?: number;
+                  };
                   const got = JSON.parse(text.toString()) as {
                     usage?: { prompt_tokens?: number; completion_tokens?: number };
                   };
@@ -83,7 +86,11 @@ async function startMeteringProxy(
                     promptTokens: got.usage?.prompt_tokens ?? 0,
                     completionTokens: got.usage?.completion_tokens ?? 0,
                   };
-                  charged = limiterCharge(tokenCharge, usage, sent.max_tokens ?? 0);
+                  charged = limiterCharge(
+                    tokenCharge,
+                    usage,
+                    sent.max_tokens ?? sent.max_completion_tokens ?? 0,
+                  );
                 } catch {
                   charged = 0;
                 }
