@@ -8,8 +8,14 @@ import {
 } from "@aws-sdk/client-sqs";
 import { SqsWorkQueue } from "../../functions/adapters/aws/sqs-work-queue.ts";
 import { nextMessageOf } from "../../functions/pipeline/sweep.ts";
-import type { Message, Stage } from "../../functions/ports/messages.ts";
-import { type SampleRecord, type StateStore, TERMINAL_STATUSES } from "../../functions/ports/state-store.ts";
+import { InvalidInputError } from "../../functions/ports/errors.ts";
+import type { Message, Stage, WorkQueue } from "../../functions/ports/messages.ts";
+import {
+  type SampleRecord,
+  type ShardRecord,
+  type StateStore,
+  TERMINAL_STATUSES,
+} from "../../functions/ports/state-store.ts";
 import { DEAD_LETTERS_FILE, type DeadLetterRecord } from "../../functions/runtime/local.ts";
 import { withRunLock } from "../../functions/runtime/run-lock.ts";
 import { awsClientsFor, QUEUE_STAGES, readStackOutputs } from "./outputs.ts";
@@ -170,10 +176,20 @@ export interface FailedRedrive {
   readonly lines: string[];
 }
 
+/** The shards of the run (of every run when none is given); a run with none is a misspelt name, not "nothing failed". */
+async function shardsOf(state: StateStore, run: string | undefined): Promise<ShardRecord[]> {
+  const shards = await state.listShards(run);
+  if (run !== undefined && shards.length === 0)
+    throw new InvalidInputError(
+      `no run named ${JSON.stringify(run)} here (\`mmevol status\` lists the runs)`,
+    );
+  return shards;
+}
+
 /** Starts the FAILED samples of every shard (of one run, when given) again, in the state. */
 async function reopenAll(state: StateStore, run: string | undefined): Promise<FailedRedrive["reopened"]> {
   const reopened: { run: string; shard: string; samples: SampleRecord[] }[] = [];
-  for (const shard of await state.listShards(run)) {
+  for (const shard of await shardsOf(state, run)) {
     const samples = await state.reopenFailed(shard.run, shard.shard);
     if (samples.length > 0) reopened.push({ run: shard.run, shard: shard.shard, samples });
   }
@@ -223,8 +239,7 @@ export async function localRedriveFailed(options: {
 /**
  * `mmevol redrive --failed --outputs FILE`: a deployed stack's FAILED samples start again from their seed
  * (their shard opens again), and their evolve messages go to the evolve queue; the last of them to finish
- * finalizes the shard again, which rewrites its evolved data, lineage and report with them. A message that
- * could not be sent is found again by the sweeper (the sample is INGESTED, not yet updated).
+ * finalizes the shard again, which rewrites its evolved data, lineage and report with them.
  */
 export async function deployedRedriveFailed(options: {
   readonly outputs: string;
@@ -234,10 +249,59 @@ export async function deployedRedriveFailed(options: {
 }): Promise<FailedRedrive> {
   const outputs = readStackOutputs(options.outputs, options.stack);
   const { sqs, state } = awsClientsFor(outputs, options.endpoint);
-  const reopened = await reopenAll(state, options.run);
-  const messages = reopened.flatMap((r) => r.samples.map(nextMessageOf).filter((m) => m !== null));
-  await new SqsWorkQueue({ client: sqs, queueUrls: { evolve: outputs.queues.evolve.url } }).send(messages);
-  const lines = reopenedLines(reopened, options.run);
-  if (messages.length > 0) lines.push(`sent ${messages.length} evolve message(s) to the evolve queue`);
+  const queue = new SqsWorkQueue({ client: sqs, queueUrls: { evolve: outputs.queues.evolve.url } });
+  return redriveFailed(state, queue, options.run);
+}
+
+/**
+ * Reopens the FAILED samples shard by shard and sends each shard's evolve messages at once. A sample an earlier
+ * redrive reopened that has not started yet (INGESTED at its seed, retried) gets its message again: that
+ * redrive's send may have failed after the state was changed, and a duplicate is only acknowledged.
+ */
+export async function redriveFailed(
+  state: StateStore,
+  queue: WorkQueue,
+  run: string | undefined,
+): Promise<FailedRedrive> {
+  const reopened: { run: string; shard: string; samples: SampleRecord[] }[] = [];
+  let sent = 0;
+  let resent = 0;
+  for (const shard of await shardsOf(state, run)) {
+    const samples = await state.reopenFailed(shard.run, shard.shard);
+    if (samples.length > 0) reopened.push({ run: shard.run, shard: shard.shard, samples });
+    const unstarted: SampleRecord[] = [];
+    if (!shard.finalized) {
+      const now = new Set(samples.map((s) => s.key));
+      for await (const sample of state.listSamples(shard.run, shard.shard)) {
+        if (
+          sample.status === "INGESTED" &&
+          sample.round === 0 &&
+          (sample.retries ?? 0) > 0 &&
+          !now.has(sample.key)
+        )
+          unstarted.push(sample);
+      }
+    }
+    const messages = [...samples, ...unstarted].map(nextMessageOf).filter((m) => m !== null);
+    try {
+      await queue.send(messages);
+    } catch (error) {
+      const reason = error instanceof Error ? error.message : String(error);
+      // Not an MmevolError: a queue that cannot be reached exits 1, as any AWS error here.
+      throw new Error(
+        `the samples of ${shard.run}/${shard.shard} start again from their seed, but their evolve messages ` +
+          `could not be sent (${reason}): run the same command again once the queue can be reached; it sends them`,
+        { cause: error },
+      );
+    }
+    sent += samples.length;
+    resent += unstarted.length;
+  }
+  const lines = reopenedLines(reopened, run);
+  if (sent > 0) lines.push(`sent ${sent} evolve message(s) to the evolve queue`);
+  if (resent > 0)
+    lines.push(
+      `sent ${resent} evolve message(s) again, for samples started again earlier that have not begun`,
+    );
   return { reopened, lines };
 }

@@ -286,7 +286,10 @@ export interface StateStore {
   reopenFailed(run: string, shard: string): Promise<SampleRecord[]>;
   /** Ends ingest once: sets `lines`, drops the ingest's hold on `pending`. Returns the pending count, or null if already ended. */
   completeIngest(run: string, shard: string, lines: number): Promise<number | null>;
-  /** Marks the shard finalized once; false when it already was. */
+  /**
+   * Marks the shard finalized once; false when it already was, or when work is pending again (samples reopened
+   * while its finalize ran: the last of them to finish finalizes it again).
+   */
   markFinalized(run: string, shard: string): Promise<boolean>;
   getAnswer(hash: string): Promise<StoredAnswer | null>;
   /**

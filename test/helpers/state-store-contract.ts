@@ -204,7 +204,7 @@ export function describeStateStoreContract(
 
     it("marks a shard finalized exactly once", async () => {
       const store = await open();
-      await store.createShard(shardRecord());
+      await store.createShard(shardRecord({ pending: 0, ingested: true }));
       expect(await store.markFinalized("r1", "s1")).toBe(true);
       expect(await store.markFinalized("r1", "s1")).toBe(false);
       expect((await store.getShard("r1", "s1"))?.finalized).toBe(true);

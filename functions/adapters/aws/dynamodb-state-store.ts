@@ -344,9 +344,10 @@ export class DynamoStateStore implements StateStore {
           TableName: this.table,
           Key: shardKey(run, shard),
           UpdateExpression: "SET #finalized = :yes, #updatedAt = :now",
-          ConditionExpression: "attribute_exists(#pk) AND #finalized = :no",
-          ExpressionAttributeNames: names("#pk", "#finalized", "#updatedAt"),
-          ExpressionAttributeValues: { ":yes": true, ":no": false, ":now": this.clock.now() },
+          // Not over work reopened (redrive --failed) after the finalize read the shard: its samples finalize again.
+          ConditionExpression: "attribute_exists(#pk) AND #finalized = :no AND #pending <= :zero",
+          ExpressionAttributeNames: names("#pk", "#finalized", "#updatedAt", "#pending"),
+          ExpressionAttributeValues: { ":yes": true, ":no": false, ":now": this.clock.now(), ":zero": 0 },
         }),
       );
       return true;

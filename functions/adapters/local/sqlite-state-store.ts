@@ -265,7 +265,8 @@ export class SqliteStateStore implements StateStore {
   async markFinalized(run: string, shard: string): Promise<boolean> {
     return this.inTransaction(() => {
       const current = this.readShard(run, shard);
-      if (current === null || current.finalized) return false;
+      // Not over work reopened (redrive --failed) after the finalize read the shard: its samples finalize again.
+      if (current === null || current.finalized || current.pending > 0) return false;
       this.writeShard({ ...current, finalized: true, updatedAt: this.clock.now() });
       return true;
     });

@@ -1,0 +1,28 @@
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+import { localRedriveFailed } from "../../bin/commands/redrive.ts";
+import { SqliteStateStore } from "../../functions/adapters/local/sqlite-state-store.ts";
+import { tempDir } from "../helpers/files.ts";
+import { sampleRecord, shardRecord } from "../helpers/state-store-contract.ts";
+
+const dir = tempDir("mmevol-redrive-unknown-");
+afterAll(() => dir.cleanup());
+
+describe("mmevol redrive --failed --run NAME", () => {
+  it("says a run of that name is not there, rather than that nothing FAILED", async () => {
+    mkdirSync(join(dir.path, ".mmevol"), { recursive: true });
+    const state = new SqliteStateStore(join(dir.path, ".mmevol", "state.sqlite"));
+    await state.createShard(shardRecord());
+    await state.putSamples([sampleRecord("a")]);
+    const a = await state.getSample("r1", "s1", "a");
+    if (a === null) throw new Error("sample missing");
+    await state.transition(a, { status: "FAILED", error: "judge round 1: HTTP 400" });
+    state.close();
+
+    // A misspelt run name (r-1 for r1): the FAILED sample of r1 is left as it is, and the user is told why.
+    await expect(localRedriveFailed({ out: dir.path, run: "r-1" })).rejects.toThrow(/no run named "r-1"/);
+    const redriven = await localRedriveFailed({ out: dir.path, run: "r1" });
+    expect(redriven.lines[0]).toMatch(/^1 FAILED sample\(s\) start again/);
+  });
+});
