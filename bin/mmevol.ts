@@ -338,9 +338,9 @@ async function runCommand(shards: string[], flags: RunFlags): Promise<void> {
       : `outputs:\n${result.outputs.map((o) => `  ${o}`).join("\n")}\n`,
   );
   const imageRoot = resolve(flags.images ?? dirname(resolve(shards[0] ?? ".")));
-  // Samples that passed through are final in this --out: the hint must not suggest a rerun with another root
-  // changes them (it did nothing, exit 0), nor call this run's root the one their reason was found under.
-  const imagesHint = ` (this run resolves image paths under ${imageRoot}${flags.images === undefined ? ", the first shard's directory: --images sets another" : ""}; samples already passed through stay so in this --out: use a new --out to evolve them with other images)`;
+  // A rerun with another image root is another run's settings (refused on this --out): once the images are where
+  // this run looks, --retry-failed starts those samples again.
+  const imagesHint = ` (this run resolves image paths under ${imageRoot}${flags.images === undefined ? ", the first shard's directory: --images sets another" : ""}; once the images are there, the same command with --retry-failed evolves those samples; other images need a new --out)`;
   // The reasons kept in the errors file may start with what this line says already.
   const firstOf = (t: ErrorTally) =>
     t.first === null
@@ -445,7 +445,7 @@ program
   )
   .option(
     "--retry-failed",
-    "start FAILED samples of this --out again from their seed, once the cause is fixed (stored answers are reused, not paid again)",
+    "start FAILED samples of this --out again from their seed, once the cause is fixed, and those passed through for an unusable image (stored answers are reused, not paid again)",
   )
   .option("-q, --quiet", "no banner and no progress lines (warnings, errors and the summary still print)")
   .option("-v, --verbose", "log every retry and warning to stderr")

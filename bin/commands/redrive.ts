@@ -199,9 +199,12 @@ async function reopenAll(state: StateStore, run: string | undefined): Promise<Fa
 /** What a `--failed` redrive did, shard by shard, with the lines of the samples (the first ten). */
 function reopenedLines(reopened: FailedRedrive["reopened"], run: string | undefined): string[] {
   const total = reopened.reduce((n, r) => n + r.samples.length, 0);
-  if (total === 0) return [`no FAILED samples${run === undefined ? "" : ` in run ${run}`}: nothing to retry`];
+  if (total === 0)
+    return [
+      `no FAILED samples, and none passed through for an unusable image${run === undefined ? "" : `, in run ${run}`}: nothing to retry`,
+    ];
   return [
-    `${total} FAILED sample(s) start again from their seed; answers already stored are read back, not paid again`,
+    `${total} sample(s) start again from their seed (FAILED, or passed through for an unusable image); answers already stored are read back, not paid again`,
     ...reopened.map(({ run, shard, samples }) => {
       const lines = samples.map((s) => s.line).sort((a, b) => a - b);
       const shown =

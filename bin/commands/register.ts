@@ -120,7 +120,7 @@ receive counts go up. Use --peek 0 to only count them.`,
     .option("--max <n>", "move at most this many messages per queue", count)
     .option(
       "--failed",
-      "instead of dead letters: start the FAILED samples again from their seed (once the cause is fixed)",
+      "instead of dead letters: start the FAILED samples again from their seed (once the cause is fixed), and those passed through for an unusable image",
     )
     .option("--run <name>", "with --failed: only this run's samples")
     .addHelpText(
@@ -133,7 +133,8 @@ re-queuing all unfinished work from it. So redrive checks the last run's dead le
 the list aside (.mmevol/dead-letters.<time>.redriven.jsonl) and tells you to run the same \`mmevol run\` again,
 which retries them with fresh delivery counts. Fix the cause first (see \`mmevol status --out DIR\`).
 
-With --failed: every FAILED sample (of --run, or of every run) starts again from its seed, its shard opens
+With --failed: every FAILED sample (of --run, or of every run), and every one passed through because its
+image could not be used (put the image in place first), starts again from its seed, its shard opens
 again, and the answers it already got are read back, not paid again; when the last of them finishes, the
 shard's evolved data, lineage and report are written again with them. A deployed stack gets their evolve
 messages at once; a local run evolves them at the next \`mmevol run\` on the same output (as

@@ -6,7 +6,7 @@ import { candidatesFrom, latestNonEmpty } from "../evolution/rounds.ts";
 import { ImageNotFoundError, ImageNotUploadedError, InvalidInputError } from "../ports/errors.ts";
 import type { PreparedImage } from "../ports/images.ts";
 import type { EvolveMessage } from "../ports/messages.ts";
-import { addUsageTotals, TERMINAL_STATUSES } from "../ports/state-store.ts";
+import { addUsageTotals, TERMINAL_STATUSES, UNUSABLE_IMAGE_ERROR } from "../ports/state-store.ts";
 import { askStructured } from "./ask.ts";
 import type { StageDeps, StageInput, StageResult } from "./deps.ts";
 import { endSample, failOrRetry, lostFinalize } from "./outcome.ts";
@@ -108,7 +108,7 @@ export async function evolveSample(input: StageInput<EvolveMessage>, deps: Stage
       return endSample(
         deps,
         record,
-        { status: "PASSED_THROUGH", error: `image unusable: ${error.message}` },
+        { status: "PASSED_THROUGH", error: `${UNUSABLE_IMAGE_ERROR}${error.message}` },
         "passed",
       );
     }

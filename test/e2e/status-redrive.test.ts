@@ -162,7 +162,7 @@ describe("mmevol status / redrive on a deployed (emulated) stack", () => {
     const again = await deployedRedriveFailed({ outputs: outputsFile, run: prefix });
     expect(again.reopened).toEqual([]);
     expect(again.lines).toEqual([
-      `no FAILED samples in run ${prefix}: nothing to retry`,
+      `no FAILED samples, and none passed through for an unusable image, in run ${prefix}: nothing to retry`,
       "sent 1 evolve message(s) again, for samples started again earlier that have not begun",
     ]);
   }, 30_000);

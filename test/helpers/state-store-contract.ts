@@ -8,6 +8,7 @@ import {
   type ShardRecord,
   type StateStore,
   type StoredAnswer,
+  UNUSABLE_IMAGE_ERROR,
   zeroUsage,
 } from "../../functions/ports/state-store.ts";
 
@@ -382,14 +383,14 @@ export function describeStateStoreContract(
       expect((await store.getShard("r1", "s1"))?.pending).toBe(0);
     });
 
-    it("reopens only FAILED samples, from their seed, and opens the finalized shard again by as many", async () => {
+    it("reopens FAILED samples and those passed through for an unusable image, from their seed, and the shard", async () => {
       const store = await open();
       await store.createShard(shardRecord());
       const seed = { round: 0, direction: null, from: null, items: [] };
       const evolved = { round: 1, direction: "perception" as const, from: 0, items: [] };
       const spent = { calls: 2, promptTokens: 10, cachedTokens: 0, completionTokens: 5, costUsd: 0.01 };
-      await store.putSamples(["a", "b", "c"].map((key) => sampleRecord(key)));
-      expect(await store.completeIngest("r1", "s1", 3)).toBe(3);
+      await store.putSamples(["a", "b", "c", "d", "e"].map((key) => sampleRecord(key)));
+      expect(await store.completeIngest("r1", "s1", 5)).toBe(5);
       const a = present(await store.getSample("r1", "s1", "a"));
       await store.transition(a, {
         status: "FAILED",
@@ -401,10 +402,16 @@ export function describeStateStoreContract(
       });
       await store.transition(present(await store.getSample("r1", "s1", "b")), { status: "DONE" });
       await store.transition(present(await store.getSample("r1", "s1", "c")), { status: "FAILED" });
+      // Passed through: its image missing (the image may be there now), or every round eliminated (final).
+      await store.transition(present(await store.getSample("r1", "s1", "d")), {
+        status: "PASSED_THROUGH",
+        error: `${UNUSABLE_IMAGE_ERROR}image not found: images/d.png`,
+      });
+      await store.transition(present(await store.getSample("r1", "s1", "e")), { status: "PASSED_THROUGH" });
       expect(await store.markFinalized("r1", "s1")).toBe(true);
 
       const reopened = await store.reopenFailed("r1", "s1");
-      expect(reopened.map((r) => r.key).sort()).toEqual(["a", "c"]);
+      expect(reopened.map((r) => r.key).sort()).toEqual(["a", "c", "d"]);
       const again = present(await store.getSample("r1", "s1", "a"));
       expect(again).toMatchObject({
         status: "INGESTED",
@@ -418,14 +425,18 @@ export function describeStateStoreContract(
       });
       expect(reopened.find((r) => r.key === "a")).toEqual(again);
       expect((await store.getSample("r1", "s1", "b"))?.status).toBe("DONE");
-      expect(await store.getShard("r1", "s1")).toMatchObject({ pending: 2, finalized: false });
+      expect((await store.getSample("r1", "s1", "d"))?.status).toBe("INGESTED");
+      expect((await store.getSample("r1", "s1", "e"))?.status).toBe("PASSED_THROUGH");
+      expect(await store.getShard("r1", "s1")).toMatchObject({ pending: 3, finalized: false });
       // Nothing FAILED is left: a second call changes nothing.
       expect(await store.reopenFailed("r1", "s1")).toEqual([]);
-      expect((await store.getShard("r1", "s1"))?.pending).toBe(2);
+      expect((await store.getShard("r1", "s1"))?.pending).toBe(3);
       // The reopened samples count down to zero again, and the shard finalizes once more.
-      expect((await store.transition(again, { status: "DONE" })).shardPending).toBe(1);
+      expect((await store.transition(again, { status: "DONE" })).shardPending).toBe(2);
       const c = present(await store.getSample("r1", "s1", "c"));
-      expect((await store.transition(c, { status: "DONE" })).shardPending).toBe(0);
+      expect((await store.transition(c, { status: "DONE" })).shardPending).toBe(1);
+      const d = present(await store.getSample("r1", "s1", "d"));
+      expect((await store.transition(d, { status: "DONE" })).shardPending).toBe(0);
       expect(await store.markFinalized("r1", "s1")).toBe(true);
       expect(await store.reopenFailed("r1", "unknown")).toEqual([]);
     });

@@ -82,7 +82,9 @@ describe("--retry-failed", () => {
     expect(status.lines.join("\n")).toContain("--retry-failed");
 
     const redriven = await localRedriveFailed({ out });
-    expect(redriven.lines[0]).toMatch(/^2 FAILED sample\(s\) start again from their seed/);
+    expect(redriven.lines[0]).toMatch(
+      /^2 sample\(s\) start again from their seed \(FAILED, or passed through for an unusable image\)/,
+    );
     expect(redriven.lines[1]).toBe("  r/redrive: 2 sample(s), line(s) 1, 2");
     expect(redriven.lines.at(-1)).toContain(`mmevol run ... --out ${out}`);
     expect((await localStatus({ out, stuckAfterMs: 60_000 })).shards[0]).toMatchObject({
@@ -96,6 +98,8 @@ describe("--retry-failed", () => {
     expect(second.reports[0]?.counts).toMatchObject({ lines: 2, failed: 0, addsUp: true });
     expect(fixed.answered.get("evolve") ?? 0).toBe(0);
     expect(fixed.answered.get("judge")).toBe(2);
-    expect((await localRedriveFailed({ out })).lines).toEqual(["no FAILED samples: nothing to retry"]);
+    expect((await localRedriveFailed({ out })).lines).toEqual([
+      "no FAILED samples, and none passed through for an unusable image: nothing to retry",
+    ]);
   });
 });

@@ -1,4 +1,4 @@
-import { readFileSync, writeFileSync } from "node:fs";
+import { copyFileSync, readFileSync, writeFileSync } from "node:fs";
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { join } from "node:path";
@@ -374,11 +374,20 @@ describe("mmevol run's messages", () => {
         "mmevol: shard partly: 1 line(s) rejected as invalid input; the first, line 3: invalid JSON",
       );
       expect(stderr).toContain(
-        `mmevol: shard partly: 1 sample(s) passed through unevolved, their image unusable; the first, line 4: image not found: ${join(dir.path, "images/missing.png")} (this run resolves image paths under ${dir.path}, the first shard's directory: --images sets another; samples already passed through stay so in this --out: use a new --out to evolve them with other images)`,
+        `mmevol: shard partly: 1 sample(s) passed through unevolved, their image unusable; the first, line 4: image not found: ${join(dir.path, "images/missing.png")} (this run resolves image paths under ${dir.path}, the first shard's directory: --images sets another; once the images are there, the same command with --retry-failed evolves those samples; other images need a new --out)`,
       );
       expect(stderr).toContain(
         `each is listed with its reason in ${join(dir.path, "out", layout.errors("out", "partly"))}`,
       );
+      // The image put where it was looked for: --retry-failed evolves that sample too.
+      copyFileSync(join(repoRoot, "examples/seeds/images/clock.png"), join(dir.path, "images/missing.png"));
+      const args = ["run", shard, "--dry-run", "--rounds", "1", "--out", join(dir.path, "out")];
+      const retried = await runCli([...args, "--retry-failed"]);
+      expect(retried.code).toBe(0);
+      expect(retried.stderr).not.toContain("their image unusable");
+      const errors = readFileSync(join(dir.path, "out", layout.errors("out", "partly")), "utf8");
+      expect(errors).not.toContain("missing.png");
+      expect(errors).toContain("invalid JSON");
     } finally {
       dir.cleanup();
     }

@@ -23,6 +23,6 @@ describe("mmevol redrive --failed --run NAME", () => {
     // A misspelt run name (r-1 for r1): the FAILED sample of r1 is left as it is, and the user is told why.
     await expect(localRedriveFailed({ out: dir.path, run: "r-1" })).rejects.toThrow(/no run named "r-1"/);
     const redriven = await localRedriveFailed({ out: dir.path, run: "r1" });
-    expect(redriven.lines[0]).toMatch(/^1 FAILED sample\(s\) start again/);
+    expect(redriven.lines[0]).toMatch(/^1 sample\(s\) start again from their seed/);
   });
 });

@@ -18,6 +18,7 @@ import {
   BatchJob,
   type ClaimResult,
   NewSampleRecord,
+  reopenable,
   reopenedRecord,
   SampleRecord,
   type SampleUpdate,
@@ -280,7 +281,7 @@ export class DynamoStateStore implements StateStore {
   async reopenFailed(run: string, shard: string): Promise<SampleRecord[]> {
     const reopened: SampleRecord[] = [];
     for await (const record of this.listSamples(run, shard)) {
-      if (record.status !== "FAILED") continue;
+      if (!reopenable(record)) continue;
       const next = reopenedRecord(record, this.clock.now());
       // One transaction per sample, each with its own count: a sample written by another since the listing
       // loses alone, and a crash half-way leaves every count right (rare work; two items a write).
@@ -289,9 +290,9 @@ export class DynamoStateStore implements StateStore {
           Put: {
             TableName: this.table,
             Item: sampleItem(next),
-            ConditionExpression: "#status = :failed AND #version = :ev",
+            ConditionExpression: "#status = :status AND #version = :ev",
             ExpressionAttributeNames: names("#status", "#version"),
-            ExpressionAttributeValues: { ":failed": "FAILED", ":ev": record.version },
+            ExpressionAttributeValues: { ":status": record.status, ":ev": record.version },
           },
         },
         {

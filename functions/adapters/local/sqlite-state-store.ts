@@ -9,6 +9,7 @@ import {
   type ClaimResult,
   emptyStatusCounts,
   NewSampleRecord,
+  reopenable,
   reopenedRecord,
   SampleRecord,
   SampleStatus,
@@ -381,9 +382,12 @@ export class SqliteStateStore implements StateStore {
       const current = this.readShard(run, shard);
       if (current === null) return [];
       const failed = this.db
-        .prepare("SELECT record FROM samples WHERE run = ? AND shard = ? AND status = 'FAILED'")
+        .prepare(
+          "SELECT record FROM samples WHERE run = ? AND shard = ? AND status IN ('FAILED', 'PASSED_THROUGH')",
+        )
         .all(run, shard)
-        .map((row) => parseJson(SampleRecord, row));
+        .map((row) => parseJson(SampleRecord, row))
+        .filter(reopenable);
       const reopened = failed.map((record) => {
         const next = reopenedRecord(record, this.clock.now());
         if (!this.replaceSample(record, next))
