@@ -336,6 +336,7 @@ async function runOne(
   model: string,
   endpoint: ForeignEndpoint | null,
   tokensPerMinute: number | null,
+  foreignPollMs: { readonly min: number; readonly max: number } = { min: 1_000, max: 30_000 },
 ) {
   // A fresh simulator per run: each starts with a cold prefix cache, like a new day at the provider.
   const sim =
@@ -371,8 +372,8 @@ async function runOne(
             ? imageEarlyLayoutLlm(sent)
             : sent,
       batch: { api: batchApi, codec: new OpenAiBatchCodec() },
-      batchMinPollMs: endpoint === null ? 20 : 1_000,
-      batchMaxPollMs: endpoint === null ? 200 : 30_000,
+      batchMinPollMs: endpoint === null ? 20 : foreignPollMs.min,
+      batchMaxPollMs: endpoint === null ? 200 : foreignPollMs.max,
       ...(tokensPerMinute === null ? {} : { rateLimit: { tokensPerMinute } }),
     });
     if (result.stoppedFor !== null) throw new Error(`${kind} layout stopped: ${result.stoppedFor}`);
@@ -496,6 +497,8 @@ export async function measureCost(
     layouts?: readonly Layout[];
     /** The limit the runs' governor is told; by default it learns the server's from its headers. */
     tokensPerMinute?: number | null;
+    /** Batch polling against another server (default 1 s doubling to 30 s); a test's server answers at once. */
+    batchPollMs?: { readonly min: number; readonly max: number };
     say?: (line: string) => void;
   } = {},
 ): Promise<CostFigures> {
@@ -532,7 +535,16 @@ export async function measureCost(
     const measured = async (kind: Layout) => {
       if (!layouts.has(kind)) return null;
       try {
-        return await runOne(kind, shard, dir, rounds, model, endpoint, options.tokensPerMinute ?? null);
+        return await runOne(
+          kind,
+          shard,
+          dir,
+          rounds,
+          model,
+          endpoint,
+          options.tokensPerMinute ?? null,
+          options.batchPollMs,
+        );
       } catch (error) {
         failed[kind] = error instanceof Error ? error.message : String(error);
         say(`${kind} layout failed: ${failed[kind]}`);

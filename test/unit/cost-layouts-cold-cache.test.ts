@@ -16,6 +16,7 @@ describe("the cost benchmark's layouts against another server", () => {
           samples: 3,
           rounds: 1,
           layouts,
+          batchPollMs: { min: 20, max: 200 },
           endpoint: { baseURL: server.url, apiKey: "sk-cold-cache-bench" },
           say: () => {},
         });
