@@ -140,26 +140,34 @@ shard's evolved data, lineage and report are written again with them. A deployed
 messages at once; a local run evolves them at the next \`mmevol run\` on the same output (as
 \`mmevol run --retry-failed\` does). Dead letters are left as they are.`,
     )
-    .action((flags: Target & { queue: Stage | "all"; max?: number; failed?: boolean; run?: string }) =>
-      report(async () => {
-        const where = target(flags);
-        const aws = {
-          ...(flags.stack === undefined ? {} : { stack: flags.stack }),
-          ...(flags.endpoint === undefined ? {} : { endpoint: flags.endpoint }),
-        };
-        if (flags.failed) {
-          const run = flags.run === undefined ? {} : { run: flags.run };
-          if ("local" in where) return localRedriveFailed({ out: where.local, ...run });
-          return deployedRedriveFailed({ outputs: where.outputs, ...run, ...aws });
-        }
-        if (flags.run !== undefined) throw new InvalidArgumentError("--run goes with --failed");
-        if ("local" in where) return localRedrive({ out: where.local });
-        return deployedRedrive({
-          outputs: where.outputs,
-          queue: flags.queue,
-          ...(flags.max === undefined ? {} : { max: flags.max }),
-          ...aws,
-        });
-      }),
+    .action(
+      (
+        flags: Target & { queue: Stage | "all"; max?: number; failed?: boolean; run?: string },
+        command: Command,
+      ) =>
+        report(async () => {
+          const where = target(flags);
+          if (flags.failed && (flags.max !== undefined || command.getOptionValueSource("queue") === "cli"))
+            throw new InvalidArgumentError(
+              "--queue and --max move dead letters; --failed moves none: give one or the other",
+            );
+          const aws = {
+            ...(flags.stack === undefined ? {} : { stack: flags.stack }),
+            ...(flags.endpoint === undefined ? {} : { endpoint: flags.endpoint }),
+          };
+          if (flags.failed) {
+            const run = flags.run === undefined ? {} : { run: flags.run };
+            if ("local" in where) return localRedriveFailed({ out: where.local, ...run });
+            return deployedRedriveFailed({ outputs: where.outputs, ...run, ...aws });
+          }
+          if (flags.run !== undefined) throw new InvalidArgumentError("--run goes with --failed");
+          if ("local" in where) return localRedrive({ out: where.local });
+          return deployedRedrive({
+            outputs: where.outputs,
+            queue: flags.queue,
+            ...(flags.max === undefined ? {} : { max: flags.max }),
+            ...aws,
+          });
+        }),
     );
 }

@@ -3,6 +3,7 @@ import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { localRedriveFailed } from "../../bin/commands/redrive.ts";
 import { SqliteStateStore } from "../../functions/adapters/local/sqlite-state-store.ts";
+import { runCli } from "../helpers/cli.ts";
 import { tempDir } from "../helpers/files.ts";
 import { sampleRecord, shardRecord } from "../helpers/state-store-contract.ts";
 
@@ -22,7 +23,16 @@ describe("mmevol redrive --failed --run NAME", () => {
 
     // A misspelt run name (r-1 for r1): the FAILED sample of r1 is left as it is, and the user is told why.
     await expect(localRedriveFailed({ out: dir.path, run: "r-1" })).rejects.toThrow(/no run named "r-1"/);
+    // --queue and --max are for dead letters: with --failed they are refused, not ignored.
+    for (const extra of [
+      ["--max", "3"],
+      ["--queue", "evolve"],
+    ]) {
+      const refused = await runCli(["redrive", "--out", dir.path, "--failed", "--run", "r1", ...extra]);
+      expect(refused.code).toBe(2);
+      expect(refused.stderr).toContain("--queue and --max move dead letters; --failed moves none");
+    }
     const redriven = await localRedriveFailed({ out: dir.path, run: "r1" });
     expect(redriven.lines[0]).toMatch(/^1 sample\(s\) start again from their seed/);
-  });
+  }, 30_000);
 });
