@@ -40,8 +40,9 @@ export const describeMessage = (m: DeadLetterRecord["message"]): string =>
     ? `${m.kind} ${m.run}/${m.shard}/${m.sample} round ${m.round}`
     : `${m.kind} ${m.run}/${m.shard}`;
 
+/** Whether some shard holds samples `--retry-failed` / `redrive --failed` would start again. */
 const anyFailed = (shards: readonly ShardSummary[]): boolean =>
-  shards.some((shard) => (shard.counts?.FAILED ?? 0) > 0);
+  shards.some((shard) => (shard.counts?.FAILED ?? 0) + (shard.unusableImages ?? 0) > 0);
 
 export interface LocalStatusOptions {
   readonly out: string;
@@ -85,7 +86,7 @@ export async function localStatus(options: LocalStatusOptions): Promise<LocalSta
     if (deadLetters.length > 0) lines.push("  `mmevol redrive --out DIR` queues them for the next run");
     if (anyFailed(shards))
       lines.push(
-        "FAILED samples start again from their seed, once the cause is fixed, with `mmevol run ... --retry-failed`",
+        "FAILED samples (and those passed through for an unusable image) start again from their seed, once the cause is fixed, with `mmevol run ... --retry-failed`",
       );
     return { shards, deadLetters, lines };
   } finally {
@@ -200,7 +201,7 @@ export async function deployedStatus(options: DeployedStatusOptions): Promise<De
   lines.push(...formatSummaries(shards));
   if (anyFailed(shards))
     lines.push(
-      "FAILED samples start again from their seed, once the cause is fixed, with `mmevol redrive --failed --outputs FILE`",
+      "FAILED samples (and those passed through for an unusable image) start again from their seed, once the cause is fixed, with `mmevol redrive --failed --outputs FILE`",
     );
   return { queues, shards, lines };
 }

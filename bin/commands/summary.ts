@@ -1,6 +1,7 @@
 import { nextMessageOf } from "../../functions/pipeline/sweep.ts";
 import {
   emptyStatusCounts,
+  reopenable,
   SAMPLE_STATUSES,
   type SampleStatus,
   type StateStore,
@@ -27,6 +28,8 @@ export interface ShardSummary {
   readonly finalized: boolean;
   /** Per status; null when the samples were not read (a finalized shard of a deployed stack). */
   readonly counts: Record<SampleStatus, number> | null;
+  /** Of the PASSED_THROUGH ones, those whose image could not be used (null when the samples were not read). */
+  readonly unusableImages: number | null;
   /** Age of the oldest non-terminal sample (since its last update), or null when none. */
   readonly oldestOpenAgeMs: number | null;
   /** Non-terminal samples not updated for longer than the deadline, oldest first. */
@@ -64,12 +67,15 @@ export async function summarizeShards(state: StateStore, options: SummaryOptions
         ? Math.max(options.stuckAfterMs, options.batchWaitMs ?? BATCH_WAIT_MS)
         : options.stuckAfterMs;
     let counts: Record<SampleStatus, number> | null = null;
+    let unusableImages: number | null = null;
     let oldest: number | null = null;
     const stuck: StuckSample[] = [];
     if (!shard.finalized || options.scanFinalized) {
       counts = emptyStatusCounts();
+      unusableImages = 0;
       for await (const sample of state.listSamples(shard.run, shard.shard)) {
         counts[sample.status] += 1;
+        if (sample.status === "PASSED_THROUGH" && reopenable(sample)) unusableImages += 1;
         if (TERMINAL_STATUSES.has(sample.status) || nextMessageOf(sample) === null) continue;
         const ageMs = options.now - sample.updatedAt;
         oldest = Math.max(oldest ?? 0, ageMs);
@@ -93,6 +99,7 @@ export async function summarizeShards(state: StateStore, options: SummaryOptions
       ingested: shard.ingested,
       finalized: shard.finalized,
       counts,
+      unusableImages,
       oldestOpenAgeMs: oldest,
       stuck,
       shardAgeMs: options.now - shard.updatedAt,
@@ -124,6 +131,8 @@ export function formatSummaries(summaries: readonly ShardSummary[], maxStuck = 1
         .join(", ");
       lines.push(`  samples: ${counts || "none"}`);
     }
+    if ((s.unusableImages ?? 0) > 0)
+      lines.push(`  passed through because their image could not be used: ${s.unusableImages}`);
     if (s.oldestOpenAgeMs !== null)
       lines.push(`  oldest unfinished sample: ${age(s.oldestOpenAgeMs)} since its last step`);
     if (s.openBatches > 0)

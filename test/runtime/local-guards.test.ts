@@ -379,6 +379,9 @@ describe("mmevol run's messages", () => {
       expect(stderr).toContain(
         `each is listed with its reason in ${join(dir.path, "out", layout.errors("out", "partly"))}`,
       );
+      const status = await runCli(["status", "--out", join(dir.path, "out")]);
+      expect(status.stdout).toContain("  passed through because their image could not be used: 1");
+      expect(status.stdout).toContain("with `mmevol run ... --retry-failed`");
       // The image put where it was looked for: --retry-failed evolves that sample too.
       copyFileSync(join(repoRoot, "examples/seeds/images/clock.png"), join(dir.path, "images/missing.png"));
       const args = ["run", shard, "--dry-run", "--rounds", "1", "--out", join(dir.path, "out")];
@@ -388,6 +391,9 @@ describe("mmevol run's messages", () => {
       const errors = readFileSync(join(dir.path, "out", layout.errors("out", "partly")), "utf8");
       expect(errors).not.toContain("missing.png");
       expect(errors).toContain("invalid JSON");
+      const after = await runCli(["status", "--out", join(dir.path, "out")]);
+      expect(after.stdout).not.toContain("their image could not be used");
+      expect(after.stdout).not.toContain("--retry-failed");
     } finally {
       dir.cleanup();
     }
