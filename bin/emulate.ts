@@ -94,6 +94,8 @@ if (!endpoint) {
       process.kill(pid, "SIGTERM");
     });
     process.stderr.write(`emulate: started moto at ${endpoint} (pid ${pid})\n`);
+  } else {
+    process.stderr.write(`emulate: using the emulator already listening at ${endpoint}\n`);
   }
 }
 process.env.AWS_ENDPOINT_URL = endpoint;
@@ -146,6 +148,7 @@ process.stderr.write(
     `emulate: stack up on ${endpoint}`,
     `  bucket ${stack.bucket}, table ${stack.table}`,
     `  functions: ${stack.functions.join(", ")}`,
+    `  outputs: ${join(opts.cdkOut, "emulated-outputs.json")} (mmevol status --outputs ${join(opts.cdkOut, "emulated-outputs.json")})`,
     "  drop a shard: AWS_ENDPOINT_URL=... aws s3 cp seeds/ s3://<bucket>/seeds/<run>/ --recursive",
     "  results: evolved/<run>/, reports/<run>/, errors/<run>/ in the bucket. Ctrl-C stops.",
     "",

@@ -250,7 +250,7 @@ async function runCommand(shards: string[], flags: RunFlags): Promise<void> {
     flags.run ?? (givenName !== safeName && (await holdsRun(flags.out, givenName)) ? givenName : safeName);
   if (flags.quiet !== true)
     process.stderr.write(
-      `mmevol: run "${run}", ${shards.length} shard(s), model ${config.model}${baseURL ? ` at ${baseURL}` : ""}, ${config.rounds} rounds, ${config.mode === "batch" ? "Batch API" : "online"}, concurrency ${flags.concurrency}, output ${flags.out}\n`,
+      `mmevol: run "${run}", ${shards.length} shard(s), model ${config.model}${baseURL ? ` at ${baseURL}` : ""}, ${config.rounds} round${config.rounds === 1 ? "" : "s"}, ${config.mode === "batch" ? "Batch API" : "online"}, concurrency ${flags.concurrency}, output ${flags.out}\n`,
     );
   for (const model of new Set([config.model, judgeModelOf(config)]))
     if (!isPriced(model, config.prices))
@@ -453,11 +453,12 @@ program
     "after",
     `
 Environment: OPENAI_API_KEY (never printed), OPENAI_BASE_URL. With neither set, the run is a dry run.
-Exit codes: 0 done; 1 some work gave up after repeated errors (rerun to retry it); 2 bad usage, or another
-run works on the same --out; 3 the provider says the account is out of quota or refuses the key, or the
-endpoint cannot be reached (top it up, fix the key or the endpoint, rerun to resume); 4 done, but some
-samples FAILED (each is in the errors file with its reason; rerun with --retry-failed once the cause is
-fixed); 130 interrupted (rerun to resume).
+Exit codes: 0 done; 1 some work gave up after repeated errors, a shard did not finish, or the run stopped on
+a failure it names (rerun to retry it); 2 bad usage, another run works on the same --out, or the --out holds
+this run made from another file or with other settings; 3 the provider says the account is out of quota or
+refuses the key, or the endpoint cannot be reached (top it up, fix the key or the endpoint, rerun to
+resume); 4 done, but some samples FAILED (each is in the errors file with its reason; rerun with
+--retry-failed once the cause is fixed); 130 interrupted (rerun to resume).
 Examples:
   mmevol run examples/seeds/demo.jsonl --out out/demo --dry-run
   OPENAI_BASE_URL=http://127.0.0.1:11434/v1 mmevol run seeds.jsonl --model qwen2.5vl --out out/q`,

@@ -53,6 +53,10 @@ export function readStackOutputs(path: string, stack?: string): StackOutputs {
     const names = Object.keys(stacks);
     const chosen = stack ?? (names.length === 1 ? names[0] : undefined);
     const found = chosen === undefined ? undefined : stacks[chosen];
+    if (names.length === 0)
+      throw new InvalidInputError(
+        `${path}: no stack outputs in it (expected the file \`cdk deploy --outputs-file\` writes, or the emulator's emulated-outputs.json)`,
+      );
     if (chosen === undefined || found === undefined) {
       throw new InvalidInputError(
         `${path}: ${stack ? `no stack "${stack}"` : "several stacks"}; choose one with --stack (${names.join(", ")})`,

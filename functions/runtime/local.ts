@@ -376,7 +376,9 @@ async function runLocked(options: LocalRunOptions, out: string, started: number)
       if (stoppedFor === null) {
         stoppedFor = error.message;
         stoppedRemedy = error.remedy;
-        logger.error("the provider refuses this account's calls; stopping the run", { error: error.message });
+        logger.error("the provider refuses this account's calls or cannot be reached; stopping the run", {
+          error: error.message,
+        });
       }
       stop = true;
     };
