@@ -382,6 +382,13 @@ const { version } = JSON.parse(readFileSync(new URL("../package.json", import.me
   version: string;
 };
 
+// A reader that went away (`mmevol run ... | head -1`) is no reason to fail a run that finished: later output is
+// dropped, and the exit code stays the run's own (an EPIPE used to end it with a stack trace and exit 1).
+for (const stream of [process.stdout, process.stderr])
+  stream.on("error", (error: NodeJS.ErrnoException) => {
+    if (error.code !== "EPIPE") throw error;
+  });
+
 const program = new Command()
   .name("mmevol")
   .version(version, "-V, --version", "print the version")

@@ -81,6 +81,13 @@ describe("classifyFailure", () => {
     },
   );
 
+  it("a port fetch refuses to connect to (bad port) is unreachable too, and says so", () => {
+    const cause = Object.assign(new TypeError("fetch failed"), { cause: new Error("bad port") });
+    const failure = classifyFailure(new APIConnectionError({ cause }));
+    expect(failure).toBeInstanceOf(EndpointUnreachableError);
+    expect(failure.message).toContain("its port is one fetch refuses to connect to");
+  });
+
   it("a connection reset or a timeout stays a plain retryable failure, a try of the sample's", () => {
     const reset = Object.assign(new TypeError("fetch failed"), {
       cause: Object.assign(new Error("socket hang up"), { code: "ECONNRESET" }),

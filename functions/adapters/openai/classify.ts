@@ -160,6 +160,12 @@ export const classifyFailure = (error: unknown, secrets: readonly string[] = [])
           cause: error,
         },
       );
+    // fetch never connects to a port on the Fetch standard's block list (1, 6000, 10080, ...): no retry helps.
+    if (causeChain(error).some((e) => e instanceof Error && e.message === "bad port"))
+      return new EndpointUnreachableError(
+        "cannot reach the LLM endpoint: its port is one fetch refuses to connect to (the Fetch standard's blocked ports, such as 1, 6000 or 10080); serve it on another port",
+        { cause: error },
+      );
   }
   // Covers APIConnectionTimeoutError too: no answer arrived, so nothing says the request was bad.
   if (error instanceof APIConnectionError) {
