@@ -2,7 +2,7 @@
 // `npm run emulate`: the synthesized stack on an AWS emulator (moto) with its functions run in-process, so
 // dropping a shard into the emulated bucket produces what the deployed stack would.
 import { spawn, spawnSync } from "node:child_process";
-import { readdirSync, readFileSync, statSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { basename, join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
 import { HeadObjectCommand, PutObjectCommand, S3Client } from "@aws-sdk/client-s3";
@@ -58,6 +58,19 @@ const opts = program.opts<{
   rpm?: number;
   scheduleSeconds?: number;
 }>();
+// Checked before the emulator and the stack start (a minute of work), not after them.
+const usage = (message: string): never => {
+  process.stderr.write(`emulate: ${message}\n`);
+  process.exit(2);
+};
+if (opts.drop !== undefined && !(existsSync(opts.drop) && statSync(opts.drop).isFile()))
+  usage(`--drop: no such shard file: ${opts.drop}`);
+if (opts.config !== undefined && !(existsSync(opts.config) && statSync(opts.config).isFile()))
+  usage(`--config: no such file: ${opts.config}`);
+if (opts.batch && opts.config !== undefined)
+  usage(
+    `give --batch or "mode": "batch" in --config ${opts.config}, not both (--config is uploaded as it is)`,
+  );
 const { tpm, rpm } = opts;
 const scheduleSeconds = opts.scheduleSeconds ?? (opts.batch ? 5 : 30);
 
@@ -161,7 +174,10 @@ if (opts.drop) {
   const files = (function walk(d: string): string[] {
     return readdirSync(d).flatMap((name) => {
       const path = join(d, name);
-      return statSync(path).isDirectory() ? walk(path) : [path];
+      // Not a dependency tree or a hidden folder (a shard dropped from a project's root).
+      if (statSync(path).isDirectory())
+        return name === "node_modules" || name.startsWith(".") ? [] : walk(path);
+      return [path];
     });
   })(dir).filter((path) => /\.(png|jpe?g|webp|gif)$/i.test(path));
   for (const file of files) {
