@@ -8,7 +8,6 @@ import {
 } from "@aws-sdk/client-sqs";
 import { SqsWorkQueue } from "../../functions/adapters/aws/sqs-work-queue.ts";
 import { nextMessageOf } from "../../functions/pipeline/sweep.ts";
-import { InvalidInputError } from "../../functions/ports/errors.ts";
 import type { Message, Stage, WorkQueue } from "../../functions/ports/messages.ts";
 import {
   type SampleRecord,
@@ -20,6 +19,7 @@ import { DEAD_LETTERS_FILE, type DeadLetterRecord } from "../../functions/runtim
 import { withRunLock } from "../../functions/runtime/run-lock.ts";
 import { awsClientsFor, QUEUE_STAGES, readStackOutputs } from "./outputs.ts";
 import { describeMessage, openLocalState, readDeadLetters } from "./status.ts";
+import { unknownRun } from "./summary.ts";
 
 export interface LocalRedrive {
   /** Dead letters whose work is still unfinished: the next `mmevol run` picks them up. */
@@ -179,10 +179,7 @@ export interface FailedRedrive {
 /** The shards of the run (of every run when none is given); a run with none is a misspelt name, not "nothing failed". */
 async function shardsOf(state: StateStore, run: string | undefined): Promise<ShardRecord[]> {
   const shards = await state.listShards(run);
-  if (run !== undefined && shards.length === 0)
-    throw new InvalidInputError(
-      `no run named ${JSON.stringify(run)} here (\`mmevol status\` lists the runs)`,
-    );
+  if (run !== undefined && shards.length === 0) throw unknownRun(run);
   return shards;
 }
 

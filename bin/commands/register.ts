@@ -161,7 +161,13 @@ messages at once; a local run evolves them at the next \`mmevol run\` on the sam
             return deployedRedriveFailed({ outputs: where.outputs, ...run, ...aws });
           }
           if (flags.run !== undefined) throw new InvalidArgumentError("--run goes with --failed");
-          if ("local" in where) return localRedrive({ out: where.local });
+          if ("local" in where) {
+            if (flags.max !== undefined || command.getOptionValueSource("queue") === "cli")
+              throw new InvalidArgumentError(
+                "--queue and --max are for a deployed stack's dead-letter queues; a local run's dead letters all go back at its next run",
+              );
+            return localRedrive({ out: where.local });
+          }
           return deployedRedrive({
             outputs: where.outputs,
             queue: flags.queue,

@@ -12,7 +12,7 @@ import type { Stage } from "../../functions/ports/messages.ts";
 import { DEAD_LETTERS_FILE, DeadLetterRecord } from "../../functions/runtime/local.ts";
 import { activeRunPid } from "../../functions/runtime/run-lock.ts";
 import { awsClientsFor, QUEUE_STAGES, readStackOutputs } from "./outputs.ts";
-import { formatSummaries, type ShardSummary, summarizeShards } from "./summary.ts";
+import { formatSummaries, type ShardSummary, summarizeShards, unknownRun } from "./summary.ts";
 
 /** The local run's dead letters: what its last `mmevol run` could not deliver (empty when none or never run). */
 export function readDeadLetters(out: string): DeadLetterRecord[] {
@@ -67,6 +67,7 @@ export async function localStatus(options: LocalStatusOptions): Promise<LocalSta
       scanFinalized: true,
       ...(options.run === undefined ? {} : { run: options.run }),
     });
+    if (options.run !== undefined && shards.length === 0) throw unknownRun(options.run);
     const deadLetters = readDeadLetters(options.out);
     const pid = activeRunPid(options.out);
     const lines = [
@@ -177,6 +178,7 @@ export async function deployedStatus(options: DeployedStatusOptions): Promise<De
     scanFinalized: false,
     ...(options.run === undefined ? {} : { run: options.run }),
   });
+  if (options.run !== undefined && shards.length === 0) throw unknownRun(options.run);
 
   const lines = [`stack ${outputs.stackName ?? "(from outputs file)"}: table ${outputs.table}`];
   lines.push("queues (approximate counts):");

@@ -1,4 +1,5 @@
 import { nextMessageOf } from "../../functions/pipeline/sweep.ts";
+import { InvalidInputError } from "../../functions/ports/errors.ts";
 import {
   emptyStatusCounts,
   reopenable,
@@ -115,6 +116,10 @@ export const age = (ms: number): string => {
   if (s < 3600) return `${Math.floor(s / 60)}m${s % 60}s`;
   return `${Math.floor(s / 3600)}h${Math.floor((s % 3600) / 60)}m`;
 };
+
+/** A run named on the command line that the state does not hold: a misspelt name, not "nothing there". */
+export const unknownRun = (run: string): InvalidInputError =>
+  new InvalidInputError(`no run named ${JSON.stringify(run)} here (\`mmevol status\` lists the runs)`);
 
 /** Human-readable lines for `mmevol status`. */
 export function formatSummaries(summaries: readonly ShardSummary[], maxStuck = 10): string[] {

@@ -32,6 +32,13 @@ describe("mmevol redrive --failed --run NAME", () => {
       expect(refused.code).toBe(2);
       expect(refused.stderr).toContain("--queue and --max move dead letters; --failed moves none");
     }
+    // The same for status, and --max / --queue on a local run's dead letters (which all go back at the next run).
+    const status = await runCli(["status", "--out", dir.path, "--run", "r-1"]);
+    expect(status.code).toBe(2);
+    expect(status.stderr).toContain('no run named "r-1" here');
+    const local = await runCli(["redrive", "--out", dir.path, "--max", "2"]);
+    expect(local.code).toBe(2);
+    expect(local.stderr).toContain("--queue and --max are for a deployed stack's dead-letter queues");
     const redriven = await localRedriveFailed({ out: dir.path, run: "r1" });
     expect(redriven.lines[0]).toMatch(/^1 sample\(s\) start again from their seed/);
   }, 30_000);
