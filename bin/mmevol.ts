@@ -139,14 +139,19 @@ function progressPrinter(quiet: boolean) {
     };
   }
   let last = 0;
+  let lastLine = "";
   return {
     update: (p: Progress) => {
       const now = Date.now();
       if (now - last < 5_000 && done(p) < p.total) return;
+      // The round samples are in: none before the first evolve and after the last judge.
+      const round = p.round > 0 ? `, round ${p.round}` : "";
+      const line = `progress ${done(p)}/${p.total} samples, failed ${p.counts.FAILED}${round}, ${compact(p.llm.promptTokens + p.llm.completionTokens)} tokens, ${money(p.llm.costUsd)}, eta ${eta(p)}\n`;
+      // The last update and the run's end report the same finished count: one line for it.
+      if (line === lastLine) return;
       last = now;
-      process.stderr.write(
-        `progress ${done(p)}/${p.total} samples, failed ${p.counts.FAILED}, round ${p.round}, ${compact(p.llm.promptTokens + p.llm.completionTokens)} tokens, ${money(p.llm.costUsd)}, eta ${eta(p)}\n`,
-      );
+      lastLine = line;
+      process.stderr.write(line);
     },
     stop: () => {},
   };
