@@ -161,7 +161,7 @@ process.stderr.write(
     `emulate: stack up on ${endpoint}`,
     `  bucket ${stack.bucket}, table ${stack.table}`,
     `  functions: ${stack.functions.join(", ")}`,
-    `  outputs: ${join(opts.cdkOut, "emulated-outputs.json")} (mmevol status --outputs ${join(opts.cdkOut, "emulated-outputs.json")})`,
+    `  outputs: ${stack.outputsFile} (mmevol status --outputs ${stack.outputsFile})`,
     "  drop a shard: AWS_ENDPOINT_URL=... aws s3 cp seeds/ s3://<bucket>/seeds/<run>/ --recursive",
     "  results: evolved/<run>/, reports/<run>/, errors/<run>/ in the bucket. Ctrl-C stops.",
     "",

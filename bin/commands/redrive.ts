@@ -9,16 +9,11 @@ import {
 import { SqsWorkQueue } from "../../functions/adapters/aws/sqs-work-queue.ts";
 import { nextMessageOf } from "../../functions/pipeline/sweep.ts";
 import type { Message, Stage, WorkQueue } from "../../functions/ports/messages.ts";
-import {
-  type SampleRecord,
-  type ShardRecord,
-  type StateStore,
-  TERMINAL_STATUSES,
-} from "../../functions/ports/state-store.ts";
+import { type SampleRecord, type StateStore, TERMINAL_STATUSES } from "../../functions/ports/state-store.ts";
 import { DEAD_LETTERS_FILE, type DeadLetterRecord } from "../../functions/runtime/local.ts";
 import { withRunLock } from "../../functions/runtime/run-lock.ts";
 import { awsClientsFor, QUEUE_STAGES, readStackOutputs } from "./outputs.ts";
-import { describeMessage, openLocalState, readDeadLetters } from "./status.ts";
+import { describeMessage, localStatePath, openLocalState, readDeadLetters } from "./status.ts";
 import { unknownRun } from "./summary.ts";
 
 export interface LocalRedrive {
@@ -166,35 +161,21 @@ export async function deployedRedrive(options: DeployedRedriveOptions): Promise<
   return { moved, lines };
 }
 
+/** The samples a `--failed` redrive started again, in one shard. */
+interface ReopenedShard {
+  readonly run: string;
+  readonly shard: string;
+  readonly samples: SampleRecord[];
+}
+
 export interface FailedRedrive {
   /** The samples started again, by shard. */
-  readonly reopened: readonly {
-    readonly run: string;
-    readonly shard: string;
-    readonly samples: SampleRecord[];
-  }[];
+  readonly reopened: readonly ReopenedShard[];
   readonly lines: string[];
 }
 
-/** The shards of the run (of every run when none is given); a run with none is a misspelt name, not "nothing failed". */
-async function shardsOf(state: StateStore, run: string | undefined): Promise<ShardRecord[]> {
-  const shards = await state.listShards(run);
-  if (run !== undefined && shards.length === 0) throw unknownRun(run);
-  return shards;
-}
-
-/** Starts the FAILED samples of every shard (of one run, when given) again, in the state. */
-async function reopenAll(state: StateStore, run: string | undefined): Promise<FailedRedrive["reopened"]> {
-  const reopened: { run: string; shard: string; samples: SampleRecord[] }[] = [];
-  for (const shard of await shardsOf(state, run)) {
-    const samples = await state.reopenFailed(shard.run, shard.shard);
-    if (samples.length > 0) reopened.push({ run: shard.run, shard: shard.shard, samples });
-  }
-  return reopened;
-}
-
 /** What a `--failed` redrive did, shard by shard, with the lines of the samples (the first ten). */
-function reopenedLines(reopened: FailedRedrive["reopened"], run: string | undefined): string[] {
+function reopenedLines(reopened: readonly ReopenedShard[], run: string | undefined): string[] {
   const total = reopened.reduce((n, r) => n + r.samples.length, 0);
   if (total === 0)
     return [
@@ -214,22 +195,23 @@ function reopenedLines(reopened: FailedRedrive["reopened"], run: string | undefi
 /**
  * `mmevol redrive --failed --out DIR`: the local run's FAILED samples start again from their seed, as
  * `mmevol run --retry-failed` does; the next `mmevol run` on the same output evolves them and writes the
- * shard's outputs again.
+ * shard's outputs again (a local run's queue is its state: no message is sent).
  */
 export async function localRedriveFailed(options: {
   readonly out: string;
   readonly run?: string;
 }): Promise<FailedRedrive> {
-  // openLocalState names a missing state; with one, a run going on must not have its samples changed under it.
-  openLocalState(options.out).close();
+  // Named when missing, before the lock; with one, a run going on must not have its samples changed under it.
+  localStatePath(options.out);
   return withRunLock(resolve(options.out), async () => {
     const state = openLocalState(options.out);
     try {
-      const reopened = await reopenAll(state, options.run);
-      const lines = reopenedLines(reopened, options.run);
-      if (reopened.length > 0)
-        lines.push(`run the same \`mmevol run ... --out ${options.out}\` command again: it evolves them`);
-      return { reopened, lines };
+      const redriven = await redriveFailed(state, null, options.run);
+      if (redriven.reopened.length > 0)
+        redriven.lines.push(
+          `run the same \`mmevol run ... --out ${options.out}\` command again: it evolves them`,
+        );
+      return redriven;
     } finally {
       state.close();
     }
@@ -254,21 +236,25 @@ export async function deployedRedriveFailed(options: {
 }
 
 /**
- * Reopens the FAILED samples shard by shard and sends each shard's evolve messages at once. A sample an earlier
- * redrive reopened that has not started yet (INGESTED at its seed, retried) gets its message again: that
- * redrive's send may have failed after the state was changed, and a duplicate is only acknowledged.
+ * Reopens the FAILED samples (of one run, when given) shard by shard. With a queue (a deployed stack), each
+ * shard's evolve messages are sent at once, and a sample an earlier redrive reopened that has not started yet
+ * (INGESTED at its seed, retried) gets its message again: that redrive's send may have failed after the state
+ * was changed, and a duplicate is only acknowledged. A run named that has no shards is a misspelt name.
  */
 export async function redriveFailed(
   state: StateStore,
-  queue: WorkQueue,
+  queue: WorkQueue | null,
   run: string | undefined,
 ): Promise<FailedRedrive> {
-  const reopened: { run: string; shard: string; samples: SampleRecord[] }[] = [];
+  const shards = await state.listShards(run);
+  if (run !== undefined && shards.length === 0) throw unknownRun(run);
+  const reopened: ReopenedShard[] = [];
   let sent = 0;
   let resent = 0;
-  for (const shard of await shardsOf(state, run)) {
+  for (const shard of shards) {
     const samples = await state.reopenFailed(shard.run, shard.shard);
     if (samples.length > 0) reopened.push({ run: shard.run, shard: shard.shard, samples });
+    if (queue === null) continue;
     const unstarted: SampleRecord[] = [];
     if (!shard.finalized) {
       const now = new Set(samples.map((s) => s.key));

@@ -147,10 +147,17 @@ messages at once; a local run evolves them at the next \`mmevol run\` on the sam
       ) =>
         report(async () => {
           const where = target(flags);
-          if (flags.failed && (flags.max !== undefined || command.getOptionValueSource("queue") === "cli"))
-            throw new InvalidArgumentError(
-              "--queue and --max move dead letters; --failed moves none: give one or the other",
-            );
+          // --queue and --max pick what moves out of a deployed stack's dead-letter queues.
+          if (flags.max !== undefined || command.getOptionValueSource("queue") === "cli") {
+            if (flags.failed)
+              throw new InvalidArgumentError(
+                "--queue and --max move dead letters; --failed moves none: give one or the other",
+              );
+            if ("local" in where)
+              throw new InvalidArgumentError(
+                "--queue and --max are for a deployed stack's dead-letter queues; a local run's dead letters all go back at its next run",
+              );
+          }
           const aws = {
             ...(flags.stack === undefined ? {} : { stack: flags.stack }),
             ...(flags.endpoint === undefined ? {} : { endpoint: flags.endpoint }),
@@ -161,13 +168,7 @@ messages at once; a local run evolves them at the next \`mmevol run\` on the sam
             return deployedRedriveFailed({ outputs: where.outputs, ...run, ...aws });
           }
           if (flags.run !== undefined) throw new InvalidArgumentError("--run goes with --failed");
-          if ("local" in where) {
-            if (flags.max !== undefined || command.getOptionValueSource("queue") === "cli")
-              throw new InvalidArgumentError(
-                "--queue and --max are for a deployed stack's dead-letter queues; a local run's dead letters all go back at its next run",
-              );
-            return localRedrive({ out: where.local });
-          }
+          if ("local" in where) return localRedrive({ out: where.local });
           return deployedRedrive({
             outputs: where.outputs,
             queue: flags.queue,

@@ -24,15 +24,20 @@ export function readDeadLetters(out: string): DeadLetterRecord[] {
     .map((line) => DeadLetterRecord.parse(JSON.parse(line)));
 }
 
-/** The local state database of an output directory; an error naming the directory when there is none. */
-export function openLocalState(out: string): SqliteStateStore {
+/** The state file of output directory `out`; an error naming the directory when there is none. */
+export function localStatePath(out: string): string {
   const path = join(resolve(out), ".mmevol", "state.sqlite");
   if (!existsSync(path)) {
     throw new InvalidInputError(
       `no mmevol state in ${out} (expected ${path}): was \`mmevol run --out ${out}\` run?`,
     );
   }
-  return new SqliteStateStore(path);
+  return path;
+}
+
+/** The local state database of an output directory (see localStatePath). */
+export function openLocalState(out: string): SqliteStateStore {
+  return new SqliteStateStore(localStatePath(out));
 }
 
 export const describeMessage = (m: DeadLetterRecord["message"]): string =>
@@ -40,9 +45,16 @@ export const describeMessage = (m: DeadLetterRecord["message"]): string =>
     ? `${m.kind} ${m.run}/${m.shard}/${m.sample} round ${m.round}`
     : `${m.kind} ${m.run}/${m.shard}`;
 
-/** Whether some shard holds samples `--retry-failed` / `redrive --failed` would start again. */
-const anyFailed = (shards: readonly ShardSummary[]): boolean =>
-  shards.some((shard) => (shard.counts?.FAILED ?? 0) + (shard.unusableImages ?? 0) > 0);
+/**
+ * When some shard holds samples `--retry-failed` / `redrive --failed` would start again: the line that says how,
+ * with `command`; else none.
+ */
+const retryHint = (shards: readonly ShardSummary[], command: string): string[] =>
+  shards.some((shard) => (shard.counts?.FAILED ?? 0) + (shard.unusableImages ?? 0) > 0)
+    ? [
+        `FAILED samples (and those passed through for an unusable image) start again from their seed, once the cause is fixed, with \`${command}\``,
+      ]
+    : [];
 
 export interface LocalStatusOptions {
   readonly out: string;
@@ -85,10 +97,7 @@ export async function localStatus(options: LocalStatusOptions): Promise<LocalSta
       );
     }
     if (deadLetters.length > 0) lines.push("  `mmevol redrive --out DIR` queues them for the next run");
-    if (anyFailed(shards))
-      lines.push(
-        "FAILED samples (and those passed through for an unusable image) start again from their seed, once the cause is fixed, with `mmevol run ... --retry-failed`",
-      );
+    lines.push(...retryHint(shards, "mmevol run ... --retry-failed"));
     return { shards, deadLetters, lines };
   } finally {
     state.close();
@@ -201,9 +210,6 @@ export async function deployedStatus(options: DeployedStatusOptions): Promise<De
     lines.push("  `mmevol redrive --outputs FILE` moves dead letters back to their queues");
   }
   lines.push(...formatSummaries(shards));
-  if (anyFailed(shards))
-    lines.push(
-      "FAILED samples (and those passed through for an unusable image) start again from their seed, once the cause is fixed, with `mmevol redrive --failed --outputs FILE`",
-    );
+  lines.push(...retryHint(shards, "mmevol redrive --failed --outputs FILE"));
   return { queues, shards, lines };
 }

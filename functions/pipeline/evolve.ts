@@ -100,7 +100,7 @@ export async function evolveSample(input: StageInput<EvolveMessage>, deps: Stage
       if (left > 0)
         throw new ImageNotUploadedError(
           `${error.message} (yet: looking again for ${Math.ceil(left / 60_000)} more minute(s), in case it is still being uploaded)`,
-          Math.min(left, Math.min(60_000, Math.ceil(deps.imageWaitMs / 10))),
+          Math.min(left, 60_000, Math.ceil(deps.imageWaitMs / 10)),
         );
     }
     // An image that cannot be used means the sample cannot be evolved: it passes through, with the reason kept.

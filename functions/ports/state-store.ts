@@ -105,12 +105,6 @@ export const SampleRecord = z.object({
 });
 export type SampleRecord = z.infer<typeof SampleRecord>;
 
-/**
- * A FAILED sample started again from its seed (`mmevol run --retry-failed`, `mmevol redrive --failed`):
- * INGESTED at round 0 with only its seed version, its attempts and usage back to zero, one more retry (which
- * gives its requests fresh tries past the stored ones), the version bumped. Its earlier answers stay stored
- * under their requests, so the rounds before the failure are read back, not paid again.
- */
 /** The start of the error of a sample passed through because its image could not be used (evolve). */
 export const UNUSABLE_IMAGE_ERROR = "image unusable: ";
 
@@ -122,6 +116,12 @@ export const reopenable = (record: SampleRecord): boolean =>
   record.status === "FAILED" ||
   (record.status === "PASSED_THROUGH" && (record.error?.startsWith(UNUSABLE_IMAGE_ERROR) ?? false));
 
+/**
+ * A sample started again from its seed (`mmevol run --retry-failed`, `mmevol redrive --failed`): INGESTED at
+ * round 0 with only its seed version, its attempts and usage back to zero, one more retry (which gives its
+ * requests fresh tries past the stored ones), the version bumped. Its earlier answers stay stored under their
+ * requests, so the rounds before the failure are read back, not paid again.
+ */
 export function reopenedRecord(record: SampleRecord, now: number): SampleRecord {
   const seed = record.versions.find((version) => version.round === 0);
   return SampleRecord.parse({
@@ -289,10 +289,9 @@ export interface StateStore {
    */
   transition(current: SampleRecord, update: SampleUpdate): Promise<TransitionResult>;
   /**
-   * Starts every FAILED sample of the shard again (reopenedRecord), and every one passed through for an unusable
-   * image (reopenable), and opens the shard again: its pending count
-   * goes up by one per sample, in the same write, and it is no longer finalized, so the last of them to finish
-   * finalizes it once more and its outputs are written again with them. Returns the reopened records: the
+   * Starts every sample of the shard that `reopenable` names again (reopenedRecord) and opens the shard again:
+   * its pending count goes up by one per sample, in the same write, and it is no longer finalized, so the last
+   * of them to finish finalizes it once more and its outputs are written again with them. Returns the reopened records: the
    * caller sends their next messages (nextMessageOf). A sample that changed meanwhile is left as it is.
    */
   reopenFailed(run: string, shard: string): Promise<SampleRecord[]>;

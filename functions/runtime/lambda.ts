@@ -41,13 +41,14 @@ import { ENV, type LambdaEnv, readLambdaEnv } from "./env.ts";
 import { FaultyQueue, faultsFromEnv } from "./faults.ts";
 import { GatheredSends } from "./gathered-sends.ts";
 
-const imageWaitOf = (config: LambdaEnv): { imageWaitMs?: number } => {
-  const imageWaitMs = config[ENV.imageWaitMs];
-  return imageWaitMs === undefined ? {} : { imageWaitMs };
-};
-const claimOf = (config: LambdaEnv): { claimMs?: number } => {
+/** The stage settings the environment may give (a claim's hold, the wait for images), only those it gives. */
+const settingsOf = (config: LambdaEnv): Pick<StageDeps, "claimMs" | "imageWaitMs"> => {
   const claimMs = config[ENV.claimMs];
-  return claimMs === undefined ? {} : { claimMs };
+  const imageWaitMs = config[ENV.imageWaitMs];
+  return {
+    ...(claimMs === undefined ? {} : { claimMs }),
+    ...(imageWaitMs === undefined ? {} : { imageWaitMs }),
+  };
 };
 
 /** Our Logger port over Powertools' JSON logger. */
@@ -266,8 +267,7 @@ export function createLambdaRuntime(stage: Stage, env: NodeJS.ProcessEnv = proce
       codec: new OpenAiBatchCodec(),
       bodies: new BatchBodyWriter(blobs),
     },
-    ...claimOf(config),
-    ...imageWaitOf(config),
+    ...settingsOf(config),
   };
   return { deps, sqs, llm, flushGovernors: () => governed.flush(), logger, metrics };
 }
@@ -321,10 +321,10 @@ export function makeSqsHandler<S extends z.ZodType<Message>>(
   const requeueDelayed = async (record: SQSRecord, error: NotYetError): Promise<boolean> => {
     const waits = Number(record.messageAttributes?.[BUDGET_WAITS_ATTRIBUTE]?.stringValue) || 0;
     // A budget waiter backs off (see budgetDelaySeconds); other work comes back when it said it might be done.
-    const seconds =
-      error instanceof NoRateBudgetError
-        ? budgetDelaySeconds(waits, error.retryAfterMs)
-        : Math.min(900, Math.max(1, Math.ceil((error.retryAfterMs ?? 60_000) / 1000)));
+    const budget = error instanceof NoRateBudgetError;
+    const seconds = budget
+      ? budgetDelaySeconds(waits, error.retryAfterMs)
+      : retryDelaySeconds(1, error.retryAfterMs);
     try {
       await sqs.send(
         new SendMessageCommand({
@@ -332,24 +332,16 @@ export function makeSqsHandler<S extends z.ZodType<Message>>(
           MessageBody: record.body,
           DelaySeconds: seconds,
           MessageAttributes: {
-            [BUDGET_WAITS_ATTRIBUTE]: {
-              DataType: "Number",
-              StringValue: String(error instanceof NoRateBudgetError ? waits + 1 : waits),
-            },
+            [BUDGET_WAITS_ATTRIBUTE]: { DataType: "Number", StringValue: String(budget ? waits + 1 : waits) },
           },
         }),
       );
-      if (error instanceof NoRateBudgetError) {
-        metrics.addMetric("rate_budget_waits", MetricUnit.Count, 1);
-        logger.debug("no rate budget, message delayed", { messageId: record.messageId, seconds });
-      } else {
-        metrics.addMetric("input_waits", MetricUnit.Count, 1);
-        logger.debug("not ready yet, message delayed", {
-          messageId: record.messageId,
-          seconds,
-          reason: error.message,
-        });
-      }
+      metrics.addMetric(budget ? "rate_budget_waits" : "input_waits", MetricUnit.Count, 1);
+      logger.debug(budget ? "no rate budget, message delayed" : "not ready yet, message delayed", {
+        messageId: record.messageId,
+        seconds,
+        ...(budget ? {} : { reason: error.message }),
+      });
       return true;
     } catch (sendError) {
       logger.warn("could not delay the message; it returns by visibility", { error: String(sendError) });

@@ -350,7 +350,10 @@ async function runLocked(options: LocalRunOptions, out: string, started: number)
       if (options.retryFailed) {
         const reopened = await state.reopenFailed(options.run, file.name);
         if (reopened.length > 0)
-          logger.warn("FAILED samples start again", { shard: file.name, samples: reopened.length });
+          logger.warn("samples start again (FAILED, or passed through for an unusable image)", {
+            shard: file.name,
+            samples: reopened.length,
+          });
       }
     }
     const initial: Message[] = await recoverMessages(deps, options.run);

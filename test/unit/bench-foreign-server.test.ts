@@ -1,9 +1,8 @@
-import { createServer, type Server } from "node:http";
-import type { AddressInfo } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { OpenAiLlm } from "../../functions/adapters/openai/openai-llm.ts";
 import { type Simulator, startSimulator } from "../../functions/adapters/simulated/server.ts";
 import { measureCost } from "../bench/cost.ts";
+import { BARE_KEY, startBareServer } from "../helpers/bare-openai.ts";
 import {
   awaitFullBudget,
   budgetShortfall,
@@ -11,54 +10,6 @@ import {
   probeServer,
   tinyRequest,
 } from "../helpers/endpoint.ts";
-
-/**
- * A compatible server as some are: no rate-limit headers, no prompt_tokens_details, no Batch API, and (with
- * `refuse`) every chat completion with an image a 400. A 401 echoes the Authorization header, as a careless proxy might.
- */
-async function startBareServer(): Promise<{
-  url: string;
-  refuse: { on: boolean };
-  close: () => Promise<void>;
-}> {
-  const refuse = { on: false };
-  const server: Server = createServer((req, res) => {
-    const chunks: Buffer[] = [];
-    req.on("data", (chunk: Buffer) => chunks.push(chunk));
-    req.on("end", () => {
-      const body = Buffer.concat(chunks).toString();
-      const json = (status: number, body: unknown) => {
-        res.writeHead(status, { "content-type": "application/json" });
-        res.end(JSON.stringify(body));
-      };
-      if (req.headers.authorization !== "Bearer sk-bare-secret-key")
-        return json(401, { error: { message: `bad key: ${req.headers.authorization}` } });
-      if (req.method === "POST" && req.url === "/v1/chat/completions") {
-        if (refuse.on && body.includes("image_url"))
-          return json(400, {
-            error: { message: "this server takes no images", type: "invalid_request_error" },
-          });
-        return json(200, {
-          id: "chatcmpl-1",
-          object: "chat.completion",
-          created: 1,
-          model: "gpt-4o-mini",
-          choices: [
-            { index: 0, message: { role: "assistant", content: '{"answer":"ok"}' }, finish_reason: "stop" },
-          ],
-          usage: { prompt_tokens: 12, completion_tokens: 4, total_tokens: 16 },
-        });
-      }
-      json(404, { detail: "Not Found" });
-    });
-  });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  return {
-    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/v1`,
-    refuse,
-    close: () => new Promise((resolve) => server.close(() => resolve())),
-  };
-}
 
 describe("how much of a minute a server's token budget lacks", () => {
   // A fresh budget, as the probe left it: its own 100 tokens spent.
@@ -132,7 +83,7 @@ describe("a rate benchmark's start against another server", () => {
   it("waits a whole minute on a server that reports no remaining budget", async () => {
     const waits: number[] = [];
     const said: string[] = [];
-    const probe = await awaitFullBudget({ baseURL: bare.url, apiKey: "sk-bare-secret-key" }, "gpt-4o-mini", {
+    const probe = await awaitFullBudget({ baseURL: bare.url, apiKey: BARE_KEY }, "gpt-4o-mini", {
       say: (line) => said.push(line),
       wait: async (ms) => waits.push(ms),
     });
@@ -159,8 +110,7 @@ describe("probing a server", () => {
       (await probeServer({ baseURL: sim.url, apiKey: "sk-test" }, "gpt-4o-mini")).reportsCachedTokens,
     ).toBe(true);
     expect(
-      (await probeServer({ baseURL: bare.url, apiKey: "sk-bare-secret-key" }, "gpt-4o-mini"))
-        .reportsCachedTokens,
+      (await probeServer({ baseURL: bare.url, apiKey: BARE_KEY }, "gpt-4o-mini")).reportsCachedTokens,
     ).toBe(false);
   });
 
@@ -172,7 +122,7 @@ describe("probing a server", () => {
 
   it("finds the Batch API, or says the server has none", async () => {
     await expect(probeBatchApi({ baseURL: sim.url, apiKey: "sk-test" })).resolves.toBeUndefined();
-    await expect(probeBatchApi({ baseURL: bare.url, apiKey: "sk-bare-secret-key" })).rejects.toThrow(
+    await expect(probeBatchApi({ baseURL: bare.url, apiKey: BARE_KEY })).rejects.toThrow(
       /127\.0\.0\.1:\d+ has no Batch API \(GET \/batches answered 404\)/,
     );
   });
@@ -193,7 +143,7 @@ describe("the cost benchmark against a server that cannot do the work", () => {
     const figures = await measureCost({
       samples: 2,
       rounds: 1,
-      endpoint: { baseURL: bare.url, apiKey: "sk-bare-secret-key" },
+      endpoint: { baseURL: bare.url, apiKey: BARE_KEY },
       say: (line) => said.push(line),
     });
     expect(figures.failed.batch).toMatch(/has no Batch API/);

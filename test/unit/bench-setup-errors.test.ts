@@ -1,47 +1,20 @@
-import { createServer, type Server } from "node:http";
-import type { AddressInfo } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { BARE_KEY, startBareServer } from "../helpers/bare-openai.ts";
 import { runNode } from "../helpers/cli.ts";
 import { type ForeignServer, startForeignServer } from "../helpers/foreign-openai.ts";
 
 const KEY = "sk-bench-right-key-0123456789";
 const WRONG = "sk-bench-WRONG-key-9876543210";
 
-/** Answers every chat completion, with no x-ratelimit-* header. */
-async function startHeaderlessServer(): Promise<{ url: string; close: () => Promise<void> }> {
-  const server: Server = createServer((req, res) => {
-    req.resume();
-    req.on("end", () => {
-      res.writeHead(200, { "content-type": "application/json" });
-      res.end(
-        JSON.stringify({
-          id: "chatcmpl-1",
-          object: "chat.completion",
-          created: 1,
-          model: "gpt-4o-mini",
-          choices: [
-            { index: 0, message: { role: "assistant", content: '{"answer":"ok"}' }, finish_reason: "stop" },
-          ],
-          usage: { prompt_tokens: 12, completion_tokens: 4, total_tokens: 16 },
-        }),
-      );
-    });
-  });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  return {
-    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/v1`,
-    close: () => new Promise((resolve) => server.close(() => resolve())),
-  };
-}
-
 const stackTrace = /^\s+at .+\(?(file|node):/m;
 
 describe("a benchmark that cannot start against another server says why in one line", () => {
   let foreign: ForeignServer;
-  let headerless: Awaited<ReturnType<typeof startHeaderlessServer>>;
+  let headerless: Awaited<ReturnType<typeof startBareServer>>;
   beforeAll(async () => {
     foreign = await startForeignServer({ apiKey: KEY });
-    headerless = await startHeaderlessServer();
+    // No x-ratelimit-* headers.
+    headerless = await startBareServer();
   });
   afterAll(async () => {
     await foreign.close();
@@ -67,7 +40,7 @@ describe("a benchmark that cannot start against another server says why in one l
 
   it("a server that sends no limit header, and no --tpm given: exit 2, asking for --tpm", async () => {
     const run = await runNode(["test/bench/rate-limit.ts", "--base-url", headerless.url], {
-      OPENAI_API_KEY: KEY,
+      OPENAI_API_KEY: BARE_KEY,
     });
     expect(run.stderr).toMatch(
       /sent no x-ratelimit-limit-tokens header for gpt-4o-mini: give its limit with --tpm/,

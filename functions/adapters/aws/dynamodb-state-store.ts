@@ -295,16 +295,7 @@ export class DynamoStateStore implements StateStore {
             ExpressionAttributeValues: { ":status": record.status, ":ev": record.version },
           },
         },
-        {
-          Update: {
-            TableName: this.table,
-            Key: shardKey(run, shard),
-            UpdateExpression: "SET #updatedAt = :now, #finalized = :no ADD #pending :one",
-            ConditionExpression: "attribute_exists(#pk)",
-            ExpressionAttributeNames: names("#pk", "#updatedAt", "#finalized", "#pending"),
-            ExpressionAttributeValues: { ":now": next.updatedAt, ":no": false, ":one": 1 },
-          },
-        },
+        { Update: this.addPendingUpdate(run, shard, 1, next.updatedAt, { reopen: true }) },
       ]);
       if (reasons === null) reopened.push(next);
       else if (reasons[1] === CONDITION_FAILED) throw new ShardNotFoundError(run, shard);
@@ -693,14 +684,27 @@ export class DynamoStateStore implements StateStore {
     return items;
   }
 
-  private addPendingUpdate(run: string, shard: string, delta: number, now: number) {
+  /** The shard's pending count moved by `delta`; with `reopen`, the shard is no longer finalized either. */
+  private addPendingUpdate(
+    run: string,
+    shard: string,
+    delta: number,
+    now: number,
+    options: { readonly reopen?: boolean } = {},
+  ) {
+    const reopen = options.reopen === true;
     return {
       TableName: this.table,
       Key: shardKey(run, shard),
-      UpdateExpression: "SET #updatedAt = :now ADD #pending :delta",
+      UpdateExpression: `SET #updatedAt = :now${reopen ? ", #finalized = :no" : ""} ADD #pending :delta`,
       ConditionExpression: "attribute_exists(#pk)",
-      ExpressionAttributeNames: names("#pk", "#updatedAt", "#pending"),
-      ExpressionAttributeValues: { ":now": now, ":delta": delta },
+      ExpressionAttributeNames: names(
+        "#pk",
+        "#updatedAt",
+        "#pending",
+        ...(reopen ? (["#finalized"] as const) : []),
+      ),
+      ExpressionAttributeValues: { ":now": now, ":delta": delta, ...(reopen ? { ":no": false } : {}) },
     };
   }
 

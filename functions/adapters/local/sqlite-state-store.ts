@@ -381,14 +381,14 @@ export class SqliteStateStore implements StateStore {
     return this.inTransaction(() => {
       const current = this.readShard(run, shard);
       if (current === null) return [];
-      const failed = this.db
+      const reopenables = this.db
         .prepare(
           "SELECT record FROM samples WHERE run = ? AND shard = ? AND status IN ('FAILED', 'PASSED_THROUGH')",
         )
         .all(run, shard)
         .map((row) => parseJson(SampleRecord, row))
         .filter(reopenable);
-      const reopened = failed.map((record) => {
+      const reopened = reopenables.map((record) => {
         const next = reopenedRecord(record, this.clock.now());
         if (!this.replaceSample(record, next))
           throw new Error(`sample ${run}/${shard}/${record.key} changed while reopened`);
