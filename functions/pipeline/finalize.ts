@@ -1,8 +1,10 @@
+import { randomUUID } from "node:crypto";
 import { sampleToLlava } from "../evolution/formats.ts";
 import { ReportBuilder, type ShardReport } from "../evolution/report.ts";
 import { renderReportHtml } from "../evolution/report-html.ts";
+import type { BlobWriter } from "../ports/blob-store.ts";
 import type { FinalizeMessage } from "../ports/messages.ts";
-import { type SampleRecord, TERMINAL_STATUSES } from "../ports/state-store.ts";
+import { type SampleRecord, type ShardRecord, TERMINAL_STATUSES } from "../ports/state-store.ts";
 import type { StageDeps, StageInput, StageResult } from "./deps.ts";
 import { shardRefusal } from "./ingest.ts";
 import { layout, shardConfig } from "./shard-config.ts";
@@ -11,6 +13,12 @@ import { layout, shardConfig } from "./shard-config.ts";
  * Writes the shard's training records, lineage, errors and report. Runs when every sample is terminal; the
  * outputs are pure functions of the state, so a rerun after a crash writes the same bytes, and the shard is
  * marked finalized only after all of them are written.
+ *
+ * The outputs are written as the samples are read (BlobStore.writer), never held whole: a shard's lineage
+ * and training data are about 9 KB a sample, and holding them took the process to 975 MiB for 20,000 samples,
+ * so a shard of some 50,000 lines could never finalize in the function's 2 GiB. The samples are read twice: first for
+ * their input ids alone (a made id is renamed when an input id anywhere in the shard took it), then for
+ * everything else.
  */
 export async function finalizeShard(
   input: StageInput<FinalizeMessage>,
@@ -20,31 +28,90 @@ export async function finalizeShard(
   const shardRecord = await deps.state.getShard(run, shard);
   if (!shardRecord || shardRecord.finalized) return { next: [], outcome: "duplicate" };
   if (!shardRecord.ingested || shardRecord.pending > 0) return { next: [], outcome: "not ready" };
+  // One finalize of a shard at a time: the others (the last samples' sends, lost-finalize resends, the
+  // sweeper's) would each read every sample and write every output again. The owner is the message, so its
+  // own redelivery after a crash takes the claim back at once; another message finds the claim and drops out.
+  const claim = finalizeClaimOf(run, shard);
+  const owner = (input.delivery ?? randomUUID()).split("#")[0] ?? "";
+  const claimed = await deps.state.claimRequest(claim, owner, FINALIZE_CLAIM_MS);
+  if (!claimed.granted) return { next: [], outcome: "duplicate: finalize running" };
+  let first: boolean;
+  try {
+    first = await writeOutputs(run, shard, shardRecord, deps);
+  } finally {
+    await deps.state.releaseClaim(claim, owner);
+  }
+  if (first) return { next: [], outcome: "finalized" };
+  // Samples were reopened while this ran. If they have all finished again, their own finalize may have come
+  // while this one held the claim, and dropped out: finalize once more, with them.
+  const now = await deps.state.getShard(run, shard);
+  if (now !== null && !now.finalized && now.pending <= 0)
+    return { next: [{ kind: "finalize", run, shard }], outcome: "finalize again: samples reopened" };
+  return { next: [], outcome: "duplicate" };
+}
+
+/**
+ * How long a finalize holds its shard: longer than the function may run (15 minutes), so a claim outlives
+ * only a dead holder, and the sweeper's next finalize after that takes over.
+ */
+export const FINALIZE_CLAIM_MS = 16 * 60_000;
+
+/** The claim key of a shard's finalize, in the store's claims (apart from request hashes by its prefix). */
+export const finalizeClaimOf = (run: string, shard: string): string => `finalize#${run}#${shard}`;
+
+/**
+ * The outputs of a shard whose samples are all terminal, then the shard marked finalized; whether this call
+ * marked it (false: it already was, or samples were reopened since `shardRecord` was read).
+ */
+async function writeOutputs(
+  run: string,
+  shard: string,
+  shardRecord: ShardRecord,
+  deps: StageDeps,
+): Promise<boolean> {
   const config = shardConfig(shardRecord);
   const builder = new ReportBuilder();
-  const evolved: TrainingRecord[] = [];
   const inputIds = new Set<string>();
-  const lineage: string[] = [];
-  const errors: string[] = [];
-
   for await (const record of deps.state.listSamples(run, shard)) {
-    if (!TERMINAL_STATUSES.has(record.status)) {
-      // Pending said zero but a sample is still open: never finalize over unfinished work.
-      throw new Error(`shard ${run}/${shard}: sample ${record.key} is ${record.status}, not terminal`);
-    }
-    const status = record.status as "DONE" | "PASSED_THROUGH" | "FAILED" | "REJECTED";
-    builder.addLine(status);
-    builder.addUsage(record.usage);
-    for (const round of record.rounds) builder.addRound(round.round, round.direction, round.verdicts);
-    for (const version of record.versions) builder.addVersion(version.round, version.items);
     if (record.sample) inputIds.add(record.sample.id);
-    for (const training of trainingRecords(record, config.dryRun)) {
-      evolved.push(training);
-      builder.trainingRecords += 1;
+  }
+  const uniqueId = uniqueIds(inputIds, (id, renamed) =>
+    deps.logger.warn("training record id taken by an input id: renamed", { run, shard, id, renamed }),
+  );
+  // A shard over maxShardBytes was never read (ingest recorded zero lines): say so, rather than an empty report.
+  const shardSize = shardRecord.lines === 0 ? await deps.blobs.size(shardRecord.key) : null;
+  const refused = shardSize === null ? null : shardRefusal(shardSize, config.maxShardBytes);
+  const evolved = deps.blobs.writer(layout.evolved(run, shard), "application/x-ndjson");
+  const lineage = deps.blobs.writer(layout.lineage(run, shard), "application/x-ndjson");
+  const errors = deps.blobs.writer(layout.errors(run, shard), "application/x-ndjson");
+  const line = (writer: BlobWriter, value: unknown) => writer.write(`${JSON.stringify(value)}\n`);
+  try {
+    for await (const record of deps.state.listSamples(run, shard)) {
+      if (!TERMINAL_STATUSES.has(record.status)) {
+        // Pending said zero but a sample is still open: never finalize over unfinished work.
+        throw new Error(`shard ${run}/${shard}: sample ${record.key} is ${record.status}, not terminal`);
+      }
+      const status = record.status as "DONE" | "PASSED_THROUGH" | "FAILED" | "REJECTED";
+      builder.addLine(status);
+      builder.addUsage(record.usage);
+      for (const round of record.rounds) builder.addRound(round.round, round.direction, round.verdicts);
+      for (const version of record.versions) builder.addVersion(version.round, version.items);
+      for (const training of trainingRecords(record, config.dryRun)) {
+        await line(evolved, uniqueId(training));
+        builder.trainingRecords += 1;
+      }
+      if (record.status !== "REJECTED") await line(lineage, lineageOf(record));
+      const error = errorOf(record);
+      if (error) await line(errors, error);
     }
-    if (record.status !== "REJECTED") lineage.push(JSON.stringify(lineageOf(record)));
-    const error = errorOf(record);
-    if (error) errors.push(JSON.stringify(error));
+    if (refused !== null) await line(errors, { kind: "refused", line: 0, reason: refused });
+    await evolved.close();
+    deps.faults?.point("finalize:mid-write");
+    await lineage.close();
+    await errors.close();
+  } catch (error) {
+    await Promise.all([evolved.abort(), lineage.abort(), errors.abort()]);
+    throw error;
   }
 
   const built = builder.build({
@@ -56,25 +123,14 @@ export async function finalizeShard(
     expectedLines: shardRecord.lines,
     now: new Date(deps.clock.now()),
   });
-  // A shard over maxShardBytes was never read (ingest recorded zero lines): say so, rather than an empty report.
-  const shardSize = shardRecord.lines === 0 ? await deps.blobs.size(shardRecord.key) : null;
-  const refused = shardSize === null ? null : shardRefusal(shardSize, config.maxShardBytes);
-  if (refused !== null) errors.push(JSON.stringify({ kind: "refused", line: 0, reason: refused }));
   const report: ShardReport = refused === null ? built : { ...built, refused };
-  const jsonl = (lines: string[]) => (lines.length === 0 ? "" : `${lines.join("\n")}\n`);
-  const training = withUniqueIds(evolved, inputIds, (id, renamed) =>
-    deps.logger.warn("training record id taken by an input id: renamed", { run, shard, id, renamed }),
-  );
-  await deps.blobs.put(layout.evolved(run, shard), jsonl(training), "application/x-ndjson");
-  deps.faults?.point("finalize:mid-write");
-  await deps.blobs.put(layout.lineage(run, shard), jsonl(lineage), "application/x-ndjson");
-  await deps.blobs.put(layout.errors(run, shard), jsonl(errors), "application/x-ndjson");
   await deps.blobs.put(layout.report(run, shard), `${JSON.stringify(report, null, 2)}\n`, "application/json");
   await deps.blobs.put(layout.reportHtml(run, shard), renderReportHtml(report), "text/html");
   deps.faults?.point("finalize:before-mark");
-  const first = await deps.state.markFinalized(run, shard);
-  deps.logger.info("shard finalized", { run, shard, ...report.counts, costUsd: report.usage.costUsd });
-  return { next: [], outcome: first ? "finalized" : "duplicate" };
+  const first = await deps.state.markFinalized(run, shard, shardRecord.reopens ?? 0);
+  if (first)
+    deps.logger.info("shard finalized", { run, shard, ...report.counts, costUsd: report.usage.costUsd });
+  return first;
 }
 
 /** One line of the training data: its id, and whether the id is the input's own or one made for a round. */
@@ -85,26 +141,29 @@ interface TrainingRecord {
 }
 
 /**
- * The training lines, each id once. A passed-through sample keeps its input id; a round's record is
- * `<id>-r<round>`, which an input id can already be (`k-r1` next to `k`, as when earlier output is fed back
+ * Gives each training line its id, each id once. A passed-through sample keeps its input id; a round's record
+ * is `<id>-r<round>`, which an input id can already be (`k-r1` next to `k`, as when earlier output is fed back
  * in). Ids unique in the input (ingest rejects repeats) stay unique here, and a made id never names another
  * input line: one that an input id took (whether that line's record is in the training data or not) is renamed
  * `<id>-r<round>.<n>`, the first n free, and `mmevol.source` / `mmevol.round` still say what it is.
+ *
+ * Only the input ids and the renamed ids are kept: two made ids never collide (`-r<digits>` at the end is read
+ * back one way only), nor does a renamed one with a made one (they end in `.<n>`, not `-r<digits>`).
  */
-function withUniqueIds(
-  records: readonly TrainingRecord[],
+function uniqueIds(
   inputIds: ReadonlySet<string>,
   onRename: (id: string, renamed: string) => void,
-): string[] {
-  const taken = new Set(inputIds);
-  return records.map(({ id, made, record }) => {
-    if (!made) return JSON.stringify(record);
+): (training: TrainingRecord) => Record<string, unknown> {
+  const renamed = new Set<string>();
+  return ({ id, made, record }) => {
+    if (!made) return record;
     let unique = id;
-    for (let n = 2; taken.has(unique); n += 1) unique = `${id}.${n}`;
-    taken.add(unique);
-    if (unique !== id) onRename(id, unique);
-    return JSON.stringify({ ...record, id: unique });
-  });
+    for (let n = 2; inputIds.has(unique) || renamed.has(unique); n += 1) unique = `${id}.${n}`;
+    if (unique === id) return record;
+    renamed.add(unique);
+    onRename(id, unique);
+    return { ...record, id: unique };
+  };
 }
 
 function trainingRecords(record: SampleRecord, dryRun: boolean): TrainingRecord[] {

@@ -160,6 +160,11 @@ export const ShardRecord = z.object({
   pending: z.number().int(),
   ingested: z.boolean(),
   finalized: z.boolean(),
+  /**
+   * How many times samples of the shard were started again (reopenFailed counts each), so a finalize can tell
+   * that the samples it read were reopened, and maybe finished again, before it marked the shard; absent: never.
+   */
+  reopens: z.number().int().nonnegative().optional(),
   lines: z.number().int().nonnegative(),
   /** The run settings in force for this shard (a RunConfig as JSON). */
   config: z.record(z.string(), z.unknown()),
@@ -290,7 +295,8 @@ export interface StateStore {
   transition(current: SampleRecord, update: SampleUpdate): Promise<TransitionResult>;
   /**
    * Starts every sample of the shard that `reopenable` names again (reopenedRecord) and opens the shard again:
-   * its pending count goes up by one per sample, in the same write, and it is no longer finalized, so the last
+   * its pending count goes up by one per sample, in the same write (as does `reopens`), and it is no longer
+   * finalized, so the last
    * of them to finish finalizes it once more and its outputs are written again with them. Returns the reopened records: the
    * caller sends their next messages (nextMessageOf). A sample that changed meanwhile is left as it is.
    */
@@ -299,9 +305,11 @@ export interface StateStore {
   completeIngest(run: string, shard: string, lines: number): Promise<number | null>;
   /**
    * Marks the shard finalized once; false when it already was, or when work is pending again (samples reopened
-   * while its finalize ran: the last of them to finish finalizes it again).
+   * while its finalize ran: the last of them to finish finalizes it again). With `reopens`, the shard's count
+   * as the finalize read it before the samples, false too when samples were reopened since: they may have
+   * finished again already, and what that finalize wrote does not have them.
    */
-  markFinalized(run: string, shard: string): Promise<boolean>;
+  markFinalized(run: string, shard: string, reopens?: number): Promise<boolean>;
   getAnswer(hash: string): Promise<StoredAnswer | null>;
   /**
    * Claims the right to pay for a request for `holdMs`, so two deliveries running at once never pay for the

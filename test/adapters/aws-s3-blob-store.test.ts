@@ -1,4 +1,4 @@
-import { CreateBucketCommand, HeadObjectCommand } from "@aws-sdk/client-s3";
+import { CreateBucketCommand, HeadObjectCommand, ListMultipartUploadsCommand } from "@aws-sdk/client-s3";
 import { describe, expect, it } from "vitest";
 import { S3BlobStore } from "../../functions/adapters/aws/s3-blob-store.ts";
 import { BlobNotFoundError } from "../../functions/ports/blob-store.ts";
@@ -49,6 +49,50 @@ describe("S3BlobStore", () => {
     // Stopping early must not hang or throw.
     for await (const _ of store.stream("big/object.bin")) break;
   });
+
+  it("writes an object larger than a part in pieces: a multipart upload that appears whole on close", async () => {
+    await store.put("w/training.jsonl", "old\n");
+    const writer = store.writer("w/training.jsonl", "application/x-ndjson");
+    // 12 MiB in 1 KiB lines: three of lib-storage's 5 MiB parts.
+    const line = `${JSON.stringify({ pad: "y".repeat(1000) })}\n`;
+    const count = Math.ceil((12 * 1024 * 1024) / line.length);
+    for (let i = 0; i < count; i++) await writer.write(line);
+    expect(text(await store.get("w/training.jsonl"))).toBe("old\n");
+    await writer.close();
+    const body = text(await store.get("w/training.jsonl"));
+    expect(body.length).toBe(count * line.length);
+    expect(body.startsWith(line) && body.endsWith(line)).toBe(true);
+    // A multipart object's ETag ends with its part count.
+    expect(await store.headEtag("w/training.jsonl")).toMatch(/-3$/);
+    const head = await client.send(new HeadObjectCommand({ Bucket: bucket, Key: "w/training.jsonl" }));
+    expect(head.ContentType).toBe("application/x-ndjson");
+  }, 60_000);
+
+  it("writes a small or empty object in one PUT, and an aborted writer leaves the old object and no parts", async () => {
+    const small = store.writer("w/small.jsonl");
+    await small.write('{"a":1}\n');
+    await small.write('{"a":2}\n');
+    await small.close();
+    expect(text(await store.get("w/small.jsonl"))).toBe('{"a":1}\n{"a":2}\n');
+    expect(await store.headEtag("w/small.jsonl")).not.toMatch(/-/);
+    const empty = store.writer("w/empty.jsonl");
+    await empty.close();
+    expect(await store.size("w/empty.jsonl")).toBe(0);
+
+    await store.put("w/kept.jsonl", "kept\n");
+    const dropped = store.writer("w/kept.jsonl");
+    const chunk = "z".repeat(1024 * 1024);
+    for (let i = 0; i < 7; i++) await dropped.write(chunk);
+    const uploads = async () =>
+      (await client.send(new ListMultipartUploadsCommand({ Bucket: bucket, Prefix: "w/" }))).Uploads ?? [];
+    // More than a part was written: the multipart upload is open before the abort.
+    for (let waited = 0; (await uploads()).length === 0 && waited < 5000; waited += 50)
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(await uploads()).toHaveLength(1);
+    await dropped.abort();
+    expect(text(await store.get("w/kept.jsonl"))).toBe("kept\n");
+    expect(await uploads()).toEqual([]);
+  }, 60_000);
 
   it("returns the ETag without quotes, changing with the content", async () => {
     await store.put("etag/x.txt", "hello");

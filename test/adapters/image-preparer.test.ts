@@ -3,7 +3,7 @@ import { crc32, deflateSync } from "node:zlib";
 import sharp from "sharp";
 import { describe, expect, it } from "vitest";
 import { SharpImagePreparer } from "../../functions/adapters/images/sharp-image-preparer.ts";
-import { BlobNotFoundError, type BlobStore } from "../../functions/ports/blob-store.ts";
+import { BlobNotFoundError, type BlobStore, type BlobWriter } from "../../functions/ports/blob-store.ts";
 import { InvalidInputError } from "../../functions/ports/errors.ts";
 
 /** A BlobStore in a Map that counts reads, so a test can tell a cache hit from a re-read. */
@@ -22,6 +22,16 @@ class MemoryBlobs implements BlobStore {
   }
   async put(key: string, body: Uint8Array | string): Promise<void> {
     this.objects.set(key, typeof body === "string" ? new TextEncoder().encode(body) : new Uint8Array(body));
+  }
+  writer(key: string): BlobWriter {
+    let text = "";
+    return {
+      write: async (piece) => {
+        text += piece;
+      },
+      close: () => this.put(key, text),
+      abort: async () => {},
+    };
   }
   async exists(key: string): Promise<boolean> {
     return this.objects.has(key);

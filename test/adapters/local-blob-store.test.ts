@@ -40,6 +40,40 @@ describe("FsBlobStore", () => {
     expect(allFiles(root)).toEqual(["reports/r1/s.json"]);
   });
 
+  it("writes an object in pieces that appears whole on close, and not before", async () => {
+    const { store, root } = freshStore();
+    await store.put("out/data.jsonl", "old\n");
+    const writer = store.writer("out/data.jsonl");
+    const lines = Array.from({ length: 20_000 }, (_, i) => `{"line":${i},"pad":"${"x".repeat(40)}"}\n`);
+    for (const line of lines) await writer.write(line);
+    // More than the writer's buffer went to its temp file, and the key still holds the old object.
+    expect(text(await store.get("out/data.jsonl"))).toBe("old\n");
+    expect(
+      readdirSync(path.join(root, "out")).filter((name) => name.startsWith(".mmevol-tmp-")),
+    ).toHaveLength(1);
+    await writer.close();
+    expect(text(await store.get("out/data.jsonl"))).toBe(lines.join(""));
+    expect(readdirSync(path.join(root, "out"))).toEqual(["data.jsonl"]);
+    await expect(writer.write("late\n")).rejects.toThrow(/closed/);
+  });
+
+  it("writes an empty object when nothing was written, and keeps the old one when aborted", async () => {
+    const { store, root } = freshStore();
+    const empty = store.writer("a/empty.jsonl");
+    await empty.close();
+    expect(await store.size("a/empty.jsonl")).toBe(0);
+    await store.put("a/kept.jsonl", "kept\n");
+    const dropped = store.writer("a/kept.jsonl");
+    await dropped.write("x".repeat(600_000));
+    await dropped.abort();
+    await dropped.abort();
+    expect(text(await store.get("a/kept.jsonl"))).toBe("kept\n");
+    expect(readdirSync(path.join(root, "a")).sort()).toEqual(["empty.jsonl", "kept.jsonl"]);
+    // A writer aborted before it wrote anything leaves nothing either.
+    await store.writer("b/never.jsonl").abort();
+    expect(await store.list("b/")).toEqual([]);
+  });
+
   it("reports missing objects", async () => {
     const { store } = freshStore();
     await store.put("a/b.txt", "x");

@@ -16,6 +16,7 @@ function countingBlobs(path: string): { blobs: BlobStore; puts: string[]; fail: 
     size: (key) => inner.size(key),
     list: (prefix) => inner.list(prefix),
     describe: (key) => inner.describe(key),
+    writer: (key, contentType) => inner.writer(key, contentType),
     put: async (key, body, contentType) => {
       if (fail.next) {
         fail.next = false;

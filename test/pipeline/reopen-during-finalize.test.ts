@@ -4,7 +4,7 @@ import { DynamoStateStore } from "../../functions/adapters/aws/dynamodb-state-st
 import { FsBlobStore } from "../../functions/adapters/local/fs-blob-store.ts";
 import { SqliteStateStore } from "../../functions/adapters/local/sqlite-state-store.ts";
 import type { StageDeps } from "../../functions/pipeline/deps.ts";
-import { finalizeShard } from "../../functions/pipeline/finalize.ts";
+import { finalizeClaimOf, finalizeShard } from "../../functions/pipeline/finalize.ts";
 import { layout } from "../../functions/pipeline/shard-config.ts";
 import type { BlobStore } from "../../functions/ports/blob-store.ts";
 import { silentLogger } from "../../functions/ports/runtime.ts";
@@ -42,6 +42,47 @@ async function shardWithAFailedSample(state: StateStore) {
   expect(failed.shardPending).toBe(0);
 }
 
+/**
+ * Finalize of r1/s1 over `state`, its outputs in a directory; `hooks` run around each whole-object `put` (the
+ * report and its HTML, the last outputs it writes) with its key: a test's moment inside that finalize.
+ */
+function finalizer(
+  state: StateStore,
+  hooks: { before?: (key: string) => Promise<void>; after?: (key: string) => Promise<void> } = {},
+) {
+  const dir = tempDir("mmevol-reopen-finalize-");
+  cleanups.push(dir.cleanup);
+  const fs = new FsBlobStore(dir.path);
+  const blobs: BlobStore = Object.assign(Object.create(fs) as BlobStore, {
+    put: async (...args: Parameters<BlobStore["put"]>) => {
+      await hooks.before?.(args[0]);
+      await fs.put(...args);
+      await hooks.after?.(args[0]);
+    },
+  });
+  const deps = {
+    state,
+    blobs,
+    clock: { now: () => Date.now() },
+    logger: silentLogger,
+    defaults: {},
+  } as unknown as StageDeps;
+  return {
+    finalize: (delivery?: string) =>
+      finalizeShard(
+        {
+          message: { kind: "finalize", run: "r1", shard: "s1" },
+          attempt: 1,
+          ...(delivery === undefined ? {} : { delivery }),
+        },
+        deps,
+      ),
+    counts: async () =>
+      (JSON.parse(new TextDecoder().decode(await fs.get(layout.report("r1", "s1")))) as { counts: unknown })
+        .counts,
+  };
+}
+
 describe.each([
   ["SQLite", sqlite],
   ["DynamoDB", dynamo],
@@ -58,29 +99,15 @@ describe.each([
   it("finalizes the shard again, with the sample that was evolved after the reopen", async () => {
     const state = await open();
     await shardWithAFailedSample(state);
-    const dir = tempDir("mmevol-reopen-finalize-");
-    cleanups.push(dir.cleanup);
-    const fs = new FsBlobStore(dir.path);
     // The reopen comes while this finalize writes its last output, after it listed the samples.
     let reopenNow = true;
-    const blobs: BlobStore = Object.assign(Object.create(fs) as BlobStore, {
-      put: async (...args: Parameters<BlobStore["put"]>) => {
-        await fs.put(...args);
-        if (args[0] === layout.reportHtml("r1", "s1") && reopenNow) {
-          reopenNow = false;
-          await state.reopenFailed("r1", "s1");
-        }
+    const { finalize, counts } = finalizer(state, {
+      after: async (key) => {
+        if (key !== layout.reportHtml("r1", "s1") || !reopenNow) return;
+        reopenNow = false;
+        await state.reopenFailed("r1", "s1");
       },
     });
-    const deps = {
-      state,
-      blobs,
-      clock: { now: () => Date.now() },
-      logger: silentLogger,
-      defaults: {},
-    } as unknown as StageDeps;
-    const finalize = () =>
-      finalizeShard({ message: { kind: "finalize", run: "r1", shard: "s1" }, attempt: 1 }, deps);
     await finalize();
     const reopened = await state.getSample("r1", "s1", "000000001");
     expect(reopened?.status).toBe("INGESTED");
@@ -90,8 +117,59 @@ describe.each([
     const ended = await state.transition(reopened, { status: "PASSED_THROUGH" });
     expect(ended.shardPending).toBe(0);
     expect((await finalize()).outcome).toBe("finalized");
-    const report = JSON.parse(new TextDecoder().decode(await fs.get(layout.report("r1", "s1"))));
-    expect(report.counts).toMatchObject({ failed: 0, passedThrough: 1 });
+    expect(await counts()).toMatchObject({ failed: 0, passedThrough: 1 });
     expect(await state.getShard("r1", "s1")).toMatchObject({ pending: 0, finalized: true });
+  }, 60_000);
+
+  it("finalizes again when the reopened sample already finished before that finalize marked the shard", async () => {
+    const state = await open();
+    await shardWithAFailedSample(state);
+    // While this finalize writes its last output (from the samples as it listed them), the sample is reopened
+    // and passes through: the shard's pending count is 0 again before the finalize marks it.
+    let reopenNow = true;
+    const { finalize, counts } = finalizer(state, {
+      after: async (key) => {
+        if (key !== layout.reportHtml("r1", "s1") || !reopenNow) return;
+        reopenNow = false;
+        const [reopened] = await state.reopenFailed("r1", "s1");
+        if (reopened === undefined) throw new Error("nothing reopened");
+        expect((await state.transition(reopened, { status: "PASSED_THROUGH" })).shardPending).toBe(0);
+      },
+    });
+
+    // Its report still counts the sample as failed: it may not mark the shard, and it sends a finalize again.
+    const stale = await finalize();
+    expect(await counts()).toMatchObject({ failed: 1, passedThrough: 0 });
+    expect(await state.getShard("r1", "s1")).toMatchObject({ pending: 0, finalized: false });
+    expect(stale).toEqual({
+      next: [{ kind: "finalize", run: "r1", shard: "s1" }],
+      outcome: "finalize again: samples reopened",
+    });
+    expect((await finalize()).outcome).toBe("finalized");
+    expect(await counts()).toMatchObject({ failed: 0, passedThrough: 1 });
+    expect(await state.getShard("r1", "s1")).toMatchObject({ pending: 0, finalized: true });
+  }, 60_000);
+
+  it("runs one finalize of a shard at a time: another message for it drops out while the first writes", async () => {
+    const state = await open();
+    await shardWithAFailedSample(state);
+    const reports: string[] = [];
+    let second: Promise<unknown> = Promise.resolve();
+    const { finalize } = finalizer(state, {
+      before: async (key) => {
+        if (key !== layout.report("r1", "s1")) return;
+        reports.push(key);
+        // The second message arrives while the first finalize writes.
+        if (reports.length === 1) second = finalize("message-2");
+        await second;
+      },
+    });
+
+    expect((await finalize("message-1#receive-1")).outcome).toBe("finalized");
+    expect(await second).toEqual({ next: [], outcome: "duplicate: finalize running" });
+    expect(reports).toHaveLength(1);
+    // The claim is given up: a redelivery after the mark finds the shard finalized, nothing else.
+    expect((await finalize("message-3")).outcome).toBe("duplicate");
+    expect(await state.claimRequest(finalizeClaimOf("r1", "s1"), "anyone", 1000)).toEqual({ granted: true });
   }, 60_000);
 });

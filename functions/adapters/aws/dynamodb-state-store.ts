@@ -81,6 +81,7 @@ const NAMES = {
   "#pending": "pending",
   "#ingested": "ingested",
   "#finalized": "finalized",
+  "#reopens": "reopens",
   "#lines": "lines",
   "#updatedAt": "updatedAt",
   "#until": "until",
@@ -98,6 +99,7 @@ const ShardItem = z.object({
   pending: z.number().int(),
   ingested: z.boolean(),
   finalized: z.boolean(),
+  reopens: z.number().int().nonnegative().optional(),
   lines: z.number().int().nonnegative(),
   updatedAt: z.number(),
   record: z.string(),
@@ -329,7 +331,14 @@ export class DynamoStateStore implements StateStore {
     }
   }
 
-  async markFinalized(run: string, shard: string): Promise<boolean> {
+  async markFinalized(run: string, shard: string, reopens?: number): Promise<boolean> {
+    // A shard never reopened has no count; one reopened since the finalize read it has another.
+    const unchanged =
+      reopens === undefined
+        ? ""
+        : reopens === 0
+          ? " AND attribute_not_exists(#reopens)"
+          : " AND #reopens = :reopens";
     try {
       await this.client.send(
         new UpdateCommand({
@@ -337,9 +346,21 @@ export class DynamoStateStore implements StateStore {
           Key: shardKey(run, shard),
           UpdateExpression: "SET #finalized = :yes, #updatedAt = :now",
           // Not over work reopened (redrive --failed) after the finalize read the shard: its samples finalize again.
-          ConditionExpression: "attribute_exists(#pk) AND #finalized = :no AND #pending <= :zero",
-          ExpressionAttributeNames: names("#pk", "#finalized", "#updatedAt", "#pending"),
-          ExpressionAttributeValues: { ":yes": true, ":no": false, ":now": this.clock.now(), ":zero": 0 },
+          ConditionExpression: `attribute_exists(#pk) AND #finalized = :no AND #pending <= :zero${unchanged}`,
+          ExpressionAttributeNames: names(
+            "#pk",
+            "#finalized",
+            "#updatedAt",
+            "#pending",
+            ...(reopens === undefined ? [] : (["#reopens"] as const)),
+          ),
+          ExpressionAttributeValues: {
+            ":yes": true,
+            ":no": false,
+            ":now": this.clock.now(),
+            ":zero": 0,
+            ...(reopens === undefined || reopens === 0 ? {} : { ":reopens": reopens }),
+          },
         }),
       );
       return true;
@@ -696,15 +717,21 @@ export class DynamoStateStore implements StateStore {
     return {
       TableName: this.table,
       Key: shardKey(run, shard),
-      UpdateExpression: `SET #updatedAt = :now${reopen ? ", #finalized = :no" : ""} ADD #pending :delta`,
+      UpdateExpression: reopen
+        ? "SET #updatedAt = :now, #finalized = :no ADD #pending :delta, #reopens :one"
+        : "SET #updatedAt = :now ADD #pending :delta",
       ConditionExpression: "attribute_exists(#pk)",
       ExpressionAttributeNames: names(
         "#pk",
         "#updatedAt",
         "#pending",
-        ...(reopen ? (["#finalized"] as const) : []),
+        ...(reopen ? (["#finalized", "#reopens"] as const) : []),
       ),
-      ExpressionAttributeValues: { ":now": now, ":delta": delta, ...(reopen ? { ":no": false } : {}) },
+      ExpressionAttributeValues: {
+        ":now": now,
+        ":delta": delta,
+        ...(reopen ? { ":no": false, ":one": 1 } : {}),
+      },
     };
   }
 

@@ -1,4 +1,5 @@
-import { Readable } from "node:stream";
+import { once } from "node:events";
+import { PassThrough, Readable } from "node:stream";
 import {
   GetObjectCommand,
   HeadObjectCommand,
@@ -6,7 +7,8 @@ import {
   PutObjectCommand,
   type S3Client,
 } from "@aws-sdk/client-s3";
-import { BlobNotFoundError, type BlobStore } from "../../ports/blob-store.ts";
+import { Upload } from "@aws-sdk/lib-storage";
+import { BlobNotFoundError, type BlobStore, type BlobWriter } from "../../ports/blob-store.ts";
 
 export interface S3BlobStoreOptions {
   readonly client: S3Client;
@@ -14,6 +16,9 @@ export interface S3BlobStoreOptions {
   /** Keys per ListObjectsV2 page (MaxKeys); S3's default is 1000. Small values test paging. */
   readonly listPageSize?: number;
 }
+
+/** Parts of one writer's upload in flight at once: with lib-storage's 5 MiB parts, about 10 MiB a writer. */
+const WRITER_PARTS_IN_FLIGHT = 2;
 
 /** The BlobStore over one S3 bucket. */
 export class S3BlobStore implements BlobStore {
@@ -75,6 +80,48 @@ export class S3BlobStore implements BlobStore {
     );
   }
 
+  /**
+   * A multipart upload (lib-storage's Upload) fed as the text comes: S3 makes the object only when the upload
+   * completes, and an aborted one leaves no parts behind. An object smaller than one part is a single PUT.
+   */
+  writer(key: string, contentType?: string): BlobWriter {
+    const body = new PassThrough();
+    const upload = new Upload({
+      client: this.client,
+      params: {
+        Bucket: this.bucket,
+        Key: key,
+        Body: body,
+        ...(contentType === undefined ? {} : { ContentType: contentType }),
+      },
+      queueSize: WRITER_PARTS_IN_FLIGHT,
+    });
+    const done = upload.done();
+    // Awaited by close; a failure before it reaches a waiting write through `stopped`.
+    done.catch(() => {});
+    const stopped = done.then(
+      () => Promise.reject(new Error(`upload of ${key} ended before its writer was closed`)),
+      (error: unknown) => Promise.reject(error),
+    );
+    stopped.catch(() => {});
+    return {
+      write: async (text) => {
+        if (body.write(text)) return;
+        await Promise.race([once(body, "drain"), stopped]);
+      },
+      close: async () => {
+        body.end();
+        await done;
+      },
+      abort: async () => {
+        // A body that fails (not Upload.abort, whose done settles before the parts are dropped) makes the
+        // upload send its AbortMultipartUpload before done settles.
+        body.destroy(new Error(`writer of ${key} aborted`));
+        await done.catch(() => {});
+      },
+    };
+  }
+
   async exists(key: string): Promise<boolean> {
     return (await this.head(key)) !== null;
   }
@@ -133,7 +180,8 @@ const isNoSuchKey = (error: unknown): boolean => {
   return name === "NoSuchKey" || name === "NotFound";
 };
 
-const httpStatus = (error: unknown): number | undefined => {
+/** The HTTP status of an AWS SDK error, when it has one. */
+export const httpStatus = (error: unknown): number | undefined => {
   if (typeof error !== "object" || error === null || !("$metadata" in error)) return undefined;
   const metadata = error.$metadata;
   if (typeof metadata !== "object" || metadata === null || !("httpStatusCode" in metadata)) return undefined;

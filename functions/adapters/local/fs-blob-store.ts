@@ -2,12 +2,14 @@ import { randomUUID } from "node:crypto";
 import { createReadStream } from "node:fs";
 import { mkdir, open, readdir, readFile, rename, stat, unlink } from "node:fs/promises";
 import path from "node:path";
-import { BlobNotFoundError, type BlobStore } from "../../ports/blob-store.ts";
+import { BlobNotFoundError, type BlobStore, type BlobWriter } from "../../ports/blob-store.ts";
 import { InvalidInputError } from "../../ports/errors.ts";
 
 /** Prefix of the temp files `put` renames into place; `list` hides them and keys may not use it. */
 const TEMP_PREFIX = ".mmevol-tmp-";
 const CHUNK_BYTES = 64 * 1024;
+/** A writer gathers this much text before it writes to its file: one system call per line would be slow. */
+const WRITE_BUFFER_CHARS = 256 * 1024;
 
 /** Error codes that mean "no object at this key" (a directory on the way, or in place of the file). */
 const MISSING_CODES = new Set(["ENOENT", "ENOTDIR", "EISDIR"]);
@@ -74,6 +76,59 @@ export class FsBlobStore implements BlobStore {
       await unlink(temp).catch(() => {});
       throw error;
     }
+  }
+
+  /** Writes to a temp file beside the key's, renamed into place on close (as `put`). `contentType` is ignored. */
+  writer(key: string, _contentType?: string): BlobWriter {
+    const file = this.pathOf(key);
+    const dir = path.dirname(file);
+    const temp = path.join(dir, `${TEMP_PREFIX}${randomUUID()}`);
+    const opened = mkdir(dir, { recursive: true }).then(() => open(temp, "w"));
+    // A writer aborted before its first write still owns the open; its failure is reported by the next call.
+    opened.catch(() => {});
+    let pending = "";
+    let ended = false;
+    const flush = async () => {
+      if (pending === "") return;
+      const text = pending;
+      pending = "";
+      // writeFile on a handle writes all of it at the current position (write may stop short).
+      await (await opened).writeFile(text);
+    };
+    const finish = async (keep: boolean) => {
+      if (ended) return;
+      ended = true;
+      const handle = await opened.catch(() => null);
+      try {
+        if (keep) {
+          await flush();
+          await handle?.sync();
+        }
+      } finally {
+        await handle?.close();
+      }
+      if (keep) await rename(temp, file);
+    };
+    return {
+      write: async (text) => {
+        if (ended) throw new Error(`writer of ${key} is closed`);
+        pending += text;
+        if (pending.length >= WRITE_BUFFER_CHARS) await flush();
+      },
+      close: async () => {
+        try {
+          await finish(true);
+        } catch (error) {
+          await unlink(temp).catch(() => {});
+          throw error;
+        }
+      },
+      abort: async () => {
+        pending = "";
+        await finish(false).catch(() => {});
+        await unlink(temp).catch(() => {});
+      },
+    };
   }
 
   async exists(key: string): Promise<boolean> {

@@ -1,4 +1,4 @@
-import type { BlobStore } from "../../ports/blob-store.ts";
+import type { BlobStore, BlobWriter } from "../../ports/blob-store.ts";
 
 /** A key prefix served by another store, under another name there. */
 export interface Mount {
@@ -40,6 +40,10 @@ export class MountedBlobStore implements BlobStore {
   put(key: string, body: Uint8Array | string, contentType?: string): Promise<void> {
     const r = this.#route(key);
     return r.store.put(r.key, body, contentType);
+  }
+  writer(key: string, contentType?: string): BlobWriter {
+    const r = this.#route(key);
+    return r.store.writer(r.key, contentType);
   }
   exists(key: string): Promise<boolean> {
     const r = this.#route(key);

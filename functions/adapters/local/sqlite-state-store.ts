@@ -263,11 +263,12 @@ export class SqliteStateStore implements StateStore {
     });
   }
 
-  async markFinalized(run: string, shard: string): Promise<boolean> {
+  async markFinalized(run: string, shard: string, reopens?: number): Promise<boolean> {
     return this.inTransaction(() => {
       const current = this.readShard(run, shard);
       // Not over work reopened (redrive --failed) after the finalize read the shard: its samples finalize again.
       if (current === null || current.finalized || current.pending > 0) return false;
+      if (reopens !== undefined && (current.reopens ?? 0) !== reopens) return false;
       this.writeShard({ ...current, finalized: true, updatedAt: this.clock.now() });
       return true;
     });
@@ -398,6 +399,7 @@ export class SqliteStateStore implements StateStore {
         this.writeShard({
           ...current,
           pending: current.pending + reopened.length,
+          reopens: (current.reopens ?? 0) + reopened.length,
           finalized: false,
           updatedAt: this.clock.now(),
         });
