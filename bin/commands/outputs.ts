@@ -1,5 +1,6 @@
 import { existsSync, readFileSync } from "node:fs";
 import { DynamoDBClient } from "@aws-sdk/client-dynamodb";
+import { S3Client } from "@aws-sdk/client-s3";
 import { SQSClient } from "@aws-sdk/client-sqs";
 import { DynamoDBDocumentClient } from "@aws-sdk/lib-dynamodb";
 import { z } from "zod";
@@ -94,6 +95,7 @@ export function readStackOutputs(path: string, stack?: string): StackOutputs {
 export interface AwsClients {
   readonly sqs: SQSClient;
   readonly state: DynamoStateStore;
+  readonly s3: S3Client;
 }
 
 /**
@@ -119,5 +121,7 @@ export function awsClientsFor(outputs: StackOutputs, endpoint?: string): AwsClie
     }),
     table: outputs.table,
   });
-  return { sqs, state };
+  // Path-style addressing where an endpoint is given: emulators serve buckets as paths, not host names.
+  const s3 = new S3Client(url === undefined ? {} : { ...config, forcePathStyle: true });
+  return { sqs, state, s3 };
 }

@@ -1,12 +1,15 @@
 import { existsSync, readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
+import { HeadObjectCommand, type S3Client } from "@aws-sdk/client-s3";
 import {
   GetQueueAttributesCommand,
   type QueueAttributeName,
   ReceiveMessageCommand,
   type SQSClient,
 } from "@aws-sdk/client-sqs";
+import { httpStatus } from "../../functions/adapters/aws/s3-blob-store.ts";
 import { SqliteStateStore } from "../../functions/adapters/local/sqlite-state-store.ts";
+import { layout } from "../../functions/pipeline/shard-config.ts";
 import { InvalidInputError } from "../../functions/ports/errors.ts";
 import type { Stage } from "../../functions/ports/messages.ts";
 import { DEAD_LETTERS_FILE, DeadLetterRecord } from "../../functions/runtime/local.ts";
@@ -154,7 +157,7 @@ async function depth(sqs: SQSClient, url: string) {
 /** `mmevol status --outputs FILE`: each queue's depth, each DLQ's depth and a peek at it, and the shards. */
 export async function deployedStatus(options: DeployedStatusOptions): Promise<DeployedStatus> {
   const outputs = readStackOutputs(options.outputs, options.stack);
-  const { sqs, state } = awsClientsFor(outputs, options.endpoint);
+  const { sqs, state, s3 } = awsClientsFor(outputs, options.endpoint);
   const queues: QueueStatus[] = [];
   for (const stage of QUEUE_STAGES) {
     const urls = outputs.queues[stage];
@@ -210,6 +213,45 @@ export async function deployedStatus(options: DeployedStatusOptions): Promise<De
     lines.push("  `mmevol redrive --outputs FILE` moves dead letters back to their queues");
   }
   lines.push(...formatSummaries(shards));
+  if (outputs.bucket !== null) lines.push(...(await lateRunConfigs(s3, outputs.bucket, shards)));
   lines.push(...retryHint(shards, "mmevol redrive --failed --outputs FILE"));
   return { queues, shards, lines };
+}
+
+/**
+ * A run's shards keep the settings in force when they arrived (ingest reads run.json once), so a run.json
+ * uploaded after a shard, as `aws s3 cp --recursive` may do, or changed since, is not what that shard runs
+ * with: say so. S3 keeps LastModified to the second, earlier than the upload, so a shard created before it
+ * certainly came first.
+ */
+async function lateRunConfigs(
+  s3: S3Client,
+  bucket: string,
+  shards: readonly ShardSummary[],
+): Promise<string[]> {
+  const lines: string[] = [];
+  for (const run of new Set(shards.map((shard) => shard.run))) {
+    let modified: Date | undefined;
+    try {
+      modified = (await s3.send(new HeadObjectCommand({ Bucket: bucket, Key: layout.runJson(run) })))
+        .LastModified;
+    } catch (error) {
+      if (httpStatus(error) === 404) continue;
+      lines.push(
+        `run ${run}: could not check its run.json (${error instanceof Error ? error.message : error})`,
+      );
+      continue;
+    }
+    if (modified === undefined) continue;
+    const changed = modified.getTime();
+    const earlier = shards.filter((shard) => shard.run === run && shard.createdAt < changed);
+    if (earlier.length === 0) continue;
+    const names = earlier.map((shard) => shard.shard);
+    const named =
+      names.length > 3 ? `${names.slice(0, 3).join(", ")} and ${names.length - 3} more` : names.join(", ");
+    lines.push(
+      `run ${run}: run.json changed at ${modified.toISOString()}, after ${earlier.length} of its shards arrived (${named}): they run with the settings in force when they arrived; upload run.json first, then the shard under a new name, to use the new ones`,
+    );
+  }
+  return lines;
 }

@@ -36,6 +36,8 @@ export interface ShardSummary {
   /** Non-terminal samples not updated for longer than the deadline, oldest first. */
   readonly stuck: readonly StuckSample[];
   readonly shardAgeMs: number;
+  /** When the shard arrived (its record was made, with the settings in force then). */
+  readonly createdAt: number;
   /** Provider batches of this shard not applied yet (batch mode): its samples wait for them. */
   readonly openBatches: number;
 }
@@ -104,6 +106,7 @@ export async function summarizeShards(state: StateStore, options: SummaryOptions
       oldestOpenAgeMs: oldest,
       stuck,
       shardAgeMs: options.now - shard.updatedAt,
+      createdAt: shard.createdAt,
       openBatches: batches,
     });
   }

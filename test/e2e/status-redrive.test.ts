@@ -1,5 +1,6 @@
 import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { CreateBucketCommand, PutObjectCommand } from "@aws-sdk/client-s3";
 import {
   CreateQueueCommand,
   GetQueueAttributesCommand,
@@ -16,7 +17,14 @@ import type { CrashPoint } from "../../functions/ports/faults.ts";
 import type { Stage } from "../../functions/ports/messages.ts";
 import { DEAD_LETTERS_FILE, runLocal } from "../../functions/runtime/local.ts";
 import { tempDir } from "../helpers/files.ts";
-import { documentClient, dynamoClient, ensureMoto, sqsClient, uniqueName } from "../helpers/moto.ts";
+import {
+  documentClient,
+  dynamoClient,
+  ensureMoto,
+  s3Client,
+  sqsClient,
+  uniqueName,
+} from "../helpers/moto.ts";
 import { sampleRecord, shardRecord } from "../helpers/state-store-contract.ts";
 
 const STAGES: readonly Stage[] = ["ingest", "evolve", "judge", "finalize"];
@@ -177,6 +185,30 @@ describe("mmevol status / redrive on a deployed (emulated) stack", () => {
     await state.transition(a, { status: "FAILED", error: "judge: answer invalid after 3 tries" });
     const status = await deployedStatus({ outputs: outputsFile, run: prefix, stuckAfterMs: 60_000, peek: 0 });
     expect(status.lines.join("\n")).toContain("`mmevol redrive --failed --outputs FILE`");
+  }, 30_000);
+
+  it("says which shards arrived before their run's run.json, and so run without it", async () => {
+    const { endpoint, prefix, table, dynamo, outputsFile } = await emulatedOutputs();
+    const state = new DynamoStateStore({ client: documentClient(dynamo), table });
+    const s3 = s3Client(endpoint);
+    await s3.send(new CreateBucketCommand({ Bucket: `${prefix}-bucket` }));
+    const now = Date.now();
+    await state.createShard(shardRecord({ run: prefix, shard: "early", createdAt: now - 60 * 60_000 }));
+    await state.createShard(shardRecord({ run: prefix, shard: "late", createdAt: now + 5_000 }));
+    const status = () =>
+      deployedStatus({ outputs: outputsFile, run: prefix, stuckAfterMs: 60_000, peek: 0, now });
+    // No run.json: nothing to say.
+    expect((await status()).lines.join("\n")).not.toContain("run.json");
+    await s3.send(
+      new PutObjectCommand({ Bucket: `${prefix}-bucket`, Key: `seeds/${prefix}/run.json`, Body: "{}" }),
+    );
+    const lines = (await status()).lines.filter((line) => line.includes("run.json"));
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toMatch(
+      new RegExp(
+        `^run ${prefix}: run\\.json changed at \\S+, after 1 of its shards arrived \\(early\\): they run with the settings`,
+      ),
+    );
   }, 30_000);
 });
 
