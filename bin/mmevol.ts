@@ -14,7 +14,14 @@ import { isPriced } from "../functions/evolution/pricing.ts";
 import { InvalidInputError, MmevolError } from "../functions/ports/errors.ts";
 import type { Llm } from "../functions/ports/llm.ts";
 import type { Logger } from "../functions/ports/runtime.ts";
-import { type ErrorTally, type Progress, runLocal } from "../functions/runtime/local.ts";
+import {
+  duplicateShardNames,
+  type ErrorTally,
+  type Progress,
+  RUN_NAME,
+  runLocal,
+  runNameRefusal,
+} from "../functions/runtime/local.ts";
 import { RunDirectoryBusyError } from "../functions/runtime/run-lock.ts";
 import { concurrencyArg, positiveInt, timeoutSeconds } from "./commands/arguments.ts";
 import { registerStatusCommands } from "./commands/register.ts";
@@ -221,6 +228,16 @@ async function runCommand(shards: string[], flags: RunFlags): Promise<void> {
     );
   }
   const config = checked.data;
+  // By default the output directory's name, in the characters a run name may hold.
+  // An --out made before held its run under the directory's name as given (any characters): continued as such.
+  const safeName = basename(resolve(flags.out)).replace(/[^A-Za-z0-9._-]/g, "_");
+  const givenName = basename(flags.out);
+  const run =
+    flags.run ?? (givenName !== safeName && (await holdsRun(flags.out, givenName)) ? givenName : safeName);
+  // Before anything is printed: a --run no new run may take (one this --out already holds is continued).
+  if (!RUN_NAME.test(run) && !(await holdsRun(flags.out, run))) fail(runNameRefusal(run));
+  const sameName = duplicateShardNames(shards);
+  if (sameName !== null) fail(sameName);
   if (dryRun) {
     const why = flags.dryRun ? "--dry-run given" : "no OPENAI_API_KEY or OPENAI_BASE_URL set";
     process.stderr.write(
@@ -247,12 +264,6 @@ async function runCommand(shards: string[], flags: RunFlags): Promise<void> {
         }),
     codec: new OpenAiBatchCodec(apiKey === undefined ? [] : [apiKey]),
   };
-  // By default the output directory's name, in the characters a run name may hold.
-  // An --out made before held its run under the directory's name as given (any characters): continued as such.
-  const safeName = basename(resolve(flags.out)).replace(/[^A-Za-z0-9._-]/g, "_");
-  const givenName = basename(flags.out);
-  const run =
-    flags.run ?? (givenName !== safeName && (await holdsRun(flags.out, givenName)) ? givenName : safeName);
   if (flags.quiet !== true)
     process.stderr.write(
       `mmevol: run "${run}", ${shards.length} shard(s), model ${config.model}${baseURL ? ` at ${baseURL}` : ""}, ${config.rounds} round${config.rounds === 1 ? "" : "s"}, ${config.mode === "batch" ? "Batch API" : "online"}, concurrency ${flags.concurrency}, output ${flags.out}\n`,
@@ -267,7 +278,11 @@ async function runCommand(shards: string[], flags: RunFlags): Promise<void> {
   let interrupts = 0;
   const onSignal = () => {
     interrupts += 1;
-    if (interrupts > 1) process.exit(130);
+    if (interrupts > 1) {
+      // The progress line may be half written: end it, so the shell's prompt starts on a line of its own.
+      process.stderr.write("\n");
+      process.exit(130);
+    }
     process.stderr.write(
       "\nmmevol: stopping after the calls in flight (Ctrl-C again to quit now); run the same command to continue\n",
     );

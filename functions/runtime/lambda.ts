@@ -448,7 +448,8 @@ export function makeSqsHandler<S extends z.ZodType<Message>>(
         );
         metrics.addMetric("cost_usd", MetricUnit.NoUnit, t.costUsd - before.costUsd);
       }
-      metrics.publishStoredMetrics();
+      // Nothing to publish (every record failed before it counted): Powertools would warn of empty metrics.
+      if (metrics.hasStoredMetrics()) metrics.publishStoredMetrics();
     }
   };
 }

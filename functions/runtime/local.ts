@@ -241,7 +241,7 @@ export function shardNameOf(path: string): string {
  * Why these shards cannot run together, or null: two with the same name (their file names less the extension,
  * as in `a/train.jsonl` and `b/train.jsonl`) would share one state and one output, and the second be lost.
  */
-function duplicateShardNames(paths: readonly string[]): string | null {
+export function duplicateShardNames(paths: readonly string[]): string | null {
   const seen = new Map<string, string>();
   for (const path of paths) {
     const name = shardNameOf(path);
@@ -253,7 +253,10 @@ function duplicateShardNames(paths: readonly string[]): string | null {
   return null;
 }
 
-const runNameRefusal = (run: string): string =>
+/** The characters a new run's name may hold (it names a folder in every output path). */
+export const RUN_NAME = /^[A-Za-z0-9._-]+$/;
+
+export const runNameRefusal = (run: string): string =>
   `run name ${JSON.stringify(run)} is not usable: letters, digits, '.', '_' and '-' only, and not '.' or '..' (--run)`;
 
 /** Runs the whole pipeline in this process on a directory, SQLite and in-process queues. Resumable. */
@@ -338,7 +341,7 @@ async function runLocked(options: LocalRunOptions, out: string, started: number)
     // shard this output already holds resumes only from the same file with the same settings: its state was
     // made from them, and another file or other settings would be ignored without a word.
     const known = new Map((await state.listShards(options.run)).map((s) => [s.shard, s]));
-    if (known.size === 0 && !/^[A-Za-z0-9._-]+$/.test(options.run))
+    if (known.size === 0 && !RUN_NAME.test(options.run))
       throw new InvalidInputError(runNameRefusal(options.run));
     const digests = new Map<string, string>();
     for (const file of shardFiles) {

@@ -230,6 +230,8 @@ describe("mmevol run's usage errors", () => {
         expect({ args, code, reason: reason.test(stderr) }).toEqual({ args, code: 2, reason: true });
         // The reason, not the whole help after it.
         if (args.length > 0) expect(stderr).not.toMatch(/Options:/);
+        // Refused before the run starts: no dry-run banner above the reason.
+        expect(stderr).not.toContain("DRY RUN");
       }
       expect((await runCli(["run", "--help"])).code).toBe(0);
       const printed = await runCli(["--version"]);
