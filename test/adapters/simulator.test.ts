@@ -260,9 +260,13 @@ describe("simulator server with the openai client", () => {
   });
 
   it("charges its token limit the prompt plus max_tokens, or with tokenCharge usage the tokens used", async () => {
-    const limit = 1_000_000;
+    // Small, so the bucket refills slowly (0.1 token a millisecond) and the margin below stays far under the
+    // 4,000 tokens that tell the two charges apart; at 1,000,000 a minute, 50 tokens came back in 3 ms, and a
+    // loaded machine took longer than that between the charge and the headers.
+    const limit = 6_000;
     const remainingAfterOne = async (tokenCharge: "max_tokens" | "usage") => {
       const server = await startSimulator({ tokensPerMinute: limit, tokenCharge });
+      const started = performance.now();
       try {
         const { data, response } = await new OpenAI({
           baseURL: server.url,
@@ -275,6 +279,8 @@ describe("simulator server with the openai client", () => {
           remaining: Number(response.headers.get("x-ratelimit-remaining-tokens")),
           used: (data.usage?.prompt_tokens ?? 0) + (data.usage?.completion_tokens ?? 0),
           prompt: data.usage?.prompt_tokens ?? 0,
+          // What the bucket can have refilled while the request was out, at most.
+          refill: Math.ceil(((performance.now() - started) * limit) / 60_000) + 1,
         };
       } finally {
         await server.close();
@@ -282,11 +288,12 @@ describe("simulator server with the openai client", () => {
     };
     const reserved = await remainingAfterOne("max_tokens");
     const used = await remainingAfterOne("usage");
-    // A few tokens of refill may come back between the charge and the headers.
+    // Some refill may come back between the charge and the headers.
     expect(reserved.remaining).toBeGreaterThanOrEqual(limit - reserved.prompt - 4000);
-    expect(reserved.remaining).toBeLessThan(limit - reserved.prompt - 4000 + 50);
+    expect(reserved.remaining).toBeLessThanOrEqual(limit - reserved.prompt - 4000 + reserved.refill);
     expect(used.remaining).toBeGreaterThanOrEqual(limit - used.used);
-    expect(used.remaining).toBeLessThan(limit - used.used + 50);
+    expect(used.remaining).toBeLessThanOrEqual(Math.min(limit, limit - used.used + used.refill));
+    expect(reserved.refill).toBeLessThan(1000);
     expect(used.used).toBeLessThan(reserved.prompt + 4000);
   });
 
