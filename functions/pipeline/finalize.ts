@@ -38,9 +38,12 @@ export async function finalizeShard(
   let first: boolean;
   try {
     first = await writeOutputs(run, shard, shardRecord, deps);
-  } finally {
-    await deps.state.releaseClaim(claim, owner);
+  } catch (error) {
+    // The claim is given up either way; a failure to give it up (it expires) does not hide why this failed.
+    await deps.state.releaseClaim(claim, owner).catch(() => {});
+    throw error;
   }
+  await deps.state.releaseClaim(claim, owner);
   if (first) return { next: [], outcome: "finalized" };
   // Samples were reopened while this ran. If they have all finished again, their own finalize may have come
   // while this one held the claim, and dropped out: finalize once more, with them.

@@ -254,7 +254,7 @@ export function duplicateShardNames(paths: readonly string[]): string | null {
 }
 
 /** The characters a new run's name may hold (it names a folder in every output path). */
-export const RUN_NAME = /^[A-Za-z0-9._-]+$/;
+export const RUN_NAME = /^(?!\.\.?$)[A-Za-z0-9._-]+$/;
 
 export const runNameRefusal = (run: string): string =>
   `run name ${JSON.stringify(run)} is not usable: letters, digits, '.', '_' and '-' only, and not '.' or '..' (--run)`;

@@ -107,7 +107,9 @@ export class S3BlobStore implements BlobStore {
     return {
       write: async (text) => {
         if (body.write(text)) return;
-        await Promise.race([once(body, "drain"), stopped]);
+        // A failed upload destroys the body as it stops reading it (an AbortError, "The operation was
+        // aborted"): wait for the upload's own error instead, which says why.
+        await Promise.race([once(body, "drain").catch(() => stopped), stopped]);
       },
       close: async () => {
         body.end();

@@ -98,7 +98,8 @@ export class FsBlobStore implements BlobStore {
     const finish = async (keep: boolean) => {
       if (ended) return;
       ended = true;
-      const handle = await opened.catch(() => null);
+      // Kept: a directory or file that could not be made is the error (not the rename of a temp file never made).
+      const handle = keep ? await opened : await opened.catch(() => null);
       try {
         if (keep) {
           await flush();
