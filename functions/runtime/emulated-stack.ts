@@ -58,6 +58,11 @@ export interface EmulatedStackOptions {
    * drive many short runs through the stack set 0 so every hop does not wait for a fuller batch.
    */
   readonly maxBatchingWindowSeconds?: number;
+  /**
+   * Where to write the stack's outputs (default `<cdkOut>/emulated-outputs.json`). Stacks started at once from
+   * one assembly, as test files running in parallel do, each need their own: a shared file names the last.
+   */
+  readonly outputsFile?: string;
 }
 
 export interface EmulatedStack {
@@ -367,7 +372,7 @@ export async function startEmulatedStack(options: EmulatedStackOptions): Promise
   }
 
   // What `mmevol status/redrive --outputs` reads: the same shape as `cdk deploy --outputs-file`, plus the endpoint.
-  const outputsFile = join(options.cdkOut, "emulated-outputs.json");
+  const outputsFile = options.outputsFile ?? join(options.cdkOut, "emulated-outputs.json");
   const outputs = Object.fromEntries(
     Object.entries(readStackOutputs(options.cdkOut)).map(([key, value]) => [key, String(resolve(value))]),
   );

@@ -57,6 +57,7 @@ describe("the emulated stack under crashes and duplicate deliveries", () => {
     const lines: string[] = [];
     const stack = await startEmulatedStack({
       cdkOut,
+      outputsFile: join(dir.path, `${run}-outputs.json`),
       endpoint,
       apiKey: "sk-faults",
       maxVisibilityTimeoutSeconds: 4,

@@ -1,6 +1,7 @@
 import { readFileSync } from "node:fs";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
+import { join } from "node:path";
 import { ListObjectsV2Command, PutObjectCommand, S3Client } from "@aws-sdk/client-s3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { z } from "zod";
@@ -9,7 +10,7 @@ import { type Simulator, startSimulator } from "../../functions/adapters/simulat
 import { type EmulatedStack, startEmulatedStack } from "../../functions/runtime/emulated-stack.ts";
 import { ENV } from "../../functions/runtime/env.ts";
 import { testBucket } from "../helpers/bucket.ts";
-import { demoShard } from "../helpers/files.ts";
+import { demoShard, tempDir } from "../helpers/files.ts";
 import { ensureMoto } from "../helpers/moto.ts";
 import { ReportCounts } from "../helpers/report.ts";
 import { synthOnce } from "../helpers/synth-once.ts";
@@ -70,6 +71,9 @@ describe("the synthesized stack on the emulator, end to end", () => {
   let s3: S3Client;
   const lines: string[] = [];
 
+  // This stack's own outputs file: other test files start stacks from the same assembly at the same time.
+  const outputsDir = tempDir("mmevol-e2e-stack-");
+
   /** While true, the model's endpoint refuses every judge request with a 400 (a permanent error). */
   let judgeDown = false;
   let gate: Server;
@@ -81,6 +85,7 @@ describe("the synthesized stack on the emulator, end to end", () => {
     gate = await startGate(sim.url, () => judgeDown);
     stack = await startEmulatedStack({
       cdkOut,
+      outputsFile: join(outputsDir.path, "outputs.json"),
       endpoint,
       apiKey: SECRET,
       functionEnv: {
@@ -103,6 +108,7 @@ describe("the synthesized stack on the emulator, end to end", () => {
 
   afterAll(async () => {
     await stack?.stop();
+    outputsDir.cleanup();
     await new Promise((resolve) => gate?.close(resolve));
     await sim?.close();
   });

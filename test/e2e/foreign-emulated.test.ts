@@ -46,6 +46,7 @@ describe("the emulated stack against a foreign OpenAI-compatible server", () => 
   ) {
     const stack: EmulatedStack = await startEmulatedStack({
       cdkOut,
+      outputsFile: join(dir.path, "outputs.json"),
       endpoint,
       apiKey: API_KEY,
       maxBatchingWindowSeconds: 0,
