@@ -234,14 +234,29 @@ describe("OpenAiBatchApi against the simulator", () => {
     expect(refused.retryable).toBe(false);
     expect(refused.message).toMatch(/at most/);
 
-    // The raw client sends it anyway: the server refuses it from its declared length.
-    const error = await client.files.create({ file: await toFile(big, "big.jsonl"), purpose: "batch" }).then(
-      () => null,
-      (e: unknown) => e,
-    );
-    expect(error).toBeInstanceOf(OpenAI.APIError);
-    expect(error).toMatchObject({ status: 413, code: "file_too_large" });
     expect(sim.batches.stats().filesUploaded).toBe(uploadsBefore);
+
+    // The raw client sends it anyway: the server refuses it from its declared length. On a server whose limit
+    // is 1 MiB: 200 MB through the multipart encoder and the socket took long enough on a loaded machine that
+    // the test saw a reset connection instead of the answer.
+    const small = await startSimulator({ apiKey: API_KEY, batch: { maxFileBytes: 1024 * 1024 } });
+    try {
+      const raw = new OpenAI({ apiKey: API_KEY, baseURL: small.url, maxRetries: 0 });
+      const upload = async (bytes: number) =>
+        raw.files.create({ file: await toFile(new Uint8Array(bytes), "f.jsonl"), purpose: "batch" }).then(
+          () => null,
+          (e: unknown) => e,
+        );
+      const error = await upload(2 * 1024 * 1024);
+      expect(error).toBeInstanceOf(OpenAI.APIError);
+      expect(error).toMatchObject({ status: 413, code: "file_too_large" });
+      expect(small.batches.stats().filesUploaded).toBe(0);
+      // Under the limit, the same upload is taken.
+      expect(await upload(512 * 1024)).toBeNull();
+      expect(small.batches.stats().filesUploaded).toBe(1);
+    } finally {
+      await small.close();
+    }
   }, 60_000);
 });
 

@@ -173,6 +173,8 @@ export interface SimulatedBatchOptions {
   readonly failShare?: number;
   /** The batch ends `expired`, with every line in the error file. Default false. */
   readonly expire?: boolean;
+  /** The largest file `/v1/files` takes, in bytes. Default MAX_BATCH_FILE_BYTES (200 MB, as OpenAI's). */
+  readonly maxFileBytes?: number;
 }
 
 export interface SimulatedBatchesOptions extends SimulatedBatchOptions {
@@ -434,6 +436,8 @@ export class SimulatedBatches implements BatchApi {
   readonly #completeAfterMs: number;
   readonly #failShare: number;
   readonly #expire: boolean;
+  /** The largest file an upload may hold (SimulatedBatchOptions.maxFileBytes). */
+  readonly maxFileBytes: number;
   readonly #files = new Map<string, StoredFile>();
   /** Oldest first. */
   readonly #batches: BatchRecord[] = [];
@@ -454,6 +458,7 @@ export class SimulatedBatches implements BatchApi {
     const completeAfterMs = options.completeAfterMs ?? 0;
     if (!(completeAfterMs >= 0)) throw new RangeError("completeAfterMs must be >= 0");
     this.#clock = options.clock ?? systemClock;
+    this.maxFileBytes = options.maxFileBytes ?? MAX_BATCH_FILE_BYTES;
     this.#engine = options.engine ?? new SimulatedEngine();
     this.#completeAfterMs = completeAfterMs;
     this.#failShare = failShare;
@@ -502,9 +507,9 @@ export class SimulatedBatches implements BatchApi {
     if (!FILE_PURPOSES.has(purpose)) {
       throw new SimBatchError(`Invalid purpose: ${purpose}`, { status: 400, param: "purpose" });
     }
-    if (bytes.byteLength > MAX_BATCH_FILE_BYTES) {
+    if (bytes.byteLength > this.maxFileBytes) {
       throw new SimBatchError(
-        `File is too large: ${bytes.byteLength} bytes; the limit is ${MAX_BATCH_FILE_BYTES} bytes (200 MB).`,
+        `File is too large: ${bytes.byteLength} bytes; the limit is ${this.maxFileBytes} bytes.`,
         { status: 413, code: "file_too_large", param: "file" },
       );
     }

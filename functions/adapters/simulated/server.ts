@@ -6,7 +6,6 @@ import { MmevolError } from "../../ports/errors.ts";
 import {
   chatCompletionBody,
   errorBody,
-  MAX_BATCH_FILE_BYTES,
   parseChatBody,
   SimBatchError,
   SimulatedBatches,
@@ -105,8 +104,8 @@ const MODELS = ["gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "gpt-4.1", "gpt-4.1-nan
 const MAX_LOG = 10_000;
 const MAX_BODIES = 50;
 const MAX_BODY_BYTES = 64 * 1024 * 1024;
-/** A multipart upload's body: the file plus room for the boundaries and the purpose field. */
-const MAX_UPLOAD_BODY_BYTES = MAX_BATCH_FILE_BYTES + 64 * 1024;
+/** Room in a multipart upload's body for the boundaries and the purpose field, past the file. */
+const UPLOAD_FORM_BYTES = 64 * 1024;
 
 const CreateBatchBody = z.object({
   input_file_id: z.string().min(1),
@@ -377,13 +376,14 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
     );
   };
 
+  const maxUploadBodyBytes = batches.maxFileBytes + UPLOAD_FORM_BYTES;
   const upload = async (req: IncomingMessage, res: ServerResponse) => {
     const tooLarge = () =>
       send(
         res,
         413,
         errorBody(
-          `File is too large; the limit is ${MAX_BATCH_FILE_BYTES} bytes (200 MB).`,
+          `File is too large; the limit is ${batches.maxFileBytes} bytes.`,
           "invalid_request_error",
           "file_too_large",
           "file",
@@ -392,7 +392,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
     // Refused without keeping it when the declared length says so. The answer waits until the body is drained:
     // sent while the client still uploads, the connection could close under it, and the client read a reset
     // connection instead of the 413 (a test saw it on a loaded machine).
-    if (Number(req.headers["content-length"] ?? 0) > MAX_UPLOAD_BODY_BYTES) {
+    if (Number(req.headers["content-length"] ?? 0) > maxUploadBodyBytes) {
       await new Promise<void>((resolve) => {
         req.once("end", resolve);
         req.once("close", resolve);
@@ -401,7 +401,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
       });
       return tooLarge();
     }
-    const bytes = await readBytes(req, MAX_UPLOAD_BODY_BYTES);
+    const bytes = await readBytes(req, maxUploadBodyBytes);
     if (bytes === null) return tooLarge();
     const contentType = req.headers["content-type"] ?? "";
     let form: FormData;
