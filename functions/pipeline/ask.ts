@@ -7,7 +7,7 @@ import type { Message } from "../ports/messages.ts";
 import { addUsage, type StoredAnswer, type UsageTotals, zeroUsage } from "../ports/state-store.ts";
 import { storedAnswer, unusableAnswer } from "./answers.ts";
 import { deferToBatch } from "./batch.ts";
-import type { StageDeps } from "./deps.ts";
+import { messageOf, type StageDeps } from "./deps.ts";
 
 /** The cache key of a request: model, request (image data replaced by its digest) and attempt. */
 export function answerHash(request: LlmRequest, imageDigest: string | null, attempt: number): string {
@@ -37,9 +37,6 @@ export function answerHash(request: LlmRequest, imageDigest: string | null, atte
  * (the Lambda function's timeout), and well within the queue's visibility timeout.
  */
 const CLAIM_MS = 3 * 60_000;
-
-/** A delivery is `<message>#<receive>`: the message part survives redelivery, the receive part does not. */
-const messageOf = (delivery: string): string => delivery.split("#")[0] ?? delivery;
 
 /** A claim's owner: the work that pays and the delivery that holds it (older claims hold the delivery only). */
 const claimOwner = (payer: string, delivery: string): string => `${payer}\n${delivery}`;

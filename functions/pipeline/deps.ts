@@ -63,8 +63,11 @@ export interface StageInput<M> {
   readonly message: M;
   /** 1 on first delivery; the runtime counts redeliveries. */
   readonly attempt: number;
-  /** The delivery's identity: the queue's message id, the same across redeliveries of one message. */
+  /** The delivery's identity, `<message>#<receive>`: one receive of one queue message (see messageOf). */
   readonly delivery?: string;
 }
+
+/** A delivery is `<message>#<receive>`: the message part survives redelivery, the receive part does not. */
+export const messageOf = (delivery: string): string => delivery.split("#")[0] ?? delivery;
 
 export type { WorkQueue };

@@ -5,7 +5,7 @@ import { renderReportHtml } from "../evolution/report-html.ts";
 import type { BlobWriter } from "../ports/blob-store.ts";
 import type { FinalizeMessage } from "../ports/messages.ts";
 import { type SampleRecord, type ShardRecord, TERMINAL_STATUSES } from "../ports/state-store.ts";
-import type { StageDeps, StageInput, StageResult } from "./deps.ts";
+import { messageOf, type StageDeps, type StageInput, type StageResult } from "./deps.ts";
 import { shardRefusal } from "./ingest.ts";
 import { layout, shardConfig } from "./shard-config.ts";
 
@@ -32,7 +32,7 @@ export async function finalizeShard(
   // sweeper's) would each read every sample and write every output again. The owner is the message, so its
   // own redelivery after a crash takes the claim back at once; another message finds the claim and drops out.
   const claim = finalizeClaimOf(run, shard);
-  const owner = (input.delivery ?? randomUUID()).split("#")[0] ?? "";
+  const owner = messageOf(input.delivery ?? randomUUID());
   const claimed = await deps.state.claimRequest(claim, owner, FINALIZE_CLAIM_MS);
   if (!claimed.granted) return { next: [], outcome: "duplicate: finalize running" };
   let first: boolean;

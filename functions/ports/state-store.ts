@@ -305,11 +305,11 @@ export interface StateStore {
   completeIngest(run: string, shard: string, lines: number): Promise<number | null>;
   /**
    * Marks the shard finalized once; false when it already was, or when work is pending again (samples reopened
-   * while its finalize ran: the last of them to finish finalizes it again). With `reopens`, the shard's count
-   * as the finalize read it before the samples, false too when samples were reopened since: they may have
-   * finished again already, and what that finalize wrote does not have them.
+   * while its finalize ran: the last of them to finish finalizes it again). `reopens` is the shard's count as
+   * the finalize read it before the samples (0 when absent): false too when samples were reopened since, as
+   * they may have finished again already, and what that finalize wrote does not have them.
    */
-  markFinalized(run: string, shard: string, reopens?: number): Promise<boolean>;
+  markFinalized(run: string, shard: string, reopens: number): Promise<boolean>;
   getAnswer(hash: string): Promise<StoredAnswer | null>;
   /**
    * Claims the right to pay for a request for `holdMs`, so two deliveries running at once never pay for the

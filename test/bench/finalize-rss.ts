@@ -14,26 +14,18 @@ import { z } from "zod";
 import { FsBlobStore } from "../../functions/adapters/local/fs-blob-store.ts";
 import { SqliteStateStore } from "../../functions/adapters/local/sqlite-state-store.ts";
 import { SimulatedLlm } from "../../functions/adapters/simulated/simulated-llm.ts";
-import type { StageDeps } from "../../functions/pipeline/deps.ts";
-import { finalizeShard } from "../../functions/pipeline/finalize.ts";
 import { layout } from "../../functions/pipeline/shard-config.ts";
-import { silentLogger, systemClock } from "../../functions/ports/runtime.ts";
 import type { SampleRecord } from "../../functions/ports/state-store.ts";
 import { runLocal } from "../../functions/runtime/local.ts";
 import { writeBenchShard } from "../helpers/bench-shard.ts";
-import { runNode } from "../helpers/cli.ts";
+import { finalizeDeps, runFinalize } from "../helpers/finalize.ts";
+import { measureChild, mib, PeakMeasure, peakPair } from "../helpers/peak-rss.ts";
 
 const RUN = "rss";
 const SHARD = "bench";
 const say = (line: string) => process.stderr.write(`[finalize-rss] ${line}\n`);
-const mib = (kib: number) => +(kib / 1024).toFixed(1);
 
-const ChildResult = z.object({
-  outcome: z.string(),
-  maxRssKiB: z.number(),
-  rssBeforeKiB: z.number(),
-  seconds: z.number(),
-});
+const ChildResult = PeakMeasure.extend({ outcome: z.string() });
 
 export interface FinalizeRssFigures {
   readonly smallSamples: number;
@@ -105,18 +97,8 @@ async function writeState(path: string, templates: readonly SampleRecord[], samp
 async function child(statePath: string, outDir: string): Promise<void> {
   const rssBeforeKiB = Math.round(process.memoryUsage().rss / 1024);
   const state = new SqliteStateStore(statePath);
-  const deps = {
-    state,
-    blobs: new FsBlobStore(outDir),
-    clock: systemClock,
-    logger: silentLogger,
-    defaults: {},
-  } as unknown as StageDeps;
   const started = performance.now();
-  const result = await finalizeShard(
-    { message: { kind: "finalize", run: RUN, shard: SHARD }, attempt: 1 },
-    deps,
-  );
+  const result = await runFinalize(finalizeDeps(state, new FsBlobStore(outDir)), { run: RUN, shard: SHARD });
   const seconds = +((performance.now() - started) / 1000).toFixed(2);
   state.close();
   console.log(
@@ -143,10 +125,10 @@ export async function measureFinalizeRss(
       const statePath = join(work, "state.sqlite");
       await writeState(statePath, templates, samples);
       say(`${name}: ${samples} finished samples stored; finalizing in a fresh process...`);
-      const run = await runNode([fileURLToPath(import.meta.url), "--child", statePath, join(work, "out")]);
-      const last = run.stdout.trim().split("\n").at(-1) ?? "";
-      if (run.code !== 0) throw new Error(`${name}: finalize exited ${run.code}: ${run.stderr.trim()}`);
-      const result = ChildResult.parse(JSON.parse(last));
+      const result = await measureChild(
+        [fileURLToPath(import.meta.url), "--child", statePath, join(work, "out")],
+        ChildResult,
+      );
       if (result.outcome !== "finalized") throw new Error(`${name}: finalize said ${result.outcome}`);
       const outputBytes = [layout.evolved(RUN, SHARD), layout.lineage(RUN, SHARD)]
         .map((key) => statSync(join(work, "out", key)).size)
@@ -162,13 +144,8 @@ export async function measureFinalizeRss(
     return {
       smallSamples: small,
       largeSamples: large,
-      smallPeakMiB: mib(s.result.maxRssKiB),
-      largePeakMiB: mib(l.result.maxRssKiB),
-      ratio: +(l.result.maxRssKiB / s.result.maxRssKiB).toFixed(3),
-      smallSeconds: s.result.seconds,
-      largeSeconds: l.result.seconds,
+      ...peakPair(s.result, l.result),
       largeOutputMiB: mib(l.outputBytes / 1024),
-      baselineMiB: mib(Math.max(s.result.rssBeforeKiB, l.result.rssBeforeKiB)),
     };
   } finally {
     rmSync(dir, { recursive: true, force: true });

@@ -10,7 +10,7 @@ import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { z } from "zod";
 import { writeLlavaBenchShard } from "../helpers/bench-shard.ts";
-import { runNode } from "../helpers/cli.ts";
+import { measureChild, mib, PeakMeasure, peakPair } from "../helpers/peak-rss.ts";
 
 export interface IngestRssFigures {
   readonly smallLines: number;
@@ -27,36 +27,15 @@ export interface IngestRssFigures {
   readonly baselineMiB: number;
 }
 
-const ChildResult = z.object({
+const ChildResult = PeakMeasure.extend({
   lines: z.number(),
   evolveMessages: z.number(),
   sends: z.number(),
-  maxRssKiB: z.number(),
-  rssBeforeKiB: z.number(),
-  seconds: z.number(),
   outcome: z.string(),
 });
-type ChildResult = z.infer<typeof ChildResult>;
 
 const childScript = fileURLToPath(new URL("./ingest-rss-child.ts", import.meta.url));
 const say = (line: string) => process.stderr.write(`[ingest-rss] ${line}\n`);
-const mib = (kib: number) => +(kib / 1024).toFixed(1);
-
-async function measureOnce(
-  shardPath: string,
-  workDir: string,
-  execArgv: readonly string[],
-): Promise<ChildResult> {
-  const { code, stdout, stderr } = await runNode([...execArgv, childScript, shardPath, workDir]);
-  if (code !== 0) throw new Error(`ingest child exited with ${code}: ${stderr}`);
-  const last = stdout.trim().split("\n").at(-1) ?? "";
-  try {
-    return ChildResult.parse(JSON.parse(last));
-  } catch (error) {
-    throw new Error(`unreadable child output ${JSON.stringify(last)}: ${String(error)}`);
-  }
-}
-
 /** Generates both shards, ingests each in a fresh process and returns the peaks. */
 export async function measureIngestRss(
   opts: {
@@ -78,7 +57,10 @@ export async function measureIngestRss(
       );
       const work = join(dir, `work-${name}`);
       mkdirSync(work, { recursive: true });
-      const result = await measureOnce(shard.path, work, opts.execArgv ?? []);
+      const result = await measureChild(
+        [...(opts.execArgv ?? []), childScript, shard.path, work],
+        ChildResult,
+      );
       if (result.lines !== lines || result.evolveMessages !== lines) {
         throw new Error(
           `${name}: ingested ${result.lines} lines and sent ${result.evolveMessages} evolve messages, expected ${lines}`,
@@ -95,14 +77,9 @@ export async function measureIngestRss(
     return {
       smallLines: small,
       largeLines: large,
-      smallPeakMiB: mib(s.result.maxRssKiB),
-      largePeakMiB: mib(l.result.maxRssKiB),
-      ratio: +(l.result.maxRssKiB / s.result.maxRssKiB).toFixed(3),
-      smallSeconds: s.result.seconds,
-      largeSeconds: l.result.seconds,
+      ...peakPair(s.result, l.result),
       smallShardMiB: mib(s.bytes / 1024),
       largeShardMiB: mib(l.bytes / 1024),
-      baselineMiB: mib(Math.max(s.result.rssBeforeKiB, l.result.rssBeforeKiB)),
     };
   } finally {
     rmSync(dir, { recursive: true, force: true });

@@ -142,7 +142,7 @@ describe("mmevol status / redrive on a deployed (emulated) stack", () => {
     if (a === null || b === null) throw new Error("samples not stored");
     await state.transition(a, { status: "FAILED", round: 2, error: "evolve: answer invalid after 3 tries" });
     await state.transition(b, { status: "DONE", round: 3 });
-    expect(await state.markFinalized(prefix, "s1")).toBe(true);
+    expect(await state.markFinalized(prefix, "s1", 0)).toBe(true);
 
     const redriven = await deployedRedriveFailed({ outputs: outputsFile, run: prefix });
     expect(redriven.reopened.map((r) => r.samples.map((s) => s.key))).toEqual([["a"]]);

@@ -206,10 +206,10 @@ export function describeStateStoreContract(
     it("marks a shard finalized exactly once", async () => {
       const store = await open();
       await store.createShard(shardRecord({ pending: 0, ingested: true }));
-      expect(await store.markFinalized("r1", "s1")).toBe(true);
-      expect(await store.markFinalized("r1", "s1")).toBe(false);
+      expect(await store.markFinalized("r1", "s1", 0)).toBe(true);
+      expect(await store.markFinalized("r1", "s1", 0)).toBe(false);
       expect((await store.getShard("r1", "s1"))?.finalized).toBe(true);
-      expect(await store.markFinalized("r1", "missing")).toBe(false);
+      expect(await store.markFinalized("r1", "missing", 0)).toBe(false);
       expect(await store.getShard("r1", "missing")).toBeNull();
     });
 
@@ -218,7 +218,7 @@ export function describeStateStoreContract(
       await store.createShard(shardRecord());
       const ingests = await Promise.all([1, 2, 3].map(() => store.completeIngest("r1", "s1", 5)));
       expect(ingests.filter((p) => p !== null)).toEqual([0]);
-      const finals = await Promise.all([1, 2, 3].map(() => store.markFinalized("r1", "s1")));
+      const finals = await Promise.all([1, 2, 3].map(() => store.markFinalized("r1", "s1", 0)));
       expect(finals.filter(Boolean)).toHaveLength(1);
       expect(await store.getShard("r1", "s1")).toMatchObject({ pending: 0, lines: 5, finalized: true });
     });

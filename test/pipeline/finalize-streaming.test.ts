@@ -3,13 +3,11 @@ import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { FsBlobStore } from "../../functions/adapters/local/fs-blob-store.ts";
 import { SqliteStateStore } from "../../functions/adapters/local/sqlite-state-store.ts";
-import type { StageDeps } from "../../functions/pipeline/deps.ts";
-import { finalizeShard } from "../../functions/pipeline/finalize.ts";
 import { layout } from "../../functions/pipeline/shard-config.ts";
 import type { BlobStore } from "../../functions/ports/blob-store.ts";
-import { silentLogger } from "../../functions/ports/runtime.ts";
 import type { SampleRecord, StateStore } from "../../functions/ports/state-store.ts";
 import { tempDir } from "../helpers/files.ts";
+import { finalizeDeps, runFinalize } from "../helpers/finalize.ts";
 import { seededSampleRecord, shardRecord } from "../helpers/state-store-contract.ts";
 
 const SAMPLES = 40;
@@ -65,18 +63,8 @@ function watched(state: StateStore, root: string) {
       }
     },
   });
-  const deps = {
-    state: counting,
-    blobs,
-    clock: { now: () => Date.now() },
-    logger: silentLogger,
-    defaults: {},
-  } as unknown as StageDeps;
-  return { deps, fs, listed, puts, firstWriteAt };
+  return { deps: finalizeDeps(counting, blobs), fs, listed, puts, firstWriteAt };
 }
-
-const finalize = (deps: StageDeps) =>
-  finalizeShard({ message: { kind: "finalize", run: "r1", shard: "s1" }, attempt: 1 }, deps);
 
 const OUTPUTS = [layout.evolved("r1", "s1"), layout.lineage("r1", "s1"), layout.errors("r1", "s1")];
 
@@ -85,7 +73,7 @@ describe("finalize writes a shard's outputs as it reads the samples", () => {
     const dir = tempDir("mmevol-finalize-stream-");
     cleanups.push(dir.cleanup);
     const { deps, fs, listed, puts, firstWriteAt } = watched(await finishedShard(), dir.path);
-    expect((await finalize(deps)).outcome).toBe("finalized");
+    expect((await runFinalize(deps)).outcome).toBe("finalized");
     // Two passes: input ids first, then the outputs; each output had its first line while the second pass had
     // read one sample of SAMPLES.
     expect(listed.count).toBe(2 * SAMPLES);
@@ -107,7 +95,7 @@ describe("finalize writes a shard's outputs as it reads the samples", () => {
     cleanups.push(dir.cleanup);
     const state = await finishedShard();
     const { deps, fs } = watched(state, dir.path);
-    await finalize(deps);
+    await runFinalize(deps);
     const before = await Promise.all(OUTPUTS.map((key) => fs.get(key)));
     // The shard says it is finished and unfinalized, but one sample (the 30th) is open again.
     const open = await state.getSample("r1", "s1", "000000030");
@@ -119,7 +107,9 @@ describe("finalize writes a shard's outputs as it reads the samples", () => {
           yield record.key === open.key ? { ...record, status: "EVOLVING" } : record;
       },
     });
-    await expect(finalize({ ...deps, state: stale })).rejects.toThrow(/000000030 is EVOLVING, not terminal/);
+    await expect(runFinalize({ ...deps, state: stale })).rejects.toThrow(
+      /000000030 is EVOLVING, not terminal/,
+    );
     expect(await Promise.all(OUTPUTS.map((key) => fs.get(key)))).toEqual(before);
     for (const sub of ["evolved/r1", "errors/r1"])
       expect(readdirSync(join(dir.path, sub)).filter((name) => name.startsWith(".mmevol-tmp-"))).toEqual([]);

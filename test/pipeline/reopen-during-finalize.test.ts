@@ -3,14 +3,13 @@ import { createTable } from "../../functions/adapters/aws/create-table.ts";
 import { DynamoStateStore } from "../../functions/adapters/aws/dynamodb-state-store.ts";
 import { FsBlobStore } from "../../functions/adapters/local/fs-blob-store.ts";
 import { SqliteStateStore } from "../../functions/adapters/local/sqlite-state-store.ts";
-import type { StageDeps } from "../../functions/pipeline/deps.ts";
-import { finalizeClaimOf, finalizeShard } from "../../functions/pipeline/finalize.ts";
+import { finalizeClaimOf } from "../../functions/pipeline/finalize.ts";
 import { layout } from "../../functions/pipeline/shard-config.ts";
 import type { BlobStore } from "../../functions/ports/blob-store.ts";
-import { silentLogger } from "../../functions/ports/runtime.ts";
 import type { StateStore } from "../../functions/ports/state-store.ts";
 import { ensureDynamoLocal } from "../helpers/dynamodb-local.ts";
 import { tempDir } from "../helpers/files.ts";
+import { finalizeDeps, runFinalize } from "../helpers/finalize.ts";
 import { documentClient, dynamoClient, uniqueName } from "../helpers/moto.ts";
 import { seededSampleRecord, shardRecord } from "../helpers/state-store-contract.ts";
 
@@ -42,6 +41,16 @@ async function shardWithAFailedSample(state: StateStore) {
   expect(failed.shardPending).toBe(0);
 }
 
+/** A hook that runs `then` once: the first time the finalize writes `key`. */
+function onFirst(key: string, then: () => Promise<void>): (written: string) => Promise<void> {
+  let done = false;
+  return async (written) => {
+    if (written !== key || done) return;
+    done = true;
+    await then();
+  };
+}
+
 /**
  * Finalize of r1/s1 over `state`, its outputs in a directory; `hooks` run around each whole-object `put` (the
  * report and its HTML, the last outputs it writes) with its key: a test's moment inside that finalize.
@@ -60,23 +69,9 @@ function finalizer(
       await hooks.after?.(args[0]);
     },
   });
-  const deps = {
-    state,
-    blobs,
-    clock: { now: () => Date.now() },
-    logger: silentLogger,
-    defaults: {},
-  } as unknown as StageDeps;
+  const deps = finalizeDeps(state, blobs);
   return {
-    finalize: (delivery?: string) =>
-      finalizeShard(
-        {
-          message: { kind: "finalize", run: "r1", shard: "s1" },
-          attempt: 1,
-          ...(delivery === undefined ? {} : { delivery }),
-        },
-        deps,
-      ),
+    finalize: (delivery?: string) => runFinalize(deps, delivery === undefined ? {} : { delivery }),
     counts: async () =>
       (JSON.parse(new TextDecoder().decode(await fs.get(layout.report("r1", "s1")))) as { counts: unknown })
         .counts,
@@ -92,7 +87,7 @@ describe.each([
     await shardWithAFailedSample(state);
     // The finalize read pending 0 and wrote its outputs; the reopen lands before it marks the shard.
     expect(await state.reopenFailed("r1", "s1")).toHaveLength(1);
-    expect(await state.markFinalized("r1", "s1")).toBe(false);
+    expect(await state.markFinalized("r1", "s1", 0)).toBe(false);
     expect(await state.getShard("r1", "s1")).toMatchObject({ pending: 1, finalized: false });
   }, 60_000);
 
@@ -100,13 +95,10 @@ describe.each([
     const state = await open();
     await shardWithAFailedSample(state);
     // The reopen comes while this finalize writes its last output, after it listed the samples.
-    let reopenNow = true;
     const { finalize, counts } = finalizer(state, {
-      after: async (key) => {
-        if (key !== layout.reportHtml("r1", "s1") || !reopenNow) return;
-        reopenNow = false;
+      after: onFirst(layout.reportHtml("r1", "s1"), async () => {
         await state.reopenFailed("r1", "s1");
-      },
+      }),
     });
     await finalize();
     const reopened = await state.getSample("r1", "s1", "000000001");
@@ -126,15 +118,12 @@ describe.each([
     await shardWithAFailedSample(state);
     // While this finalize writes its last output (from the samples as it listed them), the sample is reopened
     // and passes through: the shard's pending count is 0 again before the finalize marks it.
-    let reopenNow = true;
     const { finalize, counts } = finalizer(state, {
-      after: async (key) => {
-        if (key !== layout.reportHtml("r1", "s1") || !reopenNow) return;
-        reopenNow = false;
+      after: onFirst(layout.reportHtml("r1", "s1"), async () => {
         const [reopened] = await state.reopenFailed("r1", "s1");
         if (reopened === undefined) throw new Error("nothing reopened");
         expect((await state.transition(reopened, { status: "PASSED_THROUGH" })).shardPending).toBe(0);
-      },
+      }),
     });
 
     // Its report still counts the sample as failed: it may not mark the shard, and it sends a finalize again.

@@ -155,7 +155,7 @@ describe("sweepStuck", () => {
     const swept = await sweepStuck({ state }, { now: clock.now(), stuckAfterMs: 30 * MINUTE });
     expect(swept.messages).toEqual([{ kind: "finalize", run: "r1", shard: "s2" }]);
     // A finalized shard is never looked at again.
-    await state.markFinalized("r1", "s2");
+    await state.markFinalized("r1", "s2", 0);
     expect((await sweepStuck({ state }, { now: clock.now(), stuckAfterMs: 0 })).messages).toEqual([]);
     state.close();
   });

@@ -23,7 +23,7 @@ describe("mmevol redrive --failed on a deployed stack whose evolve queue cannot 
     const sample = await state.getSample("r1", "s1", "000000001");
     if (sample === null) throw new Error("sample missing");
     await state.transition(sample, { status: "FAILED", error: "judge round 1: HTTP 400" });
-    await state.markFinalized("r1", "s1");
+    await state.markFinalized("r1", "s1", 0);
 
     const queue = new Queue();
     const failed = await redriveFailed(state, queue, undefined).catch((error: unknown) => error);

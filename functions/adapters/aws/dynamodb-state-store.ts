@@ -331,14 +331,9 @@ export class DynamoStateStore implements StateStore {
     }
   }
 
-  async markFinalized(run: string, shard: string, reopens?: number): Promise<boolean> {
+  async markFinalized(run: string, shard: string, reopens: number): Promise<boolean> {
     // A shard never reopened has no count; one reopened since the finalize read it has another.
-    const unchanged =
-      reopens === undefined
-        ? ""
-        : reopens === 0
-          ? " AND attribute_not_exists(#reopens)"
-          : " AND #reopens = :reopens";
+    const unchanged = reopens === 0 ? "attribute_not_exists(#reopens)" : "#reopens = :reopens";
     try {
       await this.client.send(
         new UpdateCommand({
@@ -346,20 +341,14 @@ export class DynamoStateStore implements StateStore {
           Key: shardKey(run, shard),
           UpdateExpression: "SET #finalized = :yes, #updatedAt = :now",
           // Not over work reopened (redrive --failed) after the finalize read the shard: its samples finalize again.
-          ConditionExpression: `attribute_exists(#pk) AND #finalized = :no AND #pending <= :zero${unchanged}`,
-          ExpressionAttributeNames: names(
-            "#pk",
-            "#finalized",
-            "#updatedAt",
-            "#pending",
-            ...(reopens === undefined ? [] : (["#reopens"] as const)),
-          ),
+          ConditionExpression: `attribute_exists(#pk) AND #finalized = :no AND #pending <= :zero AND ${unchanged}`,
+          ExpressionAttributeNames: names("#pk", "#finalized", "#updatedAt", "#pending", "#reopens"),
           ExpressionAttributeValues: {
             ":yes": true,
             ":no": false,
             ":now": this.clock.now(),
             ":zero": 0,
-            ...(reopens === undefined || reopens === 0 ? {} : { ":reopens": reopens }),
+            ...(reopens === 0 ? {} : { ":reopens": reopens }),
           },
         }),
       );

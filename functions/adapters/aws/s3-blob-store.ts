@@ -99,10 +99,9 @@ export class S3BlobStore implements BlobStore {
     const done = upload.done();
     // Awaited by close; a failure before it reaches a waiting write through `stopped`.
     done.catch(() => {});
-    const stopped = done.then(
-      () => Promise.reject(new Error(`upload of ${key} ended before its writer was closed`)),
-      (error: unknown) => Promise.reject(error),
-    );
+    const stopped = done.then(() => {
+      throw new Error(`upload of ${key} ended before its writer was closed`);
+    });
     stopped.catch(() => {});
     return {
       write: async (text) => {

@@ -263,12 +263,12 @@ export class SqliteStateStore implements StateStore {
     });
   }
 
-  async markFinalized(run: string, shard: string, reopens?: number): Promise<boolean> {
+  async markFinalized(run: string, shard: string, reopens: number): Promise<boolean> {
     return this.inTransaction(() => {
       const current = this.readShard(run, shard);
       // Not over work reopened (redrive --failed) after the finalize read the shard: its samples finalize again.
       if (current === null || current.finalized || current.pending > 0) return false;
-      if (reopens !== undefined && (current.reopens ?? 0) !== reopens) return false;
+      if ((current.reopens ?? 0) !== reopens) return false;
       this.writeShard({ ...current, finalized: true, updatedAt: this.clock.now() });
       return true;
     });
